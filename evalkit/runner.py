@@ -1,0 +1,227 @@
+"""Execute a study: the four notebooks, in order, each in its own Jupyter kernel.
+
+papermill injects two parameters into each notebook (``config_path``, ``run_dir``), runs
+it in the kernel named in the notebook's metadata (quantize for 01, eval for the rest),
+and saves the executed notebook into the run directory after every cell, so a failure
+leaves the error visible in the saved notebook. Each executed notebook is rendered to
+HTML twice: a stakeholder copy without code and a full copy with code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from evalkit.config import StudyConfig, load_study
+from evalkit.errors import Interrupted, RunDirError, StageError
+from evalkit.io import atomic_write_json, atomic_write_text, file_lock, read_json
+from evalkit.rundir import Run, create_run, open_run
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = Path(os.environ.get("EVALKIT_NOTEBOOKS", REPO_ROOT / "notebooks"))
+
+
+@dataclass(frozen=True)
+class Stage:
+    notebook: str
+    name: str
+    kernel: str
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("01_quantize", "quantize", "evalkit-quantize"),
+    Stage("02_accuracy", "accuracy", "evalkit-eval"),
+    Stage("03_latency", "latency", "evalkit-eval"),
+    Stage("04_report", "report", "evalkit-eval"),
+)
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in STAGES]
+
+
+def notebook_kernel(path: Path) -> str:
+    """The kernel a notebook asks for in its metadata."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return nb["metadata"]["kernelspec"]["name"]
+
+
+@contextmanager
+def _signals_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so papermill stops the kernel and we clean up."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def render_html(notebook: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Render an executed notebook to HTML: (stakeholder copy without code, copy with code)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook, as_version=4)
+    stem = notebook.stem
+    plain = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                         exclude_output_prompt=True)
+    full = HTMLExporter()
+    body_plain, _ = plain.from_notebook_node(nb)
+    body_full, _ = full.from_notebook_node(nb)
+    p1 = atomic_write_text(out_dir / f"{stem}.html", body_plain)
+    p2 = atomic_write_text(out_dir / f"{stem}.code.html", body_full)
+    return p1, p2
+
+
+def _status(run: Run) -> dict:
+    p = run.path / "status.json"
+    return read_json(p) if p.is_file() else {"stages": {}}
+
+
+def _set_status(run: Run, stage: str, state: str, **extra: object) -> None:
+    st = _status(run)
+    st["stages"][stage] = {"state": state, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                     time.gmtime()), **extra}
+    atomic_write_json(run.path / "status.json", st)
+
+
+def execute_stage(run: Run, stage: Stage, *, progress: bool = True) -> Path:
+    """Run one stage's notebook with papermill into the run directory.
+
+    Raises:
+        StageError: a cell raised; the executed notebook (saved) shows the error.
+    """
+    import papermill as pm
+
+    src = NOTEBOOK_DIR / f"{stage.notebook}.ipynb"
+    out = run.sub("notebooks", f"{stage.notebook}.ipynb")
+    kernel = notebook_kernel(src)
+    t0 = time.monotonic()
+    _set_status(run, stage.name, "running", kernel=kernel)
+    run.log(f"stage {stage.notebook}: start (kernel {kernel})")
+    try:
+        pm.execute_notebook(
+            str(src), str(out),
+            parameters={"config_path": str(run.config_path), "run_dir": str(run.path)},
+            kernel_name=kernel,
+            progress_bar=progress,
+            request_save_on_cell_execute=True,
+            cwd=str(run.path),
+        )
+    except pm.PapermillExecutionError as exc:
+        dt = time.monotonic() - t0
+        _set_status(run, stage.name, "failed", seconds=round(dt, 1), error=exc.ename)
+        _render_quietly(out, run)
+        run.log(f"stage {stage.notebook}: FAILED after {dt:.0f}s: {exc.ename}: {exc.evalue}")
+        raise StageError(
+            f"stage {stage.notebook} failed in cell {exc.exec_count}: {exc.ename}: "
+            f"{exc.evalue.splitlines()[0] if exc.evalue else ''} -- see {out}"
+        ) from None
+    except KeyboardInterrupt:
+        dt = time.monotonic() - t0
+        _set_status(run, stage.name, "interrupted", seconds=round(dt, 1))
+        _render_quietly(out, run)
+        run.log(f"stage {stage.notebook}: interrupted after {dt:.0f}s")
+        raise
+    dt = time.monotonic() - t0
+    render_html(out, run.path / "html")
+    _set_status(run, stage.name, "done", seconds=round(dt, 1), kernel=kernel)
+    run.log(f"stage {stage.notebook}: done in {dt:.0f}s")
+    return out
+
+
+def _render_quietly(notebook: Path, run: Run) -> None:
+    """Render what a failed or interrupted stage left; a render error must not hide the cause."""
+    if not notebook.is_file():
+        return
+    try:
+        render_html(notebook, run.path / "html")
+    except Exception as exc:  # noqa: BLE001 -- secondary failure; the stage error is reported
+        run.log(f"could not render {notebook.name}: {exc}")
+
+
+def run_study(
+    config_path: str | os.PathLike[str],
+    *,
+    run_id: str | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    stages: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Run:
+    """Validate a study and execute its notebooks into a run directory.
+
+    Args:
+        config_path: the study YAML.
+        run_id: id for a new run (default: time-based, unique).
+        resume: id or path of an existing run of this study to continue; finished units are
+            kept and skipped.
+        stages: subset of stage names to run (default all, in order).
+        progress: show progress bars.
+
+    Returns:
+        The run.
+
+    Raises:
+        ConfigError, RunDirError, StageError, Interrupted.
+    """
+    cfg = load_study(config_path)
+    wanted = list(stages) if stages else stage_names()
+    unknown = set(wanted) - set(stage_names())
+    if unknown:
+        raise StageError(f"unknown stage(s) {sorted(unknown)}; allowed: {stage_names()}")
+    if resume is not None:
+        run = _open_for_resume(cfg, config_path, resume)
+    else:
+        run = create_run(cfg, Path(config_path), run_id)
+    with file_lock(run.path / "run.lock", what=f"run {run.run_id}"), _signals_as_interrupt():
+        run.log(f"run {run.run_id} of study {cfg.study}: {run.path}")
+        todo = [s for s in STAGES if s.name in wanted]
+        from tqdm.auto import tqdm
+
+        bar = tqdm(todo, desc="study", unit="stage", disable=not progress)
+        try:
+            for stage in bar:
+                bar.set_postfix_str(stage.notebook)
+                execute_stage(run, stage, progress=progress)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"run {run.run_id} interrupted; finished units are kept -- resume with "
+                f"`evalkit run {config_path} --resume {run.run_id}`"
+            ) from None
+        finally:
+            bar.close()
+            _finish(run)
+    return run
+
+
+def _open_for_resume(cfg: StudyConfig, config_path: str | os.PathLike[str],
+                     resume: str | os.PathLike[str]) -> Run:
+    p = Path(resume)
+    run = open_run(p if p.is_dir() else Path(cfg.output_root) / cfg.study / str(resume))
+    old = load_study(run.config_path, check=False)
+    if old.model_dump(mode="json") != cfg.model_dump(mode="json"):
+        raise RunDirError(
+            f"{run.path}: the study file {config_path} changed since this run started; "
+            "resume only with the same study (start a new run instead)"
+        )
+    return run
+
+
+def _finish(run: Run) -> None:
+    """Copy the report to the run root and refresh the outputs index (best effort)."""
+    rep = run.path / "html" / "04_report.html"
+    if rep.is_file():
+        atomic_write_text(run.path / "report.html", rep.read_text(encoding="utf-8"))
+    from evalkit.index import write_index
+
+    write_index(run.path.parent.parent)

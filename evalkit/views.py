@@ -1,0 +1,194 @@
+"""Text and tables of the stakeholder report (notebook 04), from a run's records.
+
+Pure functions of the :class:`evalkit.report.Report` built by :func:`build`; the notebook
+turns the Markdown strings and DataFrames into cells of the rendered HTML.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evalkit import report as rp
+from evalkit.config import StudyConfig
+from evalkit.io import read_json
+from evalkit.rundir import Run
+from evalkit.schemes import SCHEMES
+
+
+def build(cfg: StudyConfig, run: Run) -> rp.Report:
+    """Load a run's records and environment into a Report."""
+    df = run.records()
+    env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}
+    hw = df["hardware"].dropna()
+    lat_hw = df.loc[df["stage"] == "latency", "hardware"].dropna()
+    hardware = (lat_hw.iloc[0] if len(lat_hw) else hw.iloc[0] if len(hw)
+                else f"CPU: {env.get('cpu', 'unknown')}")
+    wl, conc = rp.default_point(df, cfg.report.workload, cfg.report.concurrency)
+    caveats: list[str] = []
+    try:
+        from evalkit import assets
+
+        caveats += list(assets.resolve_model(cfg.model).caveats)
+    except Exception as exc:  # noqa: BLE001 -- the report must render even if assets moved
+        caveats.append(f"model caveats unavailable: {exc}")
+    models = df["model"].dropna()
+    model = models.iloc[0] if len(models) else (cfg.model.name or str(cfg.model.path))
+    if "hf" in set(df.loc[df["stage"] == "accuracy", "backend"].dropna()):
+        caveats.append(
+            "Some variants were scored through lm-eval's hf backend (transformers), because "
+            "vLLM has no kernel for their scheme on this hardware; see the backend column.")
+    if cfg.engine.device == "cpu":
+        caveats.append(
+            "Latency was measured on a CPU: it says how the schemes behave with vLLM's CPU "
+            "kernels, not what a GPU would do.")
+    return rp.Report(
+        records=df, study=cfg.study, model=model, hardware=hardware, workload=wl,
+        concurrency=conc, reference=cfg.report.reference_variant, caveats=caveats, env=env,
+        description=cfg.description, claims=cfg.claims,
+    )
+
+
+def header_markdown(r: rp.Report) -> str:
+    variants = r.records.drop_duplicates("variant")[["variant", "scheme"]]
+    vlist = ", ".join(
+        f"`{v.variant}` ({SCHEMES[v.scheme].label if v.scheme in SCHEMES else v.scheme})"
+        for v in variants.itertuples()
+    )
+    tasks = sorted(r.records.loc[r.records["stage"] == "accuracy", "task"].dropna().unique())
+    wls = r.records[(r.records["stage"] == "latency")].drop_duplicates("workload")
+    wtxt = ", ".join(f"{w.workload} ({w.input_len}→{w.output_len} tokens)"
+                     for w in wls.itertuples() if isinstance(w.workload, str))
+    cav = "\n".join(f"- {c}" for c in r.caveats) or "- none recorded"
+    created = r.env.get("created_utc", "?")
+    return (
+        f"# {r.study}: quality vs speed of quantized `{r.model}`\n\n"
+        f"{r.description}\n\n"
+        f"**Compared:** {vlist}.  \n"
+        f"**Accuracy tasks:** {', '.join(tasks) or 'none'}.  \n"
+        f"**Latency workloads:** {wtxt or 'none'}.  \n"
+        f"**Hardware:** {r.hardware}.  **Run started:** {created} UTC.\n\n"
+        f"**Caveats**\n\n{cav}\n"
+    )
+
+
+def headline_markdown(r: rp.Report) -> str:
+    if r.workload is None:
+        return "## Headline\n\nNo latency point was measured; the table shows quality only."
+    ref = f" and against `{r.reference}`" if r.reference else ""
+    return (
+        f"## Headline\n\nAt workload **{r.workload}**, concurrency **{r.concurrency}**, on "
+        f"{r.hardware}. Gains are against `base`{ref}: (reference − variant) / reference × 100, "
+        "positive = faster. Latencies are p50 over requests (ms). Quality delta is the mean over "
+        "tasks of the primary metric's paired delta vs base (points × 100), with its 95% interval."
+    )
+
+
+def headline_table(r: rp.Report) -> pd.DataFrame:
+    t = r.table().copy()
+    for col in ("quality_delta", "quality_ci_low", "quality_ci_high"):
+        if col in t:
+            t[col] = t[col] * 100
+    keep = ["variant", "scheme"] + [c for c in t.columns if c in (
+        "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "quality_delta", "quality_ci_low",
+        "quality_ci_high", "tasks", "docs") or "_gain_vs_" in c] + ["latency_status"]
+    return t[[c for c in keep if c in t.columns]]
+
+
+def claims(r: rp.Report) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    if not r.claims:
+        return "## Claim check\n\nThe study states no claims.", pd.DataFrame(), pd.DataFrame()
+    detail = r.claims_checked()
+    summary = rp.claim_summary(detail)
+    lines = ["## Claim check", ""]
+    for c in r.claims:
+        src = f" ({c.source})" if c.source else ""
+        lines.append(f"- **{c.name}**: “{c.text}”{src} — `{c.variant}` vs `{c.reference}`, "
+                     f"hardware: {c.hardware}.")
+    lines += ["", "Verdict per point: *holds* when the measured reduction is at least the claim "
+              "minus its tolerance; *partly* when faster but by less; *not reproduced* when not "
+              "faster. `applies` is false when the run's hardware is not the claim's."]
+    if len(summary) and not summary["applies"].all():
+        lines.append(f"\n**Note:** this run measured on {r.hardware}; claims made for other "
+                     "hardware are shown for reference and cannot be confirmed or refuted here.")
+    return "\n".join(lines), summary, detail
+
+
+def crosscheck(r: rp.Report) -> tuple[str, pd.DataFrame]:
+    """Client-side (bench serve per-request data) vs server-side (/metrics) figures."""
+    df = r.records
+    lat = df[(df["stage"] == "latency") & (df["status"] == "ok") & (df["stat"] == "mean")
+             & (df["metric"].isin(["ttft_ms", "tpot_ms", "e2el_ms"]))]
+    client = lat[lat["mode"] == "server"]
+    server = lat[lat["mode"] == "server-metrics"]
+    if client.empty or server.empty:
+        return ("## Client vs server\n\nNo server-side metrics were scraped in this run.",
+                pd.DataFrame())
+    key = ["variant", "workload", "concurrency", "metric"]
+    m = client[key + ["value"]].merge(server[key + ["value"]], on=key,
+                                      suffixes=("_client", "_server"))
+    m["gap_pct"] = (m["value_client"] - m["value_server"]) / m["value_server"] * 100
+    txt = ("## Client vs server\n\nMean latencies from the benchmark client's per-request data "
+           "against the server's own Prometheus histograms (`/metrics`, differenced before and "
+           "after each point). The client includes HTTP and streaming overhead the server does "
+           f"not see. Median absolute gap: {np.nanmedian(np.abs(m['gap_pct'])):.1f}%.")
+    return txt, m.rename(columns={"value_client": "client_ms", "value_server": "server_ms"})
+
+
+def roofline(r: rp.Report) -> tuple[str, pd.DataFrame]:
+    df = r.records
+    roof = df[(df["stage"] == "latency") & (df["metric"] == "roofline_tpot_ms")]
+    pct = df[(df["stage"] == "latency") & (df["metric"] == "tpot_pct_of_roofline")
+             & (df["mode"] == "server")]
+    if roof.empty:
+        return "## Memory roofline\n\nNo roofline figures in this run.", pd.DataFrame()
+    t = roof[["variant", "value", "note"]].rename(columns={"value": "roofline_tpot_ms"})
+    t = t.drop_duplicates("variant")
+    if not pct.empty:
+        p = pct[pct["stat"].isin(["p50", "value"])].groupby("variant")["value"].max()
+        t["best_tpot_pct_of_roofline"] = t["variant"].map(p)
+    txt = ("## Memory roofline\n\nThe fastest a decode step can be if it only has to read the "
+           "weights once from memory: bytes of weights read per step ÷ memory bandwidth. "
+           "Measured TPOT as % of that limit (100% = at the limit; best over measured points).")
+    return txt, t
+
+
+def environment_markdown(r: rp.Report) -> str:
+    env = r.env
+    pk = env.get("packages", {})
+    stages = env.get("stages", {})
+    lines = ["## Environment", "",
+             f"- Machine: {env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores, "
+             f"{env.get('memory_gb', '?')} GB RAM; {env.get('platform', '')}"]
+    for g in env.get("gpus", []):
+        lines.append(f"- GPU: {g.get('name')} (driver {g.get('driver')}, CUDA "
+                     f"{g.get('cuda_driver_api') or env.get('torch_cuda') or '?'})")
+    lines.append(f"- Python {env.get('python', '?')}; evalkit git commit "
+                 f"`{env.get('git_commit') or 'unknown'}`; records schema "
+                 f"{env.get('records_schema', '?')}")
+    for name, st in stages.items():
+        pkg = ", ".join(f"{k} {v}" for k, v in sorted(st.get("packages", {}).items()))
+        lines.append(f"- Stage **{name}**: {pkg}")
+    if not stages:
+        lines.append("- Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items())))
+    prov = _provenance_lines(r)
+    if prov:
+        lines += ["", "**Engine provenance (per variant)**", ""] + prov
+    return "\n".join(lines)
+
+
+def _provenance_lines(r: rp.Report) -> list[str]:
+    df = r.records
+    rows = df[(df["stage"] == "latency") & (df["metric"] == "engine_startup_s")]
+    out = []
+    for row in rows.drop_duplicates("variant").itertuples():
+        val = "n/a" if row.value is None or math.isnan(row.value) else f"{row.value:.0f}s"
+        out.append(f"- `{row.variant}`: startup {val}; {row.note}")
+    return out
+
+
+def fmt(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"

@@ -1,0 +1,101 @@
+"""Write notebooks/01..04 from the cell lists below (keeps them thin and consistent).
+
+Run with the eval environment's Python after editing this file; commit both.
+"""
+
+from pathlib import Path
+
+import nbformat as nbf
+
+KERNELS = {
+    "evalkit-quantize": "evalkit quantize (llm-compressor)",
+    "evalkit-eval": "evalkit eval (vLLM, lm-eval)",
+}
+
+PARAMS = '''# Parameters (papermill injects the run's values below this cell).
+config_path = "../configs/demo-cpu.yaml"  # the study file
+run_dir = None  # None: start a new run directory under the study's output_root'''
+
+NOTEBOOKS = {
+    "01_quantize": ("evalkit-quantize", [
+        ("md", "# 01 · Quantize\n\nQuantizes the study's model into every variant with "
+               "llm-compressor and saves compressed-tensors checkpoints (cached by a hash of "
+               "model, scheme, method and calibration, so a rerun reuses them). Records per "
+               "variant: wall time, checkpoint size, bytes of weights, the `quantization_config`."),
+        ("params", PARAMS),
+        ("code", "import evalkit.notebook as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"quantize\")"),
+        ("code", "ek.show_study(ctx)"),
+        ("code", "model = ek.resolve_model(ctx)"),
+        ("code", "records = ek.quantize(ctx)"),
+        ("code", "ek.show_quantize(records)"),
+        ("code", "ek.check_stage(records)"),
+    ]),
+    "02_accuracy": ("evalkit-eval", [
+        ("md", "# 02 · Accuracy\n\nRuns lm-eval on every variant with identical settings "
+               "(tasks, few-shot, limit, seed, chat template, batch policy), through vLLM where it "
+               "has a kernel for the scheme on this hardware, else through lm-eval's `hf` "
+               "backend. Deltas against base are paired (same documents), with 95% "
+               "paired-bootstrap intervals and McNemar p-values."),
+        ("params", PARAMS),
+        ("code", "import evalkit.notebook as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"accuracy\")"),
+        ("code", "records = ek.accuracy(ctx)"),
+        ("code", "ek.show_accuracy(records)"),
+        ("code", "ek.plot_accuracy(records)"),
+        ("code", "ek.check_stage(records)"),
+    ]),
+    "03_latency": ("evalkit-eval", [
+        ("md", "# 03 · Latency\n\nStarts a vLLM OpenAI server per variant on 127.0.0.1 and "
+               "drives it with vLLM's own benchmark client (`vllm bench serve`) over the "
+               "workloads × concurrency grid; optional offline batches through `vllm.LLM`. "
+               "TTFT, TPOT = (E2E − TTFT)/(output tokens − 1), ITL and E2E follow vLLM's "
+               "definitions; the server's `/metrics` histograms are read before and after each "
+               "point as a cross-check."),
+        ("params", PARAMS),
+        ("code", "import evalkit.notebook as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"latency\")"),
+        ("code", "records = ek.latency(ctx)"),
+        ("code", "ek.show_latency(records)"),
+        ("code", "ek.plot_latency(records, metric=\"ttft_ms\")"),
+        ("code", "ek.plot_latency(records, metric=\"tpot_ms\")"),
+        ("code", "ek.check_stage(records)"),
+    ]),
+    "04_report": ("evalkit-eval", [
+        ("params", PARAMS),
+        ("code", "import evalkit.notebook as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"report\")\nreport = ek.build_report(ctx)"),
+        ("code", "ek.show_header(report)"),
+        ("code", "ek.show_headline(report)"),
+        ("code", "ek.plot_quality_vs_speed(report, metric=\"ttft_ms\")"),
+        ("code", "ek.plot_quality_vs_speed(report, metric=\"tpot_ms\")"),
+        ("code", "ek.plot_latency(report.records, metric=\"tpot_ms\")"),
+        ("code", "ek.show_accuracy(report.records)"),
+        ("code", "ek.show_claims(report)"),
+        ("code", "ek.show_crosscheck(report)"),
+        ("code", "ek.show_roofline(report)"),
+        ("code", "ek.show_environment(report)"),
+    ]),
+}
+
+
+def build(name: str, kernel: str, cells: list[tuple[str, str]]) -> nbf.NotebookNode:
+    nb = nbf.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": KERNELS[kernel],
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for kind, src in cells:
+        if kind == "md":
+            nb.cells.append(nbf.v4.new_markdown_cell(src))
+        elif kind == "params":
+            c = nbf.v4.new_code_cell(src)
+            c.metadata["tags"] = ["parameters"]
+            nb.cells.append(c)
+        else:
+            nb.cells.append(nbf.v4.new_code_cell(src))
+    for i, c in enumerate(nb.cells):
+        c["id"] = f"{name[:2]}-{i:02d}"
+    return nb
+
+
+if __name__ == "__main__":
+    out = Path(__file__).resolve().parent.parent / "notebooks"
+    for name, (kernel, cells) in NOTEBOOKS.items():
+        nbf.write(build(name, kernel, cells), out / f"{name}.ipynb")
+        print(out / f"{name}.ipynb")

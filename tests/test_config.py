@@ -1,0 +1,226 @@
+"""Study-file validation: every malformed input gets one clear line naming file and key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evalkit.cli import main
+from evalkit.config import load_study, parse_study
+from evalkit.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _good() -> dict:
+    return {
+        "study": "t",
+        "model": {"source": "packaged", "name": "gemma3-270m"},
+        "variants": [{"name": "base", "scheme": "base"},
+                     {"name": "q", "scheme": "w8a8_int8", "method": "rtn"}],
+        "accuracy": {"tasks": ["arc_easy"], "limit": 10},
+        "latency": {"workloads": [{"name": "chat", "input_len": 32, "output_len": 8}],
+                    "concurrency": [1, 2]},
+        "engine": {"device": "cpu", "gpu_memory_utilization": 0.1, "enforce_eager": True},
+    }
+
+
+def _write(tmp_path: Path, data: dict | str) -> Path:
+    p = tmp_path / "study.yaml"
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+    return p
+
+
+def _problems(tmp_path: Path, data: dict | str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_study(_write(tmp_path, data))
+    return info.value.problems
+
+
+def test_shipped_configs_validate():
+    for cfg in sorted((REPO / "configs").glob("*.yaml")):
+        load_study(cfg)
+
+
+def test_good_config_and_defaults(tmp_path):
+    cfg = load_study(_write(tmp_path, _good()))
+    assert cfg.variant("q").method == "rtn"
+    assert cfg.variant("base").method == "none"
+    assert cfg.latency.prompts_for(8) == 32
+
+
+def mutate(path: str, value):
+    def f(d):
+        d = copy.deepcopy(d)
+        keys = path.split(".")
+        cur = d
+        for k in keys[:-1]:
+            cur = cur[int(k)] if k.isdigit() else cur[k]
+        last = keys[-1]
+        if value is DELETE:
+            del cur[last]
+        elif last.isdigit():
+            cur[int(last)] = value
+        else:
+            cur[last] = value
+        return d
+    return f
+
+
+DELETE = object()
+
+BAD = [
+    # (mutation, expected key in message, expected words)
+    (mutate("variantz", []), "variantz", "unknown key"),
+    (mutate("model.nmae", "x"), "model.nmae", "unknown key"),
+    (mutate("variants.1.scheme", "w4a9"), "variants[1].scheme", "unknown scheme 'w4a9'"),
+    (mutate("variants.1.scheme", "W4A8-FP"), "variants[1].scheme", "did you mean w4a8_fp8"),
+    (mutate("variants.1.method", "gptq2"), "variants[1].method", "gptq"),
+    (mutate("variants.1", {"name": "q", "scheme": "fp8_dynamic", "method": "gptq"}),
+     "variants[1]", "method 'gptq' is not available for scheme fp8_dynamic"),
+    (mutate("variants.1", {"name": "base", "scheme": "w4a16"}), "(top level)", "unique"),
+    (mutate("variants.1.name", "has space"), "variants[1].name", "pattern"),
+    (mutate("variants", []), "variants", "at least 1"),
+    (mutate("study", DELETE), "study", "required key is missing"),
+    (mutate("model.source", "s3"), "model.source", "'packaged'"),
+    (mutate("model", {"source": "hf_dir"}), "model", "needs 'path'"),
+    (mutate("accuracy.limit", 0), "accuracy.limit", "greater than 0"),
+    (mutate("accuracy.limit", "ten"), "accuracy.limit", "integer"),
+    (mutate("accuracy.tasks", []), "accuracy.tasks", "at least 1"),
+    (mutate("latency.concurrency", [1, -4]), "latency.concurrency[1]", "greater than 0"),
+    (mutate("latency.workloads.0.input_len", 0), "latency.workloads[0].input_len", "greater than 0"),
+    (mutate("latency.request_rate", [0]), "latency.request_rate", "> 0"),
+    (mutate("latency.modes", ["batch"]), "latency.modes[0]", "'server'"),
+    (mutate("engine.gpu_memory_utilization", 1.5), "engine.gpu_memory_utilization", "less than or equal to 1"),
+    (mutate("engine.tensor_parallel_size", 2), "engine", "tensor_parallel_size > 1 needs device: cuda"),
+    (mutate("engine.device", "tpu"), "engine.device", "'cpu'"),
+    (mutate("claims", [{"name": "c", "text": "x", "variant": "nope", "reference": "base",
+                        "ttft_reduction_pct": 50}]), "(top level)", "claim 'c' variant 'nope'"),
+    (mutate("claims", [{"name": "c", "text": "x", "variant": "q", "reference": "base"}]),
+     "claims[0]", "needs ttft_reduction_pct"),
+    (mutate("report", {"reference_variant": "w4a16"}), "(top level)", "report.reference_variant"),
+    (mutate("report", {"concurrency": 3}), "(top level)", "report.concurrency 3 not in"),
+    (mutate("quantize", {"calibration": {"dataset": "taskpack:c4"}}),
+     "quantize.calibration.dataset", "unknown calibration set"),
+]
+
+
+@pytest.mark.parametrize("fn,key,words", BAD, ids=[b[1] + ":" + b[2][:20] for b in BAD])
+def test_schema_errors_are_one_clear_line(tmp_path, fn, key, words):
+    probs = _problems(tmp_path, fn(_good()))
+    assert len(probs) == 1, probs
+    line = probs[0]
+    assert line.startswith(str(tmp_path / "study.yaml") + ": "), line
+    assert f": {key}: " in line, line
+    assert words in line, line
+    assert "Traceback" not in line
+
+
+SEMANTIC = [
+    (mutate("model.name", "gemma9"), "model.name", "unknown packaged model 'gemma9'"),
+    (mutate("model", {"source": "preset", "name": "llama-9b"}), "model.name",
+     "unknown architecture preset"),
+    (mutate("model", {"source": "hf_dir", "path": "/nonexistent/ckpt"}), "model.path",
+     "not a checkpoint directory"),
+    (mutate("model", {"source": "gguf", "path": "/nonexistent/m.gguf"}), "model.path",
+     "not an existing .gguf"),
+    (mutate("accuracy.tasks", ["arc_easyy"]), "accuracy.tasks[0]", "did you mean arc_easy"),
+    (mutate("variants.1", {"name": "q", "scheme": "w4a8_fp8", "accuracy_backend": "vllm"}),
+     "variants[1] (q)", "accuracy_backend=vllm on a CPU engine is impossible"),
+    (mutate("variants.1", {"name": "q", "scheme": "w4a16", "group_size": 96}),
+     "variants[1] (q)", "group size 96 does not divide"),
+    (mutate("quantize", {"calibration": {"dataset": "/nonexistent/cal.jsonl"}}),
+     "quantize.calibration.dataset", "no such file"),
+]
+
+
+@pytest.mark.parametrize("fn,key,words", SEMANTIC, ids=[s[2][:30] for s in SEMANTIC])
+def test_semantic_errors(tmp_path, fn, key, words):
+    probs = _problems(tmp_path, fn(_good()))
+    assert any(f": {key}: " in p and words in p for p in probs), probs
+
+
+def test_fp8_on_cpu_with_unsupported_error_policy(tmp_path):
+    d = _good()
+    d["variants"].append({"name": "wf", "scheme": "w4a8_fp8"})
+    d["latency"]["unsupported"] = "error"
+    probs = _problems(tmp_path, d)
+    assert any("latency on a CPU engine is impossible" in p for p in probs), probs
+
+
+def test_smollm_group_128_rejected(tmp_path):
+    d = _good()
+    d["model"] = {"source": "packaged", "name": "smollm2-135m"}
+    d["variants"][1] = {"name": "q", "scheme": "w4a16"}
+    probs = _problems(tmp_path, d)
+    assert any("group size 128 does not divide" in p and "576" in p for p in probs), probs
+    d["variants"][1]["group_size"] = 64
+    load_study(_write(tmp_path, d))
+
+
+def test_preset_with_accuracy_rejected(tmp_path):
+    d = _good()
+    d["model"] = {"source": "preset", "name": "llama-3.1-8b"}
+    probs = _problems(tmp_path, d)
+    assert any("accuracy needs real weights" in p for p in probs), probs
+
+
+def test_unwritable_output_root(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        import os
+
+        if os.access(ro, os.W_OK):  # root ignores mode bits; use a path under a file instead
+            f = tmp_path / "file"
+            f.write_text("x")
+            target = f / "sub"
+        else:
+            target = ro / "out"
+        d = _good()
+        d["output_root"] = str(target)
+        probs = _problems(tmp_path, d)
+        assert any("output_root" in p and "not writable" in p for p in probs), probs
+    finally:
+        ro.chmod(0o700)
+
+
+def test_yaml_syntax_and_non_mapping(tmp_path):
+    probs = _problems(tmp_path, "study: [unclosed\n")
+    assert len(probs) == 1 and "YAML syntax error at line" in probs[0]
+    probs = _problems(tmp_path, "- a\n- b\n")
+    assert "must hold a mapping" in probs[0]
+    with pytest.raises(ConfigError, match="no such study file"):
+        load_study(tmp_path / "missing.yaml")
+
+
+def test_several_problems_each_on_its_own_line(tmp_path):
+    d = _good()
+    d["variants"][1]["scheme"] = "w9"
+    d["accuracy"]["limit"] = -1
+    d["bogus"] = 1
+    probs = _problems(tmp_path, d)
+    assert len(probs) == 3, probs
+
+
+def test_cli_validate_exit_codes(tmp_path, capsys):
+    good = _write(tmp_path, _good())
+    assert main(["validate", str(good)]) == 0
+    assert "ok" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    d = _good()
+    d["variants"][1]["scheme"] = "int3"
+    bad.write_text(yaml.safe_dump(d))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "variants[1].scheme" in err[0] and "allowed:" in err[0]
+
+
+def test_parse_rejects_frozen_mutation():
+    cfg = parse_study(_good())
+    with pytest.raises(Exception):
+        cfg.study = "other"  # type: ignore[misc]

@@ -1,0 +1,146 @@
+"""Report: joins, gains, Pareto frontier, claim verdicts and figures on seeded records."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evalkit import records as rec
+from evalkit import report as rp
+from evalkit.config import Claim
+
+LAT = {  # variant -> (ttft p50 at c=1, tpot p50 at c=1), c=4 is 1.5x / 1.2x
+    "base": (100.0, 20.0), "w4a16": (80.0, 12.0), "w4a8_fp8": (30.0, 7.0),
+    "fp8_dynamic": (60.0, 14.0),
+}
+ACC = {"base": 0.60, "w4a16": 0.58, "w4a8_fp8": 0.55, "fp8_dynamic": 0.60}
+
+
+def _records(unsupported: tuple[str, ...] = ()) -> pd.DataFrame:
+    rows = []
+    for v, (ttft, tpot) in LAT.items():
+        for c, f1, f2 in ((1, 1.0, 1.0), (4, 1.5, 1.2)):
+            for m, val in (("ttft_ms", ttft * f1), ("tpot_ms", tpot * f2)):
+                for stat, k in (("mean", 1.05), ("p50", 1.0), ("p90", 1.3), ("p99", 1.6)):
+                    st = "unsupported" if v in unsupported else "ok"
+                    rows.append(dict(variant=v, scheme=v, stage="latency", mode="server",
+                                     workload="chat", concurrency=c, input_len=128,
+                                     output_len=32, metric=m, stat=stat,
+                                     value=float("nan") if st != "ok" else val * k, unit="ms",
+                                     higher_is_better=False, status=st,
+                                     note="no kernel" if st != "ok" else None,
+                                     hardware="NVIDIA H100 80GB HBM3"))
+        for task, off in (("arc_easy", 0.0), ("piqa", 0.1)):
+            base = ACC["base"] + off
+            val = ACC[v] + off
+            rows.append(dict(variant=v, scheme=v, stage="accuracy", task=task, metric="acc",
+                             stat="value", value=val, unit="fraction", higher_is_better=True,
+                             n=500))
+            if v != "base":
+                d = val - base
+                for stat, x in (("delta", d), ("ci_low", d - 0.02), ("ci_high", d + 0.02)):
+                    rows.append(dict(variant=v, scheme=v, stage="accuracy", task=task,
+                                     metric="acc", stat=stat, value=x, unit="fraction",
+                                     higher_is_better=True, n=500))
+    return rec.make_records(rows, run_id="r")
+
+
+def test_latency_point_and_gains():
+    df = _records()
+    pt = rp.latency_point(df, workload="chat", concurrency=1)
+    g = rp.gains(pt, "w4a16").set_index("variant")
+    assert g.loc["w4a8_fp8", "ttft_gain_vs_w4a16_pct"] == pytest.approx((80 - 30) / 80 * 100)
+    assert g.loc["w4a8_fp8", "tpot_gain_vs_w4a16_pct"] == pytest.approx((12 - 7) / 12 * 100)
+    assert g.loc["w4a16", "ttft_gain_vs_w4a16_pct"] == pytest.approx(0)
+
+
+def test_quality_per_variant_combines_tasks():
+    q = rp.quality_per_variant(_records()).set_index("variant")
+    assert q.loc["w4a8_fp8", "quality_delta"] == pytest.approx(-0.05)
+    # two tasks, half-width 0.02 each: sqrt(2 * 0.02^2) / 2
+    h = math.sqrt(2 * 0.02**2) / 2
+    assert q.loc["w4a8_fp8", "quality_ci_high"] == pytest.approx(-0.05 + h)
+    assert q.loc["fp8_dynamic", "docs"] == 1000
+
+
+def test_pareto_frontier():
+    pts = pd.DataFrame({"x": [0, 10, 20, 5, np.nan], "y": [0, -1, -3, -2, 1]})
+    mask = rp.pareto_frontier(pts, x="x", y="y")
+    assert mask.tolist() == [True, True, True, False, False]
+    mask = rp.pareto_frontier(pts, x="x", y="y", x_higher_better=False)
+    assert mask.tolist() == [True, False, False, False, False]
+
+
+def test_quality_speed_table_marks_unsupported():
+    df = _records(unsupported=("w4a8_fp8",))
+    t = rp.quality_speed(df, workload="chat", concurrency=1, reference="w4a16").set_index("variant")
+    assert t.loc["w4a8_fp8", "latency_status"].startswith("unsupported: no kernel")
+    assert math.isnan(t.loc["w4a8_fp8", "ttft_ms"])
+    assert t.loc["base", "quality_delta"] == 0
+    assert t.loc["w4a16", "ttft_gain_vs_base_pct"] == pytest.approx(20.0)
+
+
+def _claim(**kw):
+    base = dict(name="c", text="W4A8 58% faster TTFT", variant="w4a8_fp8", reference="w4a16",
+                ttft_reduction_pct=58, tpot_reduction_pct=45, hardware="hopper")
+    return Claim(**{**base, **kw})
+
+
+def test_claim_check_verdicts():
+    df = _records()
+    checks = rp.claim_check(df, [_claim()], hardware="NVIDIA H100 80GB HBM3")
+    ttft = checks[checks["metric"] == "ttft_ms"].set_index("concurrency")
+    # c=1: (80-30)/80 = 62.5% >= 58 -> holds; c=4 same ratios -> holds
+    assert ttft.loc[1, "measured_pct"] == pytest.approx(62.5)
+    assert set(ttft["verdict"]) == {"holds"}
+    tpot = checks[checks["metric"] == "tpot_ms"]
+    # (12-7)/12 = 41.7% vs claimed 45 with 10% tolerance (>= 40.5) -> holds
+    assert set(tpot["verdict"]) == {"holds"}
+    strict = rp.claim_check(df, [_claim(tolerance_pct=0)], hardware="H100")
+    assert set(strict.loc[strict["metric"] == "tpot_ms", "verdict"]) == {"partly"}
+    assert checks["applies"].all()
+    cpu = rp.claim_check(df, [_claim()], hardware="CPU: Xeon")
+    assert not cpu["applies"].any()
+
+
+def test_claim_not_reproduced_and_summary():
+    df = _records()
+    c = _claim(variant="base", reference="w4a8_fp8")  # base is slower: negative reduction
+    checks = rp.claim_check(df, [c], hardware="H100")
+    assert set(checks["verdict"]) == {"not reproduced"}
+    s = rp.claim_summary(checks)
+    assert set(s["verdict"]) == {"not reproduced"}
+    assert (s["holds_at"] == "-").all()
+    s2 = rp.claim_summary(rp.claim_check(df, [_claim()], hardware="H100"))
+    assert set(s2["verdict"]) == {"holds"}
+    assert "chat@c1" in s2["holds_at"].iloc[0]
+
+
+def test_claim_unmeasured_variant():
+    df = _records(unsupported=("w4a8_fp8",))
+    checks = rp.claim_check(df, [_claim()], hardware="H100")
+    assert set(checks["verdict"]) == {"not measured"}
+
+
+def test_figures_are_pure_and_complete():
+    df = _records()
+    t = rp.quality_speed(df, workload="chat", concurrency=4, reference="w4a16")
+    fig = rp.plot_quality_vs_speed(t, gain_col="ttft_gain_vs_base_pct", caption="cap")
+    ax = fig.axes[0]
+    labels = {a.get_text() for a in ax.texts}
+    assert {"base", "w4a16", "w4a8_fp8", "fp8_dynamic"} <= labels
+    assert any(line.get_label() == "Pareto frontier" for line in ax.lines)
+    fig2 = rp.plot_latency_curves(df, metric="tpot_ms")
+    assert len(fig2.axes[0].lines) >= 4
+    fig3 = rp.plot_accuracy_deltas(df)
+    assert len(fig3.axes[0].collections) >= 1
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
