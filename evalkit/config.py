@@ -370,7 +370,15 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def _format_pydantic(path: str, exc: ValidationError) -> list[str]:
     lines = []
-    for err in exc.errors():
+    errors = exc.errors()
+    locs = [tuple(e["loc"]) for e in errors]
+    for err in errors:
+        # a bad item also makes its tuple "too short" after validation: report the item only
+        if err["type"] == "too_short" and any(
+            other[: len(err["loc"])] == tuple(err["loc"]) and len(other) > len(err["loc"])
+            for other in locs
+        ):
+            continue
         loc = tuple(p for p in err["loc"] if not str(p).startswith(("function-", "constrained")))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
@@ -501,6 +509,6 @@ def semantic_problems(cfg: StudyConfig, path: str = "<config>") -> list[str]:
     probe = root
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
         out.append(f"{path}: output_root: '{root}' is not writable (checked '{probe}')")
     return out

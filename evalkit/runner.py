@@ -189,10 +189,20 @@ def run_study(
         from tqdm.auto import tqdm
 
         bar = tqdm(todo, desc="study", unit="stage", disable=not progress)
+        failures: list[str] = []
         try:
             for stage in bar:
                 bar.set_postfix_str(stage.notebook)
-                execute_stage(run, stage, progress=progress)
+                try:
+                    execute_stage(run, stage, progress=progress)
+                except StageError as exc:
+                    failures.append(str(exc))
+                    # A stage that wrote its records failed only in some units (recorded
+                    # with status=failed): later stages still run on what it finished.
+                    if stage.name == "report" or not run.stage_records_path(stage.name).is_file():
+                        break
+            if failures:
+                raise StageError("; ".join(failures))
         except KeyboardInterrupt:
             raise Interrupted(
                 f"run {run.run_id} interrupted; finished units are kept -- resume with "

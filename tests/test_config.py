@@ -121,8 +121,9 @@ def test_schema_errors_are_one_clear_line(tmp_path, fn, key, words):
 
 SEMANTIC = [
     (mutate("model.name", "gemma9"), "model.name", "unknown packaged model 'gemma9'"),
-    (mutate("model", {"source": "preset", "name": "llama-9b"}), "model.name",
-     "unknown architecture preset"),
+    (lambda d: mutate("accuracy", DELETE)(mutate("model", {"source": "preset",
+                                                           "name": "llama-9b"})(d)),
+     "model.name", "unknown architecture preset"),
     (mutate("model", {"source": "hf_dir", "path": "/nonexistent/ckpt"}), "model.path",
      "not a checkpoint directory"),
     (mutate("model", {"source": "gguf", "path": "/nonexistent/m.gguf"}), "model.path",
