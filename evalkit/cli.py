@@ -22,6 +22,7 @@ commands:
   index [ROOT]           rebuild ROOT/index.html (links every run's report)
   assets list|prepare    list or build the packaged offline models and task pack
   env                    print the environment record written into each run (env.json)
+  kernels                register the evalkit-eval and evalkit-quantize Jupyter kernels
 
 exit codes: 0 ok, 2 invalid study, 3 run dir busy/exists, 4 stage failed, 130 interrupted
 """
@@ -116,6 +117,17 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kernels(args: argparse.Namespace) -> int:
+    from evalkit.kernels import install_kernels
+
+    for path in install_kernels(
+        prefix=args.prefix, eval_python=args.eval_python, quantize_python=args.quantize_python,
+        quantize_pythonpath=args.quantize_pythonpath,
+    ):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="evalkit", description="Quality-versus-speed evaluation of quantized LLMs.",
@@ -158,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("env", help="print the environment record")
     s.set_defaults(func=_cmd_env)
+
+    s = sub.add_parser("kernels", help="register the two Jupyter kernels",
+                       description="Write kernel specs evalkit-eval and evalkit-quantize under "
+                       "PREFIX/share/jupyter/kernels (default: this Python's prefix).")
+    s.add_argument("--prefix", type=Path, default=Path(sys.prefix))
+    s.add_argument("--eval-python", type=Path, default=Path(sys.executable))
+    s.add_argument("--quantize-python", type=Path, required=True,
+                   help="Python of the quantize environment (llm-compressor)")
+    s.add_argument("--quantize-pythonpath", default=None,
+                   help="PYTHONPATH for the quantize kernel, where llm-compressor is installed "
+                   "apart from the eval packages (e.g. a --target directory)")
+    s.set_defaults(func=_cmd_kernels)
     return p
 
 

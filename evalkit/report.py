@@ -381,12 +381,13 @@ class Report:
     env: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     claims: tuple[Any, ...] = ()
+    base: str = "base"
 
     def table(self) -> pd.DataFrame:
         if self.workload is None or self.concurrency is None:
             return quality_per_variant(self.records)
         return quality_speed(self.records, workload=self.workload, concurrency=self.concurrency,
-                             reference=self.reference)
+                             reference=self.reference, base=self.base)
 
     def caption(self, what: str) -> str:
         point = (f"workload {self.workload} at concurrency {self.concurrency}"

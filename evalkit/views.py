@@ -49,6 +49,7 @@ def build(cfg: StudyConfig, run: Run) -> rp.Report:
         records=df, study=cfg.study, model=model, hardware=hardware, workload=wl,
         concurrency=conc, reference=cfg.report.reference_variant, caveats=caveats, env=env,
         description=cfg.description, claims=cfg.claims,
+        base=next((v.name for v in cfg.variants if v.scheme == "base"), "base"),
     )
 
 
@@ -81,7 +82,7 @@ def headline_markdown(r: rp.Report) -> str:
     ref = f" and against `{r.reference}`" if r.reference else ""
     return (
         f"## Headline\n\nAt workload **{r.workload}**, concurrency **{r.concurrency}**, on "
-        f"{r.hardware}. Gains are against `base`{ref}: (reference − variant) / reference × 100, "
+        f"{r.hardware}. Gains are against `{r.base}`{ref}: (reference − variant) / reference × 100, "
         "positive = faster. Latencies are p50 over requests (ms). Quality delta is the mean over "
         "tasks of the primary metric's paired delta vs base (points × 100), with its 95% interval."
     )

@@ -75,10 +75,8 @@ step "Jupyter kernels"
 EVAL="$ROOT/.venv/eval/bin/python"
 QUANT="$ROOT/.venv/quantize/bin/python"
 # Both kernel specs live in the eval environment, where jupyterlab and papermill run.
-"$EVAL" -m ipykernel install --prefix "$ROOT/.venv/eval" --name evalkit-eval \
-  --display-name "evalkit eval (vLLM, lm-eval)" >/dev/null
-"$QUANT" -m ipykernel install --prefix "$ROOT/.venv/eval" --name evalkit-quantize \
-  --display-name "evalkit quantize (llm-compressor)" >/dev/null
+"$EVAL" -m evalkit.cli kernels --prefix "$ROOT/.venv/eval" --eval-python "$EVAL" \
+  --quantize-python "$QUANT" >/dev/null
 "$ROOT/.venv/eval/bin/jupyter" kernelspec list | grep evalkit
 
 step "assets (packaged model, offline task pack)"

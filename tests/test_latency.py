@@ -1,0 +1,234 @@
+"""Tests for evalkit.latency: metric definitions, records, roofline, and one real sweep."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evalkit import latency as L
+from evalkit import records as rec
+from evalkit.config import Workload
+
+# ---- TPOT / per-request metrics -------------------------------------------------------
+
+
+def test_tpot_excludes_first_token():
+    # 10 tokens: first at 100 ms, last at 1000 ms -> 9 decode gaps of 100 ms
+    assert L.tpot_s(1.0, 0.1, 10) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_tpot_undefined_for_one_token_is_nan(n):
+    assert math.isnan(L.tpot_s(0.5, 0.5, n))
+
+
+def _detail():
+    return {
+        "duration": 2.0,
+        "errors": ["", "", "", "Bad request: boom"],
+        "ttfts": [0.1, 0.2, 0.3, 0.0],
+        "latencies": [1.0, 1.1, 0.3, 0.0],
+        "output_lens": [10, 10, 1, 0],
+        "input_lens": [64, 64, 64, 64],
+        "itls": [[0.1] * 9, [0.1] * 9, [], []],
+    }
+
+
+def test_per_request_metrics_counts_failures_and_keeps_nan():
+    m = L.per_request_metrics(_detail())
+    assert m["completed"] == 3 and m["failed"] == 1
+    assert m["ttft_ms"] == pytest.approx([100, 200, 300])
+    assert m["tpot_ms"][:2] == pytest.approx([100, 100])
+    assert math.isnan(m["tpot_ms"][2])  # 1-token output: undefined, not 0
+    assert len(m["itl_ms"]) == 18
+    assert m["output_tokens"] == 21
+    assert m["errors"] == ["Bad request: boom"]
+
+
+def test_point_rows_stats_and_throughput():
+    m = L.per_request_metrics(_detail())
+    rows = L.point_rows(m, mode="server", workload="w", concurrency=2,
+                        request_rate=math.inf, input_len=64, output_len=10)
+    df = rec.make_records(rows, variant="v", stage="latency")
+    get = lambda met, st: float(df[(df.metric == met) & (df.stat == st)].value.iloc[0])  # noqa: E731
+    assert get("ttft_ms", "p50") == pytest.approx(200)
+    assert get("tpot_ms", "mean") == pytest.approx(100)  # the NaN is excluded, not averaged as 0
+    assert int(df[(df.metric == "tpot_ms") & (df.stat == "mean")].n.iloc[0]) == 2
+    assert get("failed_requests", "value") == 1
+    assert get("output_throughput_tok_s", "value") == pytest.approx(21 / 2.0)
+    assert "boom" in df[df.metric == "failed_requests"].note.iloc[0]
+
+
+def test_all_failed_point_gives_nan_not_zero():
+    d = _detail()
+    d["errors"] = ["x"] * 4
+    rows = L.point_rows(L.per_request_metrics(d), mode="server")
+    vals = {(r["metric"], r["stat"]): r["value"] for r in rows}
+    assert math.isnan(vals[("ttft_ms", "mean")]) and math.isnan(vals[("tpot_ms", "p99")])
+    assert math.isnan(vals[("output_throughput_tok_s", "value")])
+    assert vals[("failed_requests", "value")] == 4
+
+
+def test_percentile_rows_empty_is_nan():
+    rows = rec.percentile_rows([], metric="ttft_ms", unit="ms", higher_is_better=False)
+    assert all(math.isnan(r["value"]) for r in rows) and all(r["n"] == 0 for r in rows)
+
+
+def test_percentiles_match_numpy_like_vllm():
+    rng = np.random.default_rng(0)
+    x = rng.gamma(2.0, 10.0, 101)
+    rows = rec.percentile_rows(x, metric="ttft_ms", unit="ms", higher_is_better=False)
+    assert rows[2]["value"] == pytest.approx(np.percentile(x, 90))
+
+
+def test_server_metric_rows_from_delta():
+    delta = {
+        "vllm:time_to_first_token_seconds": {"count": 4, "sum": 0.4, "mean": 0.1,
+                                             "p50": 0.08, "p90": 0.15, "p99": 0.2},
+        "vllm:request_success_total": {"value": 4.0},
+    }
+    rows = L.server_metric_rows(delta, mode="server-metrics")
+    ttft = {r["stat"]: r["value"] for r in rows if r["metric"] == "ttft_ms"}
+    assert ttft["mean"] == pytest.approx(100) and ttft["p90"] == pytest.approx(150)
+    e2e = [r for r in rows if r["metric"] == "e2el_ms"]
+    assert all(math.isnan(r["value"]) for r in e2e)  # not exported -> NaN, not 0
+
+
+def test_offline_rows():
+    its = [dict(ttft_s=0.1, e2e_s=1.0, tpot_s=0.1, output_tokens=40),
+           dict(ttft_s=0.1, e2e_s=2.0, tpot_s=0.2, output_tokens=40)]
+    rows = L.offline_rows(its, mode="offline")
+    v = {(r["metric"], r["stat"]): r["value"] for r in rows}
+    assert v[("tpot_ms", "mean")] == pytest.approx(150)
+    assert v[("output_throughput_tok_s", "mean")] == pytest.approx((40 + 20) / 2)
+
+
+# ---- roofline -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,bw", [
+    ("NVIDIA H100 80GB HBM3", 3350), ("NVIDIA H100 PCIe", 2000), ("NVIDIA H100 NVL", 3900),
+    ("NVIDIA H200", 4800), ("NVIDIA H200 NVL", 4800), ("Tesla T4", None),
+])
+def test_gpu_bandwidth(name, bw):
+    assert L.gpu_bandwidth_gbps(name) == bw
+
+
+def test_roofline_math():
+    assert L.roofline_tpot_ms(3.35e9, 3350) == pytest.approx(1.0)
+    assert math.isnan(L.roofline_tpot_ms(1e9, None))
+    assert L.decode_bytes_per_step(100, kv_bytes_token=2, context_tokens=10, batch=3) == 160
+
+
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                tie_word_embeddings=True)
+
+
+def test_estimate_weight_bytes_orders_schemes():
+    b = {s: L.estimate_weight_bytes(LLAMA_1B, s) for s in ("base", "w8a8_int8", "w4a16")}
+    # Llama-3.2-1B: 1.24 B params -> ~2.47 GB in bf16
+    assert b["base"] == pytest.approx(2.47e9, rel=0.02)
+    assert b["w4a16"] < b["w8a8_int8"] < b["base"]
+    # int4 linears (+ one bf16 scale per 128 weights); embeddings and norms stay 16-bit
+    linear = 16 * (2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192)
+    emb_norms = 128256 * 2048 * 2 + 33 * 2048 * 2
+    assert b["w4a16"] == linear // 2 + linear // 128 * 2 + emb_norms
+    assert b["base"] == 2 * linear + emb_norms
+
+
+def test_cpu_bandwidth_is_positive():
+    assert L.cpu_copy_bandwidth_gbps(mib=16, repeats=2) > 0.1
+
+
+# ---- the bench client's flags exist in the installed vLLM --------------------------------
+
+
+def test_bench_command_parses_with_installed_vllm(tmp_path):
+    serve = pytest.importorskip("vllm.benchmarks.serve")
+    import argparse
+
+    cmd = L.bench_command(
+        base_url="http://127.0.0.1:1", served_model_name="m", tokenizer=tmp_path,
+        workload=Workload(name="w", input_len=64, output_len=16), concurrency=2,
+        request_rate=math.inf, num_prompts=8, seed=0, result_dir=tmp_path,
+        result_filename="x.json")
+    assert cmd[:2] == ["--backend", "openai"]
+    parser = argparse.ArgumentParser()
+    serve.add_cli_args(parser)
+    args = parser.parse_args(cmd)
+    assert args.max_concurrency == 2 and math.isinf(args.request_rate)
+    assert args.save_detailed and args.ignore_eos and args.num_warmups == 0
+    assert args.percentile_metrics == "ttft,tpot,itl,e2el"
+
+
+# ---- one real sweep on CPU -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_sweep_and_resume(tmp_path, monkeypatch):
+    pytest.importorskip("vllm")
+    from tiny_model import build_tiny_llama
+
+    from evalkit.config import StudyConfig
+    from evalkit.rundir import Run
+
+    ckpt = build_tiny_llama()
+    cfg = StudyConfig.model_validate({
+        "study": "t", "model": {"source": "hf_dir", "path": str(ckpt)},
+        "variants": [{"name": "base", "scheme": "base"}],
+        "latency": {"workloads": [{"name": "short", "input_len": 32, "output_len": 8}],
+                    "concurrency": [2], "num_prompts": 6, "warmups": 1},
+        "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.1,
+                   "max_model_len": 256, "startup_timeout_s": 300},
+        "output_root": str(tmp_path),
+    })
+    run = Run(tmp_path / "t" / "r1")
+    for d in ("records", "raw", "units", "logs"):
+        (run.path / d).mkdir(parents=True)
+
+    class M:
+        name, path, load_format = "tiny", ckpt, None
+
+    df = L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M)
+    n = cfg.latency.prompts_for(2)  # max(num_prompts, 4 x concurrency) = 8
+    ok = df[(df["mode"] == "server") & (df["status"] == "ok")]
+    get = lambda met, st: float(ok[(ok.metric == met) & (ok.stat == st)].value.iloc[0])  # noqa: E731
+    assert get("completed_requests", "value") == n and get("failed_requests", "value") == 0
+    assert 0 < get("ttft_ms", "p50") < get("e2el_ms", "p50")
+    assert get("tpot_ms", "mean") > 0
+    srv = df[(df["mode"] == "server-metrics") & (df.metric == "completed_requests")]
+    assert float(srv.value.iloc[0]) == n  # warm-ups are outside the scrape window
+    srv_e2e = float(df[(df["mode"] == "server-metrics") & (df.metric == "e2el_ms")
+                       & (df.stat == "mean")].value.iloc[0])
+    assert srv_e2e == pytest.approx(get("e2el_ms", "mean"), rel=0.25)
+    assert (run.path / "raw/latency/base/provenance.json").is_file()
+    assert (run.path / "raw/latency/base/short_c2_rinf.summary.json").is_file()
+    assert (df.metric == "roofline_tpot_ms").any() and (df.metric == "engine_startup_s").any()
+
+    # resume: every point is done -> no server is started, the same numbers come back
+    def no_server(*a, **k):
+        raise AssertionError("server started on resume")
+
+    monkeypatch.setattr(L.eng.VLLMServer, "start", no_server)
+    df2 = L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M)
+    a = df[df.metric == "ttft_ms"].sort_values("stat").value.to_numpy()
+    b = df2[df2.metric == "ttft_ms"].sort_values("stat").value.to_numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_tiny_model_weight_estimate_matches_file(tmp_path):
+    pytest.importorskip("transformers")
+    import json
+
+    from tiny_model import build_tiny_llama
+
+    ckpt = build_tiny_llama()
+    config = json.loads((ckpt / "config.json").read_text())
+    size = os.path.getsize(ckpt / "model.safetensors")
+    assert L.estimate_weight_bytes(config, "base") == pytest.approx(size, rel=0.02)
+    assert Path(ckpt).is_dir()
