@@ -144,14 +144,14 @@ def quality_speed(df: pd.DataFrame, *, workload: str, concurrency: int,
     point = latency_point(df, workload=workload, concurrency=concurrency)
     variants = pd.DataFrame({"variant": pd.unique(df["variant"].dropna())})
     schemes = df.drop_duplicates("variant").set_index("variant")["scheme"]
-    variants["scheme"] = variants["variant"].map(schemes)
+    variants["scheme"] = [schemes.get(v) for v in variants["variant"]]
     out = variants.merge(point, on="variant", how="left")
     out = out.merge(quality_per_variant(df), on="variant", how="left")
     for ref in [base] + ([reference] if reference and reference != base else []):
         if not point.empty:
             out = out.merge(gains(point, ref), on="variant", how="left")
     status = latency_status(df)
-    out["latency_status"] = out["variant"].map(status).fillna("not measured")
+    out["latency_status"] = [status.get(v, "not measured") for v in out["variant"]]
     if "quality_delta" in out:
         out.loc[out["variant"] == base, ["quality_delta", "quality_ci_low", "quality_ci_high"]] = 0.0
     return out
