@@ -91,7 +91,8 @@ def per_request_metrics(detail: Mapping[str, Any]) -> dict[str, Any]:
 
     Args:
         detail: the saved JSON (fields ``ttfts``, ``itls``, ``latencies``, ``output_lens``,
-            ``input_lens``, ``errors`` per request, and ``duration``).
+            ``input_lens``, ``errors`` per request, and ``duration``). Without
+            ``latencies`` (vLLM 0.24's client), latency = TTFT + sum(ITL) per request.
 
     Returns:
         dict with ``ttft_ms``, ``tpot_ms``, ``e2el_ms`` (one value per successful request;
@@ -102,10 +103,17 @@ def per_request_metrics(detail: Mapping[str, Any]) -> dict[str, Any]:
     errors = list(detail.get("errors") or [])
     n = len(errors)
     ttfts = list(detail.get("ttfts") or [math.nan] * n)
-    lats = list(detail.get("latencies") or [math.nan] * n)
     outs = list(detail.get("output_lens") or [0] * n)
     ins = list(detail.get("input_lens") or [0] * n)
     itls = list(detail.get("itls") or [[] for _ in range(n)])
+    if detail.get("latencies"):
+        lats = list(detail["latencies"])
+    else:
+        # Older clients (vLLM 0.24) save no per-request latency. Their streaming client
+        # takes TTFT as the first chunk's arrival and each ITL as the gap to the previous
+        # chunk, so the request's latency is exactly TTFT + sum(ITL) for a streamed request.
+        lats = [t + sum(g) if t is not None and len(g) else math.nan
+                for t, g in zip(ttfts, itls, strict=False)]
     if not (len(ttfts) == len(lats) == len(outs) == n):
         raise StageError(
             f"benchmark result has per-request lists of different lengths "

