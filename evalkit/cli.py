@@ -23,6 +23,7 @@ commands:
   assets list|prepare    list or build the packaged offline models and task pack
   env                    print the environment record written into each run (env.json)
   kernels                register the evalkit-eval and evalkit-quantize Jupyter kernels
+  rebuild RUN            recompute a run's latency records from its raw per-request data
 
 exit codes: 0 ok, 2 invalid study, 3 run dir busy/exists, 4 stage failed, 130 interrupted
 """
@@ -128,6 +129,16 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    from evalkit import latency
+    from evalkit.rundir import open_run
+
+    run = open_run(args.run)
+    df = latency.rebuild_records(run)
+    print(f"{run.path}: {len(df)} latency records rebuilt from raw data")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="evalkit", description="Quality-versus-speed evaluation of quantized LLMs.",
@@ -170,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("env", help="print the environment record")
     s.set_defaults(func=_cmd_env)
+
+    s = sub.add_parser("rebuild", help="recompute latency records from raw per-request data")
+    s.add_argument("run", type=Path, help="run directory")
+    s.set_defaults(func=_cmd_rebuild)
 
     s = sub.add_parser("kernels", help="register the two Jupyter kernels",
                        description="Write kernel specs evalkit-eval and evalkit-quantize under "

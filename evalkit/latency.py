@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import time
@@ -45,7 +46,7 @@ import pandas as pd
 from evalkit import engine as eng
 from evalkit import records as rec
 from evalkit.config import EngineSpec, LatencySpec, StudyConfig, Variant, Workload
-from evalkit.errors import EngineError, StageError, UnsupportedSchemeError
+from evalkit.errors import EngineError, EvalkitError, StageError, UnsupportedSchemeError
 from evalkit.io import atomic_write_json, read_json
 from evalkit.rundir import Run, _safe, environment_info, hardware_label
 from evalkit.schemes import SCHEMES, Scheme
@@ -550,7 +551,8 @@ class _Stage:
             return {}
         q = rec.read_records(p)
         q = q[(q["metric"] == "weight_bytes") & (q["status"] == "ok")]
-        return {str(r.variant): float(r.value) for r in q.itertuples()}
+        # presets have no weights to count (NaN): their bytes are estimated from the config
+        return {str(r.variant): float(r.value) for r in q.itertuples() if math.isfinite(r.value)}
 
     def points(self, mode: str) -> list[tuple[Workload, int, float]]:
         rates = self.lat.request_rate if mode == "server" else (math.inf,)
@@ -913,3 +915,68 @@ def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | N
         raise StageError("latency stage: " + " | ".join(problems))
     return df
 
+
+
+def rebuild_records(run: Run) -> pd.DataFrame:
+    """Recompute the server-mode point records of a run from its raw per-request files.
+
+    Every measured point keeps vLLM's per-request data (``raw/latency/<variant>/<point>.json``)
+    and the server's /metrics delta (``<point>.summary.json``); this derives the records
+    again with the current definitions -- e.g. after a fix in :func:`per_request_metrics` --
+    without re-measuring. Identity columns (run, variant, hardware, ...) are kept from the
+    existing records; ``tpot_pct_of_roofline`` is recomputed from the roofline bound stated
+    in its note. Writes the unit files and the stage records; returns the stage records.
+    """
+    stage_file = run.stage_records_path(STAGE)
+    if not stage_file.is_file():
+        raise StageError(f"{run.path}: no latency records to rebuild")
+    old = rec.read_records(stage_file)
+    ident = ["run_id", "study", "model", "variant", "scheme", "method", "stage", "backend",
+             "hardware"]
+    frames = [old]
+    for unit in sorted(run.path.glob(f"raw/{STAGE}/*/units/*.parquet")):
+        prev = rec.read_records(unit)
+        srv = prev[(prev["mode"] == "server") & (prev["status"] == "ok")]
+        if srv.empty:
+            continue
+        first = srv.iloc[0]
+        name = f"{first['workload']}_c{int(first['concurrency'])}_r{_rate_label(first['request_rate'])}"
+        vdir = unit.parent.parent
+        fields = {k: first[k] for k in ("mode", "workload", "concurrency", "request_rate",
+                                         "input_len", "output_len")}
+        rows = point_rows(per_request_metrics(read_json(vdir / f"{name}.json")), **fields)
+        summary_file = vdir / f"{name}.summary.json"
+        summary = read_json(summary_file) if summary_file.is_file() else {}
+        if summary.get("server_metrics"):
+            srows = server_metric_rows(summary["server_metrics"],
+                                       **{**fields, "mode": "server-metrics"})
+            for x in srows:
+                x["backend"] = "vllm-server"
+            rows += srows
+        common = {k: first[k] for k in ident if k != "backend"}
+        new = rec.make_records(rows, **{"backend": first["backend"], **common})
+        rec.write_records(new, unit)
+        frames.append(new)
+    df = rec.combine(frames)
+    # roofline rows again, for the hardware the points were measured on
+    cfg = run.config()
+    hw = str(df["hardware"].dropna().iloc[0]) if df["hardware"].notna().any() else ""
+    st = _Stage(cfg, run, None, None)
+    st.hardware = hw
+    gbps = gpu_bandwidth_gbps(hw)
+    st.bandwidth = (gbps, f"vendor peak for {hw}") if gbps else (None, f"{hw}: bandwidth unknown")
+    st.frames = [df[~df["metric"].isin(["roofline_tpot_ms", "tpot_pct_of_roofline"])]]
+    for v in cfg.variants:
+        try:
+            ckpt = st.checkpoint(v)
+        except EvalkitError:  # e.g. built on another host, not in this cache
+            ckpt = None
+        if ckpt is None or not (ckpt / "config.json").is_file():
+            # checkpoints built on another host: the architecture's config is all the
+            # estimate needs (weight bytes come from the quantize records when present)
+            ckpt = Path(st.model.path)
+        st.roofline_rows(v, ckpt)
+    df = rec.combine(st.frames)
+    run.write_stage_records(STAGE, df)
+    run.log(f"latency: rebuilt {len(frames) - 1} point(s) from raw per-request data")
+    return df
