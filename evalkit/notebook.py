@@ -139,7 +139,7 @@ def show_accuracy(records: pd.DataFrame):
 def plot_accuracy(records: pd.DataFrame):
     from evalkit import report
 
-    return report.plot_accuracy_deltas(records[records["stage"] == "accuracy"])
+    return _shown(report.plot_accuracy_deltas(records[records["stage"] == "accuracy"]))
 
 
 # ------------------------------------------------------------------------------ 03 latency
@@ -178,9 +178,9 @@ def show_latency(records: pd.DataFrame):
 def plot_latency(records: pd.DataFrame, metric: str = "tpot_ms"):
     from evalkit import report
 
-    return report.plot_latency_curves(records, metric=metric,
-                                      caption=f"{metric}: p50 over requests at each concurrency "
-                                      "(vLLM definitions; TPOT excludes the first token).")
+    return _shown(report.plot_latency_curves(
+        records, metric=metric, caption=f"{metric}: p50 over requests at each concurrency "
+        "(vLLM definitions; TPOT excludes the first token)."))
 
 
 # ------------------------------------------------------------------------------ 04 report
@@ -207,18 +207,32 @@ def show_headline(report: Any):
     return _table(views.headline_table(report), "{:.2f}")
 
 
+def _shown(fig):
+    """Return a figure for Jupyter to display once (closed, so the inline backend does not
+    show it a second time)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return fig
+
+
 def plot_quality_vs_speed(report: Any, metric: str = "ttft_ms"):
     from evalkit import report as rp
 
     table = report.table()
     short = metric.removesuffix("_ms")
     cols = [c for c in table.columns if c.startswith(f"{short}_gain_vs_")]
+    if "quality_delta" not in table or table["quality_delta"].drop(
+            table.index[table["variant"] == report.base], errors="ignore").isna().all():
+        return _shown(rp.plot_speed_gains(
+            table, gain_cols=cols,
+            caption=report.caption(f"{short.upper()} gains; quality was not measured.")))
     ref = f"{short}_gain_vs_{report.reference}_pct" if report.reference else None
     gain_col = ref if ref in cols else (cols[0] if cols else f"{short}_gain_vs_base_pct")
     if gain_col not in table:
         table = table.assign(**{gain_col: float("nan")})
-    return rp.plot_quality_vs_speed(table, gain_col=gain_col,
-                                    caption=report.caption(f"Quality vs {short.upper()} gain."))
+    return _shown(rp.plot_quality_vs_speed(
+        table, gain_col=gain_col, caption=report.caption(f"Quality vs {short.upper()} gain.")))
 
 
 def show_claims(report: Any):

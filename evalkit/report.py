@@ -305,6 +305,28 @@ def plot_quality_vs_speed(table: pd.DataFrame, *, gain_col: str, caption: str = 
     return fig
 
 
+def plot_speed_gains(table: pd.DataFrame, *, gain_cols: list[str], caption: str = ""):
+    """Speed gains per variant (bars), for studies without quality (e.g. random weights)."""
+    import matplotlib.pyplot as plt
+
+    _style()
+    cols = [c for c in gain_cols if c in table]
+    t = table.set_index("variant")[cols] if cols else pd.DataFrame()
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 * max(len(t), 3) + 1.2))
+    if t.empty or t.isna().all().all():
+        ax.text(0.5, 0.5, "no latency measured", ha="center", va="center", transform=ax.transAxes)
+    else:
+        t.plot.barh(ax=ax)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.legend([c.replace("_pct", "") for c in cols], loc="best", fontsize=8)
+    ax.set_xlabel("gain (%; > 0 = faster than the reference)")
+    ax.set_title("Speed gains (quality not measured)")
+    if caption:
+        fig.text(0.01, -0.02, caption, ha="left", va="top", fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
 def plot_latency_curves(df: pd.DataFrame, *, metric: str = "tpot_ms", stat: str = "p50",
                         mode: str = "server", caption: str = ""):
     """Latency vs concurrency, one line per variant, one panel per workload."""

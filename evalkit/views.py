@@ -96,6 +96,8 @@ def headline_table(r: rp.Report) -> pd.DataFrame:
     keep = ["variant", "scheme"] + [c for c in t.columns if c in (
         "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "quality_delta", "quality_ci_low",
         "quality_ci_high", "tasks", "docs") or "_gain_vs_" in c] + ["latency_status"]
+    if not (r.records["stage"] == "accuracy").any():  # speed-only study: no quality columns
+        keep = [c for c in keep if not c.startswith("quality_") and c not in ("tasks", "docs")]
     return t[[c for c in keep if c in t.columns]]
 
 
