@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the test suite: the eval environment runs everything but tests/quantize, which runs in
-# the quantize environment (llm-compressor). Extra arguments go to both pytest runs.
+# the quantize environment (llm-compressor). Tests marked heavy (tens of minutes on a 2-core
+# CPU) are left out unless -m is given; extra arguments go to both pytest runs.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -11,6 +12,8 @@ for env in eval quantize; do
   fi
 done
 status=0
-.venv/eval/bin/python -m pytest tests --ignore=tests/quantize "$@" || status=$?
-.venv/quantize/bin/python -m pytest tests/quantize "$@" || status=$((status ? status : $?))
+args=("$@")
+if [[ " $* " != *" -m "* ]]; then args=(-m "not heavy" "$@"); fi
+.venv/eval/bin/python -m pytest tests --ignore=tests/quantize "${args[@]}" || status=$?
+.venv/quantize/bin/python -m pytest tests/quantize "${args[@]}" || status=$((status ? status : $?))
 exit $status

@@ -331,6 +331,7 @@ def test_hf_base_vs_w8a8_and_rerun_identical(tmp_path, gemma_w8a8, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # vLLM prompt logprobs over Gemma's 262k vocabulary: ~5 s a request on CPU
 def test_vllm_and_hf_agree_on_base_and_cache_reuse(tmp_path, monkeypatch):
     gemma = _gemma()
     monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path / "cache"))
