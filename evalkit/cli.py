@@ -94,7 +94,7 @@ def _cmd_assets(args: argparse.Namespace) -> int:
     from evalkit.config import ModelSpec
 
     if args.action == "list":
-        for name, pm in assets.PACKAGED_MODELS.items():
+        for name in assets.PACKAGED_MODELS:
             print(f"packaged model  {name}")
         for name in assets.list_presets():
             print(f"preset          {name}")

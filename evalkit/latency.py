@@ -29,9 +29,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -45,7 +42,7 @@ import pandas as pd
 
 from evalkit import engine as eng
 from evalkit import records as rec
-from evalkit.config import EngineSpec, LatencySpec, StudyConfig, Variant, Workload
+from evalkit.config import LatencySpec, StudyConfig, Variant, Workload
 from evalkit.errors import EngineError, EvalkitError, StageError, UnsupportedSchemeError
 from evalkit.io import atomic_write_json, read_json
 from evalkit.rundir import Run, _safe, environment_info, hardware_label
@@ -542,7 +539,7 @@ class _Stage:
             self.run.log(f"latency: {key} marked done but {p} is missing; measuring again")
             return False
         self.frames.append(rec.read_records(p))
-        self.run.log(f"latency: {key} done in an earlier session; reusing its records")
+        self.run.log(f"latency: {key} done in an earlier attempt of this run; reusing its records")
         return True
 
     def _quantize_weight_bytes(self) -> dict[str, float]:

@@ -199,9 +199,9 @@ def show_header(report: Any):
 
 
 def show_headline(report: Any):
-    from evalkit import views
-
     from IPython.display import display
+
+    from evalkit import views
 
     display(_md(views.headline_markdown(report)))
     return _table(views.headline_table(report), "{:.2f}")
@@ -236,9 +236,9 @@ def plot_quality_vs_speed(report: Any, metric: str = "ttft_ms"):
 
 
 def show_claims(report: Any):
-    from evalkit import views
-
     from IPython.display import display
+
+    from evalkit import views
 
     md, summary, detail = views.claims(report)
     display(_md(md))
@@ -248,9 +248,9 @@ def show_claims(report: Any):
 
 
 def show_crosscheck(report: Any):
-    from evalkit import views
-
     from IPython.display import display
+
+    from evalkit import views
 
     md, table = views.crosscheck(report)
     display(_md(md))
@@ -258,9 +258,9 @@ def show_crosscheck(report: Any):
 
 
 def show_roofline(report: Any):
-    from evalkit import views
-
     from IPython.display import display
+
+    from evalkit import views
 
     md, table = views.roofline(report)
     display(_md(md))

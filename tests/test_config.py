@@ -94,7 +94,8 @@ BAD = [
     (mutate("latency.workloads.0.input_len", 0), "latency.workloads[0].input_len", "greater than 0"),
     (mutate("latency.request_rate", [0]), "latency.request_rate", "> 0"),
     (mutate("latency.modes", ["batch"]), "latency.modes[0]", "'server'"),
-    (mutate("engine.gpu_memory_utilization", 1.5), "engine.gpu_memory_utilization", "less than or equal to 1"),
+    (mutate("engine.gpu_memory_utilization", 1.5), "engine.gpu_memory_utilization",
+     "less than or equal to 1"),
     (mutate("engine.tensor_parallel_size", 2), "engine", "tensor_parallel_size > 1 needs device: cuda"),
     (mutate("engine.device", "tpu"), "engine.device", "'cpu'"),
     (mutate("claims", [{"name": "c", "text": "x", "variant": "nope", "reference": "base",
@@ -223,5 +224,7 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
 
 def test_parse_rejects_frozen_mutation():
     cfg = parse_study(_good())
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
         cfg.study = "other"  # type: ignore[misc]
