@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalkit.errors import AssetError, ConfigError, EvalkitError
-from evalkit.io import atomic_dir, atomic_write_json, file_lock, read_json
+from evalkit.io import atomic_dir, atomic_write_json, file_lock, read_json, sha256_file
 
 if TYPE_CHECKING:
     from evalkit.config import ModelSpec
@@ -226,14 +226,6 @@ class ResolvedModel:
     provenance: dict[str, Any]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_sha256_cached(path: Path) -> str:
     """SHA-256 of a large file, remembered by (path, size, mtime) so a cache hit is instant."""
     st = path.stat()
@@ -245,7 +237,7 @@ def _file_sha256_cached(path: Path) -> str:
         index = {}  # a damaged index only costs a re-hash
     if key in index:
         return str(index[key])
-    digest = _sha256(path)
+    digest = sha256_file(path)
     with file_lock(index_path.with_suffix(".lock"), what="checksum index", blocking=True):
         fresh = read_json(index_path) if index_path.is_file() else {}
         fresh[key] = digest
@@ -260,7 +252,7 @@ def make_readable(root: Path) -> None:
         p.chmod(0o755 if p.is_dir() else 0o644)
 
 
-def _json_sha256(obj: Any) -> str:
+def _jsonsha256_file(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
@@ -496,7 +488,7 @@ def _resolve_packaged(name: str, *, progress: bool) -> ResolvedModel:
         gguf = pm.gguf_path()
         prov = {"source": "packaged", "package": pm.distribution, "version": version,
                 "requirements": list(pm.requirements), "gguf_file": gguf.name,
-                "gguf_sha256": _sha256(gguf), "gguf_quant": pm.gguf_quant,
+                "gguf_sha256": sha256_file(gguf), "gguf_quant": pm.gguf_quant,
                 "licence": pm.licence}
         _, record = _checkpoint_from_gguf(gguf, final, prov, progress=progress)
     prov = {k: record[k] for k in ("package", "version", "gguf_file", "gguf_sha256",
@@ -551,7 +543,7 @@ def _resolve_hf_dir(path: Path) -> ResolvedModel:
     if not cfg.is_file():
         raise ConfigError(f"model.path: '{path}' is not a checkpoint directory (no config.json)")
     prov: dict[str, Any] = {"source": "hf_dir", "path": str(path.resolve()),
-                            "config_sha256": _sha256(cfg)}
+                            "config_sha256": sha256_file(cfg)}
     caveats: tuple[str, ...] = ()
     if (path / ASSET_FILE).is_file():  # a directory evalkit converted earlier, copied here
         record = read_json(path / ASSET_FILE)
@@ -633,7 +625,7 @@ def preset_tokenizer_dir(*, progress: bool = False) -> Path:
             atomic_write_json(tmp / ASSET_FILE, {
                 "source": "packaged", "package": pm.distribution,
                 "version": pm.installed_version(), "gguf_file": gguf.name,
-                "gguf_sha256": _sha256(gguf), "vocab_size": len(tok)})
+                "gguf_sha256": sha256_file(gguf), "vocab_size": len(tok)})
             make_readable(tmp)
     return final
 
@@ -649,8 +641,8 @@ def _resolve_preset(name: str, *, progress: bool) -> ResolvedModel:
     tok_dir = preset_tokenizer_dir(progress=progress)
     tok_files = sorted(p for p in tok_dir.iterdir()
                        if p.is_file() and p.name != ASSET_FILE and p.name != "config.json")
-    tok_hash = hashlib.sha256(b"".join(_sha256(p).encode() for p in tok_files)).hexdigest()
-    cfg_hash = _json_sha256(config)
+    tok_hash = hashlib.sha256(b"".join(sha256_file(p).encode() for p in tok_files)).hexdigest()
+    cfg_hash = _jsonsha256_file(config)
     final = cache_dir() / "presets" / f"{name}-{cfg_hash[:8]}-{tok_hash[:8]}"
     if not (final / ASSET_FILE).is_file():
         vocab = _tokenizer_vocab(tok_dir)

@@ -618,14 +618,18 @@ class _Stage:
         self.frames.append(rec.make_records(rows, **self.common(v)))
 
     # ---- server mode
-    def server(self, v: Variant, ckpt: Path, bar: Any) -> None:
-        todo = []
-        for w, c, r in self.points("server"):
-            key = point_key(v.name, "server", w.name, c, r)
-            if self.reuse(v, key):
+    def todo(self, v: Variant, mode: str, bar: Any) -> list[tuple[Workload, int, float]]:
+        """Points of ``mode`` still to measure; finished ones are reused (and counted)."""
+        out = []
+        for w, c, r in self.points(mode):
+            if self.reuse(v, point_key(v.name, mode, w.name, c, r)):
                 bar.update(1)
             else:
-                todo.append((w, c, r))
+                out.append((w, c, r))
+        return out
+
+    def server(self, v: Variant, ckpt: Path, bar: Any) -> None:
+        todo = self.todo(v, "server", bar)
         startup_file = self.raw / v.name / "startup.parquet"
         if not todo:
             if startup_file.is_file():
@@ -776,13 +780,7 @@ class _Stage:
 
     # ---- offline mode
     def offline(self, v: Variant, ckpt: Path, bar: Any) -> None:
-        todo = []
-        for w, c, r in self.points("offline"):
-            key = point_key(v.name, "offline", w.name, c, r)
-            if self.reuse(v, key):
-                bar.update(1)
-            else:
-                todo.append((w, c, r))
+        todo = self.todo(v, "offline", bar)
         if not todo:
             return
         vdir = self.raw / v.name

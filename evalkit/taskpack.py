@@ -39,7 +39,7 @@ from typing import Any, Literal
 import yaml
 
 from evalkit.errors import AssetError, ConfigError
-from evalkit.io import atomic_dir, atomic_write_json, atomic_write_text, file_lock, read_json
+from evalkit.io import atomic_dir, atomic_write_json, atomic_write_text, file_lock, read_json, sha256_file
 
 #: Bump when the pack's files or YAML overrides change.
 PACK_VERSION = 1
@@ -259,14 +259,6 @@ def _readable(root: Path) -> None:
     make_readable(root)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _arrow_rows(path: Path) -> list[dict[str, Any]]:
     import pyarrow as pa  # noqa: PLC0415
 
@@ -310,7 +302,7 @@ def _write_split(task: PackTask, split: str, spec: Split, src_root: Path, out: P
             for r in rows:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
         n = len(rows)
-    return {"file": dest.name, "docs": n, "sha256": _sha256(dest), "from": spec.src}
+    return {"file": dest.name, "docs": n, "sha256": sha256_file(dest), "from": spec.src}
 
 
 def build_task_data() -> Path:
