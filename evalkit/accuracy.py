@@ -404,13 +404,22 @@ def run_lm_eval(lm: Any, lm_task: str, cfg: StudyConfig, tm: Any) -> tuple[dict,
     from lm_eval.utils import handle_non_serializable  # noqa: PLC0415
 
     acc = _acc(cfg)
-    out = lm_eval.simple_evaluate(
-        model=lm, tasks=[lm_task], num_fewshot=acc.num_fewshot, limit=acc.limit,
-        log_samples=True, apply_chat_template=acc.apply_chat_template,
-        gen_kwargs={"max_gen_toks": acc.max_gen_toks}, task_manager=tm,
-        random_seed=acc.seed, numpy_random_seed=acc.seed, torch_random_seed=acc.seed,
-        fewshot_random_seed=acc.seed, bootstrap_iters=acc.bootstrap.resamples,
-    )
+
+    def evaluate() -> Any:
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=[lm_task], num_fewshot=acc.num_fewshot, limit=acc.limit,
+            log_samples=True, apply_chat_template=acc.apply_chat_template,
+            gen_kwargs={"max_gen_toks": acc.max_gen_toks}, task_manager=tm,
+            random_seed=acc.seed, numpy_random_seed=acc.seed, torch_random_seed=acc.seed,
+            fewshot_random_seed=acc.seed, bootstrap_iters=acc.bootstrap.resamples,
+        )
+
+    # lm-eval's API models call asyncio.run(), which refuses to start inside a running event
+    # loop -- and a notebook kernel runs one. A worker thread has no loop of its own.
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lm-eval") as pool:
+        out = pool.submit(evaluate).result()
     if out is None:
         raise EngineError(f"lm-eval returned no results for {lm_task}")
     samples = out.pop("samples", {})

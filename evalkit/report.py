@@ -87,7 +87,8 @@ def quality_per_variant(df: pd.DataFrame) -> pd.DataFrame:
         mean = float(d.mean())
         rows.append({"variant": variant, "quality_delta": mean, "quality_ci_low": mean - h,
                      "quality_ci_high": mean + h, "tasks": len(d), "docs": int(g["n"].sum())})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["variant", "quality_delta", "quality_ci_low",
+                                       "quality_ci_high", "tasks", "docs"])
 
 
 def latency_point(df: pd.DataFrame, *, workload: str, concurrency: int, stat: str = "p50",

@@ -205,7 +205,9 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     assert float(srv.value.iloc[0]) == n  # warm-ups are outside the scrape window
     srv_e2e = float(df[(df["mode"] == "server-metrics") & (df.metric == "e2el_ms")
                        & (df.stat == "mean")].value.iloc[0])
-    assert srv_e2e == pytest.approx(get("e2el_ms", "mean"), rel=0.25)
+    # the server sees each request from arrival to last token; the client adds HTTP and
+    # streaming on top, so the server's mean cannot exceed the client's (timer noise aside)
+    assert 0 < srv_e2e <= get("e2el_ms", "mean") * 1.05
     assert (run.path / "raw/latency/base/provenance.json").is_file()
     assert (run.path / "raw/latency/base/short_c2_rinf.summary.json").is_file()
     assert (df.metric == "roofline_tpot_ms").any() and (df.metric == "engine_startup_s").any()
