@@ -430,7 +430,8 @@ def default_point(df: pd.DataFrame, workload: str | None, concurrency: int | Non
                   ) -> tuple[str | None, int | None]:
     """The headline workload/concurrency: as configured, else the first workload and the
     highest concurrency measured for it."""
-    lat = _ok(df[(df["stage"] == "latency") & (df["mode"] == "server")])
+    lat = _ok(df[(df["stage"] == "latency") & (df["mode"] == "server")
+                 & df["workload"].notna() & df["metric"].isin(LATENCY_METRICS)])
     if lat.empty:
         return workload, concurrency
     wl = workload or str(lat["workload"].iloc[0])
