@@ -43,7 +43,7 @@ def test_reference_report_renders_with_figures(tmp_path):
     for words in ("Headline", "Claim check", "Client vs server", "Environment",
                   "random weights"):
         assert words in text, words
-    assert "ek.open_stage" not in text, "stakeholder report must hide code"
+    assert "open_stage" not in text, "stakeholder report must hide code"
     img = _screenshot(REPORT, tmp_path / "report.png", height=9000)
     assert img.shape[0] >= 9000 and img.shape[1] >= 1280
     # figures are large non-white areas: count rows with many coloured (non-grey) pixels

@@ -62,8 +62,8 @@ def test_run_directory_layout(smoke_run):
         html = (run / "html" / f"{nb}.html").read_text()
         assert "<html" in html
         # the stakeholder copy hides code cells; the .code copy keeps them
-        assert "ek.open_stage" not in html
-        assert "ek.open_stage" in (run / "html" / f"{nb}.code.html").read_text()
+        assert "open_stage" not in html
+        assert "open_stage" in (run / "html" / f"{nb}.code.html").read_text()
     env = json.loads((run / "env.json").read_text())
     assert env["packages"]["evalkit"] and env["cpu"] and "quantize" in env["stages"]
     assert "llmcompressor" in env["stages"]["quantize"]["packages"]
@@ -94,8 +94,9 @@ def test_records(smoke_run):
         assert {"mean", "p50", "p90", "p99"} <= set(sub["stat"]), m
         assert set(sub["concurrency"].dropna().astype(int)) == {1, 2}
         assert (sub["value"] > 0).all(), m
+    points = ok[ok["metric"].isin(["ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"])]
     for col in ("concurrency", "input_len", "output_len"):
-        assert ok[col].notna().all()
+        assert points[col].notna().all()
     # W4A8-FP8 has no CPU kernel in vLLM: a record with the engine's reason, not a crash
     fp8 = lat[lat["variant"] == "w4a8_fp8"]
     assert len(fp8) and set(fp8["status"]) == {"unsupported"}
