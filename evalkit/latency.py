@@ -539,7 +539,8 @@ class _Stage:
             self.run.log(f"latency: {key} marked done but {p} is missing; measuring again")
             return False
         self.frames.append(rec.read_records(p))
-        self.run.log(f"latency: {key} already measured in this run (an earlier stage or attempt); reusing its records")
+        self.run.log(f"latency: {key} already measured in this run (an earlier stage or "
+                     "attempt); reusing its records")
         return True
 
     def _quantize_weight_bytes(self) -> dict[str, float]:
