@@ -439,7 +439,3 @@ def default_point(df: pd.DataFrame, workload: str | None, concurrency: int | Non
         cs = lat.loc[lat["workload"] == wl, "concurrency"].dropna()
         concurrency = int(cs.max()) if len(cs) else None
     return wl, concurrency
-
-
-def fmt_pct(x: float) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.1f}%"

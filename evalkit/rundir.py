@@ -153,10 +153,6 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     return Run(p.resolve())
 
 
-def find_run(output_root: Path, study: str, run_id: str) -> Run:
-    return open_run(Path(output_root) / study / run_id)
-
-
 def list_runs(output_root: str | os.PathLike[str]) -> list[Run]:
     """All run directories under ``output_root``, newest first."""
     root = Path(output_root)

@@ -7,7 +7,6 @@ turns the Markdown strings and DataFrames into cells of the rendered HTML.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -191,7 +190,3 @@ def _provenance_lines(r: rp.Report) -> list[str]:
         val = "n/a" if row.value is None or math.isnan(row.value) else f"{row.value:.0f}s"
         out.append(f"- `{row.variant}`: startup {val}; {row.note}")
     return out
-
-
-def fmt(x: Any) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
