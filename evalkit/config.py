@@ -178,6 +178,11 @@ class Workload(_Model):
     name: str = Field(pattern=NAME_RE, description="label used in records (chat, summarize).")
     input_len: PosInt = Field(description="prompt tokens per request.")
     output_len: PosInt = Field(description="generated tokens per request (EOS ignored).")
+    concurrency: tuple[PosInt, ...] | None = Field(
+        None, min_length=1,
+        description="concurrency levels / batch sizes for this workload only (default: the "
+        "sweep's); e.g. long prompts at fewer levels.",
+    )
 
 
 class LatencySpec(_Model):
@@ -216,6 +221,10 @@ class LatencySpec(_Model):
         if any(not (r > 0) for r in v):
             raise ValueError("request rates must be > 0 (use inf for all-at-once)")
         return v
+
+    def levels(self, workload: Workload) -> tuple[int, ...]:
+        """Concurrency levels (server) / batch sizes (offline) measured for ``workload``."""
+        return workload.concurrency or self.concurrency
 
     def prompts_for(self, concurrency: int) -> int:
         return max(self.num_prompts, self.prompts_per_concurrency * concurrency)
@@ -333,10 +342,11 @@ class StudyConfig(_Model):
             if self.report.workload not in wl:
                 raise ValueError(f"report.workload '{self.report.workload}' not in {wl}")
         if self.latency and self.report.concurrency:
-            if self.report.concurrency not in self.latency.concurrency:
+            levels = sorted({c for w in self.latency.workloads for c in self.latency.levels(w)})
+            if self.report.concurrency not in levels:
                 raise ValueError(
-                    f"report.concurrency {self.report.concurrency} not in latency.concurrency "
-                    f"{list(self.latency.concurrency)}"
+                    f"report.concurrency {self.report.concurrency} is not a measured level; "
+                    f"allowed: {levels}"
                 )
         if not self.model.weights_are_real and self.accuracy is not None:
             raise ValueError(

@@ -277,38 +277,88 @@ def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return config.get("text_config") or config
 
 
-def estimate_weight_bytes(config: Mapping[str, Any], scheme: Scheme | str) -> int:
-    """Bytes of a dense decoder's weights under ``scheme``, from its HF config.
+def _moe_shape(c: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(routed experts, experts per token, expert intermediate size); (0, 0, 0) if dense."""
+    experts = int(c.get("num_experts") or c.get("num_local_experts") or 0)
+    if experts <= 1:
+        return 0, 0, 0
+    topk = int(c.get("num_experts_per_tok") or 1)
+    inter = int(c.get("moe_intermediate_size") or c["intermediate_size"])
+    return experts, topk, inter
 
-    Linear layers of the decoder blocks (q, k, v, o, gate, up, down) take
+
+def _linear_bytes(shapes: Iterable[tuple[int, int]], s: Scheme) -> float:
+    """Bytes of linear layers (in_features, out_features) under scheme ``s``."""
+    total = 0.0
+    for fin, fout in shapes:
+        params = fin * fout
+        if s.is_base:
+            total += params * 2
+            continue
+        groups = (fin // s.group_size) * fout if s.group_size else fout
+        total += params * s.weight_bits / 8 + groups * 2
+    return total
+
+
+def weight_bytes_split(config: Mapping[str, Any], scheme: Scheme | str) -> tuple[float, float]:
+    """(bytes read by every token, bytes of all routed experts) of a decoder under ``scheme``.
+
+    Linear layers of the decoder blocks (q, k, v, o and the MLP's gate, up, down) take
     ``params x weight_bits / 8`` plus one 16-bit scale per group (or per output channel);
-    embeddings, the LM head (left unquantized) and norms stay 16-bit. Mixture-of-experts
-    layouts are not modelled.
+    embeddings, the LM head (left unquantized), routers and norms stay 16-bit. For a
+    mixture-of-experts config (``num_experts``/``num_local_experts``) the MLP is one
+    gate/up/down triple per routed expert (``moe_intermediate_size``), plus a shared expert
+    where the config has one; the second figure is 0 for dense models.
     """
     s = SCHEMES[scheme] if isinstance(scheme, str) else scheme
     c = _text_config(config)
-    h, inter = int(c["hidden_size"]), int(c["intermediate_size"])
+    h = int(c["hidden_size"])
     layers = int(c["num_hidden_layers"])
     heads = int(c["num_attention_heads"])
     kv = int(c.get("num_key_value_heads") or heads)
     hd = int(c.get("head_dim") or h // heads)
     vocab = int(c["vocab_size"])
-    # (in_features, out_features) of each linear in one block
-    shapes = [(h, heads * hd), (h, kv * hd), (h, kv * hd), (heads * hd, h),
-              (h, inter), (h, inter), (inter, h)]
-    linear = 0.0
-    for fin, fout in shapes:
-        params = fin * fout
-        if s.is_base:
-            linear += params * 2
-            continue
-        groups = (fin // s.group_size) * fout if s.group_size else fout
-        linear += params * s.weight_bits / 8 + groups * 2
+    attn = _linear_bytes([(h, heads * hd), (h, kv * hd), (h, kv * hd), (heads * hd, h)], s)
+    experts, _, e_inter = _moe_shape(c)
+    if experts:
+        shared = int(c.get("shared_expert_intermediate_size") or 0)
+        mlp = _linear_bytes([(h, shared), (h, shared), (shared, h)], s) if shared else 0.0
+        mlp += h * experts * 2  # router, 16-bit
+        routed = experts * _linear_bytes([(h, e_inter), (h, e_inter), (e_inter, h)], s)
+    else:
+        inter = int(c["intermediate_size"])
+        mlp = _linear_bytes([(h, inter), (h, inter), (inter, h)], s)
+        routed = 0.0
     emb = vocab * h * 2
     tied = config.get("tie_word_embeddings", c.get("tie_word_embeddings", True))
     head = 0 if tied else vocab * h * 2
     norms = (2 * layers + 1) * h * 2
-    return int(layers * linear + emb + head + norms)
+    return layers * (attn + mlp) + emb + head + norms, layers * routed
+
+
+def estimate_weight_bytes(config: Mapping[str, Any], scheme: Scheme | str) -> int:
+    """Bytes of all of a decoder's weights under ``scheme`` (see :func:`weight_bytes_split`)."""
+    always, routed = weight_bytes_split(config, scheme)
+    return int(always + routed)
+
+
+def weight_read_fraction(config: Mapping[str, Any] | None, scheme: Scheme | str,
+                         batch: int) -> float:
+    """Share of all weight bytes one decode step of ``batch`` sequences must read.
+
+    1 for dense models. For mixture-of-experts models only the routed experts some token
+    picked are read: with ``E`` experts, ``k`` per token and routing assumed uniform and
+    independent, ``E x (1 - (1 - k/E)^batch)`` distinct experts per layer are expected.
+    """
+    if config is None:
+        return 1.0
+    c = _text_config(config)
+    experts, topk, _ = _moe_shape(c)
+    if not experts:
+        return 1.0
+    always, routed = weight_bytes_split(config, scheme)
+    touched = 1.0 - (1.0 - min(topk, experts) / experts) ** max(batch, 1)
+    return (always + routed * touched) / (always + routed)
 
 
 def kv_bytes_per_token(config: Mapping[str, Any], dtype_bytes: int = 2) -> int:
@@ -554,7 +604,7 @@ class _Stage:
 
     def points(self, mode: str) -> list[tuple[Workload, int, float]]:
         rates = self.lat.request_rate if mode == "server" else (math.inf,)
-        return [(w, c, r) for w in self.lat.workloads for c in self.lat.concurrency
+        return [(w, c, r) for w in self.lat.workloads for c in self.lat.levels(w)
                 for r in rates]
 
     def point_fields(self, mode: str, w: Workload, c: int, r: float) -> dict[str, Any]:
@@ -577,8 +627,9 @@ class _Stage:
             else:
                 self.frames.append(df)
 
-    def roofline(self, v: Variant, ckpt: Path | None) -> tuple[float, float]:
-        """(weight bytes, kv bytes per token) for a variant; NaN where unknown."""
+    def roofline(self, v: Variant, ckpt: Path | None
+                 ) -> tuple[float, float, Mapping[str, Any] | None]:
+        """(weight bytes, kv bytes per token, HF config) for a variant; NaN where unknown."""
         cfg_file = (ckpt / "config.json") if ckpt else None
         config = None
         if cfg_file and cfg_file.is_file():
@@ -587,26 +638,33 @@ class _Stage:
         if wb is None and config is not None:
             wb = float(estimate_weight_bytes(config, v.scheme))
         kvb = float(kv_bytes_per_token(config)) if config is not None else math.nan
-        return (wb if wb is not None else math.nan), kvb
+        return (wb if wb is not None else math.nan), kvb, config
 
     def roofline_rows(self, v: Variant, ckpt: Path | None) -> None:
         if self.bandwidth is None:
             self.bandwidth = memory_bandwidth(self.cfg.engine.device)
         gbps, source = self.bandwidth
-        wb, kvb = self.roofline(v, ckpt)
+        tp = self.cfg.engine.tensor_parallel_size
+        if gbps and tp > 1:
+            # each GPU streams its own shard of the weights and KV cache
+            gbps, source = gbps * tp, f"{source}, x{tp} GPUs (tensor parallel)"
+        wb, kvb, config = self.roofline(v, ckpt)
         src = "quantize records" if v.name in self.quant_weight_bytes else "estimated from config"
-        roof = roofline_tpot_ms(wb, gbps)
+        moe = config is not None and weight_read_fraction(config, v.scheme, 1) < 1.0
+        roof = roofline_tpot_ms(wb * weight_read_fraction(config, v.scheme, 1), gbps)
         rows = [dict(metric="roofline_tpot_ms", stat="value", value=roof, unit="ms",
                      higher_is_better=False,
-                     note=f"weights only, batch 1; weight bytes {wb:.0f} ({src}); "
-                          f"bandwidth {gbps if gbps else float('nan'):.0f} GB/s ({source})")]
+                     note=f"weights only, batch 1; weight bytes {wb:.0f} ({src})"
+                          + ("; MoE: only the experts a token is routed to are read" if moe else "")
+                          + f"; bandwidth {gbps if gbps else float('nan'):.0f} GB/s ({source})")]
         lat = pd.concat(self.frames, ignore_index=True) if self.frames else rec.empty_records()
         sel = lat[(lat["variant"] == v.name) & (lat["metric"] == "tpot_ms")
                   & (lat["stat"] == "mean") & (lat["status"] == "ok")
                   & (lat["mode"].isin(["server", "offline"]))]
         for r in sel.itertuples():
             ctx = float(r.input_len) + float(r.output_len) / 2
-            step = decode_bytes_per_step(wb, kv_bytes_token=kvb, context_tokens=ctx,
+            read = wb * weight_read_fraction(config, v.scheme, int(r.concurrency))
+            step = decode_bytes_per_step(read, kv_bytes_token=kvb, context_tokens=ctx,
                                          batch=int(r.concurrency))
             bound = roofline_tpot_ms(step, gbps)
             pct = bound / r.value * 100 if r.value and not math.isnan(r.value) else math.nan

@@ -308,9 +308,17 @@ def _write_split(task: PackTask, split: str, spec: Split, src_root: Path, out: P
 def build_task_data() -> Path:
     """Write every task's data files into the cache (once) and return the data directory.
 
-    Needs only the data package and pyarrow, so it runs in every environment.
+    Needs only the data package and pyarrow, so it runs in every environment. A host
+    without the data package (e.g. an offline GPU host) uses a data directory copied from
+    another machine's cache (``taskpack/data-v<PACK>-olmo<version>/``) when one is there.
     """
-    version = _data_version()
+    try:
+        version = _data_version()
+    except AssetError:
+        copied = sorted(_cache().glob(f"data-v{PACK_VERSION}-olmo*/manifest.json"))
+        if not copied:
+            raise
+        return copied[-1].parent
     src_root = data_root()
     final = _cache() / f"data-v{PACK_VERSION}-olmo{version}"
     if (final / "manifest.json").is_file():
@@ -409,9 +417,10 @@ def _group_yaml(name: str, tasks_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _pack_dir() -> tuple[Path, Path, str]:
+def _pack_dir(data_dir: Path) -> tuple[Path, Path, str]:
     tasks_dir, lm_version = _lm_eval_tasks_dir()
-    key = hashlib.sha256(f"{tasks_dir}|{_data_version()}".encode()).hexdigest()[:10]
+    data_version = read_json(data_dir / "manifest.json")["version"]
+    key = hashlib.sha256(f"{tasks_dir}|{data_version}".encode()).hexdigest()[:10]
     return _cache() / f"v{PACK_VERSION}-lm_eval{lm_version}-{key}", tasks_dir, lm_version
 
 
@@ -425,9 +434,9 @@ def build_task_pack() -> Path:
         ConfigError: lm-eval is not installed here.
         AssetError: the data package is missing or does not match the pack.
     """
-    final, tasks_dir, lm_version = _pack_dir()
     # The YAMLs point into the data directory: make sure it is (still) there first.
     data_dir = build_task_data()
+    final, tasks_dir, lm_version = _pack_dir(data_dir)
     if (final / "pack.json").is_file():
         return final
     manifest = read_json(data_dir / "manifest.json")

@@ -103,7 +103,7 @@ BAD = [
     (mutate("claims", [{"name": "c", "text": "x", "variant": "q", "reference": "base"}]),
      "claims[0]", "needs ttft_reduction_pct"),
     (mutate("report", {"reference_variant": "w4a16"}), "(top level)", "report.reference_variant"),
-    (mutate("report", {"concurrency": 3}), "(top level)", "report.concurrency 3 not in"),
+    (mutate("report", {"concurrency": 3}), "(top level)", "report.concurrency 3 is not a measured level"),
     (mutate("quantize", {"calibration": {"dataset": "taskpack:c4"}}),
      "quantize.calibration.dataset", "unknown calibration set"),
 ]

