@@ -739,6 +739,10 @@ class _VariantRunner:
             notes.append("cached")
             self.run.log(f"accuracy {unit}: cached result reused from {cdir}")
         else:
+            if _acc(self.cfg).data == "local":
+                from evalkit import taskpack  # noqa: PLC0415
+
+                taskpack.check_task_data(task)  # a clear error, not one from deep in datasets
             results, samples = run_lm_eval(lm, lm_task, self.cfg, self.tm)
             samples_text = _samples_jsonl(samples)
             if self.use_cache and not cdir.exists():

@@ -712,18 +712,58 @@ def linear_dims(spec: ModelSpec) -> list[int] | None:
 
     The dims are hidden_size, intermediate_size (and moe_intermediate_size) and
     num_attention_heads x head_dim (the attention output projection's input). Read from
-    the preset file, the packaged model's known config, or ``<hf_dir>/config.json``;
-    None where no config is known without work (gguf, hub).
+    the preset file, the packaged model's known config, ``<hf_dir>/config.json``, the
+    checkpoint a ``.gguf`` file was already converted into (by its checksum, when that is
+    remembered), or a hub model's ``config.json`` in the local Hugging Face cache; None
+    where no config is at hand without work (a GGUF not converted yet, a hub model never
+    downloaded).
     """
     if spec.source == "packaged" and spec.name in PACKAGED_MODELS:
         return list(PACKAGED_MODELS[str(spec.name)].linear_dims)
     if spec.source == "preset" and spec.name in list_presets():
         return dims_from_config(preset_config(str(spec.name)))
+    cfg: Path | None = None
     if spec.source == "hf_dir" and spec.path is not None:
         cfg = Path(spec.path) / "config.json"
-        if cfg.is_file():
+    elif spec.source == "gguf" and spec.path is not None and Path(spec.path).is_file():
+        cfg = _converted_gguf_config(Path(spec.path))
+    elif spec.source == "hub" and spec.repo_id:
+        cfg = _hub_cached_config(spec.repo_id, spec.revision)
+    if cfg is not None and cfg.is_file():
+        try:
             return dims_from_config(read_json(cfg))
+        except (OSError, ValueError):
+            return None
     return None
+
+
+def _converted_gguf_config(path: Path) -> Path | None:
+    """config.json of the checkpoint ``path`` was converted into, if its checksum is known
+    (never hashes the file: validation must stay fast)."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    index_path = cache_dir() / "models" / "sha256-index.json"
+    try:
+        digest = read_json(index_path).get(key) if index_path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not digest:
+        return None
+    return (cache_dir() / "models" / "gguf" / f"{path.stem}-{digest[:12]}-c{CONVERTER_VERSION}"
+            / "config.json")
+
+
+def _hub_cached_config(repo_id: str, revision: str | None) -> Path | None:
+    """A hub model's config.json from the local Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 -- a malformed id or cache is not this check's to report
+        return None
+    return Path(found) if isinstance(found, str) else None
 
 
 def dims_from_config(config: dict[str, Any]) -> list[int] | None:

@@ -1,7 +1,8 @@
 """``evalkit`` command line: a thin layer over the same functions the notebooks call.
 
 Exit codes: 0 success; 1 other evalkit error; 2 invalid study file; 3 run directory in use
-or would be overwritten; 4 a stage failed (its notebook shows where); 130 interrupted.
+or would be overwritten; 4 a stage failed (its notebook shows where); 5 ``evalkit compare``
+flagged a regression beyond noise; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ commands:
   env                    print the environment record written into each run (env.json)
   kernels                register the evalkit-eval and evalkit-quantize Jupyter kernels
   rebuild RUN            recompute a run's latency records from its raw per-request data
+  compare RUN_A RUN_B    change in quality and latency from run A to run B, with intervals;
+                         exit 5 when a regression beyond noise is flagged (for cron alerts);
+                         --previous RUN compares RUN with the study's previous run
 
-exit codes: 0 ok, 2 invalid study, 3 run dir busy/exists, 4 stage failed, 130 interrupted
+exit codes: 0 ok, 2 invalid study, 3 run dir busy/exists, 4 stage failed,
+            5 compare found a regression, 130 interrupted
 """
 
 
@@ -139,6 +144,32 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from evalkit import compare as cmp
+
+    if args.previous:
+        if len(args.runs) != 1:
+            raise EvalkitError("compare --previous takes one run (the later one)")
+        run_b = args.runs[0]
+        run_a = cmp.previous_run(run_b)
+        if run_a is None:
+            print(f"{run_b}: no earlier run of this study under {run_b.resolve().parent}; "
+                  "nothing to compare")
+            return 0
+    elif len(args.runs) == 2:
+        run_a, run_b = args.runs
+    else:
+        raise EvalkitError("compare takes RUN_A RUN_B, or --previous RUN")
+    df = cmp.compare_runs(run_a, run_b, latency_stats=args.stats,
+                          min_latency_change_pct=args.min_change_pct, resamples=args.resamples)
+    shown = df if args.all or df.empty else df[df["regression"] | df["ci_low"].notna()]
+    print(cmp.format_comparison(shown if len(shown) else df, run_a.name, run_b.name))
+    if args.csv is not None:
+        df.to_csv(args.csv, index=False)
+        print(f"comparison written to {args.csv}")
+    return cmp.REGRESSION_EXIT_CODE if df["regression"].any() else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="evalkit", description="Quality-versus-speed evaluation of quantized LLMs.",
@@ -185,6 +216,27 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rebuild", help="recompute latency records from raw per-request data")
     s.add_argument("run", type=Path, help="run directory")
     s.set_defaults(func=_cmd_rebuild)
+
+    s = sub.add_parser("compare", help="change in quality and latency between two runs",
+                       description="Per variant and metric, the change from RUN_A (earlier) to "
+                       "RUN_B (later): accuracy with paired-bootstrap intervals over documents, "
+                       "latency percentiles with bootstrap intervals over requests. Exit 0: no "
+                       "regression beyond noise; exit 5: at least one (listed as REGRESSION).")
+    s.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                   help="RUN_A RUN_B: the earlier run (the reference), then the later one")
+    s.add_argument("--previous", action="store_true",
+                   help="one RUN: compare it with the study's previous run under the same "
+                   "output root (exit 0 with a note when there is none)")
+    s.add_argument("--stats", nargs="+", default=["p50"], metavar="PCT",
+                   choices=["p50", "p90", "p99"], help="latency percentiles (default p50)")
+    s.add_argument("--min-change-pct", type=float, default=5.0,
+                   help="latency changes below this %% of RUN_A's value are never flagged "
+                   "(default 5)")
+    s.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    s.add_argument("--all", action="store_true",
+                   help="also list values compared without an interval (records only)")
+    s.add_argument("--csv", type=Path, help="also write the full comparison as CSV")
+    s.set_defaults(func=_cmd_compare)
 
     s = sub.add_parser("kernels", help="register the two Jupyter kernels",
                        description="Write kernel specs evalkit-eval and evalkit-quantize under "

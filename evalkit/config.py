@@ -458,6 +458,11 @@ def semantic_problems(cfg: StudyConfig, path: str = "<config>") -> list[str]:
         out.append(f"{path}: model.path: '{m.path}' is not a checkpoint directory (no config.json)")
     if m.source == "gguf" and m.path is not None and not (m.path.is_file() and m.path.suffix == ".gguf"):
         out.append(f"{path}: model.path: '{m.path}' is not an existing .gguf file")
+    if m.trust_remote_code and m.source in ("packaged", "preset", "gguf"):
+        # Model code only comes with a Hugging Face checkpoint; turning it on elsewhere
+        # would let whatever sits in the converted/cached directory run.
+        out.append(f"{path}: model.trust_remote_code: applies to source hf_dir or hub only "
+                   f"(source {m.source} carries no model code); allowed: false")
 
     if cfg.accuracy is not None:
         from evalkit import taskpack
@@ -475,7 +480,7 @@ def semantic_problems(cfg: StudyConfig, path: str = "<config>") -> list[str]:
                     f"{did}; allowed: {shown}"
                 )
 
-    dims = assets.linear_dims(cfg.model) if m.source in ("packaged", "preset", "hf_dir") else None
+    dims = assets.linear_dims(cfg.model)
     for i, v in enumerate(cfg.variants):
         scheme = SCHEMES[v.scheme]
         gs = v.effective_group_size
@@ -519,6 +524,25 @@ def semantic_problems(cfg: StudyConfig, path: str = "<config>") -> list[str]:
     probe = root
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        out.append(f"{path}: output_root: '{root}' is not writable (checked '{probe}')")
+    if not _can_write(probe):
+        out.append(f"{path}: output_root: '{root}' is not writable (checked '{probe}': "
+                   "read-only, full or not ours); allowed: a directory this user can write")
     return out
+
+
+def _can_write(directory: Path) -> bool:
+    """Whether a file can really be created in ``directory``.
+
+    ``os.access`` alone says yes to root on a read-only tree (chmod) and knows nothing of
+    full disks or immutable directories, so a temporary file is created and removed.
+    """
+    import tempfile  # noqa: PLC0415
+
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".evalkit-probe-"):
+            pass
+    except OSError:
+        return False
+    return True

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from evalkit.config import EngineSpec
-from evalkit.errors import EngineError, UnsupportedSchemeError
+from evalkit.errors import CheckpointError, EngineError, UnsupportedSchemeError
 from evalkit.io import atomic_write_json, read_json
 
 #: Environment every engine process gets: no model or dataset hub at run time.
@@ -182,10 +182,16 @@ def unsupported_reason(log_text: str) -> str | None:
 def _error_line(log_text: str) -> str | None:
     """The last line that looks like the exception that ended the process."""
     found = None
-    for line in log_text.splitlines():
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
         s = strip_log_prefix(line)
         if re.match(r"^(?:[\w.]+(?:Error|Exception|Interrupt)|RuntimeError|ValueError)\b.*:", s):
             found = s
+            if re.search(r"\d+ validation errors? for \w+$", s):
+                # pydantic puts the reason on the next line ("Value error, max_model_len ...")
+                detail = next((strip_log_prefix(x) for x in lines[i + 1:i + 3]
+                               if strip_log_prefix(x)), "")
+                found = f"{s}: {detail}" if detail else s
     return found
 
 
@@ -216,6 +222,76 @@ def classify_failure(
     err = _error_line(log_text)
     head = f"{what} {how}{where}" + (f": {err}" if err else "")
     return EngineError(f"{head}\n--- last log lines ---\n{_tail(log_text)}")
+
+
+# --------------------------------------------------------------------------------------
+# checkpoint check
+
+#: Largest safetensors header accepted (the format's own limit is 100 MB).
+_MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def _check_safetensors(path: Path) -> None:
+    """Header and size of one ``.safetensors`` file: 8-byte little-endian header length,
+    a JSON header whose tensors' ``data_offsets`` end exactly at the end of the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or n > min(_MAX_SAFETENSORS_HEADER, size - 8):
+                raise CheckpointError(f"{path}: not a safetensors file (bad header length)")
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    ends = [int(t["data_offsets"][1]) for k, t in header.items()
+            if k != "__metadata__" and isinstance(t, dict) and "data_offsets" in t]
+    if size != 8 + n + max(ends, default=0):
+        raise CheckpointError(
+            f"{path}: truncated or corrupt ({size} bytes on disk, the header describes "
+            f"{8 + n + max(ends, default=0)})")
+
+
+def check_checkpoint(model_path: str | Path, *, weights: bool = True) -> None:
+    """Check a checkpoint directory before an engine is started on it (seconds, not minutes).
+
+    ``config.json`` must parse; with ``weights``, the weight files must be there:
+    ``model.safetensors`` or every shard named in ``model.safetensors.index.json`` (each
+    with a readable header and the size it describes), or PyTorch ``.bin`` files.
+
+    Raises:
+        CheckpointError: what is missing or corrupt, naming the file.
+    """
+    d = Path(model_path)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: checkpoint directory does not exist")
+    try:
+        json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except OSError:
+        raise CheckpointError(f"{d}: no config.json (not a checkpoint directory)") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{d / 'config.json'}: corrupt JSON ({exc})") from None
+    if not weights:
+        return
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            raise CheckpointError(f"{index}: corrupt shard index") from None
+        files = [d / s for s in shards]
+    else:
+        files = sorted(d.glob("*.safetensors"))
+    if not files:
+        if any(f.stat().st_size > 0 for f in d.glob("*.bin")):
+            return  # PyTorch pickles: no cheap structural check; the engine reads them
+        raise CheckpointError(f"{d}: no weight files (*.safetensors or *.bin)")
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"{f}: weight shard named in the index is missing")
+        _check_safetensors(f)
 
 
 # --------------------------------------------------------------------------------------
@@ -365,6 +441,8 @@ class VLLMServer:
         """Launch the server and wait until it serves; see :meth:`__enter__`."""
         if self._proc is not None:
             raise EngineError("server already started")
+        # A broken checkpoint fails here in milliseconds instead of after an engine start.
+        check_checkpoint(self.model_path, weights=self.load_format != "dummy")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         port = _free_port()
         t0 = time.monotonic()
@@ -426,6 +504,21 @@ class VLLMServer:
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def exit_description(self) -> str:
+        """How the server process ended (``killed by SIGKILL``, ``exit code 1``), or
+        ``running``/``stopped``."""
+        if self._proc is None:
+            return "stopped"
+        code = self._proc.poll()
+        if code is None:
+            return "running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
 
     def __enter__(self) -> VLLMServer:
         """Start ``python -m vllm.entrypoints.openai.api_server`` and wait for it (a server
@@ -716,6 +809,7 @@ def run_offline(
         UnsupportedSchemeError: no kernel for the checkpoint here.
         EngineError: the child failed or timed out.
     """
+    check_checkpoint(model_path, weights=load_format != "dummy")
     pts = [dict(p) for p in points]
     spec = {
         "model": str(model_path), "points": pts, "iters": iters, "warmups": warmups,

@@ -41,6 +41,10 @@ class EngineError(EvalkitError):
     """An inference engine (vLLM server, offline engine, hf) failed to start or to serve."""
 
 
+class CheckpointError(EngineError):
+    """A checkpoint directory is missing, incomplete or corrupt (found before an engine starts)."""
+
+
 class UnsupportedSchemeError(EngineError):
     """The engine has no kernel for this quantization scheme on this hardware.
 

@@ -88,19 +88,28 @@ def file_lock(path: str | os.PathLike[str], *, what: str, blocking: bool = False
     """Hold an exclusive advisory lock on ``path`` (flock; released when the process dies).
 
     Raises:
-        RunDirError: the lock is held by another process and ``blocking`` is False.
+        RunDirError: the lock is held by another process and ``blocking`` is False, or the
+            lock file cannot be created or written (read-only or full disk).
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RunDirError(f"{what}: cannot write its lock {p} ({exc.strerror or exc}); the "
+                          "directory is read-only, full or not ours") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = Path(p).read_text(errors="replace").strip() or "another process"
             raise RunDirError(f"{what} is in use by {holder} (lock {p})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}".encode())
+        except OSError as exc:
+            raise RunDirError(f"{what}: cannot write its lock {p} ({exc.strerror or exc}); "
+                              "the disk is full or read-only") from None
         yield p
     finally:
         os.close(fd)

@@ -753,22 +753,53 @@ class _Stage:
         rec.write_records(startup, startup_file)
         self.frames.append(startup)
         vocab = _vocab_size(ckpt)
-        for w, c, r in todo:
+        restarted = False
+        for i, (w, c, r) in enumerate(todo):
             key = point_key(v.name, "server", w.name, c, r)
             try:
                 self.server_point(v, server, tokenizer, vdir, key, w, c, r, vocab)
             except EngineError as exc:
-                first = str(exc).splitlines()[0]
+                died = not server.alive()
+                why = str(exc)
+                if died and not why.startswith("vLLM server died"):
+                    why = f"vLLM server died during this point ({server.exit_description()}): {why}"
+                first = why.splitlines()[0]
                 self.run.log(f"latency: {key} failed: {first}")
                 self.failures.append(f"{key}: {first}")
-                self.frames.append(rec.make_records(
-                    [dict(metric="tpot_ms", stat="mean", value=math.nan, unit="ms",
-                          higher_is_better=False, status="failed", note=str(exc)[:1000],
-                          **self.point_fields("server", w, c, r))], **self.common(v)))
-                if not server.alive():
-                    bar.update(1)
-                    break
+                self.point_failed(v, w, c, r, why)
+                if died:
+                    # One restart per variant: a crash mid-sweep costs that point, not the
+                    # rest of the sweep; a server that dies again is not restarted.
+                    rest = todo[i + 1:]
+                    if rest and not restarted and self.restart(v, server, key):
+                        restarted = True
+                    else:
+                        for w2, c2, r2 in rest:
+                            self.point_failed(v, w2, c2, r2, f"not measured: the vLLM server "
+                                              f"died at {key} and was not restarted")
+                        bar.update(1 + len(rest))
+                        break
             bar.update(1)
+
+    def point_failed(self, v: Variant, w: Workload, c: int, r: float, why: str) -> None:
+        """A NaN ``failed`` record for one point (no unit marker: resume measures it again)."""
+        self.frames.append(rec.make_records(
+            [dict(metric="tpot_ms", stat="mean", value=math.nan, unit="ms",
+                  higher_is_better=False, status="failed", note=why[:1000],
+                  **self.point_fields("server", w, c, r))], **self.common(v)))
+
+    def restart(self, v: Variant, server: eng.VLLMServer, key: str) -> bool:
+        """Stop what is left of a dead server's process group and start it again."""
+        self.run.log(f"latency: vLLM server for {v.name} died at {key} "
+                     f"({server.exit_description()}); restarting it once for the other points")
+        try:
+            server.stop()
+            server.start()
+        except EngineError as exc:
+            self.run.log(f"latency: restart of {v.name} failed: {str(exc).splitlines()[0]}")
+            return False
+        self.run.log(f"latency: {v.name} server up again in {server.startup_s:.1f} s")
+        return True
 
     def pending(self, v: Variant) -> list[tuple[Workload, int, float]]:
         """Server-mode points of ``v`` not measured yet (no unit marker)."""
@@ -796,6 +827,11 @@ class _Stage:
         run_bench(cmd, log_path=vdir / f"{name}.bench.log",
                   timeout_s=max(300.0, 60.0 * n * w.output_len / 16))
         wall = time.monotonic() - t0
+        if not server.alive():
+            # The client records refused connections as failed requests and returns: a
+            # point measured against a dead server is a failed point, not data.
+            raise EngineError(f"vLLM server died during this point "
+                              f"({server.exit_description()})")
         after = eng.scrape_metrics(server.base_url) if self.lat.scrape_metrics else None
         detail = read_json(result)
         m = per_request_metrics(detail)
@@ -948,7 +984,8 @@ def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | N
             bar.set_postfix_str(v.name)
             try:
                 ckpt = st.checkpoint(v)
-            except StageError as exc:  # e.g. its quantization failed: record, go on
+            except EvalkitError as exc:  # quantization failed, checkpoint gone: record, go on
+                run.log(f"latency: {v.name} FAILED, no checkpoint: {exc}")
                 st.failures.append(f"{v.name}: {exc}")
                 for mode in modes:
                     st.status_rows(v, mode, "failed", str(exc))
@@ -979,16 +1016,22 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     again with the current definitions -- e.g. after a fix in :func:`per_request_metrics` --
     without re-measuring. Identity columns (run, variant, hardware, ...) are kept from the
     existing records; ``tpot_pct_of_roofline`` is recomputed from the roofline bound stated
-    in its note. Writes the unit files and the stage records; returns the stage records.
+    in its note. An interrupted stage has no stage records yet: its finished points (unit
+    files) are the starting point. Writes the unit files and the stage records; returns the
+    stage records.
     """
     stage_file = run.stage_records_path(STAGE)
-    if not stage_file.is_file():
+    units = sorted(run.path.glob(f"raw/{STAGE}/*/units/*.parquet"))
+    if stage_file.is_file():
+        old = rec.read_records(stage_file)
+    elif units:
+        old = rec.combine([rec.read_records(u) for u in units])
+    else:
         raise StageError(f"{run.path}: no latency records to rebuild")
-    old = rec.read_records(stage_file)
     ident = ["run_id", "study", "model", "variant", "scheme", "method", "stage", "backend",
              "hardware"]
     frames = [old]
-    for unit in sorted(run.path.glob(f"raw/{STAGE}/*/units/*.parquet")):
+    for unit in units:
         prev = rec.read_records(unit)
         srv = prev[(prev["mode"] == "server") & (prev["status"] == "ok")]
         if srv.empty:

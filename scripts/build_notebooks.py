@@ -70,6 +70,7 @@ NOTEBOOKS = {
         ("code", "ek.show_claims(report)"),
         ("code", "ek.show_crosscheck(report)"),
         ("code", "ek.show_roofline(report)"),
+        ("code", "ek.show_changes(report)"),
         ("code", "ek.show_environment(report)"),
     ]),
 }

@@ -228,3 +228,159 @@ def test_parse_rejects_frozen_mutation():
 
     with pytest.raises(ValidationError):
         cfg.study = "other"  # type: ignore[misc]
+
+
+# ---- validation extensions: dims from local configs, remote code, writable root, no shell
+
+
+def _hf_config(hidden: int, inter: int, heads: int = 4) -> dict:
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": hidden, "intermediate_size": inter, "num_attention_heads": heads,
+            "num_key_value_heads": heads, "num_hidden_layers": 1, "vocab_size": 256}
+
+
+def _w4(d: dict, model: dict, **variant) -> dict:
+    d = copy.deepcopy(d)
+    d["model"] = model
+    d["variants"][1] = {"name": "q", "scheme": "w4a16", **variant}
+    return d
+
+
+def test_group_size_against_local_checkpoint_config(tmp_path):
+    import json
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(_hf_config(320, 960)))
+    probs = _problems(tmp_path, _w4(_good(), {"source": "hf_dir", "path": str(ckpt)}))
+    line = next(p for p in probs if "group size" in p)
+    assert ": variants[1] (q): group size 128 does not divide" in line
+    assert "[320, 960]" in line and "set variants[1].group_size" in line
+    load_study(_write(tmp_path, _w4(_good(), {"source": "hf_dir", "path": str(ckpt)},
+                                    group_size=64)))
+
+
+def test_group_size_from_converted_gguf_and_hub_cache(tmp_path, monkeypatch):
+    import json
+
+    # a GGUF already converted once: its checksum is remembered, its checkpoint cached
+    monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path / "cache"))
+    from evalkit import assets
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    st = gguf.stat()
+    idx = tmp_path / "cache/models/sha256-index.json"
+    idx.parent.mkdir(parents=True)
+    idx.write_text(json.dumps({f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}": "ab" * 32}))
+    conv = tmp_path / f"cache/models/gguf/m-{'ab' * 6}-c{assets.CONVERTER_VERSION}"
+    conv.mkdir(parents=True)
+    (conv / "config.json").write_text(json.dumps(_hf_config(576, 1536, heads=9)))
+    probs = _problems(tmp_path, _w4(_good(), {"source": "gguf", "path": str(gguf)}))
+    assert any("group size 128 does not divide" in p and "576" in p for p in probs), probs
+
+    # a hub model whose config.json is in the local Hugging Face cache (no network)
+    pytest.importorskip("huggingface_hub")
+    snap = tmp_path / "hf/models--org--m/snapshots/abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(_hf_config(96, 192)))
+    (tmp_path / "hf/models--org--m/refs").mkdir()
+    (tmp_path / "hf/models--org--m/refs/main").write_text("abc123")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    probs = _problems(tmp_path, _w4(_good(), {"source": "hub", "repo_id": "org/m"}))
+    assert any("group size 128 does not divide" in p and "[96, 192]" in p for p in probs), probs
+    # never downloaded: nothing to check against, no complaint about group sizes
+    d = _w4(_good(), {"source": "hub", "repo_id": "org/other"})
+    try:
+        load_study(_write(tmp_path, d))
+    except ConfigError as exc:
+        assert not any("group size" in p for p in exc.problems), exc.problems
+
+
+@pytest.mark.parametrize("source", [{"source": "packaged", "name": "gemma3-270m"},
+                                    {"source": "preset", "name": "llama-3.1-8b"}])
+def test_trust_remote_code_only_where_model_code_exists(tmp_path, source):
+    d = _good()
+    d["model"] = {**source, "trust_remote_code": True}
+    if source["source"] == "preset":
+        del d["accuracy"]
+    probs = _problems(tmp_path, d)
+    line = next(p for p in probs if "trust_remote_code" in p)
+    assert line.startswith(str(tmp_path / "study.yaml") + ": model.trust_remote_code: ")
+    assert "allowed: false" in line
+
+
+def test_trust_remote_code_off_unless_stated(tmp_path):
+    import json
+
+    from evalkit.engine import VLLMServer, engine_kwargs
+    from evalkit.latency import bench_command
+
+    cfg = load_study(_write(tmp_path, _good()))
+    assert cfg.model.trust_remote_code is False
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(_hf_config(256, 512)))
+    for trust in (False, True):
+        d = _good()
+        d["model"] = {"source": "hf_dir", "path": str(ckpt), "trust_remote_code": trust}
+        c = load_study(_write(tmp_path, d))
+        s = VLLMServer(ckpt, engine=c.engine, log_path=tmp_path / "l.log",
+                       served_model_name="q", trust_remote_code=c.model.trust_remote_code)
+        assert ("--trust-remote-code" in s.command(1)) is trust
+        assert engine_kwargs(c.engine, load_format=None, tokenizer=None,
+                             trust_remote_code=c.model.trust_remote_code).get(
+            "trust_remote_code", False) is trust
+        bench = bench_command(base_url="http://127.0.0.1:1", served_model_name="q",
+                              tokenizer=ckpt, workload=c.latency.workloads[0], concurrency=1,
+                              request_rate=1.0, num_prompts=1, seed=0, result_dir=tmp_path,
+                              result_filename="x.json",
+                              trust_remote_code=c.model.trust_remote_code)
+        assert ("--trust-remote-code" in bench) is trust
+
+
+def test_output_root_on_a_full_or_read_only_disk(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    d = _good()
+    d["output_root"] = str(tmp_path / "out")
+    probs = _problems(tmp_path, d)
+    assert len(probs) == 1, probs
+    assert probs[0].startswith(f"{tmp_path / 'study.yaml'}: output_root: ")
+    assert "not writable" in probs[0] and f"checked '{tmp_path}'" in probs[0]
+
+
+def test_server_command_from_a_config_is_argv_on_localhost(tmp_path):
+    from evalkit.engine import VLLMServer
+
+    d = _good()
+    d["variants"][1]["name"] = "q;rm"  # not even allowed as a name: the pattern rejects it
+    assert any("variants[1].name" in p for p in _problems(tmp_path, d))
+    d = _good()
+    d["model"] = {"source": "hf_dir", "path": str(tmp_path / "dir with $(spaces) ; & |")}
+    cfg = parse_study(d)
+    s = VLLMServer(cfg.model.path, engine=cfg.engine, log_path=tmp_path / "l.log",
+                   served_model_name=cfg.variants[1].name)
+    cmd = s.command(8000)
+    assert isinstance(cmd, list) and all(isinstance(x, str) for x in cmd)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd.count("--host") == 1 and "0.0.0.0" not in cmd
+    assert cmd[cmd.index("--model") + 1] == str(cfg.model.path)  # one element, unquoted
+
+
+def test_nothing_reaches_a_shell():
+    """No evalkit module starts a shell: commands are argument lists only."""
+    import re
+
+    bad = re.compile(r"shell\s*=\s*True|os\.system\(|os\.popen\(|subprocess\.getoutput|"
+                     r"subprocess\.getstatusoutput|create_subprocess_shell")
+    hits = [f"{p.name}:{i}" for p in sorted((REPO / "evalkit").glob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line)]
+    assert not hits, hits

@@ -218,3 +218,51 @@ def test_broken_checkpoint_raises_engine_error(tiny, tmp_path):
             pass
     assert "exited with code" in str(ei.value) and "last log lines" in str(ei.value)
     assert E._group_members(s.pid) == []
+
+
+def test_classify_failure_keeps_pydantic_reason(tmp_path):
+    # vLLM rejects an impossible setting in its config model; the reason is on the next line
+    text = ("(APIServer pid=7) INFO starting\n"
+            "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
+            "  Value error, User-specified max_model_len (256) is greater than the derived "
+            "max_model_len (max_position_embeddings=128) [type=value_error]\n"
+            "    For further information visit https://errors.pydantic.dev/2/v/value_error\n")
+    err = E.classify_failure(text, what="server", model_path=tmp_path, hardware="cpu",
+                             log_path=None, returncode=1)
+    first = str(err).splitlines()[0]
+    assert "validation error for ModelConfig: Value error, User-specified max_model_len" in first
+
+
+def test_check_checkpoint_finds_broken_weights_without_an_engine(tmp_path):
+    import struct
+
+    from evalkit.errors import CheckpointError
+
+    d = tmp_path / "ck"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        E.check_checkpoint(d)
+    d.mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        E.check_checkpoint(d)
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt JSON"):
+        E.check_checkpoint(d)
+    (d / "config.json").write_text("{}")
+    E.check_checkpoint(d, weights=False)  # config-only (dummy weights) is fine
+    with pytest.raises(CheckpointError, match="no weight files"):
+        E.check_checkpoint(d)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    blob = struct.pack("<Q", len(header)) + header + b"\0" * 16
+    (d / "model.safetensors").write_bytes(blob)
+    E.check_checkpoint(d)
+    (d / "model.safetensors").write_bytes(blob[:-4])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        E.check_checkpoint(d)
+    (d / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        E.check_checkpoint(d)
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(CheckpointError, match="named in the index is missing"):
+        E.check_checkpoint(d)

@@ -87,6 +87,18 @@ def test_quality_speed_table_marks_unsupported():
     assert t.loc["w4a16", "ttft_gain_vs_base_pct"] == pytest.approx(20.0)
 
 
+def test_variant_with_only_roofline_rows_is_not_measured():
+    """An interrupted sweep: a variant with a roofline bound but no measured point."""
+    df = _records()
+    df = df[df["variant"] != "fp8_dynamic"]
+    roof = rec.make_records([dict(variant="fp8_dynamic", scheme="fp8_dynamic", stage="latency",
+                                  metric="roofline_tpot_ms", stat="value", value=2.0, unit="ms",
+                                  higher_is_better=False)], run_id="r")
+    status = rp.latency_status(rec.combine([df, roof]))
+    assert status["fp8_dynamic"] == "not measured"
+    assert status["w4a16"] == "ok"
+
+
 def _claim(**kw):
     base = dict(name="c", text="W4A8 58% faster TTFT", variant="w4a8_fp8", reference="w4a16",
                 ttft_reduction_pct=58, tpot_reduction_pct=45, hardware="hopper")

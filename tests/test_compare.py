@@ -1,0 +1,270 @@
+"""evalkit compare: changes between two runs, intervals from raw data, regression flags."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evalkit import compare as cmp
+from evalkit import records as rec
+from evalkit import stats
+from evalkit.cli import main
+
+N_DOCS = 200
+
+
+def make_run(root: Path, run_id: str, *, correct: np.ndarray, ttft_s: np.ndarray,
+             created: str, status: str = "ok", raw: bool = True) -> Path:
+    """A run directory as evalkit writes it: records.parquet, per-document scores for one
+    task, per-request data for one latency point."""
+    d = root / "study" / run_id
+    (d / "raw/accuracy/w8/arc_easy").mkdir(parents=True)
+    (d / "raw/latency/w8").mkdir(parents=True)
+    (d / "config.yaml").write_text("study: study\n")
+    (d / "env.json").write_text(json.dumps({"created_utc": created}))
+    n_req = len(ttft_s)
+    out_len = 17
+    tpot = np.full(n_req, 0.010)
+    lat = ttft_s + tpot * (out_len - 1)
+    rows = [dict(variant="w8", scheme="w8a8_int8", method="rtn", stage="accuracy",
+                 task="arc_easy", mode="hf", metric="acc", stat="value",
+                 value=float(correct.mean()), unit="fraction", higher_is_better=True,
+                 n=N_DOCS)]
+    point = dict(variant="w8", scheme="w8a8_int8", method="rtn", stage="latency",
+                 mode="server", workload="chat", concurrency=2, request_rate=math.inf,
+                 input_len=32, output_len=out_len)
+    if status == "ok":
+        rows += rec.percentile_rows(list(ttft_s * 1e3), metric="ttft_ms", unit="ms",
+                                    higher_is_better=False, **point)
+        rows += rec.percentile_rows(list(tpot * 1e3), metric="tpot_ms", unit="ms",
+                                    higher_is_better=False, **point)
+    else:
+        rows.append(dict(metric="tpot_ms", stat="mean", value=math.nan, unit="ms",
+                         higher_is_better=False, status=status, note="server died", **point))
+    df = rec.make_records(rows, run_id=run_id, study="study", model="m")
+    rec.write_records(df, d / "records.parquet")
+    if raw:
+        scores = pd.DataFrame({"subtask": "arc_easy_local", "doc_id": np.arange(N_DOCS),
+                               "doc_hash": [f"h{i}" for i in range(N_DOCS)], "filter": "none",
+                               "metric": "acc", "score": correct.astype(float)})
+        scores.to_parquet(d / "raw/accuracy/w8/arc_easy/scores.parquet")
+        detail = {"errors": [""] * n_req, "ttfts": list(ttft_s), "latencies": list(lat),
+                  "output_lens": [out_len] * n_req, "input_lens": [32] * n_req,
+                  "itls": [[0.010] * (out_len - 1) for _ in range(n_req)], "duration": 5.0}
+        (d / "raw/latency/w8/chat_c2_rinf.json").write_text(json.dumps(detail))
+    return d
+
+
+def _correct(p: float, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random(N_DOCS) < p).astype(int)
+
+
+def _ttft(median_s: float, spread: float, n: int = 40, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return median_s * (1 + spread * rng.standard_normal(n)).clip(0.05)
+
+
+def _row(df: pd.DataFrame, stage: str, metric: str) -> pd.Series:
+    sel = df[(df["stage"] == stage) & (df["metric"] == metric)]
+    assert len(sel) == 1, sel
+    return sel.iloc[0]
+
+
+def test_identical_runs_change_nothing(tmp_path, capsys):
+    c, t = _correct(0.6), _ttft(0.2, 0.05)
+    a = make_run(tmp_path, "a", correct=c, ttft_s=t, created="2026-01-01T00:00:00")
+    b = make_run(tmp_path, "b", correct=c, ttft_s=t, created="2026-01-02T00:00:00")
+    df = cmp.compare_runs(a, b)
+    assert list(df.columns) == cmp.COLUMNS
+    acc = _row(df, "accuracy", "acc")
+    assert acc["change"] == 0 and acc["ci_low"] == 0 and acc["ci_high"] == 0
+    assert "paired bootstrap over 200 documents" in acc["method"]
+    ttft = _row(df, "latency", "ttft_ms")
+    assert ttft["change"] == 0 and ttft["ci_low"] <= 0 <= ttft["ci_high"]
+    assert not df["regression"].any()
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "no regression beyond noise" in out and "REGRESSION" not in out
+
+
+def test_slower_latency_is_flagged_and_exits_5(tmp_path, capsys):
+    a = make_run(tmp_path, "a", correct=_correct(0.6), ttft_s=_ttft(0.20, 0.05),
+                 created="2026-01-01T00:00:00")
+    b = make_run(tmp_path, "b", correct=_correct(0.6), ttft_s=_ttft(0.30, 0.05, seed=2),
+                 created="2026-01-02T00:00:00")
+    df = cmp.compare_runs(a, b)
+    ttft = _row(df, "latency", "ttft_ms")
+    assert ttft["regression"] and ttft["ci_low"] > 0
+    assert ttft["change_pct"] == pytest.approx(50, abs=8)
+    assert ttft["value_a"] == pytest.approx(
+        float(rec.load_runs(a).query("metric == 'ttft_ms' and stat == 'p50'")["value"].iloc[0]))
+    assert not _row(df, "latency", "tpot_ms")["regression"]  # unchanged
+    assert main(["compare", str(a), str(b), "--csv", str(tmp_path / "c.csv")]) == 5
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out and "1 regression(s)" in out
+    assert len(pd.read_csv(tmp_path / "c.csv")) == len(df)
+    # the other direction is an improvement, not a regression
+    assert main(["compare", str(b), str(a)]) == 0
+
+
+def test_noise_and_small_changes_are_not_flagged(tmp_path):
+    a = make_run(tmp_path, "a", correct=_correct(0.6), ttft_s=_ttft(0.20, 0.6),
+                 created="2026-01-01T00:00:00")
+    # +10% with a wide spread: the interval covers 0
+    b = make_run(tmp_path, "b", correct=_correct(0.6), ttft_s=_ttft(0.22, 0.6, seed=2),
+                 created="2026-01-02T00:00:00")
+    ttft = _row(cmp.compare_runs(a, b), "latency", "ttft_ms")
+    assert ttft["ci_low"] < 0 < ttft["ci_high"] and not ttft["regression"]
+    # +3% with almost no spread: beyond the interval but under the 5% floor
+    a2 = make_run(tmp_path / "2", "a", correct=_correct(0.6), ttft_s=np.full(30, 0.200),
+                  created="2026-01-01T00:00:00")
+    b2 = make_run(tmp_path / "2", "b", correct=_correct(0.6), ttft_s=np.full(30, 0.206),
+                  created="2026-01-02T00:00:00")
+    df = cmp.compare_runs(a2, b2)
+    ttft = _row(df, "latency", "ttft_ms")
+    assert ttft["ci_low"] > 0 and not ttft["regression"]
+    assert _row(cmp.compare_runs(a2, b2, min_latency_change_pct=1.0), "latency",
+                "ttft_ms")["regression"]
+
+
+def test_accuracy_drop_uses_paired_bootstrap(tmp_path):
+    c = _correct(0.7)
+    worse = c.copy()
+    worse[np.flatnonzero(c)[:30]] = 0  # 30 of the right answers now wrong
+    a = make_run(tmp_path, "a", correct=c, ttft_s=_ttft(0.2, 0.05),
+                 created="2026-01-01T00:00:00")
+    b = make_run(tmp_path, "b", correct=worse, ttft_s=_ttft(0.2, 0.05),
+                 created="2026-01-02T00:00:00")
+    acc = _row(cmp.compare_runs(a, b), "accuracy", "acc")
+    assert acc["change"] == pytest.approx(-30 / N_DOCS)
+    expect = stats.paired_bootstrap(c, worse)
+    assert (acc["ci_low"], acc["ci_high"]) == pytest.approx((expect.ci_low, expect.ci_high))
+    assert acc["regression"] and acc["ci_high"] < 0
+    assert not _row(cmp.compare_runs(b, a), "accuracy", "acc")["regression"]
+
+
+def test_without_raw_data_no_interval_no_flag(tmp_path):
+    a = make_run(tmp_path, "a", correct=_correct(0.7), ttft_s=_ttft(0.2, 0.05),
+                 created="2026-01-01T00:00:00", raw=False)
+    b = make_run(tmp_path, "b", correct=_correct(0.3, seed=5), ttft_s=_ttft(0.4, 0.05),
+                 created="2026-01-02T00:00:00", raw=False)
+    df = cmp.compare_runs(a, b)
+    assert df["ci_low"].isna().all() and not df["regression"].any()
+    assert _row(df, "accuracy", "acc")["change"] < -0.2
+    assert _row(df, "latency", "ttft_ms")["method"] == "records only"
+
+
+def test_point_that_now_fails_is_a_regression(tmp_path):
+    a = make_run(tmp_path, "a", correct=_correct(0.6), ttft_s=_ttft(0.2, 0.05),
+                 created="2026-01-01T00:00:00")
+    b = make_run(tmp_path, "b", correct=_correct(0.6), ttft_s=_ttft(0.2, 0.05),
+                 created="2026-01-02T00:00:00", status="failed")
+    df = cmp.compare_runs(a, b)
+    st = _row(df, "latency", "status")
+    assert st["regression"] and "ok in a, failed in b: server died" in st["note"]
+    assert main(["compare", str(a), str(b)]) == 5
+
+
+def test_previous_run_and_report_section(tmp_path):
+    from evalkit import views
+    from evalkit.report import Report
+
+    c, t = _correct(0.6), _ttft(0.2, 0.05)
+    first = make_run(tmp_path, "zz-first", correct=c, ttft_s=t, created="2026-01-01T00:00:00")
+    assert cmp.previous_run(first) is None
+    prev, empty = cmp.comparison_with_previous(first)
+    assert prev is None and empty.empty
+    r = Report(records=rec.load_runs(first), study="study", model="m", hardware="cpu",
+               workload=None, concurrency=None, reference=None)
+    md, table = views.changes(r)
+    assert md.startswith("## Change since the previous run") and "No earlier run" in md
+    assert table.empty
+
+    second = make_run(tmp_path, "aa-second", correct=c, ttft_s=t * 1.5,
+                      created="2026-01-02T00:00:00")
+    assert cmp.previous_run(second) == first.resolve()  # by creation time, not by name
+    assert cmp.previous_run(first) is None
+    prev, df = cmp.comparison_with_previous(second)
+    r2 = Report(records=rec.load_runs(second), study="study", model="m", hardware="cpu",
+                workload=None, concurrency=None, reference=None, previous_run=prev, changes=df)
+    md, table = views.changes(r2)
+    assert "`zz-first`" in md and "1 regression" in md
+    assert "REGRESSION" in set(table["regression"])
+
+
+def test_independent_bootstrap():
+    a = np.arange(100.0)
+    r = stats.independent_bootstrap(a, a + 10, stat=np.median, seed=3)
+    assert r.delta == 10 and r.ci_low < 10 < r.ci_high
+    assert stats.independent_bootstrap(a, a + 10, seed=3) == r  # seeded
+    assert math.isnan(stats.independent_bootstrap([], a).delta)
+    with pytest.raises(ValueError):
+        stats.independent_bootstrap([1.0, math.nan], a)
+
+
+# ---- what the scheduled-run example in the README runs
+
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "scheduled-run.sh"
+
+
+def _fake_bin(tmp_path: Path) -> Path:
+    """`python` is this Python; `evalkit run` only copies a prepared run into place (and
+    exits with FAKE_RUN_RC); every other `evalkit` command is the real one."""
+    import sys
+
+    b = tmp_path / "bin"
+    b.mkdir()
+    (b / "python").write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" "$@"\n')
+    (b / "python").chmod(0o755)
+    (b / "evalkit").write_text(
+        "#!/usr/bin/env bash\n"
+        'if [[ $1 == run ]]; then cp -r "$FAKE_RUN_SRC" "$FAKE_STUDY_DIR/$4"; '
+        'exit "${FAKE_RUN_RC:-0}"; fi\n'
+        f'exec "{sys.executable}" -m evalkit.cli "$@"\n')
+    (b / "evalkit").chmod(0o755)
+    return b
+
+
+@pytest.mark.parametrize("later,run_rc,expect", [
+    ("regressed", 0, 5), ("same", 0, 0), ("same", 4, 4), ("same", 3, 3),
+])
+def test_scheduled_run_exit_codes(tmp_path, later, run_rc, expect):
+    import os
+    import subprocess
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    root = tmp_path / "out"
+    study = tmp_path / "nightly.yaml"
+    study.write_text(f"study: study\nmodel: {{source: hf_dir, path: {model}}}\n"
+                     f"variants: [{{name: base, scheme: base}}]\noutput_root: {root}\n")
+    c, t = _correct(0.6), _ttft(0.2, 0.05)
+    make_run(root, "night-1", correct=c, ttft_s=t, created="2026-01-01T02:30:00")
+    src = make_run(tmp_path / "src", "night-2", correct=c,
+                   ttft_s=t * (1.5 if later == "regressed" else 1.0),
+                   created="2026-01-02T02:30:00")
+    env = {**os.environ, "EVALKIT_BIN": str(_fake_bin(tmp_path)), "FAKE_RUN_SRC": str(src),
+           "FAKE_STUDY_DIR": str(root / "study"), "FAKE_RUN_RC": str(run_rc)}
+    proc = subprocess.run(["bash", str(SCRIPT), str(study), "night-2"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == expect, proc.stdout + proc.stderr
+    if run_rc in (0, 4):
+        assert "compare night-1 (A) -> night-2 (B)" in proc.stdout
+        assert ("REGRESSION" in proc.stdout) is (later == "regressed")
+    else:
+        assert "compare" not in proc.stdout
+
+
+def test_compare_previous_without_earlier_run(tmp_path, capsys):
+    only = make_run(tmp_path, "only", correct=_correct(0.6), ttft_s=_ttft(0.2, 0.05),
+                    created="2026-01-01T00:00:00")
+    assert main(["compare", "--previous", str(only)]) == 0
+    assert "no earlier run" in capsys.readouterr().out
+    assert main(["compare", str(only)]) == 1  # one run without --previous: a usage error
