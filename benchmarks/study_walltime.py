@@ -1,0 +1,161 @@
+"""Wall time of an evalkit study against the commands a researcher would otherwise type.
+
+    .venv/eval/bin/python benchmarks/study_walltime.py [configs/bench-walltime.yaml]
+
+Both sides do the same work on the same checkpoints (evalkit's quantize stage builds them
+first, and its time is reported apart): per variant, lm-eval on the study's tasks with the
+same settings, and a latency sweep over the study's workloads and concurrency levels.
+
+* **evalkit**: ``evalkit run CONFIG`` -- the four notebooks; per variant ONE vLLM server
+  start serves both lm-eval (``local-completions``) and vLLM's benchmark client (run
+  in-process, once per point).
+* **by hand**: per variant ``lm-eval run --model vllm ...`` (an in-process engine), then
+  ``python -m vllm.entrypoints.openai.api_server ...`` until ``/health`` answers, then one
+  ``vllm bench serve ...`` per (workload, concurrency) point, then the server is stopped.
+
+Prints each side's wall time, per step, and the ratio (target: evalkit <= 0.6 x by hand).
+Both sides run the same engine options (``evalkit.engine.engine_cli_args`` / ``engine_env``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _timed(label: str, argv: list[str], env: dict[str, str], log: Path, steps: list) -> None:
+    t0 = time.perf_counter()
+    with open(log, "ab") as fh:
+        fh.write(f"\n# {' '.join(argv)}\n".encode())
+        fh.flush()
+        rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+    dt = time.perf_counter() - t0
+    steps.append((label, dt))
+    print(f"  {label:<44} {dt:7.1f} s", flush=True)
+    if rc != 0:
+        raise SystemExit(f"{label}: exit {rc}; see {log}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
+    from evalkit import engine as eng
+    from evalkit import taskpack
+    from evalkit.quantize import checkpoint_for
+
+    env = eng.engine_env(cfg.engine)
+    pack = taskpack.build_task_pack()
+    tasks = ",".join(taskpack.lm_eval_task_name(t, cfg.accuracy.data) for t in cfg.accuracy.tasks)
+    args = eng.engine_cli_args(cfg.engine, load_format=None, tokenizer=None,
+                               trust_remote_code=False)
+    steps: list[tuple[str, float]] = []
+    log = work / "by-hand.log"
+    for v in cfg.variants:
+        ckpt = str(checkpoint_for(run, v.name))
+        margs = (f"pretrained={ckpt},dtype={cfg.engine.dtype},max_model_len="
+                 f"{cfg.engine.max_model_len},gpu_memory_utilization="
+                 f"{cfg.engine.gpu_memory_utilization},enforce_eager={cfg.engine.enforce_eager}")
+        lm = [str(BIN / "lm-eval"), "run", "--model", "vllm", "--model_args", margs,
+              "--tasks", tasks, "--include_path", str(pack), "--batch_size", "auto",
+              "--seed", str(cfg.accuracy.seed), "--output_path", str(work / f"lm-eval-{v.name}"),
+              "--log_samples"]
+        if cfg.accuracy.limit:
+            lm += ["--limit", str(cfg.accuracy.limit)]
+        if cfg.accuracy.num_fewshot is not None:
+            lm += ["--num_fewshot", str(cfg.accuracy.num_fewshot)]
+        _timed(f"{v.name}: lm-eval --model vllm", lm, env, log, steps)
+
+        port = _free_port()
+        t0 = time.perf_counter()
+        with open(log, "ab") as fh:
+            srv = subprocess.Popen(
+                [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", ckpt,
+                 "--host", "127.0.0.1", "--port", str(port), *args],
+                stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            while True:
+                if srv.poll() is not None:
+                    raise SystemExit(f"{v.name}: server exited {srv.returncode}; see {log}")
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            steps.append((f"{v.name}: vllm serve until healthy", time.perf_counter() - t0))
+            print(f"  {steps[-1][0]:<44} {steps[-1][1]:7.1f} s", flush=True)
+            lat = cfg.latency
+            for w in lat.workloads:
+                for c in lat.levels(w):
+                    bench = [str(BIN / "vllm"), "bench", "serve", "--backend", "openai",
+                             "--base-url", f"http://127.0.0.1:{port}", "--model", ckpt,
+                             "--dataset-name", "random", "--random-input-len", str(w.input_len),
+                             "--random-output-len", str(w.output_len),
+                             "--num-prompts", str(lat.prompts_for(c)),
+                             "--max-concurrency", str(c), "--ignore-eos",
+                             "--num-warmups", str(lat.warmups), "--seed", str(lat.seed),
+                             "--save-result", "--result-dir", str(work / "bench"),
+                             "--save-detailed"]
+                    _timed(f"{v.name}: vllm bench serve {w.name} c={c}", bench, env, log, steps)
+        finally:
+            os.killpg(srv.pid, signal.SIGTERM)
+            try:
+                srv.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(srv.pid, signal.SIGKILL)
+    return steps
+
+
+def main(argv: list[str]) -> int:
+    from evalkit.config import load_study
+    from evalkit.rundir import open_run
+
+    config = Path(argv[0] if argv else ROOT / "configs" / "bench-walltime.yaml")
+    cfg = load_study(config)
+    with tempfile.TemporaryDirectory(prefix="evalkit-walltime-") as tmp:
+        work = Path(tmp)
+        out = work / "outputs"
+        study = work / "study.yaml"
+        study.write_text(config.read_text().replace("output_root: outputs",
+                                                    f"output_root: {out}"))
+        print(f"evalkit run {config} (output under {out})", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.run([str(BIN / "evalkit"), "run", str(study), "--run-id", "bench",
+                             "--no-progress"], stdout=subprocess.DEVNULL).returncode
+        t_evalkit = time.perf_counter() - t0
+        if rc != 0:
+            raise SystemExit(f"evalkit run failed (exit {rc})")
+        run = open_run(out / cfg.study / "bench")
+        status = json.loads((run.path / "status.json").read_text())["stages"]
+        t_quant = status["quantize"]["seconds"]
+        for name in ("quantize", "accuracy", "latency", "report"):
+            print(f"  evalkit stage {name:<30} {status[name]['seconds']:7.1f} s")
+        print(f"  evalkit total {'':<30} {t_evalkit:7.1f} s", flush=True)
+        print("by hand (same checkpoints, same engine options):", flush=True)
+        steps = by_hand(cfg, run, work)
+        t_hand = sum(dt for _, dt in steps)
+        ek = t_evalkit - t_quant
+        print(f"\nby hand total: {t_hand:.1f} s")
+        print(f"evalkit without its quantize stage: {ek:.1f} s (with: {t_evalkit:.1f} s)")
+        print(f"ratio evalkit / by hand: {ek / t_hand:.2f} (target <= 0.60); "
+              f"including evalkit's quantize stage: {t_evalkit / t_hand:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
