@@ -106,11 +106,12 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
                              "--base-url", f"http://127.0.0.1:{port}", "--model", ckpt,
                              "--dataset-name", "random", "--random-input-len", str(w.input_len),
                              "--random-output-len", str(w.output_len),
+                             "--random-range-ratio", "0", "--temperature", "0",
                              "--num-prompts", str(lat.prompts_for(c)),
                              "--max-concurrency", str(c), "--ignore-eos",
                              "--num-warmups", str(lat.warmups), "--seed", str(lat.seed),
                              "--save-result", "--result-dir", str(work / "bench"),
-                             "--save-detailed"]
+                             "--save-detailed", "--disable-tqdm"]
                     _timed(f"{v.name}: vllm bench serve {w.name} c={c}", bench, env, log, steps)
         finally:
             os.killpg(srv.pid, signal.SIGTERM)
