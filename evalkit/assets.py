@@ -226,15 +226,24 @@ class ResolvedModel:
     provenance: dict[str, Any]
 
 
-def _file_sha256_cached(path: Path) -> str:
-    """SHA-256 of a large file, remembered by (path, size, mtime) so a cache hit is instant."""
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+def _sha256_index() -> tuple[Path, dict[str, str]]:
+    """The checksum index (path, contents); a damaged index reads as empty (a re-hash)."""
     index_path = cache_dir() / "models" / "sha256-index.json"
     try:
-        index = read_json(index_path) if index_path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        index = {}  # a damaged index only costs a re-hash
+        return index_path, (read_json(index_path) if index_path.is_file() else {})
+    except (OSError, ValueError):
+        return index_path, {}
+
+
+def _sha256_index_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _file_sha256_cached(path: Path) -> str:
+    """SHA-256 of a large file, remembered by (path, size, mtime) so a cache hit is instant."""
+    key = _sha256_index_key(path)
+    index_path, index = _sha256_index()
     if key in index:
         return str(index[key])
     digest = sha256_file(path)
@@ -252,7 +261,7 @@ def make_readable(root: Path) -> None:
         p.chmod(0o755 if p.is_dir() else 0o644)
 
 
-def _jsonsha256_file(obj: Any) -> str:
+def _json_sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
@@ -519,7 +528,7 @@ def _resolve_gguf(path: Path, *, progress: bool) -> ResolvedModel:
         raise ConfigError(f"model.path: '{path}' is not an existing .gguf file")
     digest = _file_sha256_cached(path)
     stem = path.stem
-    final = cache_dir() / "models" / "gguf" / f"{stem}-{digest[:12]}-c{CONVERTER_VERSION}"
+    final = _gguf_checkpoint_dir(path, digest)
     if (final / ASSET_FILE).is_file():
         record = read_json(final / ASSET_FILE)
     else:
@@ -642,7 +651,7 @@ def _resolve_preset(name: str, *, progress: bool) -> ResolvedModel:
     tok_files = sorted(p for p in tok_dir.iterdir()
                        if p.is_file() and p.name != ASSET_FILE and p.name != "config.json")
     tok_hash = hashlib.sha256(b"".join(sha256_file(p).encode() for p in tok_files)).hexdigest()
-    cfg_hash = _jsonsha256_file(config)
+    cfg_hash = _json_sha256(config)
     final = cache_dir() / "presets" / f"{name}-{cfg_hash[:8]}-{tok_hash[:8]}"
     if not (final / ASSET_FILE).is_file():
         vocab = _tokenizer_vocab(tok_dir)
@@ -740,17 +749,13 @@ def linear_dims(spec: ModelSpec) -> list[int] | None:
 def _converted_gguf_config(path: Path) -> Path | None:
     """config.json of the checkpoint ``path`` was converted into, if its checksum is known
     (never hashes the file: validation must stay fast)."""
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    index_path = cache_dir() / "models" / "sha256-index.json"
-    try:
-        digest = read_json(index_path).get(key) if index_path.is_file() else None
-    except (OSError, ValueError):
-        return None
-    if not digest:
-        return None
-    return (cache_dir() / "models" / "gguf" / f"{path.stem}-{digest[:12]}-c{CONVERTER_VERSION}"
-            / "config.json")
+    digest = _sha256_index()[1].get(_sha256_index_key(path))
+    return _gguf_checkpoint_dir(path, digest) / "config.json" if digest else None
+
+
+def _gguf_checkpoint_dir(path: Path, digest: str) -> Path:
+    """Where the GGUF file ``path`` (of checksum ``digest``) is converted into."""
+    return cache_dir() / "models" / "gguf" / f"{path.stem}-{digest[:12]}-c{CONVERTER_VERSION}"
 
 
 def _hub_cached_config(repo_id: str, revision: str | None) -> Path | None:

@@ -82,7 +82,7 @@ def load_run_data(path: str | os.PathLike[str]) -> RunData:
     Raises:
         EvalkitError: not a run directory with records.
     """
-    from evalkit.latency import _rate_label, per_request_metrics  # noqa: PLC0415
+    from evalkit.latency import per_request_metrics, point_stem  # noqa: PLC0415
 
     p = Path(path)
     df = rec.load_runs(p)
@@ -98,7 +98,7 @@ def load_run_data(path: str | os.PathLike[str]) -> RunData:
     for v, w, c, r in lat[_POINT].drop_duplicates().itertuples(index=False):
         if pd.isna(w) or pd.isna(c) or pd.isna(r):
             continue
-        f = p / "raw" / "latency" / str(v) / f"{w}_c{int(c)}_r{_rate_label(float(r))}.json"
+        f = p / "raw" / "latency" / str(v) / f"{point_stem(str(w), c, r)}.json"
         if f.is_file():
             m = per_request_metrics(read_json(f))
             data.requests[(str(v), str(w), int(c), float(r))] = {

@@ -514,6 +514,12 @@ def _rate_label(r: float) -> str:
     return "inf" if math.isinf(r) else f"{r:g}"
 
 
+def point_stem(workload: str, concurrency: int, request_rate: float) -> str:
+    """File stem of one server-mode point's raw data under ``raw/latency/<variant>/``
+    (``<stem>.json`` per-request data, ``<stem>.summary.json`` client summary + /metrics)."""
+    return f"{workload}_c{int(concurrency)}_r{_rate_label(float(request_rate))}"
+
+
 def point_key(variant: str, mode: str, workload: str, concurrency: int,
               request_rate: float) -> str:
     """Resume unit key of one latency point."""
@@ -617,10 +623,7 @@ class _Stage:
             key = point_key(v.name, mode, w.name, c, r)
             if self.run.unit_done(STAGE, key):
                 continue
-            df = rec.make_records(
-                [dict(metric="tpot_ms", stat="mean", value=math.nan, unit="ms",
-                      higher_is_better=False, status=status, note=reason[:1000],
-                      **self.point_fields(mode, w, c, r))], **self.common(v))
+            df = self.nan_point(v, mode, w, c, r, status, reason)
             if status == "unsupported":
                 # Deterministic: a resumed run need not try again.
                 self.save_unit(v, key, df, status)
@@ -650,8 +653,9 @@ class _Stage:
             gbps, source = gbps * tp, f"{source}, x{tp} GPUs (tensor parallel)"
         wb, kvb, config = self.roofline(v, ckpt)
         src = "quantize records" if v.name in self.quant_weight_bytes else "estimated from config"
-        moe = config is not None and weight_read_fraction(config, v.scheme, 1) < 1.0
-        roof = roofline_tpot_ms(wb * weight_read_fraction(config, v.scheme, 1), gbps)
+        read1 = weight_read_fraction(config, v.scheme, 1)
+        moe = read1 < 1.0
+        roof = roofline_tpot_ms(wb * read1, gbps)
         rows = [dict(metric="roofline_tpot_ms", stat="value", value=roof, unit="ms",
                      higher_is_better=False,
                      note=f"weights only, batch 1; weight bytes {wb:.0f} ({src})"
@@ -781,12 +785,17 @@ class _Stage:
                         break
             bar.update(1)
 
+    def nan_point(self, v: Variant, mode: str, w: Workload, c: int, r: float, status: str,
+                  why: str) -> pd.DataFrame:
+        """The record of a point that could not be measured: NaN ``tpot_ms`` mean, the reason."""
+        return rec.make_records(
+            [dict(metric="tpot_ms", stat="mean", value=math.nan, unit="ms",
+                  higher_is_better=False, status=status, note=why[:1000],
+                  **self.point_fields(mode, w, c, r))], **self.common(v))
+
     def point_failed(self, v: Variant, w: Workload, c: int, r: float, why: str) -> None:
         """A NaN ``failed`` record for one point (no unit marker: resume measures it again)."""
-        self.frames.append(rec.make_records(
-            [dict(metric="tpot_ms", stat="mean", value=math.nan, unit="ms",
-                  higher_is_better=False, status="failed", note=why[:1000],
-                  **self.point_fields("server", w, c, r))], **self.common(v)))
+        self.frames.append(self.nan_point(v, "server", w, c, r, "failed", why))
 
     def restart(self, v: Variant, server: eng.VLLMServer, key: str) -> bool:
         """Stop what is left of a dead server's process group and start it again."""
@@ -808,7 +817,7 @@ class _Stage:
 
     def server_point(self, v: Variant, server: eng.VLLMServer, tokenizer: Path, vdir: Path,
                      key: str, w: Workload, c: int, r: float, vocab: int) -> None:
-        name = f"{w.name}_c{c}_r{_rate_label(r)}"
+        name = point_stem(w.name, c, r)
         result = vdir / f"{name}.json"
         if result.exists():
             # Left by an interrupted attempt whose unit was never marked done.
@@ -1022,22 +1031,22 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     """
     stage_file = run.stage_records_path(STAGE)
     units = sorted(run.path.glob(f"raw/{STAGE}/*/units/*.parquet"))
+    unit_records = [rec.read_records(u) for u in units]
     if stage_file.is_file():
         old = rec.read_records(stage_file)
     elif units:
-        old = rec.combine([rec.read_records(u) for u in units])
+        old = rec.combine(unit_records)
     else:
         raise StageError(f"{run.path}: no latency records to rebuild")
     ident = ["run_id", "study", "model", "variant", "scheme", "method", "stage", "backend",
              "hardware"]
     frames = [old]
-    for unit in units:
-        prev = rec.read_records(unit)
+    for unit, prev in zip(units, unit_records, strict=True):
         srv = prev[(prev["mode"] == "server") & (prev["status"] == "ok")]
         if srv.empty:
             continue
         first = srv.iloc[0]
-        name = f"{first['workload']}_c{int(first['concurrency'])}_r{_rate_label(first['request_rate'])}"
+        name = point_stem(first["workload"], first["concurrency"], first["request_rate"])
         vdir = unit.parent.parent
         fields = {k: first[k] for k in ("mode", "workload", "concurrency", "request_rate",
                                          "input_len", "output_len")}

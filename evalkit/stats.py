@@ -117,6 +117,13 @@ def _paired(base: np.ndarray, variant: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return b, v
 
 
+def _check_bootstrap_args(resamples: int, confidence: float) -> None:
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
 def paired_bootstrap(
     base: np.ndarray,
     variant: np.ndarray,
@@ -148,10 +155,7 @@ def paired_bootstrap(
     Raises:
         ValueError: arrays of different length, NaN scores, or bad resamples/confidence.
     """
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _check_bootstrap_args(resamples, confidence)
     b, v = _paired(base, variant)
     n = b.size
     if n == 0:
@@ -202,10 +206,7 @@ def independent_bootstrap(
     Raises:
         ValueError: NaN values, or bad resamples/confidence.
     """
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _check_bootstrap_args(resamples, confidence)
     x = np.asarray(a, dtype=float).ravel()
     y = np.asarray(b, dtype=float).ravel()
     if np.isnan(x).any() or np.isnan(y).any():
