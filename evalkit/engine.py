@@ -315,6 +315,10 @@ def engine_env(engine: EngineSpec, extra_env: Mapping[str, str] | None = None) -
         # VLLM_CPU_KVCACHE_SPACE is set; a stale value from the caller's shell would silently
         # override the study's setting, so it is only honoured when given in extra_env.
         env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        if engine.vllm_executor() == "uni":
+            # vllm-cpu replaces 'uni' by 'mp' unless V1 multiprocessing is off; the API
+            # server still runs its engine in a process of its own.
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     env.update(extra_env or {})
     return env
 
@@ -334,6 +338,8 @@ def engine_cli_args(
         args.append("--enforce-eager")
     if engine.max_num_seqs is not None:
         args += ["--max-num-seqs", str(engine.max_num_seqs)]
+    if engine.vllm_executor() is not None:
+        args += ["--distributed-executor-backend", str(engine.vllm_executor())]
     if load_format is not None:
         args += ["--load-format", load_format]
     if tokenizer is not None:
@@ -355,6 +361,8 @@ def engine_kwargs(
     )
     if engine.max_num_seqs is not None:
         kw["max_num_seqs"] = engine.max_num_seqs
+    if engine.vllm_executor() is not None:
+        kw["distributed_executor_backend"] = engine.vllm_executor()
     if load_format is not None:
         kw["load_format"] = load_format
     if tokenizer is not None:
@@ -416,6 +424,7 @@ class VLLMServer:
         self.pid: int | None = None
         self.startup_s: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._t0 = 0.0
 
     @property
     def base_url(self) -> str:
@@ -443,13 +452,23 @@ class VLLMServer:
 
     def start(self) -> VLLMServer:
         """Launch the server and wait until it serves; see :meth:`__enter__`."""
+        self.launch()
+        return self.wait()
+
+    def launch(self) -> VLLMServer:
+        """Start the server process and return at once (:meth:`wait` waits for it).
+
+        Several servers launched before any is waited for start side by side: on a CPU
+        host a start is mostly single-threaded imports, so two cores start two servers in
+        about the time of one.
+        """
         if self._proc is not None:
             raise EngineError("server already started")
         # A broken checkpoint fails here in milliseconds instead of after an engine start.
         check_checkpoint(self.model_path, weights=self.load_format != "dummy")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         port = _free_port()
-        t0 = time.monotonic()
+        self._t0 = time.monotonic()
         with open(self.log_path, "ab") as log:
             log.write(f"# evalkit: {' '.join(self.command(port))}\n".encode())
             log.flush()
@@ -462,12 +481,20 @@ class VLLMServer:
             except OSError as exc:
                 raise EngineError(f"cannot start vLLM server ({exc.strerror or exc})") from None
         self.pid, self.port = self._proc.pid, port
+        return self
+
+    def wait(self) -> VLLMServer:
+        """Wait until a launched server answers ``/health`` and ``/v1/models``; on failure
+        the process group is stopped and the engine's reason raised (see :meth:`__enter__`).
+        """
+        if self._proc is None:
+            raise EngineError("server not launched")
         try:
-            self._wait_ready(t0)
+            self._wait_ready(self._t0)
         except BaseException:
             self.stop()
             raise
-        self.startup_s = time.monotonic() - t0
+        self.startup_s = time.monotonic() - self._t0
         return self
 
     def _wait_ready(self, t0: float) -> None:

@@ -32,7 +32,7 @@ import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -691,13 +691,37 @@ class _Stage:
                 out.append((w, c, r))
         return out
 
-    def server(self, v: Variant, ckpt: Path, bar: Any) -> None:
+    def servers(self, group: list[tuple[Variant, Path]], bar: Any) -> None:
+        """Server mode for a group of variants: their servers start side by side
+        (``engine.parallel_starts``), then each is measured alone while the others wait idle
+        (a waiting vLLM server does no work: its engine blocks on an empty request queue)."""
+        opened: list[tuple[Variant, Path, eng.VLLMServer, list[Any]]] = []
+        try:
+            for v, ckpt in group:
+                o = self.launch(v, ckpt, bar)
+                if o is not None:
+                    opened.append((v, ckpt, *o))
+            ready = [o for o in opened if self.wait(o[0], o[2], o[3], bar)]
+            if len(opened) > 1:
+                self.run.log("latency: servers of " + ", ".join(o[0].name for o in opened)
+                             + " started side by side; each is measured alone")
+            for v, ckpt, server, todo in ready:
+                with server:
+                    self.measure(v, server, ckpt, server.log_path, todo, bar,
+                                 beside=[o[0].name for o in opened if o[2] is not server])
+        finally:
+            for o in opened:
+                o[2].stop()
+
+    def launch(self, v: Variant, ckpt: Path, bar: Any
+               ) -> tuple[eng.VLLMServer, list[tuple[Workload, int, float]]] | None:
+        """Start ``v``'s server process unless nothing needs it; (server, points to measure)."""
         todo = self.todo(v, "server", bar)
         startup_file = self.raw / v.name / "startup.parquet"
         if not todo:
             if startup_file.is_file():
                 self.frames.append(rec.read_records(startup_file))
-            return
+            return None
         known = eng.engine_verdict(self.run, v.name)
         if known is not None:
             # another stage of this run already asked the engine; asking again costs a start
@@ -707,7 +731,7 @@ class _Stage:
                 f"{v.name}: {known['reason']}")
             self.status_rows(v, "server", known["status"], known["reason"])
             bar.update(len(todo))
-            return
+            return None
         log_path = self.run.sub("logs", f"vllm-server-{v.name}.log")
         extra = dict(kv.split("=", 1) for kv in
                      filter(None, [self.cfg.engine.kernel_override.get(v.name)]))
@@ -720,27 +744,39 @@ class _Stage:
         )
         self.run.log(f"latency: starting vLLM server for {v.name} ({ckpt})")
         try:
-            server.start()
-        except UnsupportedSchemeError as exc:
+            server.launch()
+        except EngineError as exc:
+            self.start_failed(v, exc, todo, bar)
+            return None
+        return server, todo
+
+    def wait(self, v: Variant, server: eng.VLLMServer, todo: list[Any], bar: Any) -> bool:
+        """Wait for a launched server; False (and the variant's records) when it cannot serve."""
+        try:
+            server.wait()
+        except EngineError as exc:
+            self.start_failed(v, exc, todo, bar)
+            return False
+        return True
+
+    def start_failed(self, v: Variant, exc: EngineError, todo: list[Any], bar: Any) -> None:
+        if isinstance(exc, UnsupportedSchemeError):
             self.run.log(f"latency: {v.name} unsupported here: {exc.reason}")
             eng.record_engine_verdict(self.run, v.name, "unsupported", exc.reason, STAGE)
             self.unsupported.append(f"{v.name}: {exc.reason}")
             self.status_rows(v, "server", "unsupported", exc.reason)
-            bar.update(len(todo))
-            return
-        except EngineError as exc:
+        else:
             first = str(exc).splitlines()[0]
             self.run.log(f"latency: {v.name} server failed: {first}")
             self.failures.append(f"{v.name}: {first}")
             self.status_rows(v, "server", "failed", str(exc))
-            bar.update(len(todo))
-            return
-        with server:
-            self.measure(v, server, ckpt, log_path, todo, bar)
+        bar.update(len(todo))
 
     def measure(self, v: Variant, server: eng.VLLMServer, ckpt: Path, log_path: Path,
-                todo: list[tuple[Workload, int, float]], bar: Any) -> None:
-        """Run the server-mode points ``todo`` of variant ``v`` on a running server."""
+                todo: list[tuple[Workload, int, float]], bar: Any, *,
+                beside: Sequence[str] = ()) -> None:
+        """Run the server-mode points ``todo`` of variant ``v`` on a running server
+        (``beside``: variants whose servers started alongside and wait idle meanwhile)."""
         vdir = self.raw / v.name
         startup_file = vdir / "startup.parquet"
         tokenizer = self.tokenizer_for(ckpt)
@@ -752,7 +788,9 @@ class _Stage:
             higher_is_better=False, mode="server",
             note="; ".join(f"{k}={prov[k]}" for k in (
                 "linear_kernels", "attention_backend", "quantization", "cuda_graphs",
-                "compile", "vllm_version", "platform") if prov.get(k)))],
+                "compile", "vllm_version", "platform") if prov.get(k))
+                 + (f"; started side by side with {', '.join(beside)} (idle while this one "
+                    "was measured)" if beside else ""))],
             **self.common(v))
         rec.write_records(startup, startup_file)
         self.frames.append(startup)
@@ -988,23 +1026,26 @@ def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | N
     run.log(f"latency: {len(cfg.variants)} variants x {total // max(1, len(cfg.variants))} "
             f"points on {st.hardware}")
     t0 = time.monotonic()
+    k = cfg.engine.parallel_starts if "server" in modes else 1
     with tqdm(total=total, desc="latency", unit="point") as bar:
-        for v in cfg.variants:
-            bar.set_postfix_str(v.name)
-            try:
-                ckpt = st.checkpoint(v)
-            except EvalkitError as exc:  # quantization failed, checkpoint gone: record, go on
-                run.log(f"latency: {v.name} FAILED, no checkpoint: {exc}")
-                st.failures.append(f"{v.name}: {exc}")
-                for mode in modes:
-                    st.status_rows(v, mode, "failed", str(exc))
-                bar.update(sum(len(st.points(m)) for m in modes))
-                continue
+        for i in range(0, len(cfg.variants), k):
+            group: list[tuple[Variant, Path]] = []
+            for v in cfg.variants[i:i + k]:
+                bar.set_postfix_str(v.name)
+                try:
+                    group.append((v, st.checkpoint(v)))
+                except EvalkitError as exc:  # quantization failed, checkpoint gone: record, go on
+                    run.log(f"latency: {v.name} FAILED, no checkpoint: {exc}")
+                    st.failures.append(f"{v.name}: {exc}")
+                    for mode in modes:
+                        st.status_rows(v, mode, "failed", str(exc))
+                    bar.update(sum(len(st.points(m)) for m in modes))
             if "server" in modes:
-                st.server(v, ckpt, bar)
-            if "offline" in modes:
-                st.offline(v, ckpt, bar)
-            st.roofline_rows(v, ckpt)
+                st.servers(group, bar)
+            for v, ckpt in group:
+                if "offline" in modes:
+                    st.offline(v, ckpt, bar)
+                st.roofline_rows(v, ckpt)
     df = rec.combine(st.frames) if st.frames else rec.empty_records()
     run.write_stage_records(STAGE, df)
     run.log(f"latency: {len(df)} records in {time.monotonic() - t0:.0f} s")

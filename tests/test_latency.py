@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -201,11 +202,11 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     ckpt = build_tiny_llama()
     cfg = StudyConfig.model_validate({
         "study": "t", "model": {"source": "hf_dir", "path": str(ckpt)},
-        "variants": [{"name": "base", "scheme": "base"}],
+        "variants": [{"name": "base", "scheme": "base"}, {"name": "again", "scheme": "base"}],
         "latency": {"workloads": [{"name": "short", "input_len": 32, "output_len": 8}],
                     "concurrency": [2], "num_prompts": 6, "warmups": 1},
         "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.1,
-                   "max_model_len": 256, "startup_timeout_s": 300},
+                   "max_model_len": 256, "startup_timeout_s": 300, "parallel_starts": 2},
         "output_root": str(tmp_path),
     })
     run = Run(tmp_path / "t" / "r1")
@@ -215,13 +216,22 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     class M:
         name, path, load_format = "tiny", ckpt, None
 
-    df = L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M)
+    ckpts = {"base": ckpt, "again": ckpt}
+    df = L.run_stage(cfg, run, checkpoints=ckpts, resolved=M)
+    # both servers started side by side (uni executor: API server + engine core each)
+    assert set(df[df.status == "ok"].variant) == {"base", "again"}
+    notes = df[df.metric == "engine_startup_s"].set_index("variant").note
+    assert "side by side with again" in notes["base"]
+    assert "side by side with base" in notes["again"]
+    prov = json.loads((run.path / "raw/latency/base/provenance.json").read_text())
+    assert prov["server_command"][-2:] == ["--distributed-executor-backend", "uni"]
     n = cfg.latency.prompts_for(2)  # max(num_prompts, 4 x concurrency) = 8
-    ok = df[(df["mode"] == "server") & (df["status"] == "ok")]
+    ok = df[(df["mode"] == "server") & (df["status"] == "ok") & (df.variant == "base")]
     get = lambda met, st: float(ok[(ok.metric == met) & (ok.stat == st)].value.iloc[0])  # noqa: E731
     assert get("completed_requests", "value") == n and get("failed_requests", "value") == 0
     assert 0 < get("ttft_ms", "p50") < get("e2el_ms", "p50")
     assert get("tpot_ms", "mean") > 0
+    df = df[df.variant == "base"]
     srv = df[(df["mode"] == "server-metrics") & (df.metric == "completed_requests")]
     assert float(srv.value.iloc[0]) == n  # warm-ups are outside the scrape window
     srv_e2e = float(df[(df["mode"] == "server-metrics") & (df.metric == "e2el_ms")
@@ -237,10 +247,10 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     def no_server(*a, **k):
         raise AssertionError("server started on resume")
 
-    monkeypatch.setattr(L.eng.VLLMServer, "start", no_server)
-    df2 = L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M)
+    monkeypatch.setattr(L.eng.VLLMServer, "launch", no_server)
+    df2 = L.run_stage(cfg, run, checkpoints=ckpts, resolved=M)
     a = df[df.metric == "ttft_ms"].sort_values("stat").value.to_numpy()
-    b = df2[df2.metric == "ttft_ms"].sort_values("stat").value.to_numpy()
+    b = df2[(df2.metric == "ttft_ms") & (df2.variant == "base")].sort_values("stat").value.to_numpy()
     np.testing.assert_array_equal(a, b)
 
 
