@@ -85,7 +85,7 @@ from evalkit.io import (
     read_json,
 )
 from evalkit.rundir import Run, hardware_label
-from evalkit.schemes import SCHEMES, cpu_kernel_expected
+from evalkit.schemes import SCHEMES, activation_mismatch, cpu_kernel_expected
 
 STAGE = "accuracy"
 
@@ -708,6 +708,9 @@ class _VariantRunner:
         kernels = provenance(server.log_text()).get("linear_kernels")
         if kernels:
             self.notes.append(f"vLLM kernels: {kernels}")
+        mismatch = activation_mismatch(self.variant.scheme, kernels)
+        if mismatch:
+            self.run.log(f"accuracy: WARNING {self.variant.name}: {mismatch}")
         self.run.log(f"accuracy {self.variant.name}: vLLM server up in {server.startup_s:.1f}s "
                      f"at {server.base_url}; kernels: {kernels or 'unquantized'}")
         return make_api_lm(server.base_url, self.variant.name, self.checkpoint, self.cfg,
@@ -947,11 +950,30 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
         finally:
             bar.close()
 
+    df = _stage_records(cfg, run, chosen, tasks, results, failures, model_name,
+                        {"vllm": hardware_vllm, "hf": hardware_hf})
+    run.write_stage_records(STAGE, df)
+    if failures:
+        raise StageError(
+            f"accuracy: {len(failures)} evaluation(s) failed: "
+            + "; ".join(f"{v}/{t}" for v, t in failures)
+            + f" (records written with status=failed; see {run.path / 'logs' / 'run.log'})"
+        )
+    return df
+
+
+def _stage_records(cfg: StudyConfig, run: Run, chosen: Sequence[Variant],
+                   tasks: Sequence[tuple[str, str]], results: Mapping[tuple[str, str], UnitResult],
+                   failures: dict[tuple[str, str], str], model_name: str,
+                   hardware: Mapping[str, str]) -> pd.DataFrame:
+    """The stage's records: each unit's values, paired deltas vs base, failed units (NaN).
+    ``hardware``: label per backend (``vllm``, ``hf``); paired-statistics failures are added
+    to ``failures``."""
     rows: list[dict[str, Any]] = []
     base_v = _base_variant(cfg)
     vmap = {v.name: v for v in chosen}
     for (vname, t), u in results.items():
-        hw = hardware_vllm if u.backend == "vllm" else hardware_hf
+        hw = hardware["vllm" if u.backend == "vllm" else "hf"]
         lm_task = dict(tasks)[t]
         rows += [{**_variant_fields(cfg, vmap[vname]), **r} for r in unit_records(u, lm_task, hw)]
         if base_v is None or vname == base_v.name:
@@ -974,16 +996,49 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
             rows.append({**_variant_fields(cfg, vmap[vname]), "task": task, "metric": metric,
                          "stat": "delta" if paired else "value", "value": math.nan,
                          "unit": "fraction", "status": "failed",
-                         "note": why.split("\n")[0][:500], "hardware": hardware_vllm})
-    df = rec.make_records(rows, run_id=run.run_id, study=cfg.study, model=model_name,
-                          stage=STAGE)
+                         "note": why.split("\n")[0][:500], "hardware": hardware["vllm"]})
+    return rec.make_records(rows, run_id=run.run_id, study=cfg.study, model=model_name,
+                            stage=STAGE)
+
+
+def rebuild_records(run: Run) -> pd.DataFrame:
+    """Assemble the stage records of a run from its finished (variant, task) units.
+
+    An interrupted accuracy stage writes no stage records; every finished unit keeps its
+    lm-eval results and per-document scores under ``raw/accuracy``. This builds the records
+    (values, stderr, paired deltas vs base) from them, without any model, with the hardware
+    of the machine that ran them (``env.json``). Units not finished are absent ("not
+    measured"). Writes and returns the stage records.
+    """
+    from evalkit import taskpack  # noqa: PLC0415
+    from evalkit.rundir import env_hardware_label  # noqa: PLC0415
+
+    cfg = run.config()
+    acc = _acc(cfg)
+    tasks = [(t, taskpack.lm_eval_task_name(t, acc.data)) for t in acc.tasks]
+    results: dict[tuple[str, str], UnitResult] = {}
+    for v in cfg.variants:
+        for t, _ in tasks:
+            done = run.unit_done(STAGE, f"{v.name}/{t}")
+            raw = run.path / "raw" / STAGE / v.name / t
+            if done is None or not (raw / "results.json").is_file():
+                continue
+            results[(v.name, t)] = UnitResult(
+                v.name, t, done["backend"], read_json(raw / "results.json"),
+                raw / "samples.jsonl", pd.read_parquet(raw / "scores.parquet"),
+                float(done.get("seconds", math.nan)), list(done.get("notes", [])))
+    if not results:
+        raise StageError(f"{run.path}: no finished accuracy units to rebuild records from")
+    env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}
+    q = run.records()
+    names = q.loc[q["stage"] == "quantize", "model"].dropna() if not q.empty else q
+    model_name = str(names.iloc[0]) if len(names) else str(cfg.model.name or cfg.model.path)
+    hardware = {"vllm": env_hardware_label(env, cfg.engine.device),
+                "hf": env_hardware_label(env, hf_device(cfg))}
+    failures: dict[tuple[str, str], str] = {}
+    df = _stage_records(cfg, run, cfg.variants, tasks, results, failures, model_name, hardware)
     run.write_stage_records(STAGE, df)
-    if failures:
-        raise StageError(
-            f"accuracy: {len(failures)} evaluation(s) failed: "
-            + "; ".join(f"{v}/{t}" for v, t in failures)
-            + f" (records written with status=failed; see {run.path / 'logs' / 'run.log'})"
-        )
+    run.log(f"accuracy: {len(results)} finished unit(s) assembled into {len(df)} records")
     return df
 
 

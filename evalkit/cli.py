@@ -135,12 +135,19 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
-    from evalkit import latency
+    from evalkit import accuracy, latency
     from evalkit.rundir import open_run
 
     run = open_run(args.run)
-    df = latency.rebuild_records(run)
-    print(f"{run.path}: {len(df)} latency records rebuilt from raw data")
+    if not run.stage_records_path("accuracy").is_file() and any(
+            run.path.glob("raw/accuracy/*/*/results.json")):
+        df = accuracy.rebuild_records(run)
+        print(f"{run.path}: {len(df)} accuracy records assembled from finished units "
+              "(the stage was interrupted)")
+    if run.stage_records_path("latency").is_file() or any(
+            run.path.glob("raw/latency/*/units/*.parquet")):
+        df = latency.rebuild_records(run)
+        print(f"{run.path}: {len(df)} latency records rebuilt from raw data")
     return 0
 
 
@@ -213,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("env", help="print the environment record")
     s.set_defaults(func=_cmd_env)
 
-    s = sub.add_parser("rebuild", help="recompute latency records from raw per-request data")
+    s = sub.add_parser("rebuild", help="recompute latency records from raw per-request data; "
+                       "assemble the accuracy records of an interrupted stage from its units")
     s.add_argument("run", type=Path, help="run directory")
     s.set_defaults(func=_cmd_rebuild)
 

@@ -46,7 +46,7 @@ from evalkit.config import LatencySpec, StudyConfig, Variant, Workload
 from evalkit.errors import EngineError, EvalkitError, StageError, UnsupportedSchemeError
 from evalkit.io import atomic_write_json, read_json
 from evalkit.rundir import Run, _safe, environment_info, hardware_label
-from evalkit.schemes import SCHEMES, Scheme
+from evalkit.schemes import SCHEMES, Scheme, activation_mismatch
 
 STAGE = "latency"
 
@@ -783,6 +783,9 @@ class _Stage:
         prov = self.write_provenance(v, log_path, server)
         self.run.log(f"latency: {v.name} server up in {server.startup_s:.1f} s "
                      f"({prov.get('linear_kernels') or 'no quantized linear kernel logged'})")
+        mismatch = activation_mismatch(v.scheme, prov.get("linear_kernels"))
+        if mismatch:
+            self.run.log(f"latency: WARNING {v.name}: {mismatch}")
         startup = rec.make_records([dict(
             metric="engine_startup_s", stat="value", value=server.startup_s, unit="s",
             higher_is_better=False, mode="server",

@@ -62,7 +62,12 @@ def check_stage(records: pd.DataFrame) -> None:
     if failed.empty:
         return
     units = failed.drop_duplicates(["variant", "task", "workload"])
-    lines = [f"{r.variant} {r.task or r.workload or ''}: {r.note}" for r in units.itertuples()]
+
+    def text(x: object) -> str:  # task/workload are NA (pandas' missing value) where unused
+        return "" if x is None or pd.isna(x) else str(x)
+
+    lines = [f"{r.variant} {text(r.task) or text(r.workload)}: {r.note}"
+             for r in units.itertuples()]
     raise StageError(f"{len(units)} unit(s) failed (others kept): " + "; ".join(lines))
 
 

@@ -657,9 +657,14 @@ def run_stage(cfg: StudyConfig, run: Run, *, raise_on_failure: bool = True) -> p
         raw_path = raw_dir / f"{variant.name}.json"
         done = run.unit_done(STAGE, variant.name)
         if done is not None and raw_path.is_file():
-            run.log(f"quantize: skipped {variant.name} (done)")
-            rows += read_json(raw_path)["records"]
-            continue
+            if (Path(done["checkpoint"]) / "config.json").is_file():
+                run.log(f"quantize: skipped {variant.name} (done)")
+                rows += read_json(raw_path)["records"]
+                continue
+            # A run resumed on another host, or after the cache was cleared: the checkpoint
+            # is rebuilt under the same key (same recipe), not silently taken as done.
+            run.log(f"quantize: {variant.name} was done but its checkpoint "
+                    f"{done['checkpoint']} is gone; building it again")
         if scheme.is_base:
             note = "; ".join(resolved.caveats) if resolved.caveats else ""
             r = _metric_rows(variant, quantize_s=None, size=float(dir_size_bytes(base_path)),

@@ -27,6 +27,7 @@ import platform
 import secrets
 import subprocess
 import sys
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -271,12 +272,20 @@ def gpu_info() -> list[dict[str, str]]:
 def hardware_label(device: str) -> str:
     """Short device description for records: GPU name, or 'CPU: <model> (<n> cores)'."""
     if device == "cuda":
-        gpus = gpu_info()
+        return env_hardware_label({"gpus": gpu_info()}, device)
+    return env_hardware_label({"cpu": cpu_name(), "cpu_count": os.cpu_count()}, device)
+
+
+def env_hardware_label(env: Mapping[str, Any], device: str) -> str:
+    """:func:`hardware_label` of the machine an ``env.json`` describes (records rebuilt
+    elsewhere keep the hardware they were measured on)."""
+    if device == "cuda":
+        gpus = env.get("gpus") or []
         if gpus:
             n = len(gpus)
-            return gpus[0]["name"] + (f" x{n}" if n > 1 else "")
+            return str(gpus[0]["name"]) + (f" x{n}" if n > 1 else "")
         return "cuda (no GPU found)"
-    return f"CPU: {cpu_name()} ({os.cpu_count()} cores)"
+    return f"CPU: {env.get('cpu')} ({env.get('cpu_count')} cores)"
 
 
 def environment_info() -> dict[str, Any]:

@@ -8,6 +8,7 @@ and what it said is what lands in the records.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 
@@ -181,3 +182,40 @@ def cpu_kernel_expected(scheme: Scheme, flags: set[str] | None = None) -> tuple[
     if missing:
         return False, f"{scheme.cpu_note} (this CPU lacks {', '.join(missing)})"
     return True, ""
+
+
+_VLLM_SCHEME_RE = re.compile(r"\bCompressedTensors(?:W\w+)")
+
+
+def vllm_scheme_activation(cls: str) -> str | None:
+    """Activation format at the matmul of a vLLM compressed-tensors scheme class
+    (``CompressedTensorsW4A8Fp8`` -> ``fp8``, ``...W8A8Int8``/``...WNA8Int`` -> ``int8``,
+    ``...WNA16`` -> ``bf16``); None when the name does not say."""
+    if "A16" in cls:
+        return "bf16"
+    if "A8Fp8" in cls:
+        return "fp8"
+    if "A8Int" in cls:
+        return "int8"
+    return None
+
+
+def activation_mismatch(scheme: str, kernels: str | None) -> str | None:
+    """Why a variant's figures are not its scheme's, if vLLM ran it with a scheme class whose
+    activations differ from the checkpoint's (from the engine's ``Using X for
+    CompressedTensorsY`` lines, e.g. :func:`evalkit.engine.provenance`'s ``linear_kernels``).
+
+    vLLM picks the scheme from the checkpoint's quantization_config; a matcher that ignores
+    the activation type runs an int8-activation checkpoint with FP8 activations, and every
+    number measured then belongs to the other scheme.
+    """
+    s = SCHEMES.get(scheme)
+    if s is None or s.is_base or not kernels:
+        return None
+    used = sorted(set(_VLLM_SCHEME_RE.findall(kernels)))
+    wrong = [(c, a) for c in used if (a := vllm_scheme_activation(c)) and a != s.activation]
+    if not wrong:
+        return None
+    what = ", ".join(f"{c} ({a} activations)" for c, a in wrong)
+    return (f"vLLM ran {s.label}, a checkpoint with {s.activation} activations, with {what}: "
+            f"its accuracy and latency are those of that scheme, not of {s.label}")

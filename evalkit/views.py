@@ -15,7 +15,23 @@ from evalkit import report as rp
 from evalkit.config import StudyConfig
 from evalkit.io import read_json
 from evalkit.rundir import Run
-from evalkit.schemes import SCHEMES
+from evalkit.schemes import SCHEMES, activation_mismatch
+
+
+def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame) -> list[str]:
+    """One caveat per variant vLLM ran with a scheme of other activations than its own, read
+    from the kernel lines kept in the records (server start notes, accuracy notes)."""
+    if df.empty or "note" not in df:
+        return []
+    out = []
+    for v in cfg.variants:
+        notes = df.loc[(df["variant"] == v.name)
+                       & ((df["metric"] == "engine_startup_s") | (df["stage"] == "accuracy")),
+                       "note"].dropna().unique()
+        why = activation_mismatch(v.scheme, "; ".join(map(str, notes)))
+        if why:
+            out.append(f"{v.name}: {why}.")
+    return out
 
 
 def build(cfg: StudyConfig, run: Run) -> rp.Report:
@@ -47,6 +63,7 @@ def build(cfg: StudyConfig, run: Run) -> rp.Report:
                 f"The {stage} stage was {st['state']} ({st.get('time_utc', '?')}): figures it "
                 "had finished are kept and shown; variants or points without figures were not "
                 "measured.")
+    caveats += engine_scheme_caveats(cfg, df)
     if cfg.engine.device == "cpu":
         caveats.append(
             "Latency was measured on a CPU: it says how the schemes behave with vLLM's CPU "

@@ -110,3 +110,16 @@ def test_percentile_rows_nan_not_zero():
     assert got["p99"] == pytest.approx(np.percentile(x, 99))
     assert got["mean"] == pytest.approx(x.mean())
     assert rows[0]["n"] == 1000
+
+
+def test_check_stage_names_failed_units_where_task_is_missing():
+    from evalkit.errors import StageError
+    from evalkit.notebook import check_stage
+
+    df = rec.make_records(
+        [dict(variant="w4a16", scheme="w4a16", stage="latency", metric="tpot_ms", stat="mean",
+              value=float("nan"), unit="ms", higher_is_better=False, status="failed",
+              workload="chat", note="checkpoint gone")], run_id="r1")
+    with pytest.raises(StageError, match="1 unit\\(s\\) failed.*w4a16 chat: checkpoint gone"):
+        check_stage(df)
+    check_stage(df.assign(status="ok"))  # nothing failed: no error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -156,3 +157,56 @@ def test_figures_are_pure_and_complete():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+# ---- a real interrupted Hopper run (outputs/reference/hopper-gemma/r1) ---------------------
+
+REF_GEMMA = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-gemma/r1"
+
+
+def test_activation_mismatch_names_the_other_scheme():
+    from evalkit.schemes import activation_mismatch
+
+    # vLLM 0.24 on an H200 ran the int8-activation W4A8 checkpoint with its FP8 W4A8 scheme
+    why = activation_mismatch("w4a8_int8", "CutlassW4A8LinearKernel for CompressedTensorsW4A8Fp8")
+    assert why and "CompressedTensorsW4A8Fp8 (fp8 activations)" in why and "W4A8-INT8" in why
+    # the matching schemes, on CPU and GPU, and text without a scheme class say nothing
+    for scheme, line in [
+        ("w4a8_int8", "CPUWNA16LinearKernel for CompressedTensorsWNA8Int"),
+        ("w4a8_fp8", "CutlassW4A8LinearKernel for CompressedTensorsW4A8Fp8"),
+        ("fp8_dynamic", "CutlassFP8ScaledMMLinearKernel for CompressedTensorsW8A8Fp8"),
+        ("w8a8_int8", "CPUInt8ScaledMMLinearKernel for CompressedTensorsW8A8Int8"),
+        ("w4a16", "MacheteLinearKernel for CompressedTensorsWNA16"),
+        ("w4a16", "CPUWNA16LinearKernel for mixed-precision linear"),
+        ("base", "CutlassW4A8LinearKernel for CompressedTensorsW4A8Fp8"),
+    ]:
+        assert activation_mismatch(scheme, line) is None, (scheme, line)
+
+
+def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
+    import shutil
+
+    from evalkit import accuracy, views
+    from evalkit.rundir import open_run
+
+    if not (REF_GEMMA / "raw/accuracy").is_dir():
+        pytest.skip("reference run not in this checkout")
+    run_dir = tmp_path / "r1"
+    shutil.copytree(REF_GEMMA, run_dir)
+    (run_dir / "records/accuracy.parquet").unlink()
+    run = open_run(run_dir)
+    df = accuracy.rebuild_records(run)
+    # 4 of 6 variants finished their 5 tasks before the stage was cut off
+    assert set(df.variant) == {"base", "w8a8_int8", "w4a8_int8", "fp8_dynamic"}
+    assert df.groupby("variant").task.nunique().eq(5).all()
+    assert set(df.hardware) == {"NVIDIA H200"}  # from env.json, not this machine
+    ae = df[(df.task == "arc_easy") & (df.metric == "acc")].pivot(
+        index="variant", columns="stat", values="value")
+    paired = ae.dropna(subset=["delta"])
+    assert set(paired.index) == {"w8a8_int8", "w4a8_int8", "fp8_dynamic"}
+    assert (paired.ci_low <= paired.delta).all() and (paired.delta <= paired.ci_high).all()
+    # delta = variant - base on the same 300 documents
+    np.testing.assert_allclose(paired.delta, paired.value - ae.loc["base", "value"])
+    # the report names the variant vLLM ran with another scheme's activations
+    cav = views.engine_scheme_caveats(run.config(), run.records())
+    assert len(cav) == 1 and cav[0].startswith("w4a8_int8: vLLM ran W4A8-INT8")

@@ -216,3 +216,13 @@ def test_run_stage_records_failures_and_resume(tiny, tmp_path):
     assert "skipped w8a8 (done)" in log and "skipped base (done)" in log
     assert "w4a16_g96 FAILED" in log
     assert len(df2) == len(df)
+
+    # resumed where the checkpoint cache was cleared (another host): rebuilt under the same
+    # key, with a log line, instead of a "done" unit pointing at nothing
+    shutil.rmtree(raw["checkpoint"])
+    log_before = (run.path / "logs" / "run.log").read_text()
+    q.run_stage(cfg, run, raise_on_failure=False)
+    log = (run.path / "logs" / "run.log").read_text()[len(log_before):]
+    assert f"w8a8 was done but its checkpoint {raw['checkpoint']} is gone" in log
+    assert "skipped base (done)" in log
+    assert q.checkpoint_for(run, "w8a8") == Path(raw["checkpoint"])
