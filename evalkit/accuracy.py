@@ -724,11 +724,8 @@ class _VariantRunner:
         done = self.run.unit_done(STAGE, unit)
         settings = eval_settings(self.cfg)
         if done is not None and done.get("settings") == settings:
-            results = read_json(raw / "results.json")
-            scores = pd.read_parquet(raw / "scores.parquet")
             self.run.log(f"accuracy {unit}: already done in this run ({done['backend']}), reused")
-            return UnitResult(v, task, done["backend"], results, raw / "samples.jsonl", scores,
-                              float(done.get("seconds", math.nan)), list(done.get("notes", [])))
+            return _finished_unit(v, task, raw, done)
         lm = self._lm_for()  # may switch self.backend to hf; not part of the task's time
         t0 = time.monotonic()
         material = self.key_material(task, lm_task)
@@ -767,6 +764,13 @@ class _VariantRunner:
                      + ("".join(f", {m.label}={m.value:.4f}" for m in n)))
         return UnitResult(v, task, self.backend, results, raw / "samples.jsonl", scores,
                           seconds, notes)
+
+
+def _finished_unit(variant: str, task: str, raw: Path, done: Mapping[str, Any]) -> UnitResult:
+    """A finished (variant, task) read back from its raw files and its unit marker."""
+    return UnitResult(variant, task, done["backend"], read_json(raw / "results.json"),
+                      raw / "samples.jsonl", pd.read_parquet(raw / "scores.parquet"),
+                      float(done.get("seconds", math.nan)), list(done.get("notes", [])))
 
 
 def _variant_fields(cfg: StudyConfig, v: Variant) -> dict[str, Any]:
@@ -1023,10 +1027,7 @@ def rebuild_records(run: Run) -> pd.DataFrame:
             raw = run.path / "raw" / STAGE / v.name / t
             if done is None or not (raw / "results.json").is_file():
                 continue
-            results[(v.name, t)] = UnitResult(
-                v.name, t, done["backend"], read_json(raw / "results.json"),
-                raw / "samples.jsonl", pd.read_parquet(raw / "scores.parquet"),
-                float(done.get("seconds", math.nan)), list(done.get("notes", [])))
+            results[(v.name, t)] = _finished_unit(v.name, t, raw, done)
     if not results:
         raise StageError(f"{run.path}: no finished accuracy units to rebuild records from")
     env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}
