@@ -295,13 +295,9 @@ def environment_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "executable": sys.executable,
         "platform": platform.platform(),
-        "hostname": platform.node(),
-        "cpu": cpu_name(),
+        **machine_info(),
         "cpu_count": os.cpu_count(),
         "memory_gb": _mem_gb(),
-        "gpus": gpu_info(),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "git_commit": _git_commit(),
         "packages": {d: v for d in PACKAGES if (v := _version(d))},
         "records_schema": rec.SCHEMA_VERSION,
     }
@@ -323,6 +319,13 @@ def _mem_gb() -> float | None:
         return None
 
 
+def machine_info() -> dict[str, Any]:
+    """The machine this process runs on: host, CPU, the GPUs it can use, and the commit."""
+    return {"hostname": platform.node(), "cpu": cpu_name(), "gpus": gpu_info(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "git_commit": _git_commit()}
+
+
 def machine_id(m: Mapping[str, Any]) -> str:
     """One line naming a machine as env.json records it: host, CPU, and GPUs by UUID."""
     gpus = ", ".join(f"{g.get('name')} {g.get('uuid') or '#' + str(g.get('index'))}"
@@ -331,19 +334,15 @@ def machine_id(m: Mapping[str, Any]) -> str:
 
 
 def stage_env(run: Run, stage: str) -> None:
-    """Record the environment a stage ran in beside env.json: its kernel's packages, and
-    the machine (a resumed run may finish on another host or GPU than it started on;
-    ``attempts`` keeps every stage start, ``stages`` the latest)."""
+    """Record the environment a stage ran in beside env.json: its kernel's packages
+    (``stages``, the latest start of each), and every stage start with its machine
+    (``attempts``: a resumed run may finish on another host or GPU than it started on)."""
     env = run.path / "env.json"
     info = read_json(env) if env.is_file() else {}
-    machine = {"hostname": platform.node(), "cpu": cpu_name(), "gpus": gpu_info(),
-               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-               "git_commit": _git_commit()}
     info.setdefault("stages", {})[stage] = {
         "python": sys.executable, "packages": {d: v for d in PACKAGES if (v := _version(d))},
-        **machine,
     }
     info.setdefault("attempts", []).append(
         {"stage": stage, "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-         **machine})
+         **machine_info()})
     atomic_write_text(env, json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
