@@ -8,7 +8,8 @@ same settings, and a latency sweep over the study's workloads and concurrency le
 
 * **evalkit**: ``evalkit run CONFIG`` -- the four notebooks; per variant ONE vLLM server
   start serves both lm-eval (``local-completions``) and vLLM's benchmark client (run
-  in-process, once per point).
+  in-process, once per point); with ``engine.parallel_starts`` the servers of several
+  variants start side by side.
 * **by hand**: per variant ``lm-eval run --model vllm ...`` (an in-process engine), then
   ``python -m vllm.entrypoints.openai.api_server ...`` until ``/health`` answers, then one
   ``vllm bench serve ...`` per (workload, concurrency) point, then the server is stopped.
@@ -84,6 +85,8 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
         margs = (f"pretrained={ckpt},dtype={cfg.engine.dtype},max_model_len="
                  f"{cfg.engine.max_model_len},gpu_memory_utilization="
                  f"{cfg.engine.gpu_memory_utilization},enforce_eager={cfg.engine.enforce_eager}")
+        if cfg.engine.kv_cache_memory_gib is not None:
+            margs += f",kv_cache_memory_bytes={eng.kv_cache_bytes(cfg.engine)}"
         lm = [*LM_EVAL, "run", "--model", "vllm", "--model_args", margs,
               "--tasks", tasks, "--include_path", str(pack), "--batch_size", "auto",
               "--seed", str(cfg.accuracy.seed), "--output_path", str(work / f"lm-eval-{v.name}"),
@@ -173,6 +176,11 @@ def main(argv: list[str]) -> int:
         for name in ("quantize", "accuracy", "latency", "report"):
             print(f"  evalkit stage {name:<30} {status[name]['seconds']:7.1f} s")
         print(f"  evalkit total {'':<30} {t_evalkit:7.1f} s", flush=True)
+        from evalkit.records import load_runs
+
+        df = load_runs(run.path)
+        for _, r in df[df["metric"] == "engine_startup_s"].iterrows():
+            print(f"  {r['variant']}: server start {r['value']:.1f} s ({r['note']})")
         print("by hand (same checkpoints, same engine options):", flush=True)
         steps = by_hand(cfg, run, work)
         t_hand = sum(dt for _, dt in steps)

@@ -603,6 +603,9 @@ class _VariantRunner:
         self._stack = contextlib.ExitStack()
         self._lm: Any = None
         self._bos: bool | None = None
+        self._server: Any = None  # the running VLLMServer the model talks to
+        self._launched: Any = None  # a VLLMServer launched beside others, not yet in use
+        self._launch_error: EngineError | None = None
 
     @property
     def add_bos(self) -> bool:
@@ -610,8 +613,10 @@ class _VariantRunner:
             self._bos = tokenizer_adds_bos(self.checkpoint, self.cfg.model.trust_remote_code)
         return self._bos
 
-    def close(self) -> None:
-        server = getattr(self, "_server", None)
+    def close(self, beside: Sequence[str] = ()) -> None:
+        """Measure the latency points on this variant's server (``beside``: variants whose
+        servers wait idle meanwhile), then stop it."""
+        server = self._server
         if server is not None and server.alive() and self.cfg.latency is not None:
             # One engine start per variant: measure its latency points on this server
             # before stopping it; the latency stage then finds them done.
@@ -619,13 +624,65 @@ class _VariantRunner:
 
             try:
                 latency.measure_with_server(self.cfg, self.run, self.variant, server,
-                                            Path(self.checkpoint), server.log_path)
+                                            Path(self.checkpoint), server.log_path,
+                                            beside=beside)
             except EvalkitError as exc:
                 self.run.log(f"latency on the accuracy server of {self.variant.name} failed "
                              f"(the latency stage will retry): {exc}")
+        self.close_quietly()
+
+    def close_quietly(self) -> None:
+        """Stop this variant's server without measuring (an interrupt); safe to repeat."""
         self._server = None
         self._lm = None
+        launched, self._launched = self._launched, None
+        if launched is not None:  # launched beside others but never needed (e.g. a failure)
+            launched.stop()
         self._stack.close()
+
+    def needs_model(self, tasks: Sequence[tuple[str, str]]) -> bool:
+        """Whether some task is neither done in this run nor in the cross-run cache."""
+        settings = eval_settings(self.cfg)
+        for task, lm_task in tasks:
+            done = self.run.unit_done(STAGE, f"{self.variant.name}/{task}")
+            if done is not None and done.get("settings") == settings:
+                continue
+            if self.use_cache and (accuracy_cache_dir() / cache_key(
+                    self.key_material(task, lm_task)) / "results.json").is_file():
+                continue
+            return True
+        return False
+
+    def launch(self, tasks: Sequence[tuple[str, str]]) -> bool:
+        """Start this variant's vLLM server without waiting for it, when its tasks need one
+        (``engine.parallel_starts``: the servers of a group start side by side, and
+        :meth:`evaluate` waits for this one when it first needs the model). False when no
+        server was started (hf backend, nothing to evaluate, or the launch failed: the
+        first evaluation then starts one the usual way and reports why)."""
+        if self.backend != "vllm" or not self.needs_model(tasks):
+            return False
+        server = self._server_object()
+        try:
+            server.launch()
+        except EvalkitError as exc:
+            self.run.log(f"accuracy {self.variant.name}: server launch failed: {exc}")
+            return False
+        self._launched = server
+        return True
+
+    def settle(self) -> bool:
+        """Wait for a server launched beside others, so that none is still starting while
+        another variant's latency is measured; True when it is up. A failed start is kept
+        and raised where this variant first needs its model."""
+        if self._launched is None:
+            return False
+        if self._launched.startup_s is None:
+            try:
+                self._launched.wait()
+            except EngineError as exc:
+                self._launched, self._launch_error = None, exc
+                return False
+        return True
 
     def _backend_options(self) -> dict[str, Any]:
         if self.backend == "hf":
@@ -687,7 +744,7 @@ class _VariantRunner:
                      f"{hf_device(self.cfg)}){'; ' + act if act else ''}")
         return self._lm
 
-    def _start_vllm(self) -> Any:
+    def _server_object(self) -> Any:
         from evalkit.engine import VLLMServer  # noqa: PLC0415
 
         env = {}
@@ -695,13 +752,25 @@ class _VariantRunner:
         if override:
             k, v = override.split("=", 1)
             env[k] = v
-        server = VLLMServer(
+        return VLLMServer(
             self.checkpoint, engine=self.cfg.engine,
             log_path=self.run.sub("logs", f"vllm-accuracy-{self.variant.name}.log"),
             served_model_name=self.variant.name, extra_env=env,
             trust_remote_code=self.cfg.model.trust_remote_code,
         )
-        self._stack.enter_context(server)
+
+    def _start_vllm(self) -> Any:
+        if self._launch_error is not None:  # started beside others and failed (settle)
+            exc, self._launch_error = self._launch_error, None
+            raise exc
+        server = self._launched
+        if server is not None:  # launched with others (parallel_starts): wait for it here
+            self._launched = None
+            self._stack.callback(server.stop)
+            server.wait()
+        else:
+            server = self._server_object()
+            self._stack.enter_context(server)
         self._server = server
         from evalkit.engine import provenance  # noqa: PLC0415
 
@@ -919,38 +988,33 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
     with offline_env():
         tm = task_manager(acc.data)
         bar = tqdm(total=len(chosen) * len(tasks), desc="accuracy", unit="task")
+        k = cfg.engine.parallel_starts
         try:
-            for v in chosen:
+            for i in range(0, len(chosen), k):
+                runners: list[_VariantRunner] = []
+                for v in chosen[i:i + k]:
+                    try:
+                        ckpt = Path(quantize.checkpoint_for(run, v.name))
+                    except EvalkitError as exc:
+                        for t, _ in tasks:
+                            failures[(v.name, t)] = f"no checkpoint: {exc}"
+                        run.log(f"accuracy {v.name}: FAILED, no checkpoint: {exc}")
+                        bar.update(len(tasks))
+                        continue
+                    runners.append(_VariantRunner(cfg, run, v, ckpt, tm, use_cache, bar))
                 try:
-                    ckpt = Path(quantize.checkpoint_for(run, v.name))
-                except EvalkitError as exc:
-                    for t, _ in tasks:
-                        failures[(v.name, t)] = f"no checkpoint: {exc}"
-                    run.log(f"accuracy {v.name}: FAILED, no checkpoint: {exc}")
-                    bar.update(len(tasks))
-                    continue
-                runner = _VariantRunner(cfg, run, v, ckpt, tm, use_cache, bar)
-                try:
-                    for t, lm_task in tasks:
-                        bar.set_postfix_str(f"{v.name}/{t}")
-                        try:
-                            results[(v.name, t)] = runner.evaluate(t, lm_task)
-                        except (EngineError, UnsupportedSchemeError):
-                            raise  # the backend itself is unusable: stop this variant
-                        except Exception as exc:  # noqa: BLE001 -- a failed unit is data
-                            failures[(v.name, t)] = f"{type(exc).__name__}: {exc}"
-                            run.log(f"accuracy {v.name}/{t}: FAILED {type(exc).__name__}: "
-                                    f"{exc}\n{traceback.format_exc()}")
-                        bar.update(1)
-                except Exception as exc:  # noqa: BLE001 -- engine/model load failed
-                    for t, _ in tasks:
-                        if (v.name, t) not in results and (v.name, t) not in failures:
-                            failures[(v.name, t)] = f"{type(exc).__name__}: {exc}".split("\n")[0]
-                            bar.update(1)
-                    run.log(f"accuracy {v.name}: FAILED {type(exc).__name__}: {exc}\n"
-                            f"{traceback.format_exc()}")
+                    launched = [r.variant.name for r in runners if k > 1 and r.launch(tasks)]
+                    if len(launched) > 1:
+                        run.log("accuracy: vLLM servers of " + ", ".join(launched)
+                                + " start side by side; each is used alone")
+                    for j, runner in enumerate(runners):
+                        _evaluate_variant(runner, tasks, results, failures, bar)
+                        # latency is measured with the group's other servers up and idle
+                        runner.close(beside=[r.variant.name for r in runners[j + 1:]
+                                             if r.settle()])
                 finally:
-                    runner.close()
+                    for runner in runners:  # an interrupt: stop every server of the group
+                        runner.close_quietly()
         finally:
             bar.close()
 
@@ -964,6 +1028,33 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
             + f" (records written with status=failed; see {run.path / 'logs' / 'run.log'})"
         )
     return df
+
+
+def _evaluate_variant(runner: _VariantRunner, tasks: Sequence[tuple[str, str]],
+                      results: dict[tuple[str, str], UnitResult],
+                      failures: dict[tuple[str, str], str], bar: Any) -> None:
+    """All tasks of one variant; a failed task is recorded and the next one runs, a failed
+    backend (engine or model load) fails the variant's remaining tasks."""
+    name, run = runner.variant.name, runner.run
+    try:
+        for t, lm_task in tasks:
+            bar.set_postfix_str(f"{name}/{t}")
+            try:
+                results[(name, t)] = runner.evaluate(t, lm_task)
+            except (EngineError, UnsupportedSchemeError):
+                raise  # the backend itself is unusable: stop this variant
+            except Exception as exc:  # noqa: BLE001 -- a failed unit is data
+                failures[(name, t)] = f"{type(exc).__name__}: {exc}"
+                run.log(f"accuracy {name}/{t}: FAILED {type(exc).__name__}: "
+                        f"{exc}\n{traceback.format_exc()}")
+            bar.update(1)
+    except Exception as exc:  # noqa: BLE001 -- engine/model load failed
+        for t, _ in tasks:
+            if (name, t) not in results and (name, t) not in failures:
+                failures[(name, t)] = f"{type(exc).__name__}: {exc}".split("\n")[0]
+                bar.update(1)
+        run.log(f"accuracy {name}: FAILED {type(exc).__name__}: {exc}\n"
+                f"{traceback.format_exc()}")
 
 
 def _stage_records(cfg: StudyConfig, run: Run, chosen: Sequence[Variant],

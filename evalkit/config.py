@@ -258,11 +258,20 @@ class EngineSpec(_Model):
         "would pick 'mp' and 'uni' is used (as vLLM does on one GPU; one process fewer to "
         "start and to share the cores with).",
     )
+    kv_cache_memory_gib: float | None = Field(
+        None, gt=0,
+        description="KV cache per engine in GiB, passed to vLLM as kv_cache_memory_bytes: "
+        "the engine then reserves exactly this much instead of sizing the cache from the "
+        "memory it finds free (None: vLLM sizes it from gpu_memory_utilization). Required "
+        "with parallel_starts > 1 on a GPU.",
+    )
     parallel_starts: PosInt = Field(
         1, le=4,
-        description="latency stage, CPU only: vLLM servers of this many variants start side by "
-        "side (a CPU start is ~1-2 min of single-threaded imports), then are measured one at a "
-        "time while the others wait idle.",
+        description="vLLM servers of this many variants start side by side (an engine start "
+        "is ~1-2 min, mostly imports and compilation), then each is used alone while the "
+        "others wait idle: in the accuracy stage (lm-eval and the latency points on one "
+        "server per variant) and in the latency stage. On a GPU it needs "
+        "kv_cache_memory_gib.",
     )
 
     def vllm_executor(self) -> str | None:
@@ -279,14 +288,16 @@ class EngineSpec(_Model):
             raise ValueError("vLLM's CPU backend runs bfloat16 or float32, not float16")
         if self.executor == "uni" and self.tensor_parallel_size > 1:
             raise ValueError("executor 'uni' runs one process: tensor_parallel_size must be 1")
-        if self.device == "cuda" and self.parallel_starts != 1:
-            raise ValueError("parallel_starts > 1 is for device: cpu (a GPU engine sizes its "
-                             "memory from what is free when it starts, and would see the others)")
+        if self.device == "cuda" and self.parallel_starts > 1 and self.kv_cache_memory_gib is None:
+            raise ValueError("parallel_starts > 1 on device: cuda needs kv_cache_memory_gib: "
+                             "a GPU engine sizes its KV cache from the memory free while it "
+                             "profiles, and engines starting together see each other's "
+                             "allocations (their caches come out different)")
         if self.parallel_starts * self.gpu_memory_utilization > 0.9:
             raise ValueError(f"parallel_starts x gpu_memory_utilization = "
                              f"{self.parallel_starts * self.gpu_memory_utilization:.2f}: servers "
-                             "started side by side each take gpu_memory_utilization of RAM; keep "
-                             "the product <= 0.9")
+                             "started side by side each claim gpu_memory_utilization of the "
+                             "device's memory (of RAM on a CPU); keep the product <= 0.9")
         for name, env in self.kernel_override.items():
             if not re.fullmatch(r"[A-Z_][A-Z0-9_]*=[A-Za-z0-9_.,:-]*", env):
                 raise ValueError(f"kernel_override[{name}] must be ONE VAR=value setting")

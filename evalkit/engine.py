@@ -332,6 +332,13 @@ def engine_env(engine: EngineSpec, extra_env: Mapping[str, str] | None = None) -
     return env
 
 
+def kv_cache_bytes(engine: EngineSpec) -> int | None:
+    """``engine.kv_cache_memory_gib`` in bytes, as vLLM's ``kv_cache_memory_bytes`` takes it."""
+    if engine.kv_cache_memory_gib is None:
+        return None
+    return int(engine.kv_cache_memory_gib * 2**30)
+
+
 def engine_cli_args(
     engine: EngineSpec, *, load_format: str | None, tokenizer: str | Path | None,
     trust_remote_code: bool,
@@ -343,6 +350,8 @@ def engine_cli_args(
         "--gpu-memory-utilization", str(engine.gpu_memory_utilization),
         "--tensor-parallel-size", str(engine.tensor_parallel_size),
     ]
+    if engine.kv_cache_memory_gib is not None:
+        args += ["--kv-cache-memory-bytes", str(kv_cache_bytes(engine))]
     if engine.enforce_eager:
         args.append("--enforce-eager")
     if engine.max_num_seqs is not None:
@@ -368,6 +377,8 @@ def engine_kwargs(
         gpu_memory_utilization=engine.gpu_memory_utilization,
         tensor_parallel_size=engine.tensor_parallel_size, enforce_eager=engine.enforce_eager,
     )
+    if engine.kv_cache_memory_gib is not None:
+        kw["kv_cache_memory_bytes"] = kv_cache_bytes(engine)
     if engine.max_num_seqs is not None:
         kw["max_num_seqs"] = engine.max_num_seqs
     if engine.vllm_executor() is not None:
@@ -597,6 +608,8 @@ _PROVENANCE_PATTERNS: dict[str, tuple[str, ...]] = {
     "dtype": (r"\bdtype=(?:torch\.)?(\w+)",),
     "device": (r"\bdevice_config=(\w+)", r"\bdevice=(\w+)"),
     "enforce_eager": (r"\benforce_eager=(True|False)",),
+    # "GPU KV cache size: 898,784 tokens" (0.24), "CPU KV cache size: ... tokens, ..." (0.3x)
+    "kv_cache_tokens": (r"KV cache size: ([\d,]+) tokens",),
     "attention_backend": (
         r"Using (\w+) attention backend",
         r"Using (?:AttentionBackendEnum\.)?(\w+) backend\b",
@@ -623,7 +636,8 @@ def provenance(log_text: str) -> dict[str, str | None]:
     Returns:
         dict of strings (``None`` where the log does not say): ``vllm_version``, ``platform``,
         ``device``, ``dtype``, ``quantization``, ``linear_kernels`` (``"Kernel for Scheme"``
-        pairs joined by ``"; "``), ``attention_backend``, ``enforce_eager``, ``cuda_graphs``
+        pairs joined by ``"; "``), ``kv_cache_tokens`` (the KV cache the engine sized, in
+        tokens, as logged), ``attention_backend``, ``enforce_eager``, ``cuda_graphs``
         (``on``/``off``), ``compile`` (``on``/``off``) and ``compile_mode``.
     """
     out: dict[str, str | None] = {}

@@ -791,7 +791,7 @@ class _Stage:
             higher_is_better=False, mode="server",
             note="; ".join(f"{k}={prov[k]}" for k in (
                 "linear_kernels", "attention_backend", "quantization", "cuda_graphs",
-                "compile", "vllm_version", "platform") if prov.get(k))
+                "compile", "kv_cache_tokens", "vllm_version", "platform") if prov.get(k))
                  + (f"; started side by side with {', '.join(beside)} (idle while this one "
                     "was measured)" if beside else ""))],
             **self.common(v))
@@ -980,12 +980,13 @@ def _vocab_size(ckpt: Path) -> int:
 
 
 def measure_with_server(cfg: StudyConfig, run: Run, variant: Variant, server: eng.VLLMServer,
-                        ckpt: Path, log_path: Path) -> None:
+                        ckpt: Path, log_path: Path, *, beside: Sequence[str] = ()) -> None:
     """Measure ``variant``'s pending server-mode points on a server another stage started.
 
     The accuracy stage calls this before stopping a variant's server, so a variant costs
     one engine start for both stages; the latency stage then finds these points done
-    (unit markers) and reuses their records.
+    (unit markers) and reuses their records. ``beside``: variants whose servers are up,
+    idle, on the same device meanwhile (``engine.parallel_starts``); the records say so.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -998,7 +999,7 @@ def measure_with_server(cfg: StudyConfig, run: Run, variant: Variant, server: en
     run.log(f"latency: measuring {variant.name} on the accuracy stage's server "
             f"({len(todo)} points)")
     with tqdm(total=len(todo), desc=f"latency {variant.name}", unit="point") as bar:
-        st.measure(variant, server, ckpt, log_path, todo, bar)
+        st.measure(variant, server, ckpt, log_path, todo, bar, beside=beside)
 
 
 def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | None = None,

@@ -404,3 +404,57 @@ def test_engine_refusal_fallback_and_forced_failure(tmp_path, monkeypatch):
     forced = df[df.variant == "fp8_vllm"]
     assert len(forced) and (forced.status == "failed").all()
     assert forced["note"].str.contains("not supported").all()
+
+
+@pytest.mark.slow
+def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch):
+    """engine.parallel_starts in the accuracy stage: the servers of a group launch side by
+    side, each variant's lm-eval and latency points run on its own server while the others
+    wait idle (and the records say so); a variant whose server cannot start fails alone."""
+    pytest.importorskip("vllm")
+    import sys  # noqa: PLC0415
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_model import build_tiny_llama  # noqa: PLC0415
+
+    from evalkit.errors import StageError  # noqa: PLC0415
+
+    monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path / "cache"))
+    tiny = build_tiny_llama(tmp_path / "tiny")
+    broken = tmp_path / "broken"  # a config and no weights: refused before any engine start
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny / "config.json").read_text())
+    d = study(tmp_path, model={"source": "hf_dir", "path": str(tiny)}, variants=[
+        {"name": "base", "scheme": "base", "accuracy_backend": "vllm"},
+        {"name": "again", "scheme": "base", "accuracy_backend": "vllm"},
+        {"name": "broken", "scheme": "base", "accuracy_backend": "vllm"},
+    ], accuracy={"tasks": ["arc_easy"], "limit": 6, "batch_size": 4,
+                 "bootstrap": {"resamples": 200}},
+        latency={"modes": ["server"], "workloads": [{"name": "short", "input_len": 16,
+                                                      "output_len": 4}],
+                 "concurrency": [1], "num_prompts": 2, "warmups": 0},
+        engine={"device": "cpu", "gpu_memory_utilization": 0.1, "enforce_eager": True,
+                "max_model_len": 1024, "startup_timeout_s": 300, "parallel_starts": 3})
+    cfg, run = _run(tmp_path, d, {"broken": broken})
+    with pytest.raises(StageError, match="broken/arc_easy"):
+        acc.run_stage(cfg, run, use_cache=False)
+    log = (Path(run.path) / "logs/run.log").read_text()
+    assert "vLLM servers of base, again start side by side" in log
+    assert "broken: server launch failed" in log
+    df = rec.read_records(run.stage_records_path("accuracy"))
+    ok = df[df.status == "ok"]
+    assert set(ok.variant) == {"base", "again"} and (ok.backend == "vllm").all()
+    # the same weights behind two servers: the same per-document scores
+    s = {v: pd.read_parquet(Path(run.path) / f"raw/accuracy/{v}/arc_easy/scores.parquet")
+         for v in ("base", "again")}
+    pd.testing.assert_frame_equal(s["base"], s["again"])
+    assert (df[df.variant == "broken"].status == "failed").all()
+    # latency ran on the accuracy servers: base with again's server up and idle beside it,
+    # again alone (base's server was stopped when base was done)
+    startup = {u.parent.name: rec.read_records(u) for u in
+               Path(run.path).glob("raw/latency/*/startup.parquet")}
+    assert set(startup) == {"base", "again"}
+    assert "side by side with again" in startup["base"].note.iloc[0]
+    assert "side by side" not in startup["again"].note.iloc[0]
+    points = list(Path(run.path).glob("raw/latency/*/short_c1_rinf.json"))
+    assert len(points) == 2

@@ -101,8 +101,9 @@ BAD = [
     (mutate("engine.parallel_starts", 5), "engine.parallel_starts", "less than or equal to 4"),
     (mutate("engine", {"gpu_memory_utilization": 0.5, "parallel_starts": 2}), "engine",
      "parallel_starts x gpu_memory_utilization = 1.00"),
-    (mutate("engine", {"device": "cuda", "parallel_starts": 2}), "engine",
-     "parallel_starts > 1 is for device: cpu"),
+    (mutate("engine", {"device": "cuda", "parallel_starts": 2, "gpu_memory_utilization": 0.4}),
+     "engine", "parallel_starts > 1 on device: cuda needs kv_cache_memory_gib"),
+    (mutate("engine.kv_cache_memory_gib", 0), "engine.kv_cache_memory_gib", "greater than 0"),
     (mutate("engine", {"device": "cuda", "executor": "uni", "tensor_parallel_size": 2}),
      "engine", "executor 'uni' runs one process"),
     (mutate("engine.executor", "ray"), "engine.executor", "'uni'"),
@@ -338,6 +339,23 @@ def test_executor_reaches_the_engine(tmp_path):
     cli, kw, env = args(EngineSpec(device="cpu", executor="mp"))
     assert cli[cli.index("--distributed-executor-backend") + 1] == "mp"
     assert env.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0"
+
+
+def test_kv_cache_size_reaches_server_and_offline_engine():
+    from evalkit.config import EngineSpec
+    from evalkit.engine import engine_cli_args, engine_kwargs
+
+    def args(e):
+        return (engine_cli_args(e, load_format=None, tokenizer=None, trust_remote_code=False),
+                engine_kwargs(e, load_format=None, tokenizer=None, trust_remote_code=False))
+
+    cli, kw = args(EngineSpec(device="cuda"))  # vLLM sizes it from free memory
+    assert "--kv-cache-memory-bytes" not in cli and "kv_cache_memory_bytes" not in kw
+    e = EngineSpec(device="cuda", gpu_memory_utilization=0.4, parallel_starts=2,
+                   kv_cache_memory_gib=1.5)
+    cli, kw = args(e)
+    assert cli[cli.index("--kv-cache-memory-bytes") + 1] == str(3 * 2**29)
+    assert kw["kv_cache_memory_bytes"] == 3 * 2**29
 
 
 def test_trust_remote_code_off_unless_stated(tmp_path):

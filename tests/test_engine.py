@@ -90,6 +90,7 @@ def test_provenance_cpu_w8a8_log():
     assert p["linear_kernels"] == "CPUInt8ScaledMMLinearKernel for CompressedTensorsW8A8Int8"
     assert p["cuda_graphs"] == "off" and p["compile"] == "off" and p["enforce_eager"] == "True"
     assert p["dtype"] == "bfloat16"
+    assert p["kv_cache_tokens"] == "588,928"
 
 
 def test_provenance_gpu_style_lines():
@@ -107,6 +108,8 @@ def test_provenance_gpu_style_lines():
         "enforce_eager=False, device_config=cuda, "
         "compilation_config={\"mode\": <CompilationMode.VLLM_COMPILE: 3>, "
         "\"cudagraph_mode\": <CUDAGraphMode.FULL_AND_PIECEWISE: (2, 1)>}\n"
+        "(EngineCore pid=2870) INFO 11-28 06:32:14 [kv_cache_utils.py:2146] GPU KV cache size: "
+        "898,784 tokens\n"
     )
     p = E.provenance(text)
     assert p["vllm_version"] == "0.24.0" and p["platform"] == "cuda"
@@ -114,6 +117,7 @@ def test_provenance_gpu_style_lines():
                                    "CutlassW4A8LinearKernel for CompressedTensorsW4A8Fp8")
     assert p["attention_backend"] == "FLASH_ATTN"
     assert p["cuda_graphs"] == "on" and p["compile"] == "on" and p["dtype"] == "bfloat16"
+    assert p["kv_cache_tokens"] == "898,784"
 
 
 def test_provenance_missing_is_none():
