@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -445,6 +446,9 @@ class VLLMServer:
         self.startup_s: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._t0 = 0.0
+        self._watch: threading.Thread | None = None
+        self._ready_s: float | None = None
+        self._watch_error: BaseException | None = None
 
     @property
     def base_url(self) -> str:
@@ -501,7 +505,20 @@ class VLLMServer:
             except OSError as exc:
                 raise EngineError(f"cannot start vLLM server ({exc.strerror or exc})") from None
         self.pid, self.port = self._proc.pid, port
+        # Readiness is watched from now on, so startup_s is when the server first answered,
+        # also when wait() is called late (servers launched side by side are waited for
+        # one after another).
+        self._watch = threading.Thread(target=self._watch_ready, name=f"vllm-ready-{port}",
+                                       daemon=True)
+        self._watch.start()
         return self
+
+    def _watch_ready(self) -> None:
+        try:
+            self._wait_ready(self._t0)
+            self._ready_s = time.monotonic() - self._t0
+        except BaseException as exc:  # noqa: BLE001 -- handed to wait()
+            self._watch_error = exc
 
     def wait(self) -> VLLMServer:
         """Wait until a launched server answers ``/health`` and ``/v1/models``; on failure
@@ -510,19 +527,24 @@ class VLLMServer:
         if self._proc is None:
             raise EngineError("server not launched")
         try:
-            self._wait_ready(self._t0)
+            while self._watch is not None and self._watch.is_alive():
+                self._watch.join(timeout=0.5)  # short joins: Ctrl-C stays responsive
+            if self._watch_error is not None:
+                raise self._watch_error
         except BaseException:
             self.stop()
             raise
-        self.startup_s = time.monotonic() - self._t0
+        self.startup_s = self._ready_s
         return self
 
     def _wait_ready(self, t0: float) -> None:
-        assert self._proc is not None
+        proc = self._proc  # stop() (another thread) may clear self._proc meanwhile
+        if proc is None:
+            raise EngineError("server stopped before it was ready")
         deadline = t0 + self.engine.startup_timeout_s
         paths = ["/health", "/v1/models"]
         while paths:
-            code = self._proc.poll()
+            code = proc.poll()
             if code is not None:
                 raise self._failure(code)
             if time.monotonic() > deadline:

@@ -200,13 +200,15 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
         hardware: label of the device the run measured on (records' hardware column).
 
     Returns:
-        One row per claim x workload x concurrency x metric with claimed_pct, measured_pct,
-        verdict (holds: measured >= claimed x (1 - tolerance); partly: 0 < measured < that;
-        not reproduced: measured <= 0) and applies (whether the run's hardware is the
-        claim's).
+        One row per claim x mode x workload x concurrency x metric with claimed_pct,
+        measured_pct, verdict (holds: measured >= claimed x (1 - tolerance); partly:
+        0 < measured < that; not reproduced: measured <= 0) and applies (whether the run's
+        hardware is the claim's). ``mode`` is ``server`` (concurrency = concurrent requests)
+        or ``offline`` (concurrency = batch size).
     """
     rows = []
-    lat = _ok(df[(df["stage"] == "latency") & (df["mode"] == "server") & (df["stat"] == stat)])
+    lat = _ok(df[(df["stage"] == "latency") & (df["mode"].isin(["server", "offline"]))
+                 & (df["stat"] == stat)])
     is_hopper = any(k in hardware for k in ("H100", "H200", "H800", "GH200"))
     for c in claims:
         applies = c.hardware == "any" or (c.hardware == "hopper") == is_hopper
@@ -214,20 +216,24 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
             if claimed is None:
                 continue
             sub = lat[lat["metric"] == metric]
-            keys = sub[["workload", "concurrency", "input_len", "output_len"]].drop_duplicates()
+            keys = sub[["mode", "workload", "concurrency", "input_len", "output_len"]
+                       ].drop_duplicates().sort_values(["mode", "workload", "concurrency"],
+                                                        ascending=[False, True, True])
             if keys.empty:
                 rows.append({"claim": c.name, "metric": metric, "claimed_pct": claimed,
                              "measured_pct": np.nan, "verdict": "not measured",
                              "applies": applies})
                 continue
             for _, k in keys.iterrows():
-                at = sub[(sub["workload"] == k["workload"]) & (sub["concurrency"] == k["concurrency"])]
+                at = sub[(sub["mode"] == k["mode"]) & (sub["workload"] == k["workload"])
+                         & (sub["concurrency"] == k["concurrency"])]
                 v = at.loc[at["variant"] == c.variant, "value"]
                 r = at.loc[at["variant"] == c.reference, "value"]
                 measured = (float((r.iloc[0] - v.iloc[0]) / r.iloc[0] * 100)
                             if len(v) and len(r) and r.iloc[0] else np.nan)
                 rows.append({
-                    "claim": c.name, "metric": metric, "workload": k["workload"],
+                    "claim": c.name, "metric": metric, "mode": k["mode"],
+                    "workload": k["workload"],
                     "input_len": k["input_len"], "output_len": k["output_len"],
                     "concurrency": int(k["concurrency"]),
                     "reference_ms": float(r.iloc[0]) if len(r) else np.nan,
@@ -254,7 +260,9 @@ def claim_summary(checks: pd.DataFrame) -> pd.DataFrame:
             verdict = "partly"
         else:
             verdict = "not reproduced"
-        where = ", ".join(f"{r.workload}@c{r.concurrency}" for r in holds.itertuples())
+        # server points as workload@c<concurrency>, offline batches as workload@b<batch>
+        where = ", ".join(f"{r.workload}@{'b' if r.mode == 'offline' else 'c'}{r.concurrency}"
+                          for r in holds.itertuples())
         rows.append({
             "claim": claim, "metric": metric, "claimed_pct": g["claimed_pct"].iloc[0],
             "best_measured_pct": measured["measured_pct"].max() if len(measured) else np.nan,

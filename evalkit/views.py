@@ -140,7 +140,9 @@ def claims(r: rp.Report) -> tuple[str, pd.DataFrame, pd.DataFrame]:
                      f"hardware: {c.hardware}.")
     lines += ["", "Verdict per point: *holds* when the measured reduction is at least the claim "
               "minus its tolerance; *partly* when faster but by less; *not reproduced* when not "
-              "faster. `applies` is false when the run's hardware is not the claim's."]
+              "faster. `applies` is false when the run's hardware is not the claim's. `mode` "
+              "server: `concurrency` requests in flight (`@c` in *holds_at*); offline: a "
+              "whole batch of that size (`@b`)."]
     if len(summary) and not summary["applies"].all():
         lines.append(f"\n**Note:** this run measured on {r.hardware}; claims made for other "
                      "hardware are shown for reference and cannot be confirmed or refuted here.")
@@ -171,8 +173,12 @@ def crosscheck(r: rp.Report) -> tuple[str, pd.DataFrame]:
 def roofline(r: rp.Report) -> tuple[str, pd.DataFrame]:
     df = r.records
     roof = df[(df["stage"] == "latency") & (df["metric"] == "roofline_tpot_ms")]
-    # one % per measured point (server and offline), from its mean TPOT
+    # one % per measured point, from its mean TPOT. The bound of a point assumes its whole
+    # batch decodes together: true for an offline batch and for one request at a time, not
+    # for a server at concurrency > 1, whose requests arrive and finish staggered (a smaller
+    # decode batch than assumed: its % overstates, and can pass 100).
     pct = df[(df["stage"] == "latency") & (df["metric"] == "tpot_pct_of_roofline")]
+    pct = pct[(pct["mode"] == "offline") | (pct["concurrency"] == 1)]
     if roof.empty:
         return "## Memory roofline\n\nNo roofline figures in this run.", pd.DataFrame()
     t = roof[["variant", "value", "note"]].rename(columns={"value": "roofline_tpot_ms"})
@@ -185,7 +191,9 @@ def roofline(r: rp.Report) -> tuple[str, pd.DataFrame]:
            "weights once from memory: bytes of weights read per step ÷ memory bandwidth. "
            "Measured mean TPOT as % of the limit at each point, whose bytes are the weights "
            "plus the KV cache of the batch (100% = at the limit); best and worst over the "
-           "measured points.")
+           "points where the whole batch decodes together: offline batches and one request "
+           "at a time (a server under concurrency decodes a batch that changes as requests "
+           "arrive and finish, so its bytes per step are not known).")
     return txt, t
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import time
 import urllib.request
 
 import pytest
@@ -187,10 +188,23 @@ def tiny():
 
 @pytest.mark.slow
 def test_server_serves_and_leaves_no_process(tiny, tmp_path):
-    with E.VLLMServer(tiny, engine=ENGINE, log_path=tmp_path / "s.log",
-                      served_model_name="tiny") as s:
+    s = E.VLLMServer(tiny, engine=ENGINE, log_path=tmp_path / "s.log", served_model_name="tiny")
+    t0 = time.monotonic()
+    s.launch()  # returns at once; readiness is watched from here
+    deadline = t0 + 300
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{s.port}/v1/models", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    time.sleep(5)  # waited for late, as a server launched beside others is
+    s.wait()
+    # startup_s is when the server first answered, not when wait() was called
+    assert 0 < s.startup_s <= time.monotonic() - t0 - 4
+    with s:
         pgid = s.pid
-        assert s.base_url == f"http://127.0.0.1:{s.port}" and s.startup_s > 0
+        assert s.base_url == f"http://127.0.0.1:{s.port}"
         body = json.dumps({"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 4,
                            "ignore_eos": True}).encode()
         req = urllib.request.Request(s.base_url + "/v1/completions", data=body,
