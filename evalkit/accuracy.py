@@ -640,12 +640,18 @@ class _VariantRunner:
             launched.stop()
         self._stack.close()
 
+    def done_in_run(self, task: str) -> dict[str, Any] | None:
+        """The unit marker of ``task`` when this run finished it with the same settings."""
+        done = self.run.unit_done(STAGE, f"{self.variant.name}/{task}")
+        if done is None or done.get("settings") != eval_settings(self.cfg):
+            return None
+        return done
+
     def needs_model(self, tasks: Sequence[tuple[str, str]]) -> bool:
-        """Whether some task is neither done in this run nor in the cross-run cache."""
-        settings = eval_settings(self.cfg)
+        """Whether some task is neither done in this run nor in the cross-run cache (whose
+        key is only computed with the cache on: it reads the checkpoint's tokenizer)."""
         for task, lm_task in tasks:
-            done = self.run.unit_done(STAGE, f"{self.variant.name}/{task}")
-            if done is not None and done.get("settings") == settings:
+            if self.done_in_run(task) is not None:
                 continue
             if self.use_cache and (accuracy_cache_dir() / cache_key(
                     self.key_material(task, lm_task)) / "results.json").is_file():
@@ -790,11 +796,11 @@ class _VariantRunner:
         v = self.variant.name
         unit = f"{v}/{task}"
         raw = self.run.sub("raw", STAGE, v, task, "x").parent
-        done = self.run.unit_done(STAGE, unit)
-        settings = eval_settings(self.cfg)
-        if done is not None and done.get("settings") == settings:
+        done = self.done_in_run(task)
+        if done is not None:
             self.run.log(f"accuracy {unit}: already done in this run ({done['backend']}), reused")
             return _finished_unit(v, task, raw, done)
+        settings = eval_settings(self.cfg)
         lm = self._lm_for()  # may switch self.backend to hf; not part of the task's time
         t0 = time.monotonic()
         material = self.key_material(task, lm_task)

@@ -412,9 +412,6 @@ def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch)
     side, each variant's lm-eval and latency points run on its own server while the others
     wait idle (and the records say so); a variant whose server cannot start fails alone."""
     pytest.importorskip("vllm")
-    import sys  # noqa: PLC0415
-
-    sys.path.insert(0, str(REPO / "tests"))
     from tiny_model import build_tiny_llama  # noqa: PLC0415
 
     from evalkit.errors import StageError  # noqa: PLC0415
