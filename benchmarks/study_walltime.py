@@ -14,6 +14,10 @@ same settings, and a latency sweep over the study's workloads and concurrency le
   ``python -m vllm.entrypoints.openai.api_server ...`` until ``/health`` answers, then one
   ``vllm bench serve ...`` per (workload, concurrency) point, then the server is stopped.
 
+Before either side, one untimed vLLM server start on the base model warms the host's
+caches (``warm_up``; ``--no-warm-up`` skips it), so that the side that runs first does not
+pay the host's first-start costs alone.
+
 Prints each side's wall time, per step, and the ratio (target: evalkit <= 0.6 x by hand).
 Both sides run the same engine options (``evalkit.engine.engine_cli_args`` / ``engine_env``).
 evalkit's accuracy results must come from lm-eval in this run: a result reused from the
@@ -24,6 +28,7 @@ keeps both sides' logs (evalkit's run log and server logs, the hand-typed comman
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +79,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _serve(ckpt: str, args: list[str], env: dict[str, str], log: Path,
+           label: str) -> Iterator[tuple[int, float]]:
+    """``python -m vllm.entrypoints.openai.api_server`` on ``ckpt`` until ``/health``
+    answers: yields (port, seconds until healthy); the process group is stopped on exit."""
+    port = _free_port()
+    t0 = time.perf_counter()
+    with open(log, "ab") as fh:
+        srv = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", ckpt,
+             "--host", "127.0.0.1", "--port", str(port), *args],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        while True:
+            if srv.poll() is not None:
+                raise SystemExit(f"{label}: server exited {srv.returncode}; see {log}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield port, time.perf_counter() - t0
+    finally:
+        os.killpg(srv.pid, signal.SIGTERM)
+        try:
+            srv.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(srv.pid, signal.SIGKILL)
+
+
+def warm_up(cfg, work: Path) -> float:
+    """One untimed vLLM server start on the study's base model, before either side runs.
+
+    A host's first vLLM start pays one-off costs that later starts do not: vLLM inspects the
+    model architecture in a subprocess and caches the result, Triton and vLLM fill their
+    kernel caches, Python writes bytecode, the page cache fills. Whichever side ran first
+    would pay them; after this start neither does."""
+    from evalkit import engine as eng
+    from evalkit.assets import resolve_model
+
+    args = eng.engine_cli_args(cfg.engine, load_format=None, tokenizer=None,
+                               trust_remote_code=False)
+    with _serve(str(resolve_model(cfg.model).path), args, eng.engine_env(cfg.engine),
+                work / "warm-up.log", "warm-up") as (_, healthy_s):
+        return healthy_s
+
+
 def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
     from evalkit import engine as eng
     from evalkit import taskpack
@@ -103,23 +156,8 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
         _timed(f"{v.name}: lm-eval --model vllm", lm, env, log, steps,
                finished=work / f"lm-eval-{v.name}")
 
-        port = _free_port()
-        t0 = time.perf_counter()
-        with open(log, "ab") as fh:
-            srv = subprocess.Popen(
-                [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", ckpt,
-                 "--host", "127.0.0.1", "--port", str(port), *args],
-                stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            while True:
-                if srv.poll() is not None:
-                    raise SystemExit(f"{v.name}: server exited {srv.returncode}; see {log}")
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            steps.append((f"{v.name}: vllm serve until healthy", time.perf_counter() - t0))
+        with _serve(ckpt, args, env, log, v.name) as (port, healthy_s):
+            steps.append((f"{v.name}: vllm serve until healthy", healthy_s))
             print(f"  {steps[-1][0]:<44} {steps[-1][1]:7.1f} s", flush=True)
             lat = cfg.latency
             for w in lat.workloads:
@@ -135,12 +173,6 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
                              "--save-result", "--result-dir", str(work / "bench"),
                              "--save-detailed", "--disable-tqdm"]
                     _timed(f"{v.name}: vllm bench serve {w.name} c={c}", bench, env, log, steps)
-        finally:
-            os.killpg(srv.pid, signal.SIGTERM)
-            try:
-                srv.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(srv.pid, signal.SIGKILL)
     return steps
 
 
@@ -154,6 +186,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("config", nargs="?", type=Path,
                     default=ROOT / "configs" / "bench-walltime.yaml")
     ap.add_argument("--logs", type=Path, help="keep both sides' logs in this directory")
+    ap.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                    help="skip the untimed vLLM start that first warms the host's caches")
     ns = ap.parse_args(argv)
     try:
         metadata.version("vllm")
@@ -173,6 +207,12 @@ def main(argv: list[str]) -> int:
         study = work / "study.yaml"
         study.write_text(config.read_text().replace("output_root: outputs",
                                                     f"output_root: {out}"))
+        if ns.warm_up:
+            print(f"warm-up (untimed): vLLM server on the base model healthy in "
+                  f"{warm_up(cfg, work):.1f} s", flush=True)
+            if ns.logs:
+                ns.logs.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(work / "warm-up.log", ns.logs / "warm-up.log")
         print(f"evalkit run {config} (output under {out})", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.run([*EVALKIT, "run", str(study), "--run-id", "bench",

@@ -604,7 +604,7 @@ class _VariantRunner:
         self._lm: Any = None
         self._bos: bool | None = None
         self._server: Any = None  # the running VLLMServer the model talks to
-        self._launched: Any = None  # a VLLMServer launched beside others, not yet in use
+        self._launched: Any = None  # a VLLMServer launched (with its group), not yet in use
         self._launch_error: EngineError | None = None
         self._api_lm: Any = None  # lm-eval's model for the launched server, built meanwhile
 
@@ -637,7 +637,7 @@ class _VariantRunner:
         self._server = None
         self._lm = self._api_lm = None
         launched, self._launched = self._launched, None
-        if launched is not None:  # launched beside others but never needed (e.g. a failure)
+        if launched is not None:  # launched but never needed (e.g. a failure, an interrupt)
             launched.stop()
         self._stack.close()
 
@@ -649,21 +649,17 @@ class _VariantRunner:
         return done
 
     def needs_model(self, tasks: Sequence[tuple[str, str]]) -> bool:
-        """Whether some task is neither done in this run nor in the cross-run cache (whose
-        key is only computed with the cache on: it reads the checkpoint's tokenizer)."""
-        for task, lm_task in tasks:
-            if self.done_in_run(task) is not None:
-                continue
-            if self.use_cache and (accuracy_cache_dir() / cache_key(
-                    self.key_material(task, lm_task)) / "results.json").is_file():
-                continue
-            return True
-        return False
+        """Whether some task is not done in this run. A task in the cross-run cache counts:
+        :meth:`evaluate` starts the model before it looks there, and the variant's latency
+        points are measured on that server; its key would also need the tokenizer read,
+        which would delay the launch."""
+        return any(self.done_in_run(task) is None for task, _ in tasks)
 
     def launch(self, tasks: Sequence[tuple[str, str]]) -> bool:
-        """Start this variant's vLLM server without waiting for it, when its tasks need one
-        (``engine.parallel_starts``: the servers of a group start side by side, and
-        :meth:`evaluate` waits for this one when it first needs the model). False when no
+        """Start this variant's vLLM server without waiting for it, when its tasks need one:
+        the servers of a group (``engine.parallel_starts`` variants, one by default) start
+        side by side while lm-eval's task index and each variant's lm-eval model are built,
+        and :meth:`evaluate` waits for this one when it first needs the model. False when no
         server was started (hf backend, nothing to evaluate, or the launch failed: the
         first evaluation then starts one the usual way and reports why)."""
         if self.backend != "vllm" or not self.needs_model(tasks):
@@ -789,9 +785,9 @@ class _VariantRunner:
         if self._launch_error is not None:  # started beside others and failed (settle)
             exc, self._launch_error = self._launch_error, None
             raise exc
-        if self._launched is None:  # not launched beside others: launch it now
+        if self._launched is None:  # not launched with its group (failed, or not needed then)
             self._launched = self._server_object().launch()
-        self.prepare()  # done already when launched beside others
+        self.prepare()  # done already when launched with its group
         server, self._launched = self._launched, None
         self._stack.callback(server.stop)
         server.wait()
@@ -1013,7 +1009,9 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
     results: dict[tuple[str, str], UnitResult] = {}
     failures: dict[tuple[str, str], str] = {}
     with offline_env():
-        tm = task_manager(acc.data)
+        # lm-eval's task index (seconds: it reads every task YAML) is built once, while the
+        # first group's servers start; a group without a server builds it before evaluating
+        tm = None
         bar = tqdm(total=len(chosen) * len(tasks), desc="accuracy", unit="task")
         k = cfg.engine.parallel_starts
         try:
@@ -1028,13 +1026,16 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                         run.log(f"accuracy {v.name}: FAILED, no checkpoint: {exc}")
                         bar.update(len(tasks))
                         continue
-                    runners.append(_VariantRunner(cfg, run, v, ckpt, tm, use_cache, bar))
+                    runners.append(_VariantRunner(cfg, run, v, ckpt, None, use_cache, bar))
                 try:
-                    launched = [r.variant.name for r in runners if k > 1 and r.launch(tasks)]
+                    launched = [r.variant.name for r in runners if r.launch(tasks)]
                     if len(launched) > 1:
                         run.log("accuracy: vLLM servers of " + ", ".join(launched)
                                 + " start side by side; each is used alone")
-                    for runner in runners:  # meanwhile, what needs no server
+                    if tm is None:  # meanwhile, what needs no server
+                        tm = task_manager(acc.data)
+                    for runner in runners:
+                        runner.tm = tm
                         runner.prepare()
                     for j, runner in enumerate(runners):
                         _evaluate_variant(runner, tasks, results, failures, bar)
