@@ -201,6 +201,8 @@ def main(argv: list[str]) -> int:
 
     config = ns.config
     cfg = load_study(config)
+    if ns.logs:
+        ns.logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="evalkit-walltime-") as tmp:
         work = Path(tmp)
         out = work / "outputs"
@@ -211,19 +213,18 @@ def main(argv: list[str]) -> int:
             print(f"warm-up (untimed): vLLM server on the base model healthy in "
                   f"{warm_up(cfg, work):.1f} s", flush=True)
             if ns.logs:
-                ns.logs.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(work / "warm-up.log", ns.logs / "warm-up.log")
         print(f"evalkit run {config} (output under {out})", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.run([*EVALKIT, "run", str(study), "--run-id", "bench",
                              "--no-progress"], stdout=subprocess.DEVNULL).returncode
         t_evalkit = time.perf_counter() - t0
-        if ns.logs and (out / cfg.study / "bench" / "logs").is_dir():
-            shutil.copytree(out / cfg.study / "bench" / "logs", ns.logs / "evalkit",
-                            dirs_exist_ok=True)
+        run_dir = out / cfg.study / "bench"
+        if ns.logs and (run_dir / "logs").is_dir():
+            shutil.copytree(run_dir / "logs", ns.logs / "evalkit", dirs_exist_ok=True)
         if rc != 0:
             raise SystemExit(f"evalkit run failed (exit {rc})")
-        run = open_run(out / cfg.study / "bench")
+        run = open_run(run_dir)
         reused = [u.stem for u in sorted((run.path / "units" / "accuracy").glob("*.json"))
                   if "cached" in json.loads(u.read_text()).get("notes", [])]
         if reused:

@@ -594,9 +594,10 @@ class _VariantRunner:
     """Evaluates all tasks of one variant, starting at most one server for them."""
 
     def __init__(self, cfg: StudyConfig, run: Run, variant: Variant, checkpoint: Path,
-                 tm: Any, use_cache: bool, progress: Any) -> None:
+                 use_cache: bool, progress: Any) -> None:
         self.cfg, self.run, self.variant, self.checkpoint = cfg, run, variant, checkpoint
-        self.tm, self.use_cache, self.progress = tm, use_cache, progress
+        self.use_cache, self.progress = use_cache, progress
+        self.tm: Any = None  # lm-eval's TaskManager, given by run_stage once it is built
         self.plan = plan_backend(variant, cfg.engine.device)
         self.backend = self.plan.backend
         self.notes: list[str] = [self.plan.note] if self.plan.note else []
@@ -683,14 +684,17 @@ class _VariantRunner:
             return
         t0 = time.monotonic()
         try:
-            self._api_lm = make_api_lm(server.base_url, self.variant.name, self.checkpoint,
-                                       self.cfg, self.add_bos)
+            self._api_lm = self._new_api_lm(server)
             self.run.log(f"accuracy {self.variant.name}: tokenizer and lm-eval model ready "
                          f"in {time.monotonic() - t0:.1f}s while the server starts")
         except Exception as exc:  # noqa: BLE001 -- reported where the model is needed
             self.run.log(f"accuracy {self.variant.name}: could not prepare lm-eval's model "
                          f"while the server starts ({type(exc).__name__}: {exc}); retried "
                          "once the server is up")
+
+    def _new_api_lm(self, server: Any) -> Any:
+        return make_api_lm(server.base_url, self.variant.name, self.checkpoint, self.cfg,
+                           self.add_bos)
 
     def settle(self) -> bool:
         """Wait for a server launched beside others, so that none is still starting while
@@ -803,10 +807,8 @@ class _VariantRunner:
         self.run.log(f"accuracy {self.variant.name}: vLLM server up in {server.startup_s:.1f}s "
                      f"at {server.base_url}; kernels: {kernels or 'unquantized'}")
         lm, self._api_lm = self._api_lm, None
-        if lm is None:  # preparing it failed while the server started: once more, raising
-            lm = make_api_lm(server.base_url, self.variant.name, self.checkpoint, self.cfg,
-                             self.add_bos)
-        return lm
+        # None: preparing it failed while the server started; once more, raising this time
+        return lm if lm is not None else self._new_api_lm(server)
 
     def evaluate(self, task: str, lm_task: str) -> UnitResult:
         """Evaluate one task: run-level marker, then cross-run cache, then lm-eval."""
@@ -1026,7 +1028,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                         run.log(f"accuracy {v.name}: FAILED, no checkpoint: {exc}")
                         bar.update(len(tasks))
                         continue
-                    runners.append(_VariantRunner(cfg, run, v, ckpt, None, use_cache, bar))
+                    runners.append(_VariantRunner(cfg, run, v, ckpt, use_cache, bar))
                 try:
                     launched = [r.variant.name for r in runners if r.launch(tasks)]
                     if len(launched) > 1:
