@@ -5,8 +5,9 @@ the server's /metrics, point by point, for one or more run directories.
 
 evalkit computes its records from the per-request data that ``vllm bench serve`` saves
 (``--save-detailed``); the client's own summary is kept beside it
-(``raw/latency/<variant>/<point>.summary.json``). This prints both and their difference
-(target: within 3% on p50 TTFT and TPOT), plus the server-side means from /metrics.
+(``raw/latency/<variant>/<point>.summary.json``; the per-request file is gzipped in an
+archived run). This prints both and their difference (target: within 3% on p50 TTFT and
+TPOT), plus the server-side means from /metrics.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SERVER = {"ttft": ("vllm:time_to_first_token_seconds",),
 def rows(run: Path):
     import numpy as np
 
+    from evalkit.io import read_json
     from evalkit.latency import per_request_metrics
 
     for f in sorted(run.glob("raw/latency/*/*.summary.json")):
@@ -31,7 +33,8 @@ def rows(run: Path):
         bench = s.get("bench", {})
         server = s.get("server_metrics", {})
         # evalkit's figure, computed now from the saved per-request data (as the records are)
-        m = per_request_metrics(json.loads(f.with_name(f.name.replace(".summary", "")).read_text()))
+        # read_json: the per-request file is <point>.json.gz in an archived run
+        m = per_request_metrics(read_json(f.with_name(f.name.replace(".summary", ""))))
         for metric in ("ttft", "tpot"):
             b = bench.get(f"p50_{metric}_ms", bench.get(f"median_{metric}_ms"))
             vals = [x for x in m[f"{metric}_ms"] if not math.isnan(x)]

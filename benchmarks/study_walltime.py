@@ -129,6 +129,7 @@ def warm_up(cfg, work: Path) -> float:
 def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
     from evalkit import engine as eng
     from evalkit import taskpack
+    from evalkit.latency import prompt_seed
     from evalkit.quantize import checkpoint_for
 
     env = eng.engine_env(cfg.engine)
@@ -142,7 +143,8 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
         ckpt = str(checkpoint_for(run, v.name))
         margs = (f"pretrained={ckpt},dtype={cfg.engine.dtype},max_model_len="
                  f"{cfg.engine.max_model_len},gpu_memory_utilization="
-                 f"{cfg.engine.gpu_memory_utilization},enforce_eager={cfg.engine.enforce_eager}")
+                 f"{cfg.engine.gpu_memory_utilization},enforce_eager={cfg.engine.enforce_eager},"
+                 f"enable_prefix_caching={cfg.engine.prefix_caching}")
         if cfg.engine.kv_cache_memory_gib is not None:
             margs += f",kv_cache_memory_bytes={eng.kv_cache_bytes(cfg.engine)}"
         lm = [*LM_EVAL, "run", "--model", "vllm", "--model_args", margs,
@@ -160,19 +162,25 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
             steps.append((f"{v.name}: vllm serve until healthy", healthy_s))
             print(f"  {steps[-1][0]:<44} {steps[-1][1]:7.1f} s", flush=True)
             lat = cfg.latency
-            for w in lat.workloads:
-                for c in lat.levels(w):
-                    bench = [*VLLM, "bench", "serve", "--backend", "openai",
-                             "--base-url", f"http://127.0.0.1:{port}", "--model", ckpt,
-                             "--dataset-name", "random", "--random-input-len", str(w.input_len),
-                             "--random-output-len", str(w.output_len),
-                             "--random-range-ratio", "0", "--temperature", "0",
-                             "--num-prompts", str(lat.prompts_for(c)),
-                             "--max-concurrency", str(c), "--ignore-eos",
-                             "--num-warmups", str(lat.warmups), "--seed", str(lat.seed),
-                             "--save-result", "--result-dir", str(work / "bench"),
-                             "--save-detailed", "--disable-tqdm"]
-                    _timed(f"{v.name}: vllm bench serve {w.name} c={c}", bench, env, log, steps)
+            trials = lat.trials_for(cfg.engine.device)
+            # the same requests evalkit sends: its trials, each with prompts of its own
+            # (the server runs without prefix caching on both sides: engine_cli_args)
+            points = [(wl, c, t) for wl in lat.workloads for c in lat.levels(wl)
+                      for t in range(trials)]
+            for w, c, t in points:
+                bench = [*VLLM, "bench", "serve", "--backend", "openai",
+                         "--base-url", f"http://127.0.0.1:{port}", "--model", ckpt,
+                         "--dataset-name", "random", "--random-input-len", str(w.input_len),
+                         "--random-output-len", str(w.output_len),
+                         "--random-range-ratio", "0", "--temperature", "0",
+                         "--num-prompts", str(lat.prompts_per_trial(c, trials)),
+                         "--max-concurrency", str(c), "--ignore-eos",
+                         "--num-warmups", str(lat.warmups if t == 0 else 0),
+                         "--seed", str(prompt_seed(lat.seed, w.name, c, float("inf"), t)),
+                         "--save-result", "--result-dir", str(work / "bench"),
+                         "--save-detailed", "--disable-tqdm"]
+                _timed(f"{v.name}: vllm bench serve {w.name} c={c} trial {t}", bench, env,
+                       log, steps)
     return steps
 
 

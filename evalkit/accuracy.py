@@ -82,6 +82,7 @@ from evalkit.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    json_exists,
     read_json,
 )
 from evalkit.rundir import Run, hardware_label
@@ -992,6 +993,11 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
     from evalkit import assets, quantize, taskpack  # noqa: PLC0415
 
     acc = _acc(cfg)
+    if cfg.engine.device == "cpu" and any(
+            plan_backend(v, "cpu").backend == "hf" for v in cfg.variants):
+        from evalkit.rundir import set_cpu_threads  # noqa: PLC0415
+
+        set_cpu_threads(run, "accuracy")
     chosen = list(cfg.variants)
     if variants is not None:
         unknown = sorted(set(variants) - {v.name for v in cfg.variants})
@@ -1148,7 +1154,7 @@ def rebuild_records(run: Run) -> pd.DataFrame:
         for t, _ in tasks:
             done = run.unit_done(STAGE, f"{v.name}/{t}")
             raw = run.path / "raw" / STAGE / v.name / t
-            if done is None or not (raw / "results.json").is_file():
+            if done is None or not json_exists(raw / "results.json"):
                 continue
             results[(v.name, t)] = _finished_unit(v.name, t, raw, done)
     if not results:

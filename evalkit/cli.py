@@ -21,6 +21,8 @@ commands:
   runs [ROOT]            list run directories, newest first
   show RUN               print a run's headline records
   index [ROOT]           rebuild ROOT/index.html (links every run's report)
+  archive RUN...         slim finished runs for committing: gzip large raw JSON and the logs,
+                         delete duplicate HTML and run.lock (--dry-run: only report sizes)
   assets list|prepare    list or build the packaged offline models and task pack
   env                    print the environment record written into each run (env.json)
   kernels                register the evalkit-eval and evalkit-quantize Jupyter kernels
@@ -29,7 +31,7 @@ commands:
                          exit 5 when a regression beyond noise is flagged (for cron alerts);
                          --previous RUN compares RUN with the study's previous run
 
-exit codes: 0 ok, 2 invalid study, 3 run dir busy/exists, 4 stage failed,
+exit codes: 0 ok, 2 invalid study, 3 run dir busy/exists/not archivable, 4 stage failed,
             5 compare found a regression, 130 interrupted
 """
 
@@ -65,11 +67,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from evalkit.rundir import list_runs
+    from evalkit.rundir import REPORT_HTML, list_runs
 
     for r in list_runs(args.root):
-        rep = r.path / "report.html"
-        print(f"{r.study}/{r.run_id}\t{'report.html' if rep.is_file() else '(no report)'}\t{r.path}")
+        rep = next((p for p in (r.path / REPORT_HTML, r.path / "report.html") if p.is_file()),
+                   None)
+        shown = rep.relative_to(r.path).as_posix() if rep is not None else "(no report)"
+        print(f"{r.study}/{r.run_id}\t{shown}\t{r.path}")
     return 0
 
 
@@ -92,6 +96,25 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
     print(write_index(args.root))
     return 0
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from evalkit.archive import archive_run
+
+    code = 0
+    for path in args.runs:
+        try:
+            r = archive_run(path, dry_run=args.dry_run)
+        except EvalkitError as exc:
+            print(f"evalkit: {exc}", file=sys.stderr)
+            code = code or exc.exit_code
+            continue
+        what = (f"{len(r.compressed)} gzipped, {len(r.removed)} removed" if r.changed
+                else "already archived")
+        print(f"{path}: {r.bytes_before:,} -> {r.bytes_after:,} bytes "
+              f"({r.bytes_before / 2**20:.2f} -> {r.bytes_after / 2**20:.2f} MiB); {what}"
+              + (" (dry run: nothing changed)" if r.dry_run and r.changed else ""))
+    return code
 
 
 def _cmd_assets(args: argparse.Namespace) -> int:
@@ -140,7 +163,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
     run = open_run(args.run)
     if not run.stage_records_path("accuracy").is_file() and any(
-            run.path.glob("raw/accuracy/*/*/results.json")):
+            run.path.glob("raw/accuracy/*/*/results.json*")):  # .json.gz once archived
         df = accuracy.rebuild_records(run)
         print(f"{run.path}: {len(df)} accuracy records assembled from finished units "
               "(the stage was interrupted)")
@@ -211,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("index", help="rebuild OUTPUT_ROOT/index.html")
     s.add_argument("root", nargs="?", type=Path, default=Path("outputs"))
     s.set_defaults(func=_cmd_index)
+
+    s = sub.add_parser("archive", help="slim finished run directories for committing",
+                       description="Per run directory, in place: gzip raw JSON over 64 KiB "
+                       "(not *.summary.json, provenance.json, offline.json, units/) and the "
+                       "logs; delete run.lock, the root report.html copy of "
+                       "html/04_report.html, html/*.code.html and the other stages' HTML "
+                       "whose executed notebook is kept. Readers accept the archived run; a "
+                       "second archive changes nothing. Refuses a run in use or with a stage "
+                       "still running (exit 3).")
+    s.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories")
+    s.add_argument("--dry-run", action="store_true",
+                   help="change nothing; print the sizes the runs would have")
+    s.set_defaults(func=_cmd_archive)
 
     s = sub.add_parser("assets", help="list or prepare packaged models and the task pack")
     s.add_argument("action", choices=["list", "prepare"])

@@ -12,9 +12,10 @@ Per variant and metric, the change is ``B - A``:
   same paired bootstrap the accuracy stage uses against base. A **regression** is an
   interval entirely on the worse side of 0.
 * **Latency** (server mode; ``ttft_ms``, ``tpot_ms``, ``itl_ms``, ``e2el_ms``; p50 by
-  default): from the per-request values each run saved (``raw/latency/<variant>/<point>.json``),
-  the interval is :func:`evalkit.stats.independent_bootstrap` of the percentile's
-  difference -- the noise the spread of requests implies. A **regression** is an interval
+  default): from the per-request values each run saved (``raw/latency/<variant>/<point>.json``,
+  or ``<point>.json.gz`` in an archived run), the interval is
+  :func:`evalkit.stats.independent_bootstrap` of the percentile's difference -- the noise
+  the spread of requests implies. A **regression** is an interval
   entirely above 0 (slower) *and* a change above ``min_latency_change_pct`` of A's value,
   because the spread within one run does not show all the noise between runs (a busier
   machine one day).
@@ -82,7 +83,7 @@ def load_run_data(path: str | os.PathLike[str]) -> RunData:
     Raises:
         EvalkitError: not a run directory with records.
     """
-    from evalkit.latency import per_request_metrics, point_stem  # noqa: PLC0415
+    from evalkit.latency import load_trials, point_stem, pool_metrics  # noqa: PLC0415
 
     p = Path(path)
     df = rec.load_runs(p)
@@ -98,9 +99,10 @@ def load_run_data(path: str | os.PathLike[str]) -> RunData:
     for v, w, c, r in lat[_POINT].drop_duplicates().itertuples(index=False):
         if pd.isna(w) or pd.isna(c) or pd.isna(r):
             continue
-        f = p / "raw" / "latency" / str(v) / f"{point_stem(str(w), c, r)}.json"
-        if f.is_file():
-            m = per_request_metrics(read_json(f))
+        # every trial's per-request file (plain or archived .gz), pooled
+        trials = load_trials(p / "raw" / "latency" / str(v), point_stem(str(w), c, r))
+        if trials:
+            m = pool_metrics(trials)
             data.requests[(str(v), str(w), int(c), float(r))] = {
                 k: [x for x in m[k] if not math.isnan(x)] for k in LATENCY_METRICS}
     return data

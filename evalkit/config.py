@@ -183,6 +183,12 @@ class Workload(_Model):
         description="concurrency levels / batch sizes for this workload only (default: the "
         "sweep's); e.g. long prompts at fewer levels.",
     )
+    batch_sizes: tuple[PosInt, ...] | None = Field(
+        None,
+        description="offline batch sizes for this workload only (default: the sweep's "
+        "batch_sizes, else this workload's concurrency levels); an empty list measures the "
+        "workload in server mode only.",
+    )
 
 
 class LatencySpec(_Model):
@@ -197,22 +203,50 @@ class LatencySpec(_Model):
     concurrency: tuple[PosInt, ...] = Field(
         min_length=1, description="max concurrent requests (server) / batch sizes (offline)."
     )
+    batch_sizes: tuple[PosInt, ...] | None = Field(
+        None, min_length=1,
+        description="offline batch sizes (default: the concurrency levels); a workload's own "
+        "batch_sizes wins.",
+    )
     request_rate: tuple[float, ...] = Field(
         (math.inf,),
         description="Poisson arrival rates in req/s (inf = all at once, bounded by concurrency).",
     )
-    num_prompts: PosInt = Field(16, description="minimum requests per point.")
+    num_prompts: PosInt = Field(
+        64, description="minimum requests per server point, all trials together.")
     prompts_per_concurrency: PosInt = Field(
-        4, description="requests per point = max(num_prompts, this x concurrency)."
+        4, description="requests per server point = max(num_prompts, this x concurrency), "
+        "split evenly over the trials (rounded up).",
     )
-    warmups: int = Field(2, ge=0, description="warm-up requests per point, excluded.")
-    offline_iters: PosInt = Field(3, description="timed iterations per offline point.")
+    trials: PosInt | None = Field(
+        None, description="repetitions of every point, each with prompts of its own (None: 3 "
+        "on a GPU, 1 on a CPU). Percentiles pool the trials' requests; their bootstrap "
+        "interval and the trial-to-trial spread are recorded beside them.",
+    )
+    warmups: int = Field(2, ge=0, description="warm-up requests per point (prompts of their "
+                         "own, never the timed ones), excluded; a server point sends at least "
+                         "one wave at its concurrency (0: none).")
+    offline_iters: PosInt = Field(3, description="timed iterations per offline point, each "
+                                  "with fresh prompts (offline points' trials).")
     scrape_metrics: bool = Field(True, description="diff the server's /metrics per point.")
     seed: int = Field(0, description="seed for random prompts.")
     unsupported: Literal["record", "error"] = Field(
         "record",
         description="a variant without a kernel on this hardware: record the reason and "
         "continue, or fail the study.",
+    )
+    cpu_without_kernel: Literal["skip", "try"] = Field(
+        "skip",
+        description="on a CPU, a scheme vLLM has no CPU kernel for (W4A8-FP8; W4A16 without "
+        "AVX-512) or only emulates (FP8-dynamic): skip: record 'not measured on this "
+        "hardware' with the reason, start no server; try: start one anyway (a refused start "
+        "costs ~1.5 min, an emulated sweep minutes per point).",
+    )
+    request_timeout_s: PosInt | None = Field(
+        None,
+        description="seconds one request may take before its point fails (None: 60 + 2 per "
+        "output token + 1 per 100 prompt tokens). A point that times out ends its server's "
+        "sweep: the remaining points are recorded as not measured, with this setting named.",
     )
 
     @field_validator("request_rate")
@@ -222,12 +256,33 @@ class LatencySpec(_Model):
             raise ValueError("request rates must be > 0 (use inf for all-at-once)")
         return v
 
-    def levels(self, workload: Workload) -> tuple[int, ...]:
+    def levels(self, workload: Workload, mode: str = "server") -> tuple[int, ...]:
         """Concurrency levels (server) / batch sizes (offline) measured for ``workload``."""
+        if mode == "offline":
+            if workload.batch_sizes is not None:
+                return workload.batch_sizes
+            if self.batch_sizes is not None:
+                return self.batch_sizes
         return workload.concurrency or self.concurrency
 
     def prompts_for(self, concurrency: int) -> int:
+        """Requests of one server point, all trials together."""
         return max(self.num_prompts, self.prompts_per_concurrency * concurrency)
+
+    def request_timeout_for(self, workload: Workload) -> float:
+        """Seconds one request of ``workload`` may take (see ``request_timeout_s``)."""
+        if self.request_timeout_s is not None:
+            return float(self.request_timeout_s)
+        return 60.0 + 2.0 * workload.output_len + workload.input_len / 100.0
+
+    def trials_for(self, device: str) -> int:
+        """Trials per point: ``trials``, else 3 on a GPU and 1 on a CPU."""
+        return self.trials or (3 if device == "cuda" else 1)
+
+    def prompts_per_trial(self, concurrency: int, trials: int) -> int:
+        """Requests one trial of a server point sends: ``prompts_for`` / trials, rounded up,
+        and at least ``concurrency`` (a trial fills its concurrency at least once)."""
+        return max(-(-self.prompts_for(concurrency) // max(trials, 1)), concurrency)
 
 
 class EngineSpec(_Model):
@@ -249,6 +304,13 @@ class EngineSpec(_Model):
         default_factory=dict,
         description="per variant name, an environment setting that forces a kernel, e.g. "
         "{w4a16_marlin: 'VLLM_DISABLED_KERNELS=MacheteLinearKernel'}.",
+    )
+    prefix_caching: bool = Field(
+        False, description="vLLM's automatic prefix caching. Off (the default) for every "
+        "engine evalkit starts, so no prompt's prefill is skipped: a TTFT measured on a "
+        "cached prompt is a cache read. Turn it on only for a study that measures caching on "
+        "purpose; its latency points then need a measured hit rate of at most 1% to count "
+        "(see the report).",
     )
     startup_timeout_s: PosInt = Field(900, description="seconds to wait for a server to be healthy.")
     executor: Literal["auto", "uni", "mp"] = Field(
@@ -382,7 +444,8 @@ class StudyConfig(_Model):
             if self.report.workload not in wl:
                 raise ValueError(f"report.workload '{self.report.workload}' not in {wl}")
         if self.latency and self.report.concurrency:
-            levels = sorted({c for w in self.latency.workloads for c in self.latency.levels(w)})
+            levels = sorted({c for w in self.latency.workloads for m in self.latency.modes
+                             for c in self.latency.levels(w, m)})
             if self.report.concurrency not in levels:
                 raise ValueError(
                     f"report.concurrency {self.report.concurrency} is not a measured level; "

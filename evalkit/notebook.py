@@ -252,6 +252,16 @@ def show_claims(report: Any):
     return _table(detail, "{:.1f}")
 
 
+def show_invalid(report: Any):
+    from IPython.display import display
+
+    from evalkit import views
+
+    md, table = views.invalid_points(report)
+    display(_md(md))
+    return None if table.empty else _table(table)
+
+
 def show_crosscheck(report: Any):
     from IPython.display import display
 

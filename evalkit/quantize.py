@@ -49,7 +49,7 @@ import pandas as pd
 
 from evalkit.config import Calibration, QuantizeSpec, StudyConfig, Variant
 from evalkit.errors import AssetError, ConfigError, RunDirError, StageError
-from evalkit.io import atomic_dir, atomic_write_json, file_lock, read_json
+from evalkit.io import atomic_dir, atomic_write_json, file_lock, json_exists, read_json
 from evalkit.records import make_records
 from evalkit.rundir import Run, hardware_label
 from evalkit.schemes import SCHEMES, Scheme, cpu_kernel_expected
@@ -638,6 +638,10 @@ def run_stage(cfg: StudyConfig, run: Run, *, raise_on_failure: bool = True) -> p
     from tqdm.auto import tqdm
 
     from evalkit.assets import resolve_model
+    from evalkit.rundir import set_cpu_threads
+
+    if cfg.engine.device == "cpu":
+        set_cpu_threads(run, "quantize")
 
     resolved = resolve_model(cfg.model)
     base_path = Path(resolved.path)
@@ -656,7 +660,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, raise_on_failure: bool = True) -> p
         scheme = SCHEMES[variant.scheme]
         raw_path = raw_dir / f"{variant.name}.json"
         done = run.unit_done(STAGE, variant.name)
-        if done is not None and raw_path.is_file():
+        if done is not None and json_exists(raw_path):
             if (Path(done["checkpoint"]) / "config.json").is_file():
                 run.log(f"quantize: skipped {variant.name} (done)")
                 rows += read_json(raw_path)["records"]

@@ -19,7 +19,10 @@ import pandas as pd
 from evalkit.errors import EvalkitError
 from evalkit.io import atomic_write_bytes
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+#: Versions this code reads: 1.1 added the ``invalid`` status (a latency point whose
+#: validity checks failed, see evalkit.validity); 1.0 records are a subset of it.
+READABLE_VERSIONS = ("1.0", "1.1")
 
 #: column -> (dtype, description). Order is the on-disk column order.
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -35,7 +38,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "workload": ("string", "latency workload name, else empty"),
     "mode": ("string", "server | offline (latency), backend for accuracy, else empty"),
     "metric": ("string", "metric name, unit in the name where it has one (ttft_ms)"),
-    "stat": ("string", "value | stderr | mean | p50 | p90 | p99 | ci_low | ci_high | ..."),
+    "stat": ("string", "value | stderr | mean | p50 | p90 | p99 | ci_low | ci_high | "
+              "p50_ci_low | p50_ci_high | trial_spread_pct | ..."),
     "value": ("float64", "the number; NaN where it cannot be computed, never 0"),
     "unit": ("string", "unit of value (ms, tok/s, fraction, bytes, s, %, count)"),
     "higher_is_better": ("boolean", "direction of the metric; NA where it has none"),
@@ -46,12 +50,13 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "n": ("Int64", "number of observations behind the value (documents, requests)"),
     "backend": ("string", "engine that produced it (vllm, hf, llm-compressor)"),
     "hardware": ("string", "device the number was measured on"),
-    "status": ("string", "ok | unsupported | failed"),
+    "status": ("string", "ok | unsupported | failed | invalid (a latency point that failed "
+                "its validity checks: prefix-cache hits, below a physical floor)"),
     "note": ("string", "reason for a non-ok status, caveats"),
 }
 
 STAGES = ("quantize", "accuracy", "latency")
-STATUSES = ("ok", "unsupported", "failed")
+STATUSES = ("ok", "unsupported", "failed", "invalid")
 
 
 class RecordsError(EvalkitError):
@@ -110,8 +115,9 @@ def read_records(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one records file, checking its schema version."""
     df = pd.read_parquet(path)
     versions = set(df["schema_version"].dropna().unique()) if len(df) else {SCHEMA_VERSION}
-    if versions - {SCHEMA_VERSION}:
-        raise RecordsError(f"{path}: schema version {sorted(versions)}, expected {SCHEMA_VERSION}")
+    if versions - set(READABLE_VERSIONS):
+        raise RecordsError(f"{path}: schema version {sorted(versions)}, this evalkit reads "
+                           f"{', '.join(READABLE_VERSIONS)}")
     return df
 
 

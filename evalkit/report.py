@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evalkit import stats
+
 #: preferred metric per task, in order; the first one present is the task's primary metric.
 PRIMARY_METRICS = ("acc_norm", "acc", "exact_match", "word_perplexity")
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
@@ -154,7 +156,13 @@ def quality_speed(df: pd.DataFrame, *, workload: str, concurrency: int,
         if not point.empty:
             out = out.merge(gains(point, ref), on="variant", how="left")
     status = latency_status(df)
-    out["latency_status"] = [status.get(v, "not measured") for v in out["variant"]]
+    bad = df[(df["stage"] == "latency") & (df["mode"] == "server") & (df["workload"] == workload)
+             & (df["concurrency"] == concurrency) & (df["status"] == "invalid")]
+    bad_at = dict(zip(bad["variant"], bad["note"], strict=False))
+    out["latency_status"] = [
+        ("invalid here: " + str(bad_at[v]).split(";")[0].removeprefix("INVALID: "))
+        if v in bad_at and status.get(v) == "ok" else status.get(v, "not measured")
+        for v in out["variant"]]
     if "quality_delta" in out:
         out.loc[out["variant"] == base, ["quality_delta", "quality_ci_low", "quality_ci_high"]] = 0.0
     return out
@@ -180,42 +188,73 @@ def latency_status(df: pd.DataFrame) -> dict[str, str]:
 # ------------------------------------------------------------------------------ claims
 
 
-def _verdict(measured: float, claimed: float, tolerance_pct: float) -> str:
-    if math.isnan(measured):
-        return "not measured"
-    if measured >= claimed * (1 - tolerance_pct / 100.0):
+#: Verdicts of one claim point, in the order the summary counts them.
+VERDICTS = ("holds", "partly", "not reproduced", "inconclusive", "invalid", "not measured")
+
+
+def claim_verdict(ci_low: float, ci_high: float, claimed: float, tolerance_pct: float) -> str:
+    """Verdict of one point from the 95% interval of its measured reduction (%).
+
+    *holds*: the whole interval is at or above the claim minus its tolerance; *partly*: the
+    whole interval is above 0 and below that; *not reproduced*: the whole interval is below
+    that and reaches 0 or less (not faster, or slower); *inconclusive*: the interval
+    contains the claim's threshold, so the data cannot tell (or there is no interval).
+    """
+    if math.isnan(ci_low) or math.isnan(ci_high):
+        return "inconclusive"
+    threshold = claimed * (1 - tolerance_pct / 100.0)
+    if ci_low >= threshold:
         return "holds"
-    if measured > 0:
-        return "partly"
-    return "not reproduced"
+    if ci_high < threshold:
+        return "partly" if ci_low > 0 else "not reproduced"
+    return "inconclusive"
+
+
+def _samples_at(samples: pd.DataFrame | None, variant: str, mode: str, workload: str,
+                concurrency: int, metric: str) -> np.ndarray:
+    if samples is None or samples.empty:
+        return np.array([])
+    s = samples[(samples["variant"] == variant) & (samples["mode"] == mode)
+                & (samples["workload"] == workload) & (samples["concurrency"] == concurrency)
+                & (samples["metric"] == metric)]
+    return s["value"].to_numpy(float)
 
 
 def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardware: str,
-                stat: str = "p50") -> pd.DataFrame:
-    """Claimed vs measured reduction for each claim, workload and concurrency.
+                stat: str = "p50", samples: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Claimed vs measured reduction, with its interval, per claim, point and metric.
 
     Args:
         df: records.
         claims: ``evalkit.config.Claim`` objects.
         hardware: label of the device the run measured on (records' hardware column).
+        stat: the statistic compared (p50: median over requests; offline points have one
+            value per iteration, and their p50 is over iterations).
+        samples: per-request values (:func:`evalkit.latency.request_samples`: variant,
+            mode, workload, concurrency, metric, value); the interval of each reduction is
+            a bootstrap of the two samples' ``stat``. Without them every verdict is
+            *inconclusive*.
 
     Returns:
-        One row per claim x mode x workload x concurrency x metric with claimed_pct,
-        measured_pct, verdict (holds: measured >= claimed x (1 - tolerance); partly:
-        0 < measured < that; not reproduced: measured <= 0) and applies (whether the run's
-        hardware is the claim's). ``mode`` is ``server`` (concurrency = concurrent requests)
-        or ``offline`` (concurrency = batch size).
+        One row per claim x mode x workload x concurrency x metric: reference_ms,
+        variant_ms, claimed_pct, measured_pct (reduction = (ref - variant) / ref x 100),
+        ci_low_pct, ci_high_pct, verdict (:func:`claim_verdict`; *invalid* where a point of
+        either variant failed its validity checks, with the reason in ``note``) and applies
+        (whether the run's hardware is the claim's). ``mode`` is ``server`` (concurrency =
+        concurrent requests) or ``offline`` (concurrency = batch size).
     """
     rows = []
-    lat = _ok(df[(df["stage"] == "latency") & (df["mode"].isin(["server", "offline"]))
-                 & (df["stat"] == stat)])
+    q = float(stat[1:]) if stat.startswith("p") else 50.0
+    lat_all = df[(df["stage"] == "latency") & (df["mode"].isin(["server", "offline"]))
+                 & (df["stat"] == stat)]
     is_hopper = any(k in hardware for k in ("H100", "H200", "H800", "GH200"))
     for c in claims:
         applies = c.hardware == "any" or (c.hardware == "hopper") == is_hopper
         for metric, claimed in (("ttft_ms", c.ttft_reduction_pct), ("tpot_ms", c.tpot_reduction_pct)):
             if claimed is None:
                 continue
-            sub = lat[lat["metric"] == metric]
+            sub = lat_all[(lat_all["metric"] == metric)
+                          & lat_all["variant"].isin([c.variant, c.reference])]
             keys = sub[["mode", "workload", "concurrency", "input_len", "output_len"]
                        ].drop_duplicates().sort_values(["mode", "workload", "concurrency"],
                                                         ascending=[False, True, True])
@@ -227,50 +266,85 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
             for _, k in keys.iterrows():
                 at = sub[(sub["mode"] == k["mode"]) & (sub["workload"] == k["workload"])
                          & (sub["concurrency"] == k["concurrency"])]
-                v = at.loc[at["variant"] == c.variant, "value"]
-                r = at.loc[at["variant"] == c.reference, "value"]
-                measured = (float((r.iloc[0] - v.iloc[0]) / r.iloc[0] * 100)
-                            if len(v) and len(r) and r.iloc[0] else np.nan)
+                v_row = at[at["variant"] == c.variant]
+                r_row = at[at["variant"] == c.reference]
+                bad = at[at["status"] == "invalid"]
+                ok_v = v_row[v_row["status"] == "ok"]["value"]
+                ok_r = r_row[r_row["status"] == "ok"]["value"]
+                measured = (float((ok_r.iloc[0] - ok_v.iloc[0]) / ok_r.iloc[0] * 100)
+                            if len(ok_v) and len(ok_r) and ok_r.iloc[0] else np.nan)
+                g = None
+                if not math.isnan(measured):
+                    conc = int(k["concurrency"])
+                    g = stats.gain_interval(
+                        _samples_at(samples, c.reference, k["mode"], k["workload"], conc, metric),
+                        _samples_at(samples, c.variant, k["mode"], k["workload"], conc, metric),
+                        q=q)
+                lo = g.ci_low if g is not None else np.nan
+                hi = g.ci_high if g is not None else np.nan
+                if len(bad):
+                    verdict = "invalid"
+                elif math.isnan(measured):
+                    verdict = "not measured"
+                else:
+                    verdict = claim_verdict(lo, hi, claimed, c.tolerance_pct)
                 rows.append({
                     "claim": c.name, "metric": metric, "mode": k["mode"],
                     "workload": k["workload"],
                     "input_len": k["input_len"], "output_len": k["output_len"],
                     "concurrency": int(k["concurrency"]),
-                    "reference_ms": float(r.iloc[0]) if len(r) else np.nan,
-                    "variant_ms": float(v.iloc[0]) if len(v) else np.nan,
+                    "reference_ms": float(r_row["value"].iloc[0]) if len(r_row) else np.nan,
+                    "variant_ms": float(v_row["value"].iloc[0]) if len(v_row) else np.nan,
                     "claimed_pct": claimed, "measured_pct": measured,
-                    "verdict": _verdict(measured, claimed, c.tolerance_pct), "applies": applies,
+                    "ci_low_pct": lo, "ci_high_pct": hi, "verdict": verdict,
+                    "applies": applies,
+                    "note": (str(bad["note"].iloc[0]).split(";")[0] if len(bad) else
+                             "no per-request data for an interval" if g is not None and
+                             math.isnan(lo) else ""),
                 })
     return pd.DataFrame(rows)
 
 
 def claim_summary(checks: pd.DataFrame) -> pd.DataFrame:
-    """Overall verdict per claim and metric, with the conditions where it holds."""
+    """Overall verdict per claim and metric, with the count of every verdict.
+
+    *holds* only if every valid point holds; *not reproduced* if no point holds or partly
+    holds and at least one is not reproduced; *inconclusive* if no point could be decided;
+    otherwise *partly*. ``counts`` lists every verdict's number of points, invalid ones
+    included; ``holds_at`` the points where it holds.
+    """
+    cols = ["claim", "metric", "claimed_pct", "verdict", "counts", "holds_at",
+            "best_measured_pct", "worst_measured_pct", "points", "applies"]
     rows = []
     if checks.empty:
-        return pd.DataFrame(columns=["claim", "metric", "verdict", "holds_at", "points"])
+        return pd.DataFrame(columns=cols)
     for (claim, metric), g in checks.groupby(["claim", "metric"], sort=False):
-        measured = g[g["verdict"] != "not measured"]
+        measured = g[~g["verdict"].isin(["not measured", "invalid"])]
+        n = measured["verdict"].value_counts()
         holds = measured[measured["verdict"] == "holds"]
         if measured.empty:
-            verdict = "not measured"
-        elif len(holds) == len(measured):
+            verdict = "invalid" if (g["verdict"] == "invalid").any() else "not measured"
+        elif n.get("holds", 0) == len(measured):
             verdict = "holds"
-        elif len(holds) or (measured["verdict"] == "partly").any():
+        elif n.get("holds", 0) + n.get("partly", 0) > 0:
             verdict = "partly"
-        else:
+        elif n.get("not reproduced", 0) > 0:
             verdict = "not reproduced"
+        else:
+            verdict = "inconclusive"
+        allc = g["verdict"].value_counts()
+        counts = ", ".join(f"{allc[v]} {v}" for v in VERDICTS if allc.get(v, 0))
         # server points as workload@c<concurrency>, offline batches as workload@b<batch>
         where = ", ".join(f"{r.workload}@{'b' if r.mode == 'offline' else 'c'}{r.concurrency}"
                           for r in holds.itertuples())
         rows.append({
             "claim": claim, "metric": metric, "claimed_pct": g["claimed_pct"].iloc[0],
+            "verdict": verdict, "counts": counts, "holds_at": where or "-",
             "best_measured_pct": measured["measured_pct"].max() if len(measured) else np.nan,
             "worst_measured_pct": measured["measured_pct"].min() if len(measured) else np.nan,
-            "verdict": verdict, "holds_at": where or "-", "points": len(measured),
-            "applies": bool(g["applies"].iloc[0]),
+            "points": len(measured), "applies": bool(g["applies"].iloc[0]),
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ------------------------------------------------------------------------------ figures
@@ -318,6 +392,12 @@ def plot_quality_vs_speed(table: pd.DataFrame, *, gain_col: str, caption: str = 
     return fig
 
 
+def gain_label(col: str) -> str:
+    """Readable label of a gain column: ``ttft_gain_vs_w4a16_pct`` -> ``TTFT gain vs w4a16 (%)``."""
+    metric, _, ref = col.removesuffix("_pct").partition("_gain_vs_")
+    return f"{metric.upper()} gain vs {ref} (%)" if ref else col
+
+
 def plot_speed_gains(table: pd.DataFrame, *, gain_cols: list[str], caption: str = ""):
     """Speed gains per variant (bars), for studies without quality (e.g. random weights)."""
     import matplotlib.pyplot as plt
@@ -329,9 +409,11 @@ def plot_speed_gains(table: pd.DataFrame, *, gain_cols: list[str], caption: str 
     if t.empty or t.isna().all().all():
         ax.text(0.5, 0.5, "no latency measured", ha="center", va="center", transform=ax.transAxes)
     else:
-        t.plot.barh(ax=ax)
-        ax.axvline(0, color="black", lw=0.8)
-        ax.legend([c.replace("_pct", "") for c in cols], loc="best", fontsize=8)
+        # labels travel with the bars (legend(list) would relabel in artist order and give
+        # the first label to whatever was drawn first)
+        t.rename(columns=gain_label).plot.barh(ax=ax)
+        ax.axvline(0, color="black", lw=0.8, label="_nolegend_")
+        ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("gain (%; > 0 = faster than the reference)")
     ax.set_title("Speed gains (quality not measured)")
     if caption:
@@ -423,6 +505,8 @@ class Report:
     previous_run: str | None = None
     #: :func:`evalkit.compare.compare` of the previous run (A) with this one (B).
     changes: pd.DataFrame | None = None
+    #: per-request latency values (:func:`evalkit.latency.request_samples`), for intervals.
+    samples: pd.DataFrame | None = None
 
     def table(self) -> pd.DataFrame:
         if self.workload is None or self.concurrency is None:
@@ -439,7 +523,8 @@ class Report:
                 "95% paired-bootstrap CI.")
 
     def claims_checked(self) -> pd.DataFrame:
-        return claim_check(self.records, list(self.claims), hardware=self.hardware)
+        return claim_check(self.records, list(self.claims), hardware=self.hardware,
+                           samples=self.samples)
 
 
 def default_point(df: pd.DataFrame, workload: str | None, concurrency: int | None

@@ -21,7 +21,7 @@ from pathlib import Path
 from evalkit.config import StudyConfig, load_study
 from evalkit.errors import Interrupted, RunDirError, StageError
 from evalkit.io import atomic_write_json, atomic_write_text, file_lock, read_json
-from evalkit.rundir import Run, create_run, open_run
+from evalkit.rundir import REPORT_HTML, Run, create_run, open_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = Path(os.environ.get("EVALKIT_NOTEBOOKS", REPO_ROOT / "notebooks"))
@@ -244,8 +244,12 @@ def _open_for_resume(cfg: StudyConfig, config_path: str | os.PathLike[str],
 
 
 def _finish(run: Run) -> None:
-    """Copy the report to the run root and refresh the outputs index (best effort)."""
-    rep = run.path / "html" / "04_report.html"
+    """Copy the report to the run root and refresh the outputs index (best effort).
+
+    The root copy is where ``evalkit run`` and setup.sh point a local user;
+    :func:`evalkit.archive.archive_run` removes it from a run that is committed.
+    """
+    rep = run.path / REPORT_HTML
     if rep.is_file():
         atomic_write_text(run.path / "report.html", rep.read_text(encoding="utf-8"))
     from evalkit.index import write_index

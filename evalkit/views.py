@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from evalkit import report as rp
+from evalkit import validity as val
 from evalkit.config import StudyConfig
 from evalkit.io import read_json
 from evalkit.rundir import Run, machine_id
@@ -71,12 +72,26 @@ def build(cfg: StudyConfig, run: Run) -> rp.Report:
     from evalkit.compare import comparison_with_previous
 
     previous, changes = comparison_with_previous(run.path)
+    from evalkit.latency import request_samples
+
+    invalid = val.invalid_summary(df)
+    if len(invalid):
+        points = df[(df["stage"] == "latency") & df["mode"].isin(["server", "offline"])
+                    & (df["metric"] == "ttft_ms")].drop_duplicates(
+                        ["variant", "mode", "workload", "concurrency"])
+        hits = df[(df["stage"] == "latency") & (df["metric"] == "prefix_cache_hit_rate")]
+        why = "; ".join(f"{c}: {n}" for c, n in val.invalid_counts(df).items())
+        span = (f" (prompt-token cache hit rates {hits['value'].min():.0%} to "
+                f"{hits['value'].max():.0%})" if hits["value"].notna().any() else "")
+        caveats.insert(0, f"**{len(invalid)} of {len(points)} latency points are INVALID and left "
+                       f"out of every table, figure and claim check** — {why}{span}. See "
+                       "'Invalid points' at the end.")
     return rp.Report(
         records=df, study=cfg.study, model=model, hardware=hardware, workload=wl,
         concurrency=conc, reference=cfg.report.reference_variant, caveats=caveats, env=env,
         description=cfg.description, claims=cfg.claims,
         base=next((v.name for v in cfg.variants if v.scheme == "base"), "base"),
-        previous_run=previous, changes=changes,
+        previous_run=previous, changes=changes, samples=request_samples(run.path),
     )
 
 
@@ -138,15 +153,39 @@ def claims(r: rp.Report) -> tuple[str, pd.DataFrame, pd.DataFrame]:
         src = f" ({c.source})" if c.source else ""
         lines.append(f"- **{c.name}**: “{c.text}”{src} — `{c.variant}` vs `{c.reference}`, "
                      f"hardware: {c.hardware}.")
-    lines += ["", "Verdict per point: *holds* when the measured reduction is at least the claim "
-              "minus its tolerance; *partly* when faster but by less; *not reproduced* when not "
-              "faster. `applies` is false when the run's hardware is not the claim's. `mode` "
+    lines += ["", "Verdict per point, from the 95% bootstrap interval of the measured reduction "
+              "(`ci_low_pct`..`ci_high_pct`; per-request values of both variants, resampled "
+              "independently): *holds* when the whole interval is at or above the claim minus "
+              "its tolerance; *partly* when it lies above 0 but below that; *not reproduced* "
+              "when it lies below that and reaches 0 or less; *inconclusive* when it contains "
+              "the claim's threshold; *invalid* when a point failed its validity checks "
+              "(prefix-cache hits, below a physical floor: see `note`) and is left out. "
+              "`applies` is false when the run's hardware is not the claim's. `mode` "
               "server: `concurrency` requests in flight (`@c` in *holds_at*); offline: a "
               "whole batch of that size (`@b`)."]
     if len(summary) and not summary["applies"].all():
         lines.append(f"\n**Note:** this run measured on {r.hardware}; claims made for other "
                      "hardware are shown for reference and cannot be confirmed or refuted here.")
     return "\n".join(lines), summary, detail
+
+
+def invalid_points(r: rp.Report) -> tuple[str, pd.DataFrame]:
+    """Latency points that failed a validity check, and why (left out everywhere else)."""
+    t = val.invalid_summary(r.records)
+    lat = r.records[(r.records["stage"] == "latency")]
+    hits = lat[(lat["metric"] == "prefix_cache_hit_rate") & lat["value"].notna()]
+    hit_txt = (f" Prompt-token prefix-cache hit rate over the measured points: "
+               f"{hits['value'].min():.1%} to {hits['value'].max():.1%}."
+               if len(hits) else "")
+    if t.empty:
+        return ("## Invalid points\n\nEvery latency point passed its validity checks (prefix-"
+                "cache hit rate at most 1%, no figure below its physical floor)." + hit_txt,
+                t)
+    return (f"## Invalid points\n\n{len(t)} point(s) failed a validity check: a prefix-cache "
+            f"hit rate above {val.MAX_CACHE_HIT_RATE:.0%} (the prompts' prefill was served from "
+            "cache, so TTFT measured a cache read), or a figure below its physical floor "
+            "(impossible). Their rows keep status `invalid` in the records and are left out "
+            "of every table, figure and claim check above." + hit_txt, t)
 
 
 def crosscheck(r: rp.Report) -> tuple[str, pd.DataFrame]:

@@ -68,6 +68,7 @@ NOTEBOOKS = {
         ("code", "ek.plot_latency(report.records, metric=\"tpot_ms\")"),
         ("code", "ek.show_accuracy(report.records)"),
         ("code", "ek.show_claims(report)"),
+        ("code", "ek.show_invalid(report)"),
         ("code", "ek.show_crosscheck(report)"),
         ("code", "ek.show_roofline(report)"),
         ("code", "ek.show_changes(report)"),

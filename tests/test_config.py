@@ -49,7 +49,13 @@ def test_good_config_and_defaults(tmp_path):
     cfg = load_study(_write(tmp_path, _good()))
     assert cfg.variant("q").method == "rtn"
     assert cfg.variant("base").method == "none"
-    assert cfg.latency.prompts_for(8) == 32
+    # at least 64 requests a point, 4 per concurrent slot beyond that, split over trials
+    assert cfg.latency.prompts_for(8) == 64 and cfg.latency.prompts_for(32) == 128
+    assert cfg.latency.trials_for("cuda") == 3 and cfg.latency.trials_for("cpu") == 1
+    assert cfg.latency.prompts_per_trial(8, 3) == 22
+    few = cfg.latency.model_copy(update={"num_prompts": 24, "prompts_per_concurrency": 2})
+    assert few.prompts_per_trial(16, 3) == 16  # a trial fills its concurrency at least once
+    assert cfg.engine.prefix_caching is False
 
 
 def mutate(path: str, value):
@@ -430,3 +436,18 @@ def test_nothing_reaches_a_shell():
     hits = [f"{p.name}:{i}" for p in sorted((REPO / "evalkit").glob("*.py"))
             for i, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line)]
     assert not hits, hits
+
+
+def test_offline_batch_sizes_apart_from_server_levels(tmp_path):
+    d = _good()
+    d["latency"]["modes"] = ["server", "offline"]
+    d["latency"]["batch_sizes"] = [1, 256]
+    d["latency"]["workloads"] = [{"name": "chat", "input_len": 32, "output_len": 8},
+                                 {"name": "long", "input_len": 64, "output_len": 8,
+                                  "batch_sizes": []}]
+    cfg = load_study(_write(tmp_path, d))
+    chat, long = cfg.latency.workloads
+    assert cfg.latency.levels(chat, "offline") == (1, 256)
+    assert cfg.latency.levels(long, "offline") == ()  # server mode only
+    assert cfg.latency.levels(long, "server") == cfg.latency.levels(chat) == tuple(
+        d["latency"]["concurrency"])

@@ -191,30 +191,38 @@ def test_bench_command_parses_with_installed_vllm(tmp_path):
 # ---- one real sweep on CPU -------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_real_sweep_and_resume(tmp_path, monkeypatch):
-    pytest.importorskip("vllm")
-    from tiny_model import build_tiny_llama
-
-    from evalkit.config import StudyConfig
+def _tiny_run(tmp_path, ckpt):
+    """An empty run directory and the resolved-model stand-in for the tiny checkpoint."""
     from evalkit.rundir import Run
 
-    ckpt = build_tiny_llama()
-    cfg = StudyConfig.model_validate({
-        "study": "t", "model": {"source": "hf_dir", "path": str(ckpt)},
-        "variants": [{"name": "base", "scheme": "base"}, {"name": "again", "scheme": "base"}],
-        "latency": {"workloads": [{"name": "short", "input_len": 32, "output_len": 8}],
-                    "concurrency": [2], "num_prompts": 6, "warmups": 1},
-        "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.1,
-                   "max_model_len": 256, "startup_timeout_s": 300, "parallel_starts": 2},
-        "output_root": str(tmp_path),
-    })
     run = Run(tmp_path / "t" / "r1")
     for d in ("records", "raw", "units", "logs"):
         (run.path / d).mkdir(parents=True)
 
     class M:
         name, path, load_format = "tiny", ckpt, None
+
+    return run, M
+
+
+@pytest.mark.slow
+def test_real_sweep_and_resume(tmp_path, monkeypatch):
+    pytest.importorskip("vllm")
+    from tiny_model import build_tiny_llama
+
+    from evalkit.config import StudyConfig
+
+    ckpt = build_tiny_llama()
+    cfg = StudyConfig.model_validate({
+        "study": "t", "model": {"source": "hf_dir", "path": str(ckpt)},
+        "variants": [{"name": "base", "scheme": "base"}, {"name": "again", "scheme": "base"}],
+        "latency": {"workloads": [{"name": "short", "input_len": 32, "output_len": 8}],
+                    "concurrency": [2], "num_prompts": 6, "warmups": 1, "trials": 2},
+        "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.1,
+                   "max_model_len": 256, "startup_timeout_s": 300, "parallel_starts": 2},
+        "output_root": str(tmp_path),
+    })
+    run, M = _tiny_run(tmp_path, ckpt)
 
     ckpts = {"base": ckpt, "again": ckpt}
     df = L.run_stage(cfg, run, checkpoints=ckpts, resolved=M)
@@ -225,7 +233,8 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     assert "side by side with base" in notes["again"]
     prov = json.loads((run.path / "raw/latency/base/provenance.json").read_text())
     assert prov["server_command"][-2:] == ["--distributed-executor-backend", "uni"]
-    n = cfg.latency.prompts_for(2)  # max(num_prompts, 4 x concurrency) = 8
+    assert "--no-enable-prefix-caching" in prov["server_command"]
+    n = cfg.latency.prompts_for(2)  # max(num_prompts, 4 x concurrency) = 8, 4 per trial
     ok = df[(df["mode"] == "server") & (df["status"] == "ok") & (df.variant == "base")]
     get = lambda met, st: float(ok[(ok.metric == met) & (ok.stat == st)].value.iloc[0])  # noqa: E731
     assert get("completed_requests", "value") == n and get("failed_requests", "value") == 0
@@ -242,6 +251,31 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     assert (run.path / "raw/latency/base/provenance.json").is_file()
     assert (run.path / "raw/latency/base/short_c2_rinf.summary.json").is_file()
     assert (df.metric == "roofline_tpot_ms").any() and (df.metric == "engine_startup_s").any()
+    # two trials, each with prompts of its own; no prompt token came from the cache
+    summary = json.loads((run.path / "raw/latency/base/short_c2_rinf.summary.json").read_text())
+    assert summary["trials"] == 2 and summary["requests_per_trial"] == 4
+    seeds = [c[c.index("--seed") + 1] for c in summary["bench_commands"]]
+    assert len(set(seeds)) == 2
+    assert [f.name for f in L.trial_files(run.path / "raw/latency/base", "short_c2_rinf")] == [
+        "short_c2_rinf_t0.json", "short_c2_rinf_t1.json"]
+    hit = df[df.metric == "prefix_cache_hit_rate"]
+    # prompt tokens as the server counted them (the random dataset may add a BOS token)
+    assert len(hit) == 1 and float(hit.value.iloc[0]) == 0.0 and n * 32 <= hit.n.iloc[0] <= n * 34
+    assert get("ttft_ms", "p50_ci_low") <= get("ttft_ms", "p50") <= get("ttft_ms", "p50_ci_high")
+    assert int(ok[(ok.metric == "ttft_ms") & (ok.stat == "trial_spread_pct")].n.iloc[0]) == 2
+    # CPU: no vendor peak, so floors are recorded as unknown, never as a pass
+    assert math.isnan(float(df[df.metric == "ttft_floor_ms"].value.iloc[0]))
+    # the records rebuild from the raw per-request files to the same figures
+    import yaml
+
+    run.config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    rebuilt = L.rebuild_records(run)
+    rb = rebuilt[(rebuilt.variant == "base") & (rebuilt["mode"] == "server")]
+    for met, st in (("ttft_ms", "p50"), ("tpot_ms", "mean"), ("ttft_ms", "p50_ci_high")):
+        assert float(rb[(rb.metric == met) & (rb.stat == st)].value.iloc[0]) == pytest.approx(
+            get(met, st))
+    samples = L.request_samples(run.path)
+    assert len(samples[(samples.variant == "base") & (samples.metric == "ttft_ms")]) == n
 
     # resume: every point is done -> no server is started, the same numbers come back
     def no_server(*a, **k):
@@ -265,3 +299,67 @@ def test_tiny_model_weight_estimate_matches_file(tmp_path):
     size = os.path.getsize(ckpt / "model.safetensors")
     assert L.estimate_weight_bytes(config, "base") == pytest.approx(size, rel=0.02)
     assert Path(ckpt).is_dir()
+
+
+@pytest.mark.slow
+def test_guard_catches_real_cache_hits(tmp_path, monkeypatch):
+    """With caching on and one prompt set reused across trials (what evalkit never does by
+    itself), vLLM's own counters show the hits and the point is marked invalid."""
+    pytest.importorskip("vllm")
+    from tiny_model import build_tiny_llama
+
+    from evalkit.config import StudyConfig
+
+    ckpt = build_tiny_llama()
+    cfg = StudyConfig.model_validate({
+        "study": "t", "model": {"source": "hf_dir", "path": str(ckpt)},
+        "variants": [{"name": "base", "scheme": "base"}],
+        "latency": {"workloads": [{"name": "long", "input_len": 512, "output_len": 4}],
+                    "concurrency": [1], "num_prompts": 4, "warmups": 0, "trials": 2},
+        "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.1, "prefix_caching": True,
+                   "max_model_len": 1024, "startup_timeout_s": 300},
+        "output_root": str(tmp_path),
+    })
+    run, M = _tiny_run(tmp_path, ckpt)
+
+    monkeypatch.setattr(L, "prompt_seed", lambda *a, **k: 1234)  # trial 2 repeats trial 1
+    df = L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M)
+    hit = float(df[df.metric == "prefix_cache_hit_rate"].value.iloc[0])
+    assert hit > 0.3  # the second trial's prompts were all cached (block-aligned part)
+    p50 = df[(df.metric == "ttft_ms") & (df.stat == "p50") & (df["mode"] == "server")]
+    assert p50.status.iloc[0] == "invalid" and "prefix cache" in p50.note.iloc[0]
+
+
+@pytest.mark.slow
+def test_real_offline_batches_fresh_prompts(tmp_path):
+    """Offline mode on a real engine: every generate() call has prompts of its own, vLLM's
+    per-request cached-token counts are recorded, and the point is valid."""
+    pytest.importorskip("vllm")
+    from tiny_model import build_tiny_llama
+
+    from evalkit.config import StudyConfig
+
+    ckpt = build_tiny_llama()
+    cfg = StudyConfig.model_validate({
+        "study": "t", "model": {"source": "hf_dir", "path": str(ckpt)},
+        "variants": [{"name": "base", "scheme": "base"}],
+        "latency": {"modes": ["offline"], "offline_iters": 2, "warmups": 1,
+                    "workloads": [{"name": "long", "input_len": 256, "output_len": 4}],
+                    "concurrency": [2]},
+        "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.1,
+                   "max_model_len": 512, "startup_timeout_s": 300},
+        "output_root": str(tmp_path),
+    })
+    run, M = _tiny_run(tmp_path, ckpt)
+
+    df = L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M)
+    rows = json.loads((run.path / "raw/latency/base/offline.json").read_text())["rows"]
+    assert len(rows) == 2
+    # two timed calls an iteration (first token, whole batch), 2 prompts each, >= 256 tokens
+    assert all(r["cached_tokens"] == 0 and r["prompt_tokens"] >= 4 * 256 for r in rows)
+    hit = df[df.metric == "prefix_cache_hit_rate"]
+    assert float(hit.value.iloc[0]) == 0.0 and "num_cached_tokens" in hit.note.iloc[0]
+    pts = df[(df["mode"] == "offline") & df.metric.isin(["ttft_ms", "tpot_ms"])]
+    assert set(pts.status) == {"ok"}
+    samples = L.request_samples(run.path)
+    assert len(samples[samples.metric == "ttft_ms"]) == 2

@@ -106,9 +106,20 @@ def _claim(**kw):
     return Claim(**{**base, **kw})
 
 
+def _samples(df: pd.DataFrame, spread: float = 0.001, n: int = 41) -> pd.DataFrame:
+    """Per-request values whose median is each point's p50 record, +-``spread`` around it."""
+    p50 = df[(df["stage"] == "latency") & (df["stat"] == "p50") & (df["status"] == "ok")
+             & df["metric"].isin(["ttft_ms", "tpot_ms"])]
+    rows = [dict(variant=r.variant, mode=r.mode, workload=r.workload, concurrency=r.concurrency,
+                 request_rate=np.inf, trial=0, metric=r.metric, value=r.value * (1 + f))
+            for r in p50.itertuples() for f in np.linspace(-spread, spread, n)]
+    return pd.DataFrame(rows)
+
+
 def test_claim_check_verdicts():
     df = _records()
-    checks = rp.claim_check(df, [_claim()], hardware="NVIDIA H100 80GB HBM3")
+    checks = rp.claim_check(df, [_claim()], hardware="NVIDIA H100 80GB HBM3",
+                            samples=_samples(df))
     ttft = checks[checks["metric"] == "ttft_ms"].set_index("concurrency")
     # c=1: (80-30)/80 = 62.5% >= 58 -> holds; c=4 same ratios -> holds
     assert ttft.loc[1, "measured_pct"] == pytest.approx(62.5)
@@ -116,8 +127,12 @@ def test_claim_check_verdicts():
     tpot = checks[checks["metric"] == "tpot_ms"]
     # (12-7)/12 = 41.7% vs claimed 45 with 10% tolerance (>= 40.5) -> holds
     assert set(tpot["verdict"]) == {"holds"}
-    strict = rp.claim_check(df, [_claim(tolerance_pct=0)], hardware="H100")
+    assert (checks["ci_low_pct"] < checks["measured_pct"]).all()
+    assert (checks["measured_pct"] < checks["ci_high_pct"]).all()
+    strict = rp.claim_check(df, [_claim(tolerance_pct=0)], hardware="H100", samples=_samples(df))
     assert set(strict.loc[strict["metric"] == "tpot_ms", "verdict"]) == {"partly"}
+    # without per-request data no interval, so no verdict either way
+    assert set(rp.claim_check(df, [_claim()], hardware="H100")["verdict"]) == {"inconclusive"}
     assert checks["applies"].all()
     cpu = rp.claim_check(df, [_claim()], hardware="CPU: Xeon")
     assert not cpu["applies"].any()
@@ -126,12 +141,12 @@ def test_claim_check_verdicts():
 def test_claim_not_reproduced_and_summary():
     df = _records()
     c = _claim(variant="base", reference="w4a8_fp8")  # base is slower: negative reduction
-    checks = rp.claim_check(df, [c], hardware="H100")
+    checks = rp.claim_check(df, [c], hardware="H100", samples=_samples(df))
     assert set(checks["verdict"]) == {"not reproduced"}
     s = rp.claim_summary(checks)
     assert set(s["verdict"]) == {"not reproduced"}
     assert (s["holds_at"] == "-").all()
-    s2 = rp.claim_summary(rp.claim_check(df, [_claim()], hardware="H100"))
+    s2 = rp.claim_summary(rp.claim_check(df, [_claim()], hardware="H100", samples=_samples(df)))
     assert set(s2["verdict"]) == {"holds"}
     assert "chat@c1" in s2["holds_at"].iloc[0]
 
@@ -142,7 +157,7 @@ def test_claim_check_reads_offline_batches_too():
     off = df[(df["stage"] == "latency") & (df["concurrency"] == 4)].copy()
     off["mode"] = "offline"
     off.loc[(off["variant"] == "w4a8_fp8") & (off["metric"] == "tpot_ms"), "value"] *= 3
-    checks = rp.claim_check(off, [_claim()], hardware="NVIDIA H200")
+    checks = rp.claim_check(off, [_claim()], hardware="NVIDIA H200", samples=_samples(off))
     assert set(checks["mode"]) == {"offline"} and set(checks["concurrency"]) == {4}
     tpot = checks[checks["metric"] == "tpot_ms"].iloc[0]
     assert tpot["verdict"] == "not reproduced"  # 3x slower decode at batch 4
@@ -150,6 +165,33 @@ def test_claim_check_reads_offline_batches_too():
     assert s.loc["ttft_ms", "holds_at"] == "chat@b4" and s.loc["tpot_ms", "points"] == 1
     both = rp.claim_check(rec.combine([df, off]), [_claim()], hardware="NVIDIA H200")
     assert both.groupby("mode").size().to_dict() == {"offline": 2, "server": 4}
+
+
+def test_claim_verdict_needs_the_interval_to_decide():
+    # measured 41.7% TPOT reduction against a 45% claim (threshold 40.5 with 10% tolerance)
+    assert rp.claim_verdict(41.0, 42.5, 45, 10) == "holds"
+    assert rp.claim_verdict(35.0, 42.5, 45, 10) == "inconclusive"  # contains the threshold
+    assert rp.claim_verdict(5.0, 30.0, 45, 10) == "partly"
+    assert rp.claim_verdict(-5.0, 30.0, 45, 10) == "not reproduced"  # could be no gain at all
+    assert rp.claim_verdict(-20.0, -3.0, 45, 10) == "not reproduced"
+    df = _records()
+    wide = rp.claim_check(df, [_claim()], hardware="H100", samples=_samples(df, spread=0.5))
+    # 41.7% measured, 40.5% needed: with +-50% noise per request the interval cannot decide
+    assert set(wide.loc[wide["metric"] == "tpot_ms", "verdict"]) == {"inconclusive"}
+
+
+def test_invalid_points_are_left_out_of_the_claim():
+    df = _records()
+    bad = (df["variant"] == "w4a8_fp8") & (df["concurrency"] == 4) & (df["metric"] == "ttft_ms")
+    df.loc[bad, "status"] = "invalid"
+    df.loc[bad, "note"] = "INVALID: 98.4% of prompt tokens were served from the prefix cache"
+    checks = rp.claim_check(df, [_claim()], hardware="H100", samples=_samples(df))
+    at4 = checks[(checks["metric"] == "ttft_ms") & (checks["concurrency"] == 4)].iloc[0]
+    assert at4["verdict"] == "invalid" and "prefix cache" in at4["note"]
+    assert math.isnan(at4["measured_pct"])
+    s = rp.claim_summary(checks).set_index("metric")
+    assert s.loc["ttft_ms", "verdict"] == "holds" and s.loc["ttft_ms", "points"] == 1
+    assert s.loc["ttft_ms", "counts"] == "1 holds, 1 invalid"
 
 
 def test_claim_unmeasured_variant():
@@ -259,8 +301,9 @@ REF_8B_GRID = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-ll
 
 def test_roofline_view_leaves_out_staggered_server_batches():
     """A server at concurrency > 1 does not decode its whole batch together: its per-point
-    bound overstates the bytes (on the committed 8B grid, past 100% at 128 x 4k tokens), so
-    the view's best/worst come from batch-1 points there, and the per-point records stay."""
+    bound overstates the bytes (on the committed 8B grid it passed 100% at 128 x 4k tokens,
+    a point now invalid for its cache hits), so the view's best/worst come from batch-1
+    points there."""
     from evalkit import views
     from evalkit.rundir import open_run
 
@@ -269,7 +312,7 @@ def test_roofline_view_leaves_out_staggered_server_batches():
     run = open_run(REF_8B_GRID)
     df = run.records()
     pct = df[df["metric"] == "tpot_pct_of_roofline"]
-    assert (pct[pct["concurrency"] > 1]["value"] > 100).any()  # why they are left out
+    assert len(pct[pct["concurrency"] == 1]) == 5  # the valid points of that run
     batch1 = pct[pct["concurrency"] == 1].groupby("variant")["value"]
     _, t = views.roofline(views.build(run.config(), run))
     t = t.set_index("variant")
@@ -278,3 +321,19 @@ def test_roofline_view_leaves_out_staggered_server_batches():
                                    batch1.max().sort_index(), check_names=False,
                                    check_dtype=False)
     assert (t["best_tpot_pct_of_roofline"] < 100).all()
+
+
+def test_speed_gain_legend_names_the_bars_it_shows():
+    """Each legend entry belongs to the bars of its own column (the zero line has none)."""
+    t = pd.DataFrame({"variant": ["w4a16", "w4a8_fp8"],
+                      "ttft_gain_vs_bf16_pct": [10.0, 30.0],
+                      "ttft_gain_vs_w4a16_pct": [0.0, 22.0]})
+    fig = rp.plot_speed_gains(t, gain_cols=["ttft_gain_vs_bf16_pct", "ttft_gain_vs_w4a16_pct"])
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["TTFT gain vs bf16 (%)", "TTFT gain vs w4a16 (%)"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == labels
+    for handle, col in zip(handles, ["ttft_gain_vs_bf16_pct", "ttft_gain_vs_w4a16_pct"],
+                           strict=True):
+        widths = sorted(round(p.get_width(), 6) for p in handle.patches)
+        assert widths == sorted(t[col].tolist())  # the entry's bars carry that column's data

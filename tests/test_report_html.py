@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-REPORT = REPO / "outputs" / "reference" / "hopper-llama8b" / "h1" / "report.html"
+# the re-measured claim run: every point valid, so every figure has data
+REPORT = REPO / "outputs" / "reference" / "hopper-llama8b-claim" / "r1" / "html" / "04_report.html"
 
 
 def _chromium() -> str:
@@ -40,8 +41,8 @@ def _screenshot(html: Path, out: Path, height: int) -> np.ndarray:
 def test_reference_report_renders_with_figures(tmp_path):
     text = REPORT.read_text(encoding="utf-8")
     assert text.count("data:image/png;base64,") >= 4, "report should embed its figures"
-    for words in ("Headline", "Claim check", "Client vs server", "Environment",
-                  "random weights"):
+    for words in ("Headline", "Claim check", "Invalid points", "Client vs server", "Environment",
+                  "random weights", "passed its validity checks"):
         assert words in text, words
     assert "open_stage" not in text, "stakeholder report must hide code"
     img = _screenshot(REPORT, tmp_path / "report.png", height=9000)

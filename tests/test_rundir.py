@@ -46,3 +46,18 @@ def test_a_run_resumed_elsewhere_names_every_machine():
     assert "more than one machine" in md
     assert "- t2 latency: host b, Xeon; NVIDIA H200 GPU-1974" in md
     assert "- t0 quantize: host a, Xeon; NVIDIA H200 GPU-9f0f" in md
+
+
+def test_free_cpu_cores_counts_other_work(monkeypatch):
+    from evalkit import rundir
+
+    samples = iter([(1000, 4000), (1000 + 100, 4000 + 200)])  # 1 of 2 cores busy
+    monkeypatch.setattr(rundir, "_cpu_jiffies", lambda: next(samples))
+    monkeypatch.setattr(rundir.os, "cpu_count", lambda: 2)
+    assert rundir.free_cpu_cores(sample_s=0) == 1
+    samples = iter([(0, 0), (190, 200)])  # both busy: still one thread, never zero
+    monkeypatch.setattr(rundir, "_cpu_jiffies", lambda: next(samples))
+    assert rundir.free_cpu_cores(sample_s=0) == 1
+    samples = iter([(0, 0), (4, 200)])  # idle
+    monkeypatch.setattr(rundir, "_cpu_jiffies", lambda: next(samples))
+    assert rundir.free_cpu_cores(sample_s=0) == 2
