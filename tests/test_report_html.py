@@ -51,5 +51,6 @@ def test_reference_report_renders_with_figures(tmp_path):
     rgb = img.astype(int)
     coloured = (np.abs(rgb[..., 0] - rgb[..., 2]) > 40) | (np.abs(rgb[..., 1] - rgb[..., 2]) > 40)
     rows_with_plot = (coloured.sum(axis=1) > 20).sum()
-    assert rows_with_plot > 300, f"only {rows_with_plot} rows with coloured pixels"
+    # two gain charts (one bar each in a two-variant study) and the latency curves
+    assert rows_with_plot > 100, f"only {rows_with_plot} rows with coloured pixels"
     assert (rgb.sum(axis=2) < 600).mean() > 0.005, "page looks blank"
