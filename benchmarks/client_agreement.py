@@ -25,23 +25,28 @@ SERVER = {"ttft": ("vllm:time_to_first_token_seconds",),
 def rows(run: Path):
     import numpy as np
 
-    from evalkit.io import read_json
-    from evalkit.latency import per_request_metrics
+    from evalkit.latency import load_trials
 
     for f in sorted(run.glob("raw/latency/*/*.summary.json")):
         s = json.loads(f.read_text())
-        bench = s.get("bench", {})
+        stem = f.name.removesuffix(".summary.json")
+        # one client summary per trial (a dict in runs from before trials)
+        benches = s.get("bench", [])
+        benches = benches if isinstance(benches, list) else [benches]
         server = s.get("server_metrics", {})
-        # evalkit's figure, computed now from the saved per-request data (as the records are)
-        # read_json: the per-request file is <point>.json.gz in an archived run
-        m = per_request_metrics(read_json(f.with_name(f.name.replace(".summary", ""))))
-        for metric in ("ttft", "tpot"):
-            b = bench.get(f"p50_{metric}_ms", bench.get(f"median_{metric}_ms"))
-            vals = [x for x in m[f"{metric}_ms"] if not math.isnan(x)]
-            e = float(np.percentile(vals, 50)) if vals else math.nan
-            sm = next((server[k].get("mean") for k in SERVER[metric] if k in server), None)
-            yield (f.parent.name, f.name.removesuffix(".summary.json"), metric, e, b,
-                   sm * 1e3 if sm is not None else math.nan)
+        # evalkit's figure, computed now from the saved per-request data (as the records
+        # are), trial by trial against that trial's client summary
+        trials = load_trials(f.parent, stem)
+        for t, (m, bench) in enumerate(zip(trials, benches, strict=False)):
+            for metric in ("ttft", "tpot"):
+                b = bench.get(f"p50_{metric}_ms", bench.get(f"median_{metric}_ms"))
+                vals = [x for x in m[f"{metric}_ms"] if not math.isnan(x)]
+                e = float(np.percentile(vals, 50)) if vals else math.nan
+                # the server's histograms cover all trials of the point together
+                sm = next((server[k].get("mean") for k in SERVER[metric] if k in server), None)
+                point = stem if len(trials) == 1 else f"{stem}_t{t}"
+                yield (f.parent.name, point, metric, e, b,
+                       sm * 1e3 if sm is not None else math.nan)
 
 
 def main(argv: list[str]) -> int:

@@ -211,13 +211,27 @@ def claim_verdict(ci_low: float, ci_high: float, claimed: float, tolerance_pct: 
 
 
 def _samples_at(samples: pd.DataFrame | None, variant: str, mode: str, workload: str,
-                concurrency: int, metric: str) -> np.ndarray:
+                concurrency: int, metric: str) -> pd.DataFrame:
     if samples is None or samples.empty:
-        return np.array([])
+        return pd.DataFrame(columns=["trial", "value"])
     s = samples[(samples["variant"] == variant) & (samples["mode"] == mode)
                 & (samples["workload"] == workload) & (samples["concurrency"] == concurrency)
                 & (samples["metric"] == metric)]
-    return s["value"].to_numpy(float)
+    return s[["trial", "value"]]
+
+
+def trial_gains(reference: pd.DataFrame, variant: pd.DataFrame, q: float = 50.0) -> list[float]:
+    """The reduction of each trial on its own, trial k of the variant against trial k of the
+    reference (the same prompts: a trial's prompts depend on the point and trial only).
+    Server points only; an offline point's trials are single values, kept in the bootstrap."""
+    out = []
+    for t in sorted(set(reference["trial"]) & set(variant["trial"])):
+        r = reference.loc[reference["trial"] == t, "value"].to_numpy(float)
+        v = variant.loc[variant["trial"] == t, "value"].to_numpy(float)
+        r, v = r[np.isfinite(r)], v[np.isfinite(v)]
+        if r.size and v.size and np.percentile(r, q):
+            out.append(float((np.percentile(r, q) - np.percentile(v, q)) / np.percentile(r, q) * 100))
+    return out
 
 
 def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardware: str,
@@ -231,9 +245,10 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
         stat: the statistic compared (p50: median over requests; offline points have one
             value per iteration, and their p50 is over iterations).
         samples: per-request values (:func:`evalkit.latency.request_samples`: variant,
-            mode, workload, concurrency, metric, value); the interval of each reduction is
-            a bootstrap of the two samples' ``stat``. Without them every verdict is
-            *inconclusive*.
+            mode, workload, concurrency, trial, metric, value); the interval of each
+            reduction is a bootstrap of the two samples' ``stat``, widened on server points
+            of several trials to contain each trial's own reduction (:func:`trial_gains`).
+            Without samples every verdict is *inconclusive*.
 
     Returns:
         One row per claim x mode x workload x concurrency x metric: reference_ms,
@@ -274,14 +289,20 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
                 measured = (float((ok_r.iloc[0] - ok_v.iloc[0]) / ok_r.iloc[0] * 100)
                             if len(ok_v) and len(ok_r) and ok_r.iloc[0] else np.nan)
                 g = None
+                lo = hi = np.nan
                 if not math.isnan(measured):
                     conc = int(k["concurrency"])
-                    g = stats.gain_interval(
-                        _samples_at(samples, c.reference, k["mode"], k["workload"], conc, metric),
-                        _samples_at(samples, c.variant, k["mode"], k["workload"], conc, metric),
-                        q=q)
-                lo = g.ci_low if g is not None else np.nan
-                hi = g.ci_high if g is not None else np.nan
+                    rs = _samples_at(samples, c.reference, k["mode"], k["workload"], conc, metric)
+                    vs = _samples_at(samples, c.variant, k["mode"], k["workload"], conc, metric)
+                    g = stats.gain_interval(rs["value"].to_numpy(float),
+                                            vs["value"].to_numpy(float), q=q)
+                    lo, hi = g.ci_low, g.ci_high
+                    per_trial = trial_gains(rs, vs, q) if k["mode"] == "server" else []
+                    if len(per_trial) > 1 and not math.isnan(lo):
+                        # the bootstrap resamples requests; trials can differ by more than
+                        # that (a wave of long prefills interleaves differently each time):
+                        # the interval is widened to hold every trial's own reduction
+                        lo, hi = min(lo, *per_trial), max(hi, *per_trial)
                 if len(bad):
                     verdict = "invalid"
                 elif math.isnan(measured):

@@ -337,3 +337,21 @@ def test_speed_gain_legend_names_the_bars_it_shows():
                            strict=True):
         widths = sorted(round(p.get_width(), 6) for p in handle.patches)
         assert widths == sorted(t[col].tolist())  # the entry's bars carry that column's data
+
+
+def test_trials_that_disagree_widen_the_interval():
+    """Requests resampled within trials cannot show that one trial ran differently; the
+    interval must contain every trial's own reduction."""
+    df = _records()
+    s = _samples(df)
+    s = pd.concat([s.assign(trial=t) for t in range(3)], ignore_index=True)
+    tight = rp.claim_check(df, [_claim()], hardware="H100", samples=s)
+    ttft1 = lambda c: c[(c["metric"] == "ttft_ms") & (c["concurrency"] == 1)].iloc[0]  # noqa: E731
+    assert ttft1(tight)["verdict"] == "holds"  # 62.5% everywhere, threshold 52.2%
+    slow = (s["variant"] == "w4a8_fp8") & (s["trial"] == 2) & (s["metric"] == "ttft_ms")
+    s.loc[slow, "value"] *= 1.8  # one trial of the variant: 54 instead of 30 ms -> 32.5%
+    wide = ttft1(rp.claim_check(df, [_claim()], hardware="H100", samples=s))
+    assert wide["ci_low_pct"] == pytest.approx(32.5, abs=0.5)
+    assert wide["verdict"] == "inconclusive"
+    assert rp.trial_gains(pd.DataFrame({"trial": [0, 1], "value": [10.0, 10.0]}),
+                          pd.DataFrame({"trial": [0, 1], "value": [5.0, 8.0]})) == [50.0, 20.0]
