@@ -663,7 +663,7 @@ class _Stage:
         hit = _stat(df.to_dict("records"), "prefix_cache_hit_rate", "value")
         bad = val.invalid_summary(df)
         self.run.log(
-            f"latency: {key}: {self.trials} trial(s), {m['completed']} ok, {m['failed']} failed; "
+            f"latency: {key}: {m['completed']} ok, {m['failed']} failed ({self.trials} trial(s)); "
             f"TTFT p50 {_stat(rows, 'ttft_ms', 'p50'):.1f} ms, TPOT p50 "
             f"{_stat(rows, 'tpot_ms', 'p50'):.2f} ms, prefix-cache hits {hit:.1%} ({wall:.1f} s)"
             + (f"; INVALID: {bad['reason'].iloc[0]}" if len(bad) else ""))
