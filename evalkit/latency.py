@@ -246,6 +246,13 @@ def load_trials(vdir: Path, stem: str) -> list[dict[str, Any]]:
             for f in trial_files(vdir, stem)]
 
 
+def offline_iters(rows: Iterable[Mapping[str, Any]], batch: int, input_len: int,
+                  output_len: int) -> list[Mapping[str, Any]]:
+    """The iterations of one offline point among an ``offline.json``'s rows."""
+    return [x for x in rows if x["batch_size"] == int(batch)
+            and x["input_len"] == int(input_len) and x["output_len"] == int(output_len)]
+
+
 def point_key(variant: str, mode: str, workload: str, concurrency: int,
               request_rate: float) -> str:
     """Resume unit key of one latency point."""
@@ -763,8 +770,7 @@ class _Stage:
         self.run.log(f"latency: offline {v.name} done in {time.monotonic() - t0:.0f} s")
         for w, c, r in todo:
             key = point_key(v.name, "offline", w.name, c, r)
-            its = [x for x in rows if x["batch_size"] == c and x["input_len"] == w.input_len
-                   and x["output_len"] == w.output_len]
+            its = offline_iters(rows, c, w.input_len, w.output_len)
             df = rec.make_records(offline_rows(its, **self.point_fields("offline", w, c, r)),
                                   **self.common(v))
             df = self.guard(v, df, offline_iters=its)
@@ -958,10 +964,8 @@ def rebuild_records(run: Run) -> pd.DataFrame:
             off = vdir / "offline.json"
             if off not in offline_rows_of:
                 offline_rows_of[off] = list(read_json(off)["rows"]) if json_exists(off) else []
-            its = [x for x in offline_rows_of[off]
-                   if x["batch_size"] == int(first["concurrency"])
-                   and x["input_len"] == int(first["input_len"])
-                   and x["output_len"] == int(first["output_len"])]
+            its = offline_iters(offline_rows_of[off], first["concurrency"], first["input_len"],
+                                first["output_len"])
             if not its:
                 continue
             new = rec.make_records(offline_rows(its, **fields),
@@ -992,6 +996,7 @@ def request_samples(run_path: str | Path) -> pd.DataFrame:
             "value"]
     root = Path(run_path) / "raw" / STAGE
     frames: list[pd.DataFrame] = []
+    offline_rows_of: dict[Path, list[dict[str, Any]]] = {}
     for unit in sorted(root.glob("*/units/*.parquet")):
         pts = rec.read_records(unit)
         pts = pts[pts["mode"].isin(["server", "offline"]) & pts["workload"].notna()]
@@ -1009,10 +1014,10 @@ def request_samples(run_path: str | Path) -> pd.DataFrame:
                     rows += [dict(head, trial=t, metric=metric, value=x) for x in m[metric]]
         else:
             off = vdir / "offline.json"
-            its = [x for x in (read_json(off)["rows"] if json_exists(off) else [])
-                   if x["batch_size"] == head["concurrency"]
-                   and x["input_len"] == int(p["input_len"])
-                   and x["output_len"] == int(p["output_len"])]
+            if off not in offline_rows_of:
+                offline_rows_of[off] = list(read_json(off)["rows"]) if json_exists(off) else []
+            its = offline_iters(offline_rows_of[off], head["concurrency"], p["input_len"],
+                                p["output_len"])
             for x in its:
                 rows.append(dict(head, trial=int(x.get("iter", 0)), metric="ttft_ms",
                                  value=x["ttft_s"] * 1e3))
