@@ -85,6 +85,7 @@ from evalkit.io import (
     json_exists,
     read_json,
 )
+from evalkit.offline import OFFLINE_ENV
 from evalkit.rundir import Run, hardware_label
 from evalkit.schemes import SCHEMES, activation_mismatch, cpu_kernel_expected
 
@@ -93,8 +94,6 @@ STAGE = "accuracy"
 #: Bump when the cached files or their meaning change; old entries are then ignored.
 CACHE_FORMAT = 1
 
-#: Environment for everything lm-eval touches: no model or dataset hub at run time.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 #: lm-eval metrics whose values are fractions in [0, 1].
 FRACTION_METRICS = frozenset(
@@ -963,15 +962,9 @@ def paired_records(base: UnitResult, var: UnitResult, lm_task: str, cfg: StudyCo
     return rows
 
 
-def _base_variant(cfg: StudyConfig) -> Variant | None:
-    for v in cfg.variants:
-        if SCHEMES[v.scheme].is_base:
-            return v
-    return None
-
-
 def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
-              variants: Sequence[str] | None = None) -> pd.DataFrame:
+              variants: Sequence[str] | None = None,
+              raise_on_failure: bool = True) -> pd.DataFrame:
     """Evaluate every variant on every task, compare with base, write records.
 
     Args:
@@ -981,12 +974,17 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
             Within-run unit markers are always honoured.
         variants: restrict to these variant names (default: all). The base variant is
             always evaluated too, since the paired statistics need it.
+        raise_on_failure: raise :class:`StageError` after writing the records when any
+            unit failed (as the quantize and latency stages do; False: failed units are
+            data, for the notebook to show its tables and then call
+            ``notebook.check_stage``).
 
     Returns:
         The stage's records (also written to ``records/accuracy.parquet``).
 
     Raises:
-        StageError: after writing the records, if any variant/task failed.
+        StageError: unknown ``variants``; or, with ``raise_on_failure``, after writing the
+            records, if any variant/task failed.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -1004,7 +1002,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
         if unknown:
             raise StageError(f"accuracy: unknown variants {unknown}; study has "
                              f"{[v.name for v in cfg.variants]}")
-        base_v = _base_variant(cfg)
+        base_v = cfg.base_variant
         keep = set(variants) | ({base_v.name} if base_v else set())
         chosen = [v for v in cfg.variants if v.name in keep]
     model_name = assets.resolve_model(cfg.model).name
@@ -1059,7 +1057,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
     df = _stage_records(cfg, run, chosen, tasks, results, failures, model_name,
                         {"vllm": hardware_vllm, "hf": hardware_hf})
     run.write_stage_records(STAGE, df)
-    if failures:
+    if failures and raise_on_failure:
         raise StageError(
             f"accuracy: {len(failures)} evaluation(s) failed: "
             + "; ".join(f"{v}/{t}" for v, t in failures)
@@ -1103,7 +1101,7 @@ def _stage_records(cfg: StudyConfig, run: Run, chosen: Sequence[Variant],
     ``hardware``: label per backend (``vllm``, ``hf``); paired-statistics failures are added
     to ``failures``."""
     rows: list[dict[str, Any]] = []
-    base_v = _base_variant(cfg)
+    base_v = cfg.base_variant
     vmap = {v.name: v for v in chosen}
     for (vname, t), u in results.items():
         hw = hardware["vllm" if u.backend == "vllm" else "hf"]

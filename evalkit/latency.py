@@ -179,13 +179,9 @@ def run_bench(argv: list[str], *, log_path: Path, timeout_s: float, hint: str = 
     import contextlib  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
-    from vllm.benchmarks.serve import add_cli_args  # noqa: PLC0415
     from vllm.benchmarks.serve import main as serve_main  # noqa: PLC0415
-    from vllm.utils.argparse_utils import FlexibleArgumentParser  # noqa: PLC0415
 
-    parser = FlexibleArgumentParser(prog="vllm bench serve")
-    add_cli_args(parser)
-    args = parser.parse_args(argv)
+    args = eng.bench_parser().parse_args(argv)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     error: list[BaseException] = []
 
@@ -985,15 +981,17 @@ def rebuild_records(run: Run) -> pd.DataFrame:
 
 
 def request_samples(run_path: str | Path) -> pd.DataFrame:
-    """Per-request TTFT and TPOT of every measured point of a run, for intervals.
+    """Per-request TTFT, TPOT and E2E latency of every measured point of a run, for
+    intervals and SLO attainment.
 
     Server points: one value per successful request of every trial (from the raw
     per-request files); offline points: one value per timed iteration (the whole batch's
-    TTFT and TPOT). Columns: variant, mode, workload, concurrency, request_rate, trial,
-    metric, value. Empty when the run has no raw latency data.
+    TTFT, TPOT and E2E). Columns: variant, mode, workload, concurrency, request_rate, trial,
+    request (index within the trial: a request's metrics share it), metric, value. Empty
+    when the run has no raw latency data.
     """
-    cols = ["variant", "mode", "workload", "concurrency", "request_rate", "trial", "metric",
-            "value"]
+    cols = ["variant", "mode", "workload", "concurrency", "request_rate", "trial", "request",
+            "metric", "value"]
     root = Path(run_path) / "raw" / STAGE
     frames: list[pd.DataFrame] = []
     offline_rows_of: dict[Path, list[dict[str, Any]]] = {}
@@ -1010,8 +1008,9 @@ def request_samples(run_path: str | Path) -> pd.DataFrame:
         if p["mode"] == "server":
             stem = point_stem(head["workload"], head["concurrency"], head["request_rate"])
             for t, m in enumerate(load_trials(vdir, stem)):
-                for metric in ("ttft_ms", "tpot_ms"):
-                    rows += [dict(head, trial=t, metric=metric, value=x) for x in m[metric]]
+                for metric in ("ttft_ms", "tpot_ms", "e2el_ms"):
+                    rows += [dict(head, trial=t, request=i, metric=metric, value=x)
+                             for i, x in enumerate(m[metric])]
         else:
             off = vdir / "offline.json"
             if off not in offline_rows_of:
@@ -1019,10 +1018,12 @@ def request_samples(run_path: str | Path) -> pd.DataFrame:
             its = offline_iters(offline_rows_of[off], head["concurrency"], p["input_len"],
                                 p["output_len"])
             for x in its:
-                rows.append(dict(head, trial=int(x.get("iter", 0)), metric="ttft_ms",
-                                 value=x["ttft_s"] * 1e3))
-                rows.append(dict(head, trial=int(x.get("iter", 0)), metric="tpot_ms",
-                                 value=x["tpot_s"] * 1e3))
+                it = int(x.get("iter", 0))
+                for metric, key in (("ttft_ms", "ttft_s"), ("tpot_ms", "tpot_s"),
+                                    ("e2el_ms", "e2e_s")):
+                    if key in x:
+                        rows.append(dict(head, trial=it, request=0, metric=metric,
+                                         value=x[key] * 1e3))
         if rows:
             frames.append(pd.DataFrame(rows, columns=cols))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

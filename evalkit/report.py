@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evalkit import stats
+from evalkit import points as pts
 
 #: preferred metric per task, in order; the first one present is the task's primary metric.
 PRIMARY_METRICS = ("acc_norm", "acc", "exact_match", "word_perplexity")
@@ -144,9 +144,10 @@ def pareto_frontier(points: pd.DataFrame, *, x: str, y: str, x_higher_better: bo
 
 
 def quality_speed(df: pd.DataFrame, *, workload: str, concurrency: int,
-                  reference: str | None = None, base: str = "base") -> pd.DataFrame:
+                  reference: str | None = None, base: str = "base",
+                  mode: str = "server") -> pd.DataFrame:
     """The joined table behind the headline and the Pareto plot: one row per variant."""
-    point = latency_point(df, workload=workload, concurrency=concurrency)
+    point = latency_point(df, workload=workload, concurrency=concurrency, mode=mode)
     variants = pd.DataFrame({"variant": pd.unique(df["variant"].dropna())})
     schemes = df.drop_duplicates("variant").set_index("variant")["scheme"]
     variants["scheme"] = [schemes.get(v) for v in variants["variant"]]
@@ -156,7 +157,7 @@ def quality_speed(df: pd.DataFrame, *, workload: str, concurrency: int,
         if not point.empty:
             out = out.merge(gains(point, ref), on="variant", how="left")
     status = latency_status(df)
-    bad = df[(df["stage"] == "latency") & (df["mode"] == "server") & (df["workload"] == workload)
+    bad = df[(df["stage"] == "latency") & (df["mode"] == mode) & (df["workload"] == workload)
              & (df["concurrency"] == concurrency) & (df["status"] == "invalid")]
     bad_at = dict(zip(bad["variant"], bad["note"], strict=False))
     out["latency_status"] = [
@@ -210,30 +211,6 @@ def claim_verdict(ci_low: float, ci_high: float, claimed: float, tolerance_pct: 
     return "inconclusive"
 
 
-def _samples_at(samples: pd.DataFrame | None, variant: str, mode: str, workload: str,
-                concurrency: int, metric: str) -> pd.DataFrame:
-    if samples is None or samples.empty:
-        return pd.DataFrame(columns=["trial", "value"])
-    s = samples[(samples["variant"] == variant) & (samples["mode"] == mode)
-                & (samples["workload"] == workload) & (samples["concurrency"] == concurrency)
-                & (samples["metric"] == metric)]
-    return s[["trial", "value"]]
-
-
-def trial_gains(reference: pd.DataFrame, variant: pd.DataFrame, q: float = 50.0) -> list[float]:
-    """The reduction of each trial on its own, trial k of the variant against trial k of the
-    reference (the same prompts: a trial's prompts depend on the point and trial only).
-    Server points only; an offline point's trials are single values, kept in the bootstrap."""
-    out = []
-    for t in sorted(set(reference["trial"]) & set(variant["trial"])):
-        r = reference.loc[reference["trial"] == t, "value"].to_numpy(float)
-        v = variant.loc[variant["trial"] == t, "value"].to_numpy(float)
-        r, v = r[np.isfinite(r)], v[np.isfinite(v)]
-        if r.size and v.size and np.percentile(r, q):
-            out.append(float((np.percentile(r, q) - np.percentile(v, q)) / np.percentile(r, q) * 100))
-    return out
-
-
 def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardware: str,
                 stat: str = "p50", samples: pd.DataFrame | None = None) -> pd.DataFrame:
     """Claimed vs measured reduction, with its interval, per claim, point and metric.
@@ -247,7 +224,8 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
         samples: per-request values (:func:`evalkit.latency.request_samples`: variant,
             mode, workload, concurrency, trial, metric, value); the interval of each
             reduction is a bootstrap of the two samples' ``stat``, widened on server points
-            of several trials to contain each trial's own reduction (:func:`trial_gains`).
+            of several trials to contain each trial's own reduction
+            (:func:`evalkit.points.reduction_interval`).
             Without samples every verdict is *inconclusive*.
 
     Returns:
@@ -288,21 +266,15 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
                 ok_r = r_row[r_row["status"] == "ok"]["value"]
                 measured = (float((ok_r.iloc[0] - ok_v.iloc[0]) / ok_r.iloc[0] * 100)
                             if len(ok_v) and len(ok_r) and ok_r.iloc[0] else np.nan)
-                g = None
+                tried = False
                 lo = hi = np.nan
                 if not math.isnan(measured):
                     conc = int(k["concurrency"])
-                    rs = _samples_at(samples, c.reference, k["mode"], k["workload"], conc, metric)
-                    vs = _samples_at(samples, c.variant, k["mode"], k["workload"], conc, metric)
-                    g = stats.gain_interval(rs["value"].to_numpy(float),
-                                            vs["value"].to_numpy(float), q=q)
-                    lo, hi = g.ci_low, g.ci_high
-                    per_trial = trial_gains(rs, vs, q) if k["mode"] == "server" else []
-                    if len(per_trial) > 1 and not math.isnan(lo):
-                        # the bootstrap resamples requests; trials can differ by more than
-                        # that (a wave of long prefills interleaves differently each time):
-                        # the interval is widened to hold every trial's own reduction
-                        lo, hi = min(lo, *per_trial), max(hi, *per_trial)
+                    tried = True
+                    lo, hi = pts.reduction_interval(
+                        pts.samples_at(samples, c.reference, k["mode"], k["workload"], conc, metric),
+                        pts.samples_at(samples, c.variant, k["mode"], k["workload"], conc, metric),
+                        mode=k["mode"], q=q)
                 if len(bad):
                     verdict = "invalid"
                 elif math.isnan(measured):
@@ -320,7 +292,7 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
                     "ci_low_pct": lo, "ci_high_pct": hi, "verdict": verdict,
                     "applies": applies,
                     "note": (str(bad["note"].iloc[0]).split(";")[0] if len(bad) else
-                             "no per-request data for an interval" if g is not None and
+                             "no per-request data for an interval" if tried and
                              math.isnan(lo) else ""),
                 })
     return pd.DataFrame(rows)
@@ -528,15 +500,46 @@ class Report:
     changes: pd.DataFrame | None = None
     #: per-request latency values (:func:`evalkit.latency.request_samples`), for intervals.
     samples: pd.DataFrame | None = None
+    #: mode of the headline point: server (concurrency) or offline (batch size).
+    mode: str = "server"
+    #: GPUs one engine spans (0 on a CPU run), for tokens/s per GPU.
+    gpus_per_engine: int = 1
+    #: per-request SLO limits (ms) for goodput.
+    slo: dict[str, float] = field(default_factory=dict)
+    #: why the run's claims do not apply beyond its hardware (e.g. an eager GPU engine).
+    claim_caveat: str | None = None
+    _points: pd.DataFrame | None = field(default=None, repr=False)
 
     def table(self) -> pd.DataFrame:
         if self.workload is None or self.concurrency is None:
             return quality_per_variant(self.records)
         return quality_speed(self.records, workload=self.workload, concurrency=self.concurrency,
-                             reference=self.reference, base=self.base)
+                             reference=self.reference, base=self.base, mode=self.mode)
+
+    def points(self) -> pd.DataFrame:
+        """:func:`evalkit.points.latency_points` of the run (computed once)."""
+        if self._points is None:
+            self._points = pts.latency_points(self.records, gpus_per_engine=self.gpus_per_engine,
+                                              samples=self.samples)
+        return self._points
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """(variant, reference) pairs the answer speaks of: every other variant with latency
+        against the reference variant, and every quantized variant against base."""
+        have = list(pd.unique(self.points()["variant"]))
+        out = []
+        if self.reference in have:
+            out += [(v, self.reference) for v in have if v not in (self.reference, self.base)]
+        if self.base in have:
+            out += [(v, self.base) for v in have if v != self.base]
+        return out
+
+    def gains(self, variant: str, reference: str) -> pd.DataFrame:
+        return pts.point_gains(self.points(), self.samples, variant=variant, reference=reference)
 
     def caption(self, what: str) -> str:
-        point = (f"workload {self.workload} at concurrency {self.concurrency}"
+        where = "concurrency" if self.mode == "server" else "offline batch size"
+        point = (f"workload {self.workload} at {where} {self.concurrency}"
                  if self.workload else "no latency workload")
         return (f"{what} Model {self.model}; hardware {self.hardware}; {point}. "
                 "TTFT/TPOT: vLLM definitions, p50 over requests; TPOT = (E2E - TTFT)/(out - 1). "
@@ -544,20 +547,28 @@ class Report:
                 "95% paired-bootstrap CI.")
 
     def claims_checked(self) -> pd.DataFrame:
-        return claim_check(self.records, list(self.claims), hardware=self.hardware,
-                           samples=self.samples)
+        checks = claim_check(self.records, list(self.claims), hardware=self.hardware,
+                             samples=self.samples)
+        if self.claim_caveat and len(checks):
+            checks["applies"] = False
+            checks["note"] = [f"{n}; {self.claim_caveat}" if isinstance(n, str) and n else
+                              self.claim_caveat for n in checks.get("note", [""] * len(checks))]
+        return checks
 
 
 def default_point(df: pd.DataFrame, workload: str | None, concurrency: int | None
-                  ) -> tuple[str | None, int | None]:
-    """The headline workload/concurrency: as configured, else the first workload and the
-    highest concurrency measured for it."""
-    lat = _ok(df[(df["stage"] == "latency") & (df["mode"] == "server")
-                 & df["workload"].notna() & df["metric"].isin(LATENCY_METRICS)])
-    if lat.empty:
-        return workload, concurrency
-    wl = workload or str(lat["workload"].iloc[0])
-    if concurrency is None:
-        cs = lat.loc[lat["workload"] == wl, "concurrency"].dropna()
-        concurrency = int(cs.max()) if len(cs) else None
-    return wl, concurrency
+                  ) -> tuple[str | None, int | None, str]:
+    """The headline workload, concurrency and mode: server points as configured (else the
+    first workload and its highest concurrency); a run without valid server points falls
+    back to its offline batches (the configured workload, its largest batch)."""
+    lat = _ok(df[(df["stage"] == "latency") & df["workload"].notna()
+                 & df["metric"].isin(LATENCY_METRICS)])
+    for mode in ("server", "offline"):
+        m = lat[lat["mode"] == mode]
+        if m.empty:
+            continue
+        wl = workload if workload in set(m["workload"]) else str(m["workload"].iloc[0])
+        cs = m.loc[m["workload"] == wl, "concurrency"].dropna().astype(int)
+        conc = concurrency if concurrency in set(cs) else (int(cs.max()) if len(cs) else None)
+        return wl, conc, mode
+    return workload, concurrency, "server"

@@ -11,8 +11,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from evalkit import points as pts
 from evalkit import report as rp
 from evalkit import validity as val
+from evalkit import verdicts as vd
 from evalkit.config import StudyConfig
 from evalkit.io import read_json
 from evalkit.rundir import Run, machine_id
@@ -43,7 +45,7 @@ def build(cfg: StudyConfig, run: Run) -> rp.Report:
     lat_hw = df.loc[df["stage"] == "latency", "hardware"].dropna()
     hardware = (lat_hw.iloc[0] if len(lat_hw) else hw.iloc[0] if len(hw)
                 else f"CPU: {env.get('cpu', 'unknown')}")
-    wl, conc = rp.default_point(df, cfg.report.workload, cfg.report.concurrency)
+    wl, conc, mode = rp.default_point(df, cfg.report.workload, cfg.report.concurrency)
     caveats: list[str] = []
     try:
         from evalkit import assets
@@ -90,40 +92,116 @@ def build(cfg: StudyConfig, run: Run) -> rp.Report:
         records=df, study=cfg.study, model=model, hardware=hardware, workload=wl,
         concurrency=conc, reference=cfg.report.reference_variant, caveats=caveats, env=env,
         description=cfg.description, claims=cfg.claims,
-        base=next((v.name for v in cfg.variants if v.scheme == "base"), "base"),
-        previous_run=previous, changes=changes, samples=request_samples(run.path),
+        base=cfg.base_variant.name if cfg.base_variant else "base",
+        previous_run=previous, changes=changes, samples=request_samples(run.path), mode=mode,
+        gpus_per_engine=cfg.engine.tensor_parallel_size if cfg.engine.device == "cuda" else 0,
+        slo=cfg.report.slo.limits(),
+        claim_caveat=("the engine ran eager (no CUDA graphs, no torch.compile): not the "
+                      "serving setup a speed claim is about" if cfg.engine.device == "cuda"
+                      and cfg.engine.enforce_eager else None),
     )
 
 
 def header_markdown(r: rp.Report) -> str:
+    """Title and the one line that says what was compared where (the first screen)."""
     variants = r.records.drop_duplicates("variant")[["variant", "scheme"]]
     vlist = ", ".join(
         f"`{v.variant}` ({SCHEMES[v.scheme].label if v.scheme in SCHEMES else v.scheme})"
         for v in variants.itertuples()
     )
+    created = r.env.get("created_utc", "?")
+    return (f"# {r.study}: quality vs speed of quantized `{r.model}`\n\n"
+            f"**Compared:** {vlist} · **Hardware:** {r.hardware} · **Run started:** "
+            f"{created} UTC")
+
+
+def context_markdown(r: rp.Report) -> str:
+    """What the study asks, its tasks and workloads, and every caveat."""
     tasks = sorted(r.records.loc[r.records["stage"] == "accuracy", "task"].dropna().unique())
     wls = r.records[(r.records["stage"] == "latency")].drop_duplicates("workload")
     wtxt = ", ".join(f"{w.workload} ({w.input_len}→{w.output_len} tokens)"
                      for w in wls.itertuples() if isinstance(w.workload, str))
     cav = "\n".join(f"- {c}" for c in r.caveats) or "- none recorded"
-    created = r.env.get("created_utc", "?")
     return (
-        f"# {r.study}: quality vs speed of quantized `{r.model}`\n\n"
-        f"{r.description}\n\n"
-        f"**Compared:** {vlist}.  \n"
+        f"## About this run\n\n{r.description}\n\n"
         f"**Accuracy tasks:** {', '.join(tasks) or 'none'}.  \n"
-        f"**Latency workloads:** {wtxt or 'none'}.  \n"
-        f"**Hardware:** {r.hardware}.  **Run started:** {created} UTC.\n\n"
+        f"**Latency workloads:** {wtxt or 'none'}.\n\n"
         f"**Caveats**\n\n{cav}\n"
     )
 
 
+def _quality_texts(r: rp.Report) -> dict[str, str]:
+    q = rp.quality_per_variant(r.records)
+    return {row.variant: vd.quality_text(row.quality_delta * 100, row.quality_ci_low * 100,
+                                         row.quality_ci_high * 100, row.tasks, row.docs, r.model)
+            for row in q.itertuples()}
+
+
+def answer_markdown(r: rp.Report) -> str:
+    """The first screen's answer: a sentence per comparison over all its points, then, for
+    the first comparison, a recommendation per workload regime with its conditions."""
+    lines = ["## Answer", ""]
+    pairs = r.comparisons()
+    quality = _quality_texts(r)
+    if not pairs:
+        lat = r.points()
+        lines.append("No two variants share a measured latency point, so there is no speed "
+                     "comparison." + (" Latency points: " + str(len(lat)) if len(lat) else ""))
+    for variant, ref in pairs:
+        lines += [f"- {vd.pair_sentence(r.gains(variant, ref), variant, ref)}"]
+    if pairs:
+        variant, ref = pairs[0]
+        g = r.gains(variant, ref)
+        regs = [reg for reg in pts.REGIMES if (g["regime"] == reg).any()]
+        q = {k: quality[k] for k in (variant, ref) if k in quality}
+        lines += ["", f"**Which to use, by workload regime** (decided on E2E latency; "
+                  f"`{variant}` against `{ref}`):", ""]
+        lines += [f"- {vd.recommendation(g, reg, variant, ref, q or None)}" for reg in regs]
+        if not q:
+            lines += ["", "Quality was not measured in this run"
+                      + (" (random weights)." if "random weights" in " ".join(r.caveats)
+                         else ".")]
+    for v, text in quality.items():
+        if not any(v in p for p in pairs):
+            lines.append(f"- Quality of `{v}`: {text}.")
+    lines += ["", "Regimes: " + "; ".join(f"*{k}*: {d}" for k, d in pts.REGIMES.items()) + "."]
+    return "\n".join(lines)
+
+
+REGIME_LABELS = {"regime": "regime", "points": "points", "ttft_gain": "TTFT reduction (%)",
+                 "tpot_gain": "TPOT reduction (%)", "e2el_gain": "E2E reduction (%)",
+                 "throughput_gain": "output tokens/s gain (%)",
+                 "e2el_faster": "E2E faster at", "e2el_slower": "E2E slower at",
+                 "e2el_level": "E2E level at", "decision": "faster on E2E"}
+
+
+def regime_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
+    """The first comparison's gains by regime (ranges over valid points)."""
+    pairs = r.comparisons()
+    if not pairs:
+        return "", pd.DataFrame()
+    variant, ref = pairs[0]
+    t = vd.regime_table(r.gains(variant, ref), variant, ref)
+    return (f"**By regime: `{variant}` against `{ref}`** (ranges over the valid points of "
+            "each regime; > 0 = the variant is faster)", t.rename(columns=REGIME_LABELS))
+
+
+HEADLINE_LABELS = {
+    "variant": "variant", "scheme": "scheme", "ttft_ms": "TTFT p50 (ms)",
+    "tpot_ms": "TPOT p50 (ms)", "itl_ms": "ITL p50 (ms)", "e2el_ms": "E2E p50 (ms)",
+    "quality_delta": "quality Δ vs base (points)", "quality_ci_low": "Δ 95% CI low",
+    "quality_ci_high": "Δ 95% CI high", "tasks": "tasks", "docs": "documents",
+    "latency_status": "latency status",
+}
+
+
 def headline_markdown(r: rp.Report) -> str:
     if r.workload is None:
-        return "## Headline\n\nNo latency point was measured; the table shows quality only."
+        return "## One point in detail\n\nNo latency point was measured; the table shows quality only."
     ref = f" and against `{r.reference}`" if r.reference else ""
+    where = "concurrency" if r.mode == "server" else "offline batch size"
     return (
-        f"## Headline\n\nAt workload **{r.workload}**, concurrency **{r.concurrency}**, on "
+        f"## One point in detail\n\nAt workload **{r.workload}**, {where} **{r.concurrency}**, on "
         f"{r.hardware}. Gains are against `{r.base}`{ref}: (reference − variant) / reference × 100, "
         "positive = faster. Latencies are p50 over requests (ms). Quality delta is the mean over "
         "tasks of the primary metric's paired delta vs base (points × 100), with its 95% interval."
@@ -140,7 +218,68 @@ def headline_table(r: rp.Report) -> pd.DataFrame:
         "quality_ci_high", "tasks", "docs") or "_gain_vs_" in c] + ["latency_status"]
     if not (r.records["stage"] == "accuracy").any():  # speed-only study: no quality columns
         keep = [c for c in keep if not c.startswith("quality_") and c not in ("tasks", "docs")]
-    return t[[c for c in keep if c in t.columns]]
+    t = t[[c for c in keep if c in t.columns]]
+    # a gain against a variant with no latency here (e.g. no base in a speed study) is no data
+    t = t.drop(columns=[c for c in t.columns if "_gain_vs_" in c and t[c].isna().all()])
+    return t.rename(columns={c: HEADLINE_LABELS.get(c) or rp.gain_label(c) for c in t.columns})
+
+
+POINT_LABELS = {
+    "variant": "variant", "mode": "mode", "workload": "workload", "concurrency": "load",
+    "regime": "regime", "ttft_ms": "TTFT p50 (ms)", "ttft_lo": "TTFT low", "ttft_hi": "TTFT high",
+    "tpot_ms": "TPOT p50 (ms)", "tpot_lo": "TPOT low", "tpot_hi": "TPOT high",
+    "e2el_ms": "E2E p50 (ms)", "output_throughput_tok_s": "output tok/s",
+    "output_tok_s_per_gpu": "output tok/s per GPU", "trials": "trials",
+    "ttft_pct_of_floor": "TTFT floor (% of it)", "tpot_pct_of_floor": "TPOT floor (% of it)",
+    "prefix_cache_hit_rate": "cache hit rate", "disclosure": "marks",
+}
+
+
+def disclosure(p: pd.DataFrame) -> pd.Series:
+    """Per point, what a reader should know: invalid (why), single trial, other host."""
+    def one(row: pd.Series) -> str:
+        marks = []
+        if row["status"] != "ok":
+            marks.append(f"{row['status'].upper()}: {row['note']}")
+        if row["single_trial"] and row["mode"] == "server":
+            marks.append("single trial")
+        if row["other_host"]:
+            marks.append(f"other host ({row['hardware']})")
+        return "; ".join(marks)
+
+    return p.apply(one, axis=1) if len(p) else pd.Series(dtype=str)
+
+
+def points_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
+    """Every latency point with its band, throughput, floors and disclosure marks."""
+    p = r.points().copy()
+    if p.empty:
+        return "No latency point was measured.", p
+    p["disclosure"] = disclosure(p)
+    cols = [c for c in POINT_LABELS if c in p]
+    return (f"All {len(p)} latency points (load: requests in flight for server, batch size for "
+            "offline; low/high: the 95% bootstrap interval of a server point's p50, the range "
+            "over iterations of an offline point; *floor %*: the physical floor as % of the "
+            "measured figure; *marks*: invalid, single-trial and other-host points).",
+            p[cols].rename(columns=POINT_LABELS))
+
+
+def goodput(r: rp.Report) -> tuple[str, pd.DataFrame]:
+    """Goodput at the study's SLOs, per valid server point (text, table)."""
+    if not r.slo:
+        return ("## Goodput\n\nThe study states no SLO (`report.slo`).", pd.DataFrame())
+    good = pts.goodput(r.points(), r.samples, r.slo)
+    limits = " and ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in r.slo.items())
+    if good.empty:
+        return (f"## Goodput\n\nSLO: {limits}. No server point with per-request data.",
+                good)
+    return (f"## Goodput\n\nRequests per second that meet the SLO ({limits}; from the study "
+            "file's `report.slo`, or its default): the share of a point's requests meeting "
+            "every limit × the point's completed requests per second (vLLM's goodput, pooled "
+            "over trials). Invalid points are left out.",
+            good[good["status"] == "ok"].rename(columns={
+                "attainment": "share meeting SLO", "request_throughput_req_s": "requests/s",
+                "goodput_req_s": "goodput (requests/s)", "concurrency": "requests in flight"}))
 
 
 def claims(r: rp.Report) -> tuple[str, pd.DataFrame, pd.DataFrame]:
@@ -164,8 +303,10 @@ def claims(r: rp.Report) -> tuple[str, pd.DataFrame, pd.DataFrame]:
               "server: `concurrency` requests in flight (`@c` in *holds_at*); offline: a "
               "whole batch of that size (`@b`)."]
     if len(summary) and not summary["applies"].all():
-        lines.append(f"\n**Note:** this run measured on {r.hardware}; claims made for other "
-                     "hardware are shown for reference and cannot be confirmed or refuted here.")
+        lines.append(f"\n**Note:** this run measured on {r.hardware}"
+                     + (f", and {r.claim_caveat}" if r.claim_caveat else "")
+                     + "; claims that do not apply are shown for reference and cannot be "
+                     "confirmed or refuted here.")
     return "\n".join(lines), summary, detail
 
 

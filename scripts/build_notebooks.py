@@ -1,4 +1,4 @@
-"""Write notebooks/01..04 from the cell lists below (keeps them thin and consistent).
+"""Write notebooks/01..05 from the cell lists below (keeps them thin and consistent).
 
 Run with the eval environment's Python after editing this file; commit both.
 """
@@ -15,6 +15,10 @@ KERNELS = {
 PARAMS = '''# Parameters (papermill injects the run's values below this cell).
 config_path = "../configs/demo-cpu.yaml"  # the study file
 run_dir = None  # None: start a new run directory under the study's output_root'''
+
+SUMMARY_PARAMS = '''# Parameters (evalkit summary injects its arguments below this cell).
+runs = ["../outputs/reference"]  # run directories, or output roots holding runs
+page = "../docs/results.html"  # where the rendered page goes (links to reports are relative to it)'''
 
 NOTEBOOKS = {
     "01_quantize": ("evalkit-quantize", [
@@ -62,17 +66,35 @@ NOTEBOOKS = {
         ("params", PARAMS),
         ("code", "import evalkit.notebook as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"report\")\nreport = ek.build_report(ctx)"),
         ("code", "ek.show_header(report)"),
+        ("code", "ek.show_answer(report)"),
         ("code", "ek.show_headline(report)"),
+        ("code", "ek.plot_load_curves(report, metric=\"ttft_ms\")"),
+        ("code", "ek.plot_load_curves(report, metric=\"tpot_ms\")"),
+        ("code", "ek.plot_throughput(report)"),
+        ("code", "ek.show_goodput(report)"),
         ("code", "ek.plot_quality_vs_speed(report, metric=\"ttft_ms\")"),
         ("code", "ek.plot_quality_vs_speed(report, metric=\"tpot_ms\")"),
-        ("code", "ek.plot_latency(report.records, metric=\"tpot_ms\")"),
-        ("code", "ek.show_accuracy(report.records)"),
+        ("code", "ek.plot_accuracy(report.records)"),
         ("code", "ek.show_claims(report)"),
-        ("code", "ek.show_invalid(report)"),
-        ("code", "ek.show_crosscheck(report)"),
+        ("code", "ek.show_context(report)"),
         ("code", "ek.show_roofline(report)"),
         ("code", "ek.show_changes(report)"),
+        ("md", "## Appendix\n\nLong tables, folded: click a title to open it."),
+        ("code", "ek.show_points(report)"),
+        ("code", "ek.show_invalid(report)"),
+        ("code", "ek.show_accuracy_detail(report.records)"),
+        ("code", "ek.show_crosscheck(report)"),
         ("code", "ek.show_environment(report)"),
+    ]),
+    "05_summary": ("evalkit-eval", [
+        ("params", SUMMARY_PARAMS),
+        ("code", "import evalkit.notebook as ek\n\nsummary = ek.open_summary(runs, page)"),
+        ("code", "ek.show_summary_header(summary)"),
+        ("code", "ek.show_summary_answer(summary)"),
+        ("code", "ek.plot_summary_gains(summary)"),
+        ("code", "ek.show_summary_table(summary)"),
+        ("code", "ek.show_summary_runs(summary)"),
+        ("code", "ek.show_summary_definitions(summary)"),
     ]),
 }
 

@@ -451,3 +451,21 @@ def test_offline_batch_sizes_apart_from_server_levels(tmp_path):
     assert cfg.latency.levels(long, "offline") == ()  # server mode only
     assert cfg.latency.levels(long, "server") == cfg.latency.levels(chat) == tuple(
         d["latency"]["concurrency"])
+
+
+def test_one_base_variant_and_slo_limits(tmp_path):
+    cfg = load_study(_write(tmp_path, _good()))
+    assert cfg.base_variant is not None and cfg.base_variant.name == "base"
+    assert cfg.report.slo.limits() == {"ttft_ms": 1000.0, "tpot_ms": 50.0}
+    two = _good()
+    two["variants"].append({"name": "base2", "scheme": "base"})
+    assert any("at most one variant can be the unquantized base" in p and "base2" in p
+               for p in _problems(tmp_path, two))
+    slo = _good()
+    slo["report"] = {"slo": {"ttft_ms": 500, "tpot_ms": None, "e2el_ms": 4000}}
+    assert load_study(_write(tmp_path, slo)).report.slo.limits() == {"ttft_ms": 500.0,
+                                                                      "e2el_ms": 4000.0}
+    bad = _good()
+    bad["report"] = {"slo": {"ttft_ms": -1, "itl": 3}}
+    probs = _problems(tmp_path, bad)
+    assert any("report.slo.ttft_ms" in p for p in probs) and any("itl" in p for p in probs)

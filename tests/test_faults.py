@@ -433,6 +433,15 @@ def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
     assert len(ok) and (ok["status"] == "ok").all() and (ok["n"] == 4).all()
     assert run.unit_done("accuracy", "base/arc_easy")
     assert run.unit_done("accuracy", "base/arc_challenge") is None
+    # as notebook 02 runs it: failed units are data, the tables render, then the stage fails
+    from evalkit import notebook as ek
+
+    run2 = create_run(cfg, study, "r2")
+    df2 = acc.run_stage(cfg, run2, use_cache=False, raise_on_failure=False)
+    assert (df2.loc[df2["task"] == "arc_challenge", "status"] == "failed").all()
+    assert "arc_easy" in ek.show_accuracy(df2).to_html()
+    with pytest.raises(StageError, match="arc_challenge"):
+        ek.check_stage(df2)
     fault_table("(d) task data file deleted from the task pack",
                 "task recorded failed naming the file and the rebuild command; other task ran",
                 "arc_easy (records, raw samples, unit)")

@@ -1,4 +1,4 @@
-"""JupyterLab serves both evalkit kernels and the four notebooks (checked over its REST API)."""
+"""JupyterLab serves both evalkit kernels and the five notebooks (checked over its REST API)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_jupyterlab_serves_kernels_and_notebooks(tmp_path):
         listing = _get(f"{base}/api/contents/notebooks", token)
         got = sorted(c["name"] for c in listing["content"] if c["type"] == "notebook")
         assert got == ["01_quantize.ipynb", "02_accuracy.ipynb", "03_latency.ipynb",
-                       "04_report.ipynb"]
+                       "04_report.ipynb", "05_summary.ipynb"]
         nb = _get(f"{base}/api/contents/notebooks/01_quantize.ipynb", token)
         assert nb["content"]["metadata"]["kernelspec"]["name"] == "evalkit-quantize"
     finally:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evalkit import points as pts
 from evalkit import records as rec
 from evalkit import report as rp
 from evalkit.config import Claim
@@ -353,5 +354,5 @@ def test_trials_that_disagree_widen_the_interval():
     wide = ttft1(rp.claim_check(df, [_claim()], hardware="H100", samples=s))
     assert wide["ci_low_pct"] == pytest.approx(32.5, abs=0.5)
     assert wide["verdict"] == "inconclusive"
-    assert rp.trial_gains(pd.DataFrame({"trial": [0, 1], "value": [10.0, 10.0]}),
+    assert pts.trial_gains(pd.DataFrame({"trial": [0, 1], "value": [10.0, 10.0]}),
                           pd.DataFrame({"trial": [0, 1], "value": [5.0, 8.0]})) == [50.0, 20.0]
