@@ -187,7 +187,7 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
 def main(argv: list[str]) -> int:
     from importlib import metadata
 
-    from evalkit.config import load_study
+    from evalkit.preflight import load_study
     from evalkit.rundir import open_run
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

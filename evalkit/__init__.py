@@ -5,8 +5,9 @@ Stages (one module each): :mod:`evalkit.quantize` (llm-compressor), :mod:`evalki
 notebooks in ``notebooks/`` call them, :mod:`evalkit.runner` executes the notebooks.
 """
 
-from evalkit.config import StudyConfig, load_study
+from evalkit.config import StudyConfig
 from evalkit.errors import ConfigError, EvalkitError
+from evalkit.preflight import load_study
 from evalkit.records import SCHEMA_VERSION, load_runs
 from evalkit.rundir import open_run
 

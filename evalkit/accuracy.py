@@ -62,9 +62,11 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -73,9 +75,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evalkit import assets, latency, quantize, stats, taskpack
 from evalkit import records as rec
-from evalkit import stats
 from evalkit.config import StudyConfig, Variant
+from evalkit.engine import VLLMServer, provenance, record_engine_verdict
+from evalkit.environment import env_hardware_label, hardware_label
 from evalkit.errors import EngineError, EvalkitError, StageError, UnsupportedSchemeError
 from evalkit.io import (
     atomic_dir,
@@ -86,7 +90,7 @@ from evalkit.io import (
     read_json,
 )
 from evalkit.offline import OFFLINE_ENV
-from evalkit.rundir import Run, hardware_label
+from evalkit.rundir import Run, set_cpu_threads
 from evalkit.schemes import SCHEMES, activation_mismatch, cpu_kernel_expected
 
 STAGE = "accuracy"
@@ -315,7 +319,6 @@ def offline_env() -> Iterator[None]:
     """
     old = {k: os.environ.get(k) for k in OFFLINE_ENV}
     os.environ.update(OFFLINE_ENV)
-    import sys  # noqa: PLC0415
 
     flipped: list[tuple[Any, str, Any]] = []
     for modname, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"),
@@ -342,7 +345,6 @@ def task_manager(data: str) -> Any:
     from lm_eval.tasks import TaskManager  # noqa: PLC0415
 
     if data == "local":
-        from evalkit import taskpack  # noqa: PLC0415
 
         return taskpack.task_manager()
     return TaskManager()
@@ -416,7 +418,6 @@ def run_lm_eval(lm: Any, lm_task: str, cfg: StudyConfig, tm: Any) -> tuple[dict,
 
     # lm-eval's API models call asyncio.run(), which refuses to start inside a running event
     # loop -- and a notebook kernel runs one. A worker thread has no loop of its own.
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lm-eval") as pool:
         out = pool.submit(evaluate).result()
@@ -543,7 +544,6 @@ def cache_key(material: Mapping[str, Any]) -> str:
 
 
 def accuracy_cache_dir() -> Path:
-    from evalkit import assets  # noqa: PLC0415
 
     return Path(assets.cache_dir()) / "accuracy"
 
@@ -622,7 +622,6 @@ class _VariantRunner:
         if server is not None and server.alive() and self.cfg.latency is not None:
             # One engine start per variant: measure its latency points on this server
             # before stopping it; the latency stage then finds them done.
-            from evalkit import latency  # noqa: PLC0415
 
             try:
                 latency.measure_with_server(self.cfg, self.run, self.variant, server,
@@ -731,7 +730,6 @@ class _VariantRunner:
         if _acc(self.cfg).data != "local":
             return None
         if not hasattr(self, "_tp_fp"):
-            from evalkit import taskpack  # noqa: PLC0415
 
             self._tp_fp = _dir_fingerprint(Path(taskpack.build_task_pack()))
         return self._tp_fp
@@ -744,7 +742,6 @@ class _VariantRunner:
                 self._lm = self._start_vllm()
                 return self._lm
             except UnsupportedSchemeError as exc:
-                from evalkit.engine import record_engine_verdict  # noqa: PLC0415
 
                 record_engine_verdict(self.run, self.variant.name, "unsupported", exc.reason,
                                       STAGE)
@@ -771,7 +768,6 @@ class _VariantRunner:
         return self._lm
 
     def _server_object(self) -> Any:
-        from evalkit.engine import VLLMServer  # noqa: PLC0415
 
         env = {}
         override = self.cfg.engine.kernel_override.get(self.variant.name)
@@ -796,7 +792,6 @@ class _VariantRunner:
         self._stack.callback(server.stop)
         server.wait()
         self._server = server
-        from evalkit.engine import provenance  # noqa: PLC0415
 
         kernels = provenance(server.log_text()).get("linear_kernels")
         if kernels:
@@ -834,7 +829,6 @@ class _VariantRunner:
             self.run.log(f"accuracy {unit}: cached result reused from {cdir}")
         else:
             if _acc(self.cfg).data == "local":
-                from evalkit import taskpack  # noqa: PLC0415
 
                 taskpack.check_task_data(task)  # a clear error, not one from deep in datasets
             results, samples = run_lm_eval(lm, lm_task, self.cfg, self.tm)
@@ -988,12 +982,10 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    from evalkit import assets, quantize, taskpack  # noqa: PLC0415
 
     acc = _acc(cfg)
     if cfg.engine.device == "cpu" and any(
             plan_backend(v, "cpu").backend == "hf" for v in cfg.variants):
-        from evalkit.rundir import set_cpu_threads  # noqa: PLC0415
 
         set_cpu_threads(run, "accuracy")
     chosen = list(cfg.variants)
@@ -1141,8 +1133,6 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     of the machine that ran them (``env.json``). Units not finished are absent ("not
     measured"). Writes and returns the stage records.
     """
-    from evalkit import taskpack  # noqa: PLC0415
-    from evalkit.rundir import env_hardware_label  # noqa: PLC0415
 
     cfg = run.config()
     acc = _acc(cfg)

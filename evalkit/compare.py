@@ -41,8 +41,10 @@ import pandas as pd
 
 from evalkit import records as rec
 from evalkit import stats
+from evalkit.accuracy import metric_label
 from evalkit.errors import EvalkitError
 from evalkit.io import read_json
+from evalkit.latency import load_trials, point_stem, pool_metrics
 
 #: ``evalkit compare`` exits with this when a regression is flagged.
 REGRESSION_EXIT_CODE = 5
@@ -83,7 +85,6 @@ def load_run_data(path: str | os.PathLike[str]) -> RunData:
     Raises:
         EvalkitError: not a run directory with records.
     """
-    from evalkit.latency import load_trials, point_stem, pool_metrics  # noqa: PLC0415
 
     p = Path(path)
     df = rec.load_runs(p)
@@ -178,7 +179,6 @@ def compare(
 
 
 def _accuracy_rows(a: RunData, b: RunData, **boot: Any) -> list[dict[str, Any]]:
-    from evalkit.accuracy import metric_label  # noqa: PLC0415
 
     def values(d: RunData) -> pd.DataFrame:
         r = d.records

@@ -14,9 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from evalkit.config import StudyConfig, load_study
+from evalkit.config import StudyConfig
 from evalkit.errors import StageError
 from evalkit.offline import set_offline_defaults
+from evalkit.preflight import load_study
 from evalkit.rundir import Run, create_run, open_run, stage_env
 
 set_offline_defaults()

@@ -48,10 +48,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from evalkit.config import Calibration, QuantizeSpec, StudyConfig, Variant
+from evalkit.environment import hardware_label
 from evalkit.errors import AssetError, ConfigError, RunDirError, StageError
 from evalkit.io import atomic_dir, atomic_write_json, file_lock, json_exists, read_json
 from evalkit.records import make_records
-from evalkit.rundir import Run, hardware_label
+from evalkit.rundir import Run
 from evalkit.schemes import SCHEMES, Scheme, cpu_kernel_expected
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from evalkit.environment import gpu_info
 from evalkit.schemes import SCHEMES, Scheme
 
 #: Peak memory bandwidth in GB/s (vendor figures) for the decode roofline.
@@ -106,7 +107,6 @@ def cpu_copy_bandwidth_gbps(mib: int = 256, repeats: int = 5) -> float:
 def memory_bandwidth(device: str) -> tuple[float | None, str]:
     """(GB/s, where the figure comes from) for the engine device."""
     if device == "cuda":
-        from evalkit.rundir import gpu_info  # noqa: PLC0415 -- nvidia-smi only when asked
 
         gpus = gpu_info()
         if not gpus:

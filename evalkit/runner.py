@@ -18,9 +18,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalkit.config import StudyConfig, load_study
+from evalkit.config import StudyConfig, read_study
 from evalkit.errors import Interrupted, RunDirError, StageError
 from evalkit.io import atomic_write_json, atomic_write_text, file_lock, read_json
+from evalkit.preflight import load_study
 from evalkit.rundir import REPORT_HTML, Run, create_run, open_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -234,7 +235,7 @@ def _open_for_resume(cfg: StudyConfig, config_path: str | os.PathLike[str],
     p = Path(resume)
     run = open_run(p if p.is_dir() else Path(cfg.output_root) / cfg.study / str(resume))
     stack.enter_context(file_lock(run.path / "run.lock", what=f"run {run.run_id}"))
-    old = load_study(run.config_path, check=False)
+    old = read_study(run.config_path)
     if old.model_dump(mode="json") != cfg.model_dump(mode="json"):
         raise RunDirError(
             f"{run.path}: the study file {config_path} changed since this run started; "

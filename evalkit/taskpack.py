@@ -33,11 +33,13 @@ import json
 import random
 import shutil
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from evalkit.cache import cache_dir, make_readable
 from evalkit.errors import AssetError, ConfigError
 from evalkit.io import atomic_dir, atomic_write_json, atomic_write_text, file_lock, read_json, sha256_file
 
@@ -248,14 +250,10 @@ def _data_version() -> str:
 
 
 def _cache() -> Path:
-    from evalkit.assets import cache_dir  # noqa: PLC0415
-
     return cache_dir() / "taskpack"
 
 
 def _readable(root: Path) -> None:
-    from evalkit.assets import make_readable  # noqa: PLC0415
-
     make_readable(root)
 
 
@@ -518,7 +516,6 @@ def lm_eval_task_name(task: str, data: str) -> str:
     if data != "local":
         raise ConfigError(f"accuracy.data: unknown data source '{data}'; allowed: local, hub")
     if task not in TASKS and task not in GROUPS:
-        from difflib import get_close_matches  # noqa: PLC0415
 
         hint = get_close_matches(task, _local_names(), n=2)
         did = f" (did you mean {' or '.join(hint)}?)" if hint else ""

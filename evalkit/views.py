@@ -16,8 +16,9 @@ from evalkit import report as rp
 from evalkit import validity as val
 from evalkit import verdicts as vd
 from evalkit.config import StudyConfig
+from evalkit.environment import machine_id
 from evalkit.io import read_json
-from evalkit.rundir import Run, machine_id
+from evalkit.rundir import Run
 from evalkit.schemes import SCHEMES, activation_mismatch
 
 

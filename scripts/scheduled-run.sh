@@ -19,7 +19,7 @@ config=${1:?usage: scheduled-run.sh STUDY.yaml [RUN_ID]}
 rid=${2:-scheduled-$(date -u +%Y%m%d-%H%M%S)}
 
 study_dir=$("$BIN/python" -c 'import sys
-from evalkit.config import load_study
+from evalkit.preflight import load_study
 c = load_study(sys.argv[1])
 print((c.output_root / c.study).resolve())' "$config") || exit 2
 

@@ -270,7 +270,7 @@ def _gemma():
 def _run(tmp_path: Path, cfg_dict: dict, checkpoints: dict[str, Path], check: bool = True):
     import yaml  # noqa: PLC0415
 
-    from evalkit.config import load_study  # noqa: PLC0415
+    from evalkit.preflight import load_study  # noqa: PLC0415
     from evalkit.rundir import create_run  # noqa: PLC0415
 
     tmp_path.mkdir(parents=True, exist_ok=True)

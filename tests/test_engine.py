@@ -212,11 +212,11 @@ def test_server_serves_and_leaves_no_process(tiny, tmp_path):
         with urllib.request.urlopen(req, timeout=60) as r:
             out = json.loads(r.read())
         assert out["usage"]["completion_tokens"] == 4
-        assert len(E._group_members(pgid)) >= 2  # api server + engine core
+        assert len(E.group_members(pgid)) >= 2  # api server + engine core
         m = E.scrape_metrics(s.base_url)
         assert m["vllm:request_success_total"]["value"] >= 1
         assert E.provenance(s.log_text())["platform"] == "cpu"
-    assert E._group_members(pgid) == []
+    assert E.group_members(pgid) == []
 
 
 @pytest.mark.slow
@@ -228,7 +228,7 @@ def test_impossible_engine_raises_and_cleans_up(tiny, tmp_path):
         s.start()
     assert not isinstance(ei.value, UnsupportedSchemeError)
     assert "gpu-memory-utilization" in str(ei.value) or "memory" in str(ei.value)
-    assert s.pid is not None and E._group_members(s.pid) == []
+    assert s.pid is not None and E.group_members(s.pid) == []
 
 
 @pytest.mark.slow
@@ -244,7 +244,7 @@ def test_broken_checkpoint_raises_engine_error(tiny, tmp_path):
         with s:
             pass
     assert "exited with code" in str(ei.value) and "last log lines" in str(ei.value)
-    assert E._group_members(s.pid) == []
+    assert E.group_members(s.pid) == []
 
 
 def test_classify_failure_keeps_pydantic_reason(tmp_path):

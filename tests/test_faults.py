@@ -182,7 +182,7 @@ def latency_faults(tmp_path_factory, tiny, _mark_children):
     * ``corrupt``: a checkpoint whose weight file is truncated.
     """
     from evalkit import latency as L
-    from evalkit.config import load_study
+    from evalkit.preflight import load_study
     from evalkit.rundir import create_run
 
     tmp = tmp_path_factory.mktemp("latency-faults")
@@ -312,8 +312,8 @@ def test_server_restart_policy(tmp_path, monkeypatch, fault_table):
     """A server that dies mid-sweep is restarted once for the points left; if it dies again,
     the remaining points are recorded as failed, not attempted (no engine needed)."""
     from evalkit import latency as L
-    from evalkit.config import load_study
     from evalkit.errors import EngineError
+    from evalkit.preflight import load_study
     from evalkit.rundir import create_run
 
     ck = tmp_path / "ck"
@@ -405,7 +405,7 @@ def test_corrupt_or_missing_checkpoint(latency_faults, fault_table):
 def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
     from evalkit import accuracy as acc
     from evalkit import taskpack
-    from evalkit.config import load_study
+    from evalkit.preflight import load_study
     from evalkit.rundir import create_run
 
     real = taskpack.build_task_data()
@@ -480,7 +480,7 @@ def read_only(tmp_path):
 
 
 def test_read_only_output_dir(tmp_path, tiny, read_only, fault_table):
-    from evalkit.config import load_study
+    from evalkit.preflight import load_study
     from evalkit.rundir import create_run
 
     study = write_study(tmp_path, "ro", tiny)

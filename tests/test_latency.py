@@ -145,7 +145,7 @@ def test_estimate_weight_bytes_orders_schemes():
 def _preset_config(name: str) -> dict:
     import json
 
-    root = Path(L.__file__).parent / "presets" / name / "config.json"
+    root = Path(L.__file__).parent.parent / "presets" / name / "config.json"
     return json.loads(root.read_text())
 
 
@@ -322,7 +322,9 @@ def test_guard_catches_real_cache_hits(tmp_path, monkeypatch):
     })
     run, M = _tiny_run(tmp_path, ckpt)
 
-    monkeypatch.setattr(L, "prompt_seed", lambda *a, **k: 1234)  # trial 2 repeats trial 1
+    from evalkit.latency import stage
+
+    monkeypatch.setattr(stage, "prompt_seed", lambda *a, **k: 1234)  # trial 2 repeats trial 1
     df = L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M)
     hit = float(df[df.metric == "prefix_cache_hit_rate"].value.iloc[0])
     assert hit > 0.3  # the second trial's prompts were all cached (block-aligned part)

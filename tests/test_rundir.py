@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from evalkit.rundir import visible_gpus
+from evalkit.environment import visible_gpus
 
 ROWS = [{"index": "0", "uuid": "GPU-9f0f", "name": "NVIDIA H200"},
         {"index": "1", "uuid": "GPU-1974", "name": "NVIDIA H200"},
@@ -26,7 +26,7 @@ def test_a_run_resumed_elsewhere_names_every_machine():
     spans more than one (a resume on another host or GPU)."""
     from evalkit import report as rp
     from evalkit import views
-    from evalkit.rundir import machine_id
+    from evalkit.environment import machine_id
 
     first = {"hostname": "a", "cpu": "Xeon", "gpus": [ROWS[0]]}
     second = {"hostname": "b", "cpu": "Xeon", "gpus": [ROWS[1]]}
@@ -49,15 +49,15 @@ def test_a_run_resumed_elsewhere_names_every_machine():
 
 
 def test_free_cpu_cores_counts_other_work(monkeypatch):
-    from evalkit import rundir
+    from evalkit import environment as envm
 
     samples = iter([(1000, 4000), (1000 + 100, 4000 + 200)])  # 1 of 2 cores busy
-    monkeypatch.setattr(rundir, "_cpu_jiffies", lambda: next(samples))
-    monkeypatch.setattr(rundir.os, "cpu_count", lambda: 2)
-    assert rundir.free_cpu_cores(sample_s=0) == 1
+    monkeypatch.setattr(envm, "_cpu_jiffies", lambda: next(samples))
+    monkeypatch.setattr(envm.os, "cpu_count", lambda: 2)
+    assert envm.free_cpu_cores(sample_s=0) == 1
     samples = iter([(0, 0), (190, 200)])  # both busy: still one thread, never zero
-    monkeypatch.setattr(rundir, "_cpu_jiffies", lambda: next(samples))
-    assert rundir.free_cpu_cores(sample_s=0) == 1
+    monkeypatch.setattr(envm, "_cpu_jiffies", lambda: next(samples))
+    assert envm.free_cpu_cores(sample_s=0) == 1
     samples = iter([(0, 0), (4, 200)])  # idle
-    monkeypatch.setattr(rundir, "_cpu_jiffies", lambda: next(samples))
-    assert rundir.free_cpu_cores(sample_s=0) == 2
+    monkeypatch.setattr(envm, "_cpu_jiffies", lambda: next(samples))
+    assert envm.free_cpu_cores(sample_s=0) == 2

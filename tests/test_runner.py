@@ -80,7 +80,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def test_second_process_on_same_run_refuses(tmp_path):
-    from evalkit.config import load_study
+    from evalkit.preflight import load_study
     from evalkit.rundir import create_run
 
     study = _study(tmp_path, _broken_checkpoint(tmp_path))
@@ -92,7 +92,7 @@ def test_second_process_on_same_run_refuses(tmp_path):
 
 
 def test_resume_refuses_changed_study(tmp_path):
-    from evalkit.config import load_study
+    from evalkit.preflight import load_study
     from evalkit.rundir import create_run
 
     study = _study(tmp_path, _broken_checkpoint(tmp_path))

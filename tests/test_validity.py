@@ -232,11 +232,12 @@ def test_trial_files_in_trial_order_and_legacy(tmp_path):
 
 def test_cpu_engines_run_on_the_cores_other_work_leaves_free(monkeypatch):
     from evalkit import engine as eng
+    from evalkit.engine import options
 
-    monkeypatch.setattr(eng, "_free_cores", lambda: [0])  # one of two cores busy elsewhere
+    monkeypatch.setattr(options, "_free_cores", lambda: [0])  # one of two cores busy elsewhere
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     env = eng.engine_env(EngineSpec(device="cpu"))
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0" and env["OMP_NUM_THREADS"] == "1"
     assert eng.engine_cores(EngineSpec(device="cuda")) is None
-    monkeypatch.setattr(eng, "_free_cores", lambda: None)  # all free: vLLM's own binding
+    monkeypatch.setattr(options, "_free_cores", lambda: None)  # all free: vLLM's own binding
     assert "VLLM_CPU_OMP_THREADS_BIND" not in eng.engine_env(EngineSpec(device="cpu"))

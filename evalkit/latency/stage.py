@@ -1,46 +1,13 @@
-"""Latency stage: vLLM serving sweeps (TTFT, TPOT, ITL, E2E) for every variant.
-
-Server mode (the main one) starts one OpenAI server per variant and, for each workload x
-concurrency x request-rate point, runs vLLM's own benchmark client (``vllm bench serve``)
-against it with ``--save-detailed``, ``trials`` times. evalkit's records are recomputed
-from the client's per-request data with vLLM's definitions
-(:mod:`evalkit.latency_metrics`): TTFT per request; TPOT = (latency - TTFT) /
-(output tokens - 1), first token excluded; ITL per streamed chunk; E2E per request.
-
-What makes a point valid (:mod:`evalkit.validity`) is built in and checked:
-
-* engines start without automatic prefix caching (``engine.prefix_caching``), and every
-  point, trial and warm-up sends prompts of its own (:func:`prompt_seed`), so no timed
-  prefill can be a cache read;
-* each point records the prompt-token cache hit rate the server counted (``/metrics``) or,
-  offline, vLLM reported per request; above 1 % the point is ``invalid``;
-* each point records how close it came to its physical floors (prefill FLOPs at peak
-  tensor throughput, decode bytes at peak bandwidth); below a floor it is ``invalid``.
-
-Failed requests are counted (``failed_requests``), never dropped silently and never
-turned into 0 ms. When ``latency.scrape_metrics`` is on, the server's Prometheus
-histograms are diffed around each point and recorded beside the client figures
-(``mode="server-metrics"``). Offline mode times whole batches through ``vllm.LLM`` (see
-:func:`evalkit.engine.run_offline`).
-
-Raw data per variant lives in ``raw/latency/<variant>/``: the client's detailed JSON per
-point and trial (``<point>_t<k>.json``; runs before trials existed: ``<point>.json``),
-``<point>.summary.json`` (the client's own summaries next to evalkit's figures and the
-``/metrics`` delta), ``provenance.json`` (kernels, backend, graphs, versions from the engine
-log), ``offline.json``, and one Parquet file per finished point (what resume reuses).
+"""The latency stage: one server (or offline engine) per variant, the sweep over its points,
+and the records of each point with its validity checks.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
-import urllib.error
-import urllib.request
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +16,22 @@ import pandas as pd
 from evalkit import engine as eng
 from evalkit import records as rec
 from evalkit import validity as val
+from evalkit.assets import resolve_model
 from evalkit.config import LatencySpec, StudyConfig, Variant, Workload
+from evalkit.environment import environment_info, hardware_label
 from evalkit.errors import EngineError, EvalkitError, StageError, UnsupportedSchemeError
-from evalkit.io import atomic_write_json, json_exists, read_json
-from evalkit.latency_metrics import (  # noqa: F401 -- re-exported: the metrics used to live here
-    BENCH_SUMMARY_KEYS,
-    SERVER_HISTOGRAMS,
+from evalkit.io import atomic_write_json, read_json
+from evalkit.latency.client import bench_command, prompt_seed, run_bench, warm_up
+from evalkit.latency.rawfiles import (
+    _TOKENIZER_FILES,
+    STAGE,
+    _has_tokenizer,
+    offline_iters,
+    point_key,
+    point_stem,
+    trial_files,
+)
+from evalkit.latency_metrics import (
     bench_summary,
     interval_rows,
     offline_rows,
@@ -62,201 +39,19 @@ from evalkit.latency_metrics import (  # noqa: F401 -- re-exported: the metrics 
     point_rows,
     pool_metrics,
     server_metric_rows,
-    tpot_s,
 )
-from evalkit.roofline import (  # noqa: F401 -- re-exported: the roofline used to live here
-    BANDWIDTH_GBPS,
+from evalkit.quantize import checkpoint_for
+from evalkit.roofline import (
     _text_config,
-    cpu_copy_bandwidth_gbps,
     decode_bytes_per_step,
     estimate_weight_bytes,
-    gpu_bandwidth_gbps,
     kv_bytes_per_token,
     memory_bandwidth,
     roofline_tpot_ms,
-    weight_bytes_split,
     weight_read_fraction,
 )
-from evalkit.rundir import Run, _safe, environment_info, hardware_label
+from evalkit.rundir import Run, _safe
 from evalkit.schemes import SCHEMES, activation_mismatch, cpu_latency_skip_reason
-
-STAGE = "latency"
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-
-
-def prompt_seed(seed: int, workload: str, concurrency: int, request_rate: float, trial: int,
-                role: str = "timed") -> int:
-    """The seed of one point's prompts: distinct per workload, concurrency, rate, trial and
-    role (``timed`` or ``warmup``), the same for every variant (variants see the same
-    prompts, each on its own server).
-
-    A server keeps what it prefilled: a point that reused another point's prompts, or a
-    trial its warm-up's, would be served from the prefix cache where caching is on.
-    """
-    key = f"{workload}|c{int(concurrency)}|r{_rate_label(float(request_rate))}|t{trial}|{role}"
-    return (int(seed) + zlib.crc32(key.encode())) % (2**31 - 1)
-
-
-# --------------------------------------------------------------------------------------
-# the benchmark client
-
-
-def bench_command(
-    *, base_url: str, served_model_name: str, tokenizer: str | Path, workload: Workload,
-    concurrency: int, request_rate: float, num_prompts: int, seed: int, result_dir: Path,
-    result_filename: str, trust_remote_code: bool = False,
-) -> list[str]:
-    """The arguments of ``vllm bench serve`` for one point (vLLM's own flags, unchanged)."""
-    cmd = [
-        "--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions",
-        "--model", served_model_name, "--tokenizer", str(tokenizer),
-        "--dataset-name", "random",
-        "--random-input-len", str(workload.input_len),
-        "--random-output-len", str(workload.output_len),
-        "--random-range-ratio", "0",
-        "--num-prompts", str(num_prompts),
-        "--max-concurrency", str(concurrency),
-        "--request-rate", "inf" if math.isinf(request_rate) else repr(float(request_rate)),
-        "--ignore-eos",
-        # Warm-up requests are sent by evalkit before the /metrics scrape, so the server's
-        # histograms hold exactly the measured requests.
-        "--num-warmups", "0",
-        "--seed", str(seed),
-        "--temperature", "0",
-        "--percentile-metrics", "ttft,tpot,itl,e2el",
-        "--metric-percentiles", "50,90,99",
-        "--save-result", "--save-detailed",
-        "--result-dir", str(result_dir), "--result-filename", result_filename,
-        "--disable-tqdm",
-    ]
-    if trust_remote_code:
-        cmd.append("--trust-remote-code")
-    return cmd
-
-
-def warm_up(base_url: str, served_model_name: str, workload: Workload, n: int, *,
-            concurrency: int, vocab_size: int, seed: int, timeout_s: float = 600) -> None:
-    """Send ``n`` completions of the workload's shape (token-id prompts), ``concurrency`` at
-    a time, and wait for them; raise EngineError if one fails."""
-    if n <= 0:
-        return
-    rng = random.Random(seed)
-    high = max(2, min(vocab_size, 10000))
-    prompts = [[rng.randrange(1, high) for _ in range(workload.input_len)] for _ in range(n)]
-
-    def one(prompt: list[int]) -> None:
-        body = json.dumps({
-            "model": served_model_name,
-            "prompt": prompt,
-            "max_tokens": workload.output_len, "ignore_eos": True, "temperature": 0,
-        }).encode()
-        req = urllib.request.Request(base_url + "/v1/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                resp.read()
-        except (urllib.error.URLError, OSError) as exc:
-            hint = (f" after {timeout_s:.0f} s (latency.request_timeout_s: raise it, or leave "
-                    "this scheme out on this hardware)" if "timed out" in str(exc) else "")
-            raise EngineError(f"warm-up request to {base_url} failed: {exc}{hint}") from None
-
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, n))) as pool:
-        list(pool.map(one, prompts))
-
-
-def run_bench(argv: list[str], *, log_path: Path, timeout_s: float, hint: str = "") -> None:
-    """Run vLLM's serving benchmark client (``vllm bench serve``) on ``argv``, in this process.
-
-    It is vLLM's own parser and ``main`` (see :func:`evalkit.engine.bench_serve`), run in a
-    worker thread with its own event loop (a notebook kernel already runs one) and its
-    output sent to ``log_path``. In-process because a fresh client process spends tens of
-    seconds importing vLLM for every point; the requests and the timing code are the same.
-
-    Raises:
-        EngineError: the client raised or did not finish within ``timeout_s``.
-    """
-    import contextlib  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
-    from vllm.benchmarks.serve import main as serve_main  # noqa: PLC0415
-
-    args = eng.bench_parser().parse_args(argv)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    error: list[BaseException] = []
-
-    def target() -> None:
-        with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-                contextlib.redirect_stderr(log):
-            print(f"# evalkit: vllm bench serve {' '.join(argv)}", flush=True)
-            try:
-                serve_main(args)
-            except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread
-                error.append(exc)
-
-    worker = threading.Thread(target=target, name="vllm-bench-serve", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive() or error:
-        text = log_path.read_text(encoding="utf-8", errors="replace")
-        how = (f"timed out after {timeout_s:.0f} s{hint}" if worker.is_alive()
-               else f"raised {error[0]!r}")
-        raise EngineError(f"vllm bench serve {how} (log: {log_path})\n"
-                          f"--- last log lines ---\n{eng._tail(text)}")
-
-
-# --------------------------------------------------------------------------------------
-# the stage
-
-
-def _rate_label(r: float) -> str:
-    return "inf" if math.isinf(r) else f"{r:g}"
-
-
-def point_stem(workload: str, concurrency: int, request_rate: float) -> str:
-    """File stem of one server-mode point's raw data under ``raw/latency/<variant>/``
-    (``<stem>.json`` per-request data, ``<stem>.summary.json`` client summary + /metrics)."""
-    return f"{workload}_c{int(concurrency)}_r{_rate_label(float(request_rate))}"
-
-
-def trial_files(vdir: Path, stem: str) -> list[Path]:
-    """The per-request result files of one server point, trial by trial.
-
-    ``<stem>_t<k>.json`` (or its archived ``.json.gz``) in trial order; a run from before
-    trials existed has one ``<stem>.json``.
-    """
-    found: dict[int, Path] = {}
-    for f in vdir.glob(f"{stem}_t*.json*"):
-        tail = f.name[len(stem) + 2:].removesuffix(".gz").removesuffix(".json")
-        if tail.isdigit() and f.name.endswith((".json", ".json.gz")):
-            if int(tail) not in found or f.suffix == ".json":
-                found[int(tail)] = f
-    if found:
-        return [found[k] for k in sorted(found)]
-    return [f for f in (vdir / f"{stem}.json", vdir / f"{stem}.json.gz") if f.is_file()][:1]
-
-
-def load_trials(vdir: Path, stem: str) -> list[dict[str, Any]]:
-    """:func:`per_request_metrics` of every trial of one server point (see :func:`trial_files`)."""
-    return [per_request_metrics(read_json(f.with_suffix("") if f.suffix == ".gz" else f))
-            for f in trial_files(vdir, stem)]
-
-
-def offline_iters(rows: Iterable[Mapping[str, Any]], batch: int, input_len: int,
-                  output_len: int) -> list[Mapping[str, Any]]:
-    """The iterations of one offline point among an ``offline.json``'s rows."""
-    return [x for x in rows if x["batch_size"] == int(batch)
-            and x["input_len"] == int(input_len) and x["output_len"] == int(output_len)]
-
-
-def point_key(variant: str, mode: str, workload: str, concurrency: int,
-              request_rate: float) -> str:
-    """Resume unit key of one latency point."""
-    return f"{variant}/{mode}/{workload}/c{concurrency}/r{_rate_label(request_rate)}"
-
-
-def _has_tokenizer(d: Path) -> bool:
-    return any((d / f).is_file() for f in _TOKENIZER_FILES)
 
 
 class _Stage:
@@ -268,7 +63,6 @@ class _Stage:
             raise StageError("the study has no latency section; nothing to measure")
         self.cfg, self.run, self.lat = cfg, run, cfg.latency
         if resolved is None:
-            from evalkit.assets import resolve_model  # noqa: PLC0415
 
             resolved = resolve_model(cfg.model)
         self.model = resolved
@@ -289,7 +83,6 @@ class _Stage:
             if v.name not in self.checkpoints:
                 raise StageError(f"no checkpoint given for variant '{v.name}'")
             return Path(self.checkpoints[v.name])
-        from evalkit.quantize import checkpoint_for  # noqa: PLC0415
 
         return Path(checkpoint_for(self.run, v.name))
 
@@ -879,151 +672,3 @@ def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | N
     if problems:
         raise StageError("latency stage: " + " | ".join(problems))
     return df
-
-
-
-def recorded_prefix_caching(run: Run) -> bool:
-    """Whether the run's engines ran with automatic prefix caching.
-
-    Its study file says so from the time ``engine.prefix_caching`` existed (off by default);
-    a study file without the key is older, and its engines ran with vLLM's default: on.
-    """
-    import yaml  # noqa: PLC0415 -- only rebuilds read the raw study file
-
-    raw = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
-    return bool((raw.get("engine") or {}).get("prefix_caching", True))
-
-
-def rebuild_records(run: Run) -> pd.DataFrame:
-    """Recompute the latency point records of a run from its raw per-request files.
-
-    Every measured server point keeps vLLM's per-request data (``<point>_t<k>.json``, or
-    ``<point>.json`` before trials) and the server's /metrics delta
-    (``<point>.summary.json``), every offline point its iterations (``offline.json``); this
-    derives the records again with the current definitions and validity checks -- e.g.
-    after a fix in :func:`per_request_metrics`, or to mark an older run's cache-served points
-    invalid -- without re-measuring. Identity columns (run, variant, hardware, ...) are kept
-    from the existing records; the roofline rows are recomputed. An interrupted stage has no
-    stage records yet: its finished points (unit files) are the starting point. Writes the
-    unit files and the stage records; returns the stage records.
-    """
-    stage_file = run.stage_records_path(STAGE)
-    units = sorted(run.path.glob(f"raw/{STAGE}/*/units/*.parquet"))
-    unit_records = [rec.read_records(u) for u in units]
-    if stage_file.is_file():
-        old = rec.read_records(stage_file)
-    elif units:
-        old = rec.combine(unit_records)
-    else:
-        raise StageError(f"{run.path}: no latency records to rebuild")
-    cfg = run.config()
-    lat_hw = old.loc[old["stage"] == "latency", "hardware"].dropna()
-    hw = str(lat_hw.iloc[0]) if len(lat_hw) else ""
-    st = _Stage(cfg, run, None, None)
-    st.hardware = hw
-    gbps = gpu_bandwidth_gbps(hw)
-    st.bandwidth = (gbps, f"vendor peak for {hw}") if gbps else (None, f"{hw}: bandwidth unknown")
-    caching = recorded_prefix_caching(run)
-    variants = {v.name: v for v in cfg.variants}
-    ident = ["run_id", "study", "model", "variant", "scheme", "method", "stage", "hardware"]
-    offline_rows_of: dict[Path, list[dict[str, Any]]] = {}
-    frames = [old]
-    for unit, prev in zip(units, unit_records, strict=True):
-        pts = prev[prev["mode"].isin(["server", "offline"]) & prev["status"].isin(["ok", "invalid"])]
-        if pts.empty or str(pts.iloc[0]["variant"]) not in variants:
-            continue
-        first = pts.iloc[0]
-        v = variants[str(first["variant"])]
-        vdir = unit.parent.parent
-        fields = {k: first[k] for k in ("mode", "workload", "concurrency", "request_rate",
-                                         "input_len", "output_len")}
-        common = {k: first[k] for k in ident}
-        if first["mode"] == "server":
-            name = point_stem(first["workload"], first["concurrency"], first["request_rate"])
-            trials = load_trials(vdir, name)
-            if not trials:
-                continue
-            m = pool_metrics(trials)
-            rows = point_rows(m, **fields) + interval_rows(m, seed=cfg.latency.seed if cfg.latency
-                                                           else 0, **fields)
-            summary_file = vdir / f"{name}.summary.json"
-            summary = read_json(summary_file) if json_exists(summary_file) else {}
-            delta = summary.get("server_metrics")
-            if delta:
-                srows = server_metric_rows(delta, **{**fields, "mode": "server-metrics"})
-                for x in srows:
-                    x["backend"] = "vllm-server"
-                rows += srows
-            new = rec.make_records(rows, **{"backend": first["backend"], **common})
-            new = st.guard(v, new, server_delta=delta or {}, prefix_caching=caching)
-        else:
-            off = vdir / "offline.json"
-            if off not in offline_rows_of:
-                offline_rows_of[off] = list(read_json(off)["rows"]) if json_exists(off) else []
-            its = offline_iters(offline_rows_of[off], first["concurrency"], first["input_len"],
-                                first["output_len"])
-            if not its:
-                continue
-            new = rec.make_records(offline_rows(its, **fields),
-                                   **{"backend": first["backend"], **common})
-            new = st.guard(v, new, offline_iters=its, prefix_caching=caching)
-        rec.write_records(new, unit)
-        frames.append(new)
-    df = rec.combine(frames)
-    # roofline rows again, for the hardware the points were measured on
-    st.frames = [df[~df["metric"].isin(["roofline_tpot_ms", "tpot_pct_of_roofline"])]]
-    for v in cfg.variants:
-        st.roofline_rows(v, st._ckpt_for_floors(v))
-    df = rec.combine(st.frames)
-    run.write_stage_records(STAGE, df)
-    run.log(f"latency: rebuilt {len(frames) - 1} point(s) from raw per-request data")
-    return df
-
-
-def request_samples(run_path: str | Path) -> pd.DataFrame:
-    """Per-request TTFT, TPOT and E2E latency of every measured point of a run, for
-    intervals and SLO attainment.
-
-    Server points: one value per successful request of every trial (from the raw
-    per-request files); offline points: one value per timed iteration (the whole batch's
-    TTFT, TPOT and E2E). Columns: variant, mode, workload, concurrency, request_rate, trial,
-    request (index within the trial: a request's metrics share it), metric, value. Empty
-    when the run has no raw latency data.
-    """
-    cols = ["variant", "mode", "workload", "concurrency", "request_rate", "trial", "request",
-            "metric", "value"]
-    root = Path(run_path) / "raw" / STAGE
-    frames: list[pd.DataFrame] = []
-    offline_rows_of: dict[Path, list[dict[str, Any]]] = {}
-    for unit in sorted(root.glob("*/units/*.parquet")):
-        pts = rec.read_records(unit)
-        pts = pts[pts["mode"].isin(["server", "offline"]) & pts["workload"].notna()]
-        if pts.empty:
-            continue
-        p = pts.iloc[0]
-        vdir = unit.parent.parent
-        head = dict(variant=str(p["variant"]), mode=str(p["mode"]), workload=str(p["workload"]),
-                    concurrency=int(p["concurrency"]), request_rate=float(p["request_rate"]))
-        rows: list[dict[str, Any]] = []
-        if p["mode"] == "server":
-            stem = point_stem(head["workload"], head["concurrency"], head["request_rate"])
-            for t, m in enumerate(load_trials(vdir, stem)):
-                for metric in ("ttft_ms", "tpot_ms", "e2el_ms"):
-                    rows += [dict(head, trial=t, request=i, metric=metric, value=x)
-                             for i, x in enumerate(m[metric])]
-        else:
-            off = vdir / "offline.json"
-            if off not in offline_rows_of:
-                offline_rows_of[off] = list(read_json(off)["rows"]) if json_exists(off) else []
-            its = offline_iters(offline_rows_of[off], head["concurrency"], p["input_len"],
-                                p["output_len"])
-            for x in its:
-                it = int(x.get("iter", 0))
-                for metric, key in (("ttft_ms", "ttft_s"), ("tpot_ms", "tpot_s"),
-                                    ("e2el_ms", "e2e_s")):
-                    if key in x:
-                        rows.append(dict(head, trial=it, request=0, metric=metric,
-                                         value=x[key] * 1e3))
-        if rows:
-            frames.append(pd.DataFrame(rows, columns=cols))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

@@ -1,0 +1,31 @@
+"""``python -m evalkit.engine offline --spec SPEC.json`` or ``... bench-serve ARGS``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from evalkit.engine.bench import bench_serve
+from evalkit.engine.offline import _offline_child
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m evalkit.engine offline --spec SPEC.json`` or ``... bench-serve ARGS``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench-serve"]:
+        return bench_serve(argv[1:])
+    ap = argparse.ArgumentParser(prog="python -m evalkit.engine")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    off = sub.add_parser("offline", help="offline batch latency (one engine, many points)")
+    off.add_argument("--spec", type=Path, required=True, help="JSON spec from run_offline()")
+    sub.add_parser("bench-serve", help="vLLM's `bench serve` client; arguments as vLLM's")
+    args = ap.parse_args(argv)
+    if args.cmd == "offline":
+        _offline_child(args.spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
