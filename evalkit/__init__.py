@@ -1,6 +1,6 @@
 """evalkit: quality-versus-speed evaluation of quantized LLMs.
 
-Stages (one module each): :mod:`evalkit.quantize` (llm-compressor), :mod:`evalkit.accuracy`
+Stages: :mod:`evalkit.quantize` (llm-compressor), :mod:`evalkit.accuracy`
 (lm-eval), :mod:`evalkit.latency` (vLLM), :mod:`evalkit.report` (join and plots); the
 notebooks in ``notebooks/`` call them, :mod:`evalkit.runner` executes the notebooks.
 """

@@ -386,7 +386,9 @@ def test_engine_refusal_fallback_and_forced_failure(tmp_path, monkeypatch):
 
     _gemma()
     ckpt = _checkpoint("w4a8_fp8")
-    monkeypatch.setattr(acc, "cpu_kernel_expected", lambda scheme, flags=None: (True, ""))
+    from evalkit.accuracy import backends
+
+    monkeypatch.setattr(backends, "cpu_kernel_expected", lambda scheme, flags=None: (True, ""))
     d = study(tmp_path, variants=[
         {"name": "base", "scheme": "base", "accuracy_backend": "hf"},
         {"name": "fp8_auto", "scheme": "w4a8_fp8", "accuracy_backend": "auto"},
