@@ -265,14 +265,14 @@ def plot_throughput(report: Any):
 def show_goodput(report: Any):
     from IPython.display import display
 
-    from evalkit import plots, points, views
+    from evalkit import plots, views
 
-    text, table = views.goodput(report)
+    text, good = views.goodput(report)
     display(_md(text))
-    if table.empty:
+    if good.empty:
         return None
-    good = points.goodput(report.points(), report.samples, report.slo)
-    display(_collapsed("Goodput per point", "", table, "{:.3g}"))
+    display(_collapsed("Goodput per point", "", good.rename(columns=views.GOODPUT_LABELS),
+                       "{:.3g}"))
     return _shown(plots.plot_goodput(good, report.slo), "goodput",
                   "Goodput: requests/s meeting every SLO (solid), against all completed "
                   "requests/s (dotted).")

@@ -25,6 +25,14 @@ def _style() -> None:
     sns.set_theme(style="whitegrid", context="notebook")
 
 
+def _colors(points: pd.DataFrame) -> dict[str, str]:
+    """One colour per variant, the same in every figure of a report."""
+    import matplotlib.pyplot as plt
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {v: cycle[i % len(cycle)] for i, v in enumerate(pd.unique(points["variant"]))}
+
+
 def _disclose(ax, sub: pd.DataFrame, x: str, y: str, color: str) -> None:
     """Overlay the disclosure markers on one variant's points."""
     ok = sub[sub["status"] == "ok"]
@@ -67,8 +75,7 @@ def plot_metric_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms", mode: 
     fig, axes = plt.subplots(1, len(workloads), figsize=(5.6 * len(workloads), 4.3),
                              squeeze=False)
     short = metric.removesuffix("_ms")
-    colors = dict(zip(pd.unique(points["variant"]), plt.rcParams["axes.prop_cycle"].by_key()
-                      ["color"] * 4, strict=False))
+    colors = _colors(points)
     for ax, wl in zip(axes[0], workloads, strict=True):
         sub = pts[pts["workload"] == wl].sort_values("concurrency")
         if sub.empty:
@@ -117,8 +124,7 @@ def plot_throughput_vs_latency(points: pd.DataFrame, *, mode: str = "server"):
                 transform=ax.transAxes)
     markers = ["o", "^", "D", "v", "P"]
     wls = list(pd.unique(pts["workload"]))
-    colors = dict(zip(pd.unique(points["variant"]), plt.rcParams["axes.prop_cycle"].by_key()
-                      ["color"] * 4, strict=False))
+    colors = _colors(points)
     for (variant, wl), g in pts.groupby(["variant", "workload"], sort=False):
         g = g.sort_values("concurrency")
         c = colors[variant]

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from evalkit import points as pts
+from evalkit.plots import _style
 
 #: preferred metric per task, in order; the first one present is the task's primary metric.
 PRIMARY_METRICS = ("acc_norm", "acc", "exact_match", "word_perplexity")
@@ -343,12 +344,6 @@ def claim_summary(checks: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------ figures
 
 
-def _style() -> None:
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
-
-
 def plot_quality_vs_speed(table: pd.DataFrame, *, gain_col: str, caption: str = ""):
     """Quality delta (with CI) against a speed gain column; Pareto frontier drawn."""
     import matplotlib.pyplot as plt
@@ -509,6 +504,7 @@ class Report:
     #: why the run's claims do not apply beyond its hardware (e.g. an eager GPU engine).
     claim_caveat: str | None = None
     _points: pd.DataFrame | None = field(default=None, repr=False)
+    _gains: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
 
     def table(self) -> pd.DataFrame:
         if self.workload is None or self.concurrency is None:
@@ -535,7 +531,13 @@ class Report:
         return out
 
     def gains(self, variant: str, reference: str) -> pd.DataFrame:
-        return pts.point_gains(self.points(), self.samples, variant=variant, reference=reference)
+        """:func:`evalkit.points.point_gains` of one comparison (bootstrapped once; the
+        answer, the regime table, the summary and the index all read it)."""
+        key = (variant, reference)
+        if key not in self._gains:
+            self._gains[key] = pts.point_gains(self.points(), self.samples, variant=variant,
+                                               reference=reference)
+        return self._gains[key]
 
     def caption(self, what: str) -> str:
         where = "concurrency" if self.mode == "server" else "offline batch size"

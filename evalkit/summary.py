@@ -61,9 +61,9 @@ def load(paths: list[str | os.PathLike[str]]) -> list[RunSummary]:
 
     runs = []
     for run in find_runs(paths):
-        rep = views.build(run.config(), run)
-        model_cfg = run.config().model
-        real = not (getattr(model_cfg, "source", "") == "preset"
+        cfg = run.config()
+        rep = views.build(cfg, run)
+        real = not (cfg.model.source == "preset"
                     or any(RANDOM_WEIGHTS in c for c in rep.caveats))
         runs.append(RunSummary(run, rep, real))
     return runs
@@ -89,14 +89,20 @@ def one_line(rep: rp.Report) -> str:
     return "no comparison measured"
 
 
+def _comparisons(s: RunSummary) -> list[tuple[str, str]]:
+    """The run's comparisons the page speaks of: against the study's chosen reference where
+    it has one, else against base."""
+    ref, base = s.report.reference, s.report.base
+    return [(v, r) for v, r in s.report.comparisons()
+            if not (r == base and ref not in (None, base))]
+
+
 def comparison_rows(runs: list[RunSummary]) -> pd.DataFrame:
     """Per run x comparison x regime: the regime table of :func:`evalkit.verdicts`, with the
     run, model shape, hardware and the trials and hosts behind it."""
     frames = []
     for s in runs:
-        for variant, ref in s.report.comparisons():
-            if ref == s.report.base and s.report.reference not in (None, s.report.base):
-                continue  # the page compares against the study's chosen reference
+        for variant, ref in _comparisons(s):
             g = s.report.gains(variant, ref)
             t = vd.regime_table(g, variant, ref)
             if t.empty:
@@ -117,9 +123,7 @@ def gain_ranges(runs: list[RunSummary]) -> pd.DataFrame:
     """For the forest plot: comparison (with model), regime, metric and the valid point gains."""
     rows = []
     for s in runs:
-        for variant, ref in s.report.comparisons():
-            if ref == s.report.base and s.report.reference not in (None, s.report.base):
-                continue
+        for variant, ref in _comparisons(s):
             g = s.report.gains(variant, ref)
             g = g[g["valid"] & g["metric"].isin(["ttft_ms", "tpot_ms"]) & g["gain_pct"].notna()]
             for (reg, metric), x in g.groupby(["regime", "metric"], sort=False):

@@ -266,7 +266,8 @@ def points_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
 
 
 def goodput(r: rp.Report) -> tuple[str, pd.DataFrame]:
-    """Goodput at the study's SLOs, per valid server point (text, table)."""
+    """Goodput at the study's SLOs, per valid server point (text, :func:`evalkit.points.goodput`
+    rows; :data:`GOODPUT_LABELS` names their columns for display)."""
     if not r.slo:
         return ("## Goodput\n\nThe study states no SLO (`report.slo`).", pd.DataFrame())
     good = pts.goodput(r.points(), r.samples, r.slo)
@@ -278,9 +279,12 @@ def goodput(r: rp.Report) -> tuple[str, pd.DataFrame]:
             "file's `report.slo`, or its default): the share of a point's requests meeting "
             "every limit × the point's completed requests per second (vLLM's goodput, pooled "
             "over trials). Invalid points are left out.",
-            good[good["status"] == "ok"].rename(columns={
-                "attainment": "share meeting SLO", "request_throughput_req_s": "requests/s",
-                "goodput_req_s": "goodput (requests/s)", "concurrency": "requests in flight"}))
+            good[good["status"] == "ok"])
+
+
+#: Column labels of the goodput table as the report shows it.
+GOODPUT_LABELS = {"attainment": "share meeting SLO", "request_throughput_req_s": "requests/s",
+                  "goodput_req_s": "goodput (requests/s)", "concurrency": "requests in flight"}
 
 
 def claims(r: rp.Report) -> tuple[str, pd.DataFrame, pd.DataFrame]:
