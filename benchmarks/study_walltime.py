@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Console scripts are called as modules of this interpreter: a host without an installed
 # evalkit (PYTHONPATH) or without vLLM's and lm-eval's scripts on PATH runs the same commands.
-EVALKIT = [sys.executable, "-m", "evalkit.cli"]
+EVALKIT = [sys.executable, "-m", "evalkit.ui.cli"]
 LM_EVAL = [sys.executable, "-m", "lm_eval"]
 VLLM = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
 
@@ -117,7 +117,7 @@ def warm_up(cfg, work: Path) -> float:
     kernel caches, Python writes bytecode, the page cache fills. Whichever side ran first
     would pay them; after this start neither does."""
     from evalkit import engine as eng
-    from evalkit.assets import resolve_model
+    from evalkit.assets.models import resolve_model
 
     args = eng.engine_cli_args(cfg.engine, load_format=None, tokenizer=None,
                                trust_remote_code=False)
@@ -128,9 +128,9 @@ def warm_up(cfg, work: Path) -> float:
 
 def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
     from evalkit import engine as eng
-    from evalkit import taskpack
-    from evalkit.latency import prompt_seed
-    from evalkit.quantize import checkpoint_for
+    from evalkit.assets import taskpack
+    from evalkit.stages.latency import prompt_seed
+    from evalkit.stages.quantize import checkpoint_for
 
     env = eng.engine_env(cfg.engine)
     pack = taskpack.build_task_pack()
@@ -187,8 +187,8 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
 def main(argv: list[str]) -> int:
     from importlib import metadata
 
+    from evalkit.core.run import open_run
     from evalkit.preflight import load_study
-    from evalkit.rundir import open_run
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", nargs="?", type=Path,
@@ -245,7 +245,7 @@ def main(argv: list[str]) -> int:
         for name in ("quantize", "accuracy", "latency", "report"):
             print(f"  evalkit stage {name:<30} {status[name]['seconds']:7.1f} s")
         print(f"  evalkit total {'':<30} {t_evalkit:7.1f} s", flush=True)
-        from evalkit.records import load_runs
+        from evalkit.core.records import load_runs
 
         df = load_runs(run.path)
         for _, r in df[df["metric"] == "engine_startup_s"].iterrows():

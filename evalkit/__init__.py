@@ -1,15 +1,15 @@
 """evalkit: quality-versus-speed evaluation of quantized LLMs.
 
-Stages: :mod:`evalkit.quantize` (llm-compressor), :mod:`evalkit.accuracy`
-(lm-eval), :mod:`evalkit.latency` (vLLM), :mod:`evalkit.report` (join and plots); the
+Stages: :mod:`evalkit.stages.quantize` (llm-compressor), :mod:`evalkit.stages.accuracy`
+(lm-eval), :mod:`evalkit.stages.latency` (vLLM), :mod:`evalkit.analysis.report` (join and plots); the
 notebooks in ``notebooks/`` call them, :mod:`evalkit.runner` executes the notebooks.
 """
 
-from evalkit.config import StudyConfig
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.core.config import StudyConfig
+from evalkit.core.errors import ConfigError, EvalkitError
+from evalkit.core.records import SCHEMA_VERSION, load_runs
+from evalkit.core.run import open_run
 from evalkit.preflight import load_study
-from evalkit.records import SCHEMA_VERSION, load_runs
-from evalkit.rundir import open_run
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """Checks of a study that need the file system, the packaged assets and the task pack (no
 model load): what ``evalkit validate`` and ``evalkit run`` check before anything starts.
 
-The schema itself (types, ranges, unknown keys, cross-field rules) is :mod:`evalkit.config`;
+The schema itself (types, ranges, unknown keys, cross-field rules) is :mod:`evalkit.core.config`;
 this module adds what the schema cannot know: that a packaged model or preset exists, a
 path is a checkpoint, a task is in the task pack, the output root is writable.
 """
@@ -13,10 +13,11 @@ import tempfile
 from difflib import get_close_matches
 from pathlib import Path
 
-from evalkit import assets, taskpack
-from evalkit.config import StudyConfig, read_study
-from evalkit.errors import ConfigError
-from evalkit.schemes import SCHEMES, cpu_kernel_expected
+from evalkit.assets import models as assets
+from evalkit.assets import taskpack
+from evalkit.core.config import StudyConfig, read_study
+from evalkit.core.errors import ConfigError
+from evalkit.core.schemes import SCHEMES, cpu_kernel_expected
 
 
 def load_study(path: str | os.PathLike[str], *, check: bool = True) -> StudyConfig:

@@ -18,11 +18,11 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalkit.config import StudyConfig, read_study
-from evalkit.errors import Interrupted, RunDirError, StageError
-from evalkit.io import atomic_write_json, atomic_write_text, file_lock, read_json
+from evalkit.core.config import StudyConfig, read_study
+from evalkit.core.errors import Interrupted, RunDirError, StageError
+from evalkit.core.io import atomic_write_json, atomic_write_text, file_lock, read_json
+from evalkit.core.run import REPORT_HTML, Run, create_run, open_run
 from evalkit.preflight import load_study
-from evalkit.rundir import REPORT_HTML, Run, create_run, open_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = Path(os.environ.get("EVALKIT_NOTEBOOKS", REPO_ROOT / "notebooks"))
@@ -248,11 +248,11 @@ def _finish(run: Run) -> None:
     """Copy the report to the run root and refresh the outputs index (best effort).
 
     The root copy is where ``evalkit run`` and setup.sh point a local user;
-    :func:`evalkit.archive.archive_run` removes it from a run that is committed.
+    :func:`evalkit.core.archive.archive_run` removes it from a run that is committed.
     """
     rep = run.path / REPORT_HTML
     if rep.is_file():
         atomic_write_text(run.path / "report.html", rep.read_text(encoding="utf-8"))
-    from evalkit.index import write_index
+    from evalkit.analysis.index import write_index
 
     write_index(run.path.parent.parent)

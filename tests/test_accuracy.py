@@ -1,4 +1,4 @@
-"""Tests for evalkit.accuracy.
+"""Tests for evalkit.stages.accuracy.
 
 Fast tests exercise the pure parts (naming, backend plan, parsing lm-eval output, paired
 records, the display table, cache keys) on lm-eval-shaped data. Slow tests run lm-eval for
@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit import accuracy as acc
-from evalkit import records as rec
-from evalkit.config import Variant, parse_study
-from evalkit.errors import EvalkitError
+from evalkit.core import records as rec
+from evalkit.core.config import Variant, parse_study
+from evalkit.core.errors import EvalkitError
+from evalkit.stages import accuracy as acc
 
 REPO = Path(__file__).resolve().parents[1]
 QUANTIZE_PY = REPO / ".venv" / "quantize" / "bin" / "python"
@@ -258,8 +258,8 @@ def test_eval_settings_are_shared(tmp_path):
 
 
 def _gemma():
-    from evalkit.assets import resolve_model  # noqa: PLC0415
-    from evalkit.config import ModelSpec  # noqa: PLC0415
+    from evalkit.assets.models import resolve_model  # noqa: PLC0415
+    from evalkit.core.config import ModelSpec  # noqa: PLC0415
 
     try:
         return resolve_model(ModelSpec(source="packaged", name="gemma3-270m"))
@@ -270,8 +270,8 @@ def _gemma():
 def _run(tmp_path: Path, cfg_dict: dict, checkpoints: dict[str, Path], check: bool = True):
     import yaml  # noqa: PLC0415
 
+    from evalkit.core.run import create_run  # noqa: PLC0415
     from evalkit.preflight import load_study  # noqa: PLC0415
-    from evalkit.rundir import create_run  # noqa: PLC0415
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     src = tmp_path / "study.yaml"
@@ -355,13 +355,13 @@ def test_vllm_and_hf_agree_on_base_and_cache_reuse(tmp_path, monkeypatch):
 
 
 def _checkpoint(scheme: str) -> Path:
-    """RTN checkpoint of gemma3-270m for ``scheme``, built (or reused) by evalkit.quantize."""
+    """RTN checkpoint of gemma3-270m for ``scheme``, built (or reused) by evalkit.stages.quantize."""
     if not QUANTIZE_PY.is_file():
         pytest.skip("quantize environment not installed")
     code = (
-        "from evalkit.assets import resolve_model\n"
-        "from evalkit.config import ModelSpec, QuantizeSpec, Variant\n"
-        "from evalkit.quantize import quantize_variant\n"
+        "from evalkit.assets.models import resolve_model\n"
+        "from evalkit.core.config import ModelSpec, QuantizeSpec, Variant\n"
+        "from evalkit.stages.quantize import quantize_variant\n"
         "m = resolve_model(ModelSpec(source='packaged', name='gemma3-270m'))\n"
         f"q = quantize_variant(m, Variant(name='v', scheme='{scheme}'), QuantizeSpec())\n"
         "print('CKPT', q.path)\n"
@@ -382,11 +382,11 @@ def test_engine_refusal_fallback_and_forced_failure(tmp_path, monkeypatch):
     here the registry is told to expect a kernel, so the engine's own refusal is what
     triggers the fallback.
     """
-    from evalkit.errors import StageError  # noqa: PLC0415
+    from evalkit.core.errors import StageError  # noqa: PLC0415
 
     _gemma()
     ckpt = _checkpoint("w4a8_fp8")
-    from evalkit.accuracy import backends
+    from evalkit.stages.accuracy import backends
 
     monkeypatch.setattr(backends, "cpu_kernel_expected", lambda scheme, flags=None: (True, ""))
     d = study(tmp_path, variants=[
@@ -416,7 +416,7 @@ def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch)
     pytest.importorskip("vllm")
     from tiny_model import build_tiny_llama  # noqa: PLC0415
 
-    from evalkit.errors import StageError  # noqa: PLC0415
+    from evalkit.core.errors import StageError  # noqa: PLC0415
 
     monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path / "cache"))
     tiny = build_tiny_llama(tmp_path / "tiny")

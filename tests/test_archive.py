@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from test_compare import _correct, _ttft, make_run
 
-from evalkit import compare as cmp
-from evalkit.archive import GZIP_MIN_BYTES, archive_run, tree_bytes
-from evalkit.cli import main
-from evalkit.errors import ArchiveError
-from evalkit.index import write_index
-from evalkit.io import file_lock, json_exists, read_json
+from evalkit.analysis import compare as cmp
+from evalkit.analysis.index import write_index
+from evalkit.core.archive import GZIP_MIN_BYTES, archive_run, tree_bytes
+from evalkit.core.errors import ArchiveError
+from evalkit.core.io import file_lock, json_exists, read_json
+from evalkit.ui.cli import main
 
 N_REQUESTS = 1500  # per-request JSON well over GZIP_MIN_BYTES
 POINT = "raw/latency/w8/chat_c2_rinf.json"
@@ -244,9 +244,9 @@ REF_MARLIN = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-lla
 
 def test_latency_records_rebuild_from_an_archived_reference_run(tmp_path):
     """The committed runs are archived: their per-request data is read from the .gz."""
-    from evalkit import latency
-    from evalkit import records as rec
-    from evalkit.rundir import open_run
+    from evalkit.core import records as rec
+    from evalkit.core.run import open_run
+    from evalkit.stages import latency
 
     if not (REF_MARLIN / "records.parquet").is_file():
         pytest.skip("reference run not in this checkout")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from evalkit import assets
-from evalkit.config import ModelSpec
-from evalkit.errors import AssetError, ConfigError
+from evalkit.assets import models as assets
+from evalkit.core.config import ModelSpec
+from evalkit.core.errors import AssetError, ConfigError
 
 REQUIRED_PRESETS = ("llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "qwen3-30b-a3b")
 

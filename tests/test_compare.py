@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit import compare as cmp
-from evalkit import records as rec
-from evalkit import stats
-from evalkit.cli import main
+from evalkit.analysis import compare as cmp
+from evalkit.core import records as rec
+from evalkit.metrics import stats
+from evalkit.ui.cli import main
 
 N_DOCS = 200
 
@@ -171,8 +171,8 @@ def test_point_that_now_fails_is_a_regression(tmp_path):
 
 
 def test_previous_run_and_report_section(tmp_path):
-    from evalkit import views
-    from evalkit.report import Report
+    from evalkit.analysis.report import Report
+    from evalkit.ui import views
 
     c, t = _correct(0.6), _ttft(0.2, 0.05)
     first = make_run(tmp_path, "zz-first", correct=c, ttft_s=t, created="2026-01-01T00:00:00")
@@ -226,7 +226,7 @@ def _fake_bin(tmp_path: Path) -> Path:
         "#!/usr/bin/env bash\n"
         'if [[ $1 == run ]]; then cp -r "$FAKE_RUN_SRC" "$FAKE_STUDY_DIR/$4"; '
         'exit "${FAKE_RUN_RC:-0}"; fi\n'
-        f'exec "{sys.executable}" -m evalkit.cli "$@"\n')
+        f'exec "{sys.executable}" -m evalkit.ui.cli "$@"\n')
     (b / "evalkit").chmod(0o755)
     return b
 

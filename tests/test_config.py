@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalkit.cli import main
-from evalkit.config import parse_study
-from evalkit.errors import ConfigError
+from evalkit.core.config import parse_study
+from evalkit.core.errors import ConfigError
 from evalkit.preflight import load_study
+from evalkit.ui.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -281,7 +281,7 @@ def test_group_size_from_converted_gguf_and_hub_cache(tmp_path, monkeypatch):
 
     # a GGUF already converted once: its checksum is remembered, its checkpoint cached
     monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path / "cache"))
-    from evalkit import assets
+    from evalkit.assets import models as assets
 
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
@@ -329,7 +329,7 @@ def test_trust_remote_code_only_where_model_code_exists(tmp_path, source):
 
 
 def test_executor_reaches_the_engine(tmp_path):
-    from evalkit.config import EngineSpec
+    from evalkit.core.config import EngineSpec
     from evalkit.engine import engine_cli_args, engine_env, engine_kwargs
 
     def args(e):
@@ -349,7 +349,7 @@ def test_executor_reaches_the_engine(tmp_path):
 
 
 def test_kv_cache_size_reaches_server_and_offline_engine():
-    from evalkit.config import EngineSpec
+    from evalkit.core.config import EngineSpec
     from evalkit.engine import engine_cli_args, engine_kwargs
 
     def args(e):
@@ -369,7 +369,7 @@ def test_trust_remote_code_off_unless_stated(tmp_path):
     import json
 
     from evalkit.engine import VLLMServer, engine_kwargs
-    from evalkit.latency import bench_command
+    from evalkit.stages.latency import bench_command
 
     cfg = load_study(_write(tmp_path, _good()))
     assert cfg.model.trust_remote_code is False

@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 
 from evalkit import engine as E
-from evalkit.config import EngineSpec
-from evalkit.errors import EngineError, UnsupportedSchemeError
+from evalkit.core.config import EngineSpec
+from evalkit.core.errors import EngineError, UnsupportedSchemeError
 
 
 def _prom(ttft_buckets, ttft_sum, success, gen_tokens):
@@ -263,7 +263,7 @@ def test_classify_failure_keeps_pydantic_reason(tmp_path):
 def test_check_checkpoint_finds_broken_weights_without_an_engine(tmp_path):
     import struct
 
-    from evalkit.errors import CheckpointError
+    from evalkit.core.errors import CheckpointError
 
     d = tmp_path / "ck"
     with pytest.raises(CheckpointError, match="does not exist"):

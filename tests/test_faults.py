@@ -29,8 +29,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from evalkit import records as rec
-from evalkit.errors import RunDirError, StageError
+from evalkit.core import records as rec
+from evalkit.core.errors import RunDirError, StageError
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = "EVALKIT_FAULT_MARK"
@@ -110,7 +110,7 @@ def write_study(tmp: Path, name: str, model_dir: Path, **extra) -> Path:
 
 
 def evalkit_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evalkit.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "evalkit.ui.cli", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
 
 
@@ -122,7 +122,7 @@ def _default_sigint() -> None:
 
 def start_cli(*args: str, out: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     with open(out, "w") as fh:
-        return subprocess.Popen([sys.executable, "-m", "evalkit.cli", *args], stdout=fh,
+        return subprocess.Popen([sys.executable, "-m", "evalkit.ui.cli", *args], stdout=fh,
                                 stderr=subprocess.STDOUT, text=True, cwd=REPO,
                                 env={**os.environ, **(env or {})}, preexec_fn=_default_sigint)
 
@@ -160,7 +160,7 @@ def wait_for(path: Path, pattern: str, proc: subprocess.Popen | None, timeout: f
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    from evalkit.io import sha256_file
+    from evalkit.core.io import sha256_file
 
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != "run.lock"}
@@ -181,9 +181,9 @@ def latency_faults(tmp_path_factory, tiny, _mark_children):
     * ``gone``: the quantize stage recorded a checkpoint directory that no longer exists;
     * ``corrupt``: a checkpoint whose weight file is truncated.
     """
-    from evalkit import latency as L
+    from evalkit.core.run import create_run
     from evalkit.preflight import load_study
-    from evalkit.rundir import create_run
+    from evalkit.stages import latency as L
 
     tmp = tmp_path_factory.mktemp("latency-faults")
     short = tmp / "short-ctx"
@@ -311,10 +311,10 @@ class _FakeServer:
 def test_server_restart_policy(tmp_path, monkeypatch, fault_table):
     """A server that dies mid-sweep is restarted once for the points left; if it dies again,
     the remaining points are recorded as failed, not attempted (no engine needed)."""
-    from evalkit import latency as L
-    from evalkit.errors import EngineError
+    from evalkit.core.errors import EngineError
+    from evalkit.core.run import create_run
     from evalkit.preflight import load_study
-    from evalkit.rundir import create_run
+    from evalkit.stages import latency as L
 
     ck = tmp_path / "ck"
     ck.mkdir()
@@ -403,10 +403,10 @@ def test_corrupt_or_missing_checkpoint(latency_faults, fault_table):
 
 @pytest.mark.slow
 def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
-    from evalkit import accuracy as acc
-    from evalkit import taskpack
+    from evalkit.assets import taskpack
+    from evalkit.core.run import create_run
     from evalkit.preflight import load_study
-    from evalkit.rundir import create_run
+    from evalkit.stages import accuracy as acc
 
     real = taskpack.build_task_data()
     copy = tmp_path / "taskpack" / real.name
@@ -434,7 +434,7 @@ def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
     assert run.unit_done("accuracy", "base/arc_easy")
     assert run.unit_done("accuracy", "base/arc_challenge") is None
     # as notebook 02 runs it: failed units are data, the tables render, then the stage fails
-    from evalkit import notebook as ek
+    from evalkit.ui import notebook as ek
 
     run2 = create_run(cfg, study, "r2")
     df2 = acc.run_stage(cfg, run2, use_cache=False, raise_on_failure=False)
@@ -480,8 +480,8 @@ def read_only(tmp_path):
 
 
 def test_read_only_output_dir(tmp_path, tiny, read_only, fault_table):
+    from evalkit.core.run import create_run
     from evalkit.preflight import load_study
-    from evalkit.rundir import create_run
 
     study = write_study(tmp_path, "ro", tiny)
     cfg = load_study(study)

@@ -1,4 +1,4 @@
-"""Tests for evalkit.latency: metric definitions, records, roofline, and one real sweep."""
+"""Tests for evalkit.stages.latency: metric definitions, records, roofline, and one real sweep."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalkit import latency as L
-from evalkit import records as rec
-from evalkit.config import Workload
+from evalkit.core import records as rec
+from evalkit.core.config import Workload
+from evalkit.stages import latency as L
 
 # ---- TPOT / per-request metrics -------------------------------------------------------
 
@@ -145,7 +145,9 @@ def test_estimate_weight_bytes_orders_schemes():
 def _preset_config(name: str) -> dict:
     import json
 
-    root = Path(L.__file__).parent.parent / "presets" / name / "config.json"
+    from evalkit.assets import models
+
+    root = models.PRESETS_DIR / name / "config.json"
     return json.loads(root.read_text())
 
 
@@ -193,7 +195,7 @@ def test_bench_command_parses_with_installed_vllm(tmp_path):
 
 def _tiny_run(tmp_path, ckpt):
     """An empty run directory and the resolved-model stand-in for the tiny checkpoint."""
-    from evalkit.rundir import Run
+    from evalkit.core.run import Run
 
     run = Run(tmp_path / "t" / "r1")
     for d in ("records", "raw", "units", "logs"):
@@ -210,7 +212,7 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     pytest.importorskip("vllm")
     from tiny_model import build_tiny_llama
 
-    from evalkit.config import StudyConfig
+    from evalkit.core.config import StudyConfig
 
     ckpt = build_tiny_llama()
     cfg = StudyConfig.model_validate({
@@ -308,7 +310,7 @@ def test_guard_catches_real_cache_hits(tmp_path, monkeypatch):
     pytest.importorskip("vllm")
     from tiny_model import build_tiny_llama
 
-    from evalkit.config import StudyConfig
+    from evalkit.core.config import StudyConfig
 
     ckpt = build_tiny_llama()
     cfg = StudyConfig.model_validate({
@@ -322,7 +324,7 @@ def test_guard_catches_real_cache_hits(tmp_path, monkeypatch):
     })
     run, M = _tiny_run(tmp_path, ckpt)
 
-    from evalkit.latency import stage
+    from evalkit.stages.latency import stage
 
     monkeypatch.setattr(stage, "prompt_seed", lambda *a, **k: 1234)  # trial 2 repeats trial 1
     df = L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M)
@@ -339,7 +341,7 @@ def test_real_offline_batches_fresh_prompts(tmp_path):
     pytest.importorskip("vllm")
     from tiny_model import build_tiny_llama
 
-    from evalkit.config import StudyConfig
+    from evalkit.core.config import StudyConfig
 
     ckpt = build_tiny_llama()
     cfg = StudyConfig.model_validate({

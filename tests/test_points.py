@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evalkit import points as pts
-from evalkit import verdicts as vd
-from evalkit.latency import request_samples
+from evalkit.analysis import verdicts as vd
+from evalkit.metrics import points as pts
+from evalkit.stages.latency import request_samples
 
 REF = Path(__file__).resolve().parent.parent / "outputs" / "reference"
 CLAIM = REF / "hopper-llama8b-claim" / "r1"
@@ -136,8 +136,8 @@ def test_invalid_points_carry_no_verdict():
 
 def test_claims_do_not_apply_to_an_eager_gpu_engine():
     """A claim about serving speed is not judged on an eager engine (no CUDA graphs)."""
-    from evalkit import views
-    from evalkit.rundir import open_run
+    from evalkit.core.run import open_run
+    from evalkit.ui import views
 
     run = open_run(REF / "hopper-gemma" / "r1")
     cfg = run.config()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit import records as rec
+from evalkit.core import records as rec
 
 
 def _rows():
@@ -113,8 +113,8 @@ def test_percentile_rows_nan_not_zero():
 
 
 def test_check_stage_names_failed_units_where_task_is_missing():
-    from evalkit.errors import StageError
-    from evalkit.notebook import check_stage
+    from evalkit.core.errors import StageError
+    from evalkit.ui.notebook import check_stage
 
     df = rec.make_records(
         [dict(variant="w4a16", scheme="w4a16", stage="latency", metric="tpot_ms", stat="mean",

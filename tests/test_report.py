@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit import points as pts
-from evalkit import records as rec
-from evalkit import report as rp
-from evalkit.config import Claim
+from evalkit.analysis import report as rp
+from evalkit.core import records as rec
+from evalkit.core.config import Claim
+from evalkit.metrics import points as pts
 
 LAT = {  # variant -> (ttft p50 at c=1, tpot p50 at c=1), c=4 is 1.5x / 1.2x
     "base": (100.0, 20.0), "w4a16": (80.0, 12.0), "w4a8_fp8": (30.0, 7.0),
@@ -224,7 +224,7 @@ REF_GEMMA = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-gemm
 
 
 def test_activation_mismatch_names_the_other_scheme():
-    from evalkit.schemes import activation_mismatch
+    from evalkit.core.schemes import activation_mismatch
 
     # vLLM 0.24 on an H200 ran the int8-activation W4A8 checkpoint with its FP8 W4A8 scheme
     why = activation_mismatch("w4a8_int8", "CutlassW4A8LinearKernel for CompressedTensorsW4A8Fp8")
@@ -245,8 +245,9 @@ def test_activation_mismatch_names_the_other_scheme():
 def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
     import shutil
 
-    from evalkit import accuracy, views
-    from evalkit.rundir import open_run
+    from evalkit.core.run import open_run
+    from evalkit.stages import accuracy
+    from evalkit.ui import views
 
     if not (REF_GEMMA / "raw/accuracy").is_dir():
         pytest.skip("reference run not in this checkout")
@@ -279,8 +280,8 @@ REF_70B = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-llama7
 
 def test_roofline_view_reads_the_per_point_percentages():
     """The % of roofline records are per point (mean TPOT); the view shows best and worst."""
-    from evalkit import views
-    from evalkit.rundir import open_run
+    from evalkit.core.run import open_run
+    from evalkit.ui import views
 
     if not (REF_70B / "records.parquet").is_file():
         pytest.skip("reference run not in this checkout")
@@ -305,8 +306,8 @@ def test_roofline_view_leaves_out_staggered_server_batches():
     bound overstates the bytes (on the committed 8B grid it passed 100% at 128 x 4k tokens,
     a point now invalid for its cache hits), so the view's best/worst come from batch-1
     points there."""
-    from evalkit import views
-    from evalkit.rundir import open_run
+    from evalkit.core.run import open_run
+    from evalkit.ui import views
 
     if not (REF_8B_GRID / "records.parquet").is_file():
         pytest.skip("reference run not in this checkout")

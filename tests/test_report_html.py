@@ -139,7 +139,7 @@ def test_committed_summary_page_answers_per_regime(tmp_path):
 def test_summary_command_renders_a_page(tmp_path):
     """`evalkit summary` over two reference runs writes a page whose DOM has the answer and
     a figure; a path that is no run fails with one clear error and writes nothing."""
-    from evalkit.cli import main
+    from evalkit.ui.cli import main
 
     runs = [REPO / "outputs" / "reference" / "hopper-llama8b-claim" / "r1",
             REPO / "outputs" / "reference" / "hopper-gemma" / "r1"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from evalkit.environment import visible_gpus
+from evalkit.core.environment import visible_gpus
 
 ROWS = [{"index": "0", "uuid": "GPU-9f0f", "name": "NVIDIA H200"},
         {"index": "1", "uuid": "GPU-1974", "name": "NVIDIA H200"},
@@ -24,9 +24,9 @@ def test_visible_gpus_follow_cuda_visible_devices():
 def test_a_run_resumed_elsewhere_names_every_machine():
     """env.json keeps every stage start with its machine; the report lists them when a run
     spans more than one (a resume on another host or GPU)."""
-    from evalkit import report as rp
-    from evalkit import views
-    from evalkit.environment import machine_id
+    from evalkit.analysis import report as rp
+    from evalkit.core.environment import machine_id
+    from evalkit.ui import views
 
     first = {"hostname": "a", "cpu": "Xeon", "gpus": [ROWS[0]]}
     second = {"hostname": "b", "cpu": "Xeon", "gpus": [ROWS[1]]}
@@ -49,7 +49,7 @@ def test_a_run_resumed_elsewhere_names_every_machine():
 
 
 def test_free_cpu_cores_counts_other_work(monkeypatch):
-    from evalkit import environment as envm
+    from evalkit.core import environment as envm
 
     samples = iter([(1000, 4000), (1000 + 100, 4000 + 200)])  # 1 of 2 cores busy
     monkeypatch.setattr(envm, "_cpu_jiffies", lambda: next(samples))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalkit.io import file_lock
+from evalkit.core.io import file_lock
 from evalkit.runner import render_html
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def _study(tmp_path: Path, model_dir: Path) -> Path:
 
 
 def _evalkit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evalkit.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "evalkit.ui.cli", *args], capture_output=True,
                           text=True, timeout=900, cwd=REPO)
 
 
@@ -80,8 +80,8 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def test_second_process_on_same_run_refuses(tmp_path):
+    from evalkit.core.run import create_run
     from evalkit.preflight import load_study
-    from evalkit.rundir import create_run
 
     study = _study(tmp_path, _broken_checkpoint(tmp_path))
     run = create_run(load_study(study), study, "busy")
@@ -92,8 +92,8 @@ def test_second_process_on_same_run_refuses(tmp_path):
 
 
 def test_resume_refuses_changed_study(tmp_path):
+    from evalkit.core.run import create_run
     from evalkit.preflight import load_study
-    from evalkit.rundir import create_run
 
     study = _study(tmp_path, _broken_checkpoint(tmp_path))
     create_run(load_study(study), study, "r2")

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from evalkit.records import COLUMNS, SCHEMA_VERSION, load_runs
+from evalkit.core.records import COLUMNS, SCHEMA_VERSION, load_runs
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "tests" / "data" / "smoke.yaml"
@@ -33,7 +33,7 @@ def _config(tmp_path: Path, **changes) -> Path:
 
 
 def _evalkit(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evalkit.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "evalkit.ui.cli", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
 
 

@@ -1,4 +1,4 @@
-"""Tests for evalkit.stats on seeded synthetic paired data."""
+"""Tests for evalkit.metrics.stats on seeded synthetic paired data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from evalkit.stats import (
+from evalkit.metrics.stats import (
     mcnemar,
     paired_bootstrap,
     paired_permutation_test,
@@ -77,7 +77,7 @@ def test_bootstrap_is_seeded_and_seed_matters():
 def test_bootstrap_chunking_does_not_change_result(monkeypatch):
     base, variant = correlated_bernoulli(3000, 0.5, 0.45, seed=2)
     whole = paired_bootstrap(base, variant, resamples=200, seed=9)
-    import evalkit.stats as st
+    import evalkit.metrics.stats as st
 
     # Row-by-row chunks draw the same stream of indices from the generator.
     monkeypatch.setattr(st, "_CHUNK_ELEMS", 3000)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from evalkit import taskpack
-from evalkit.errors import ConfigError
+from evalkit.assets import taskpack
+from evalkit.core.errors import ConfigError
 
 REQUIRED = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "mmlu",
             "lambada_openai", "gsm8k")
@@ -152,7 +152,7 @@ def test_copied_data_dir_serves_a_host_without_the_data_package(data_dir, tmp_pa
     """An offline host gets the pack from a copied cache directory, not the 85 MB package."""
     import shutil
 
-    from evalkit.errors import AssetError
+    from evalkit.core.errors import AssetError
 
     pytest.importorskip("lm_eval")
     shutil.copytree(data_dir, tmp_path / "taskpack" / data_dir.name)
@@ -222,8 +222,8 @@ def test_two_pack_tasks_score_on_gemma(tm):
     pytest.importorskip("gguf")
     import lm_eval
 
-    from evalkit import assets
-    from evalkit.config import ModelSpec
+    from evalkit.assets import models as assets
+    from evalkit.core.config import ModelSpec
 
     model = assets.prepare(ModelSpec(source="packaged", name="gemma3-270m"))
     res = lm_eval.simple_evaluate(

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalkit import latency as L
-from evalkit import latency_metrics as LM
-from evalkit import records as rec
-from evalkit import roofline as R
-from evalkit import validity as V
-from evalkit.config import EngineSpec
+from evalkit.core import records as rec
+from evalkit.core.config import EngineSpec
 from evalkit.engine import engine_cli_args, engine_kwargs
+from evalkit.metrics import latency as LM
+from evalkit.metrics import roofline as R
+from evalkit.metrics import validity as V
+from evalkit.stages import latency as L
 
-LLAMA_8B = json.loads((Path(__file__).parents[1] / "evalkit/presets/llama-3.1-8b/config.json")
+LLAMA_8B = json.loads((Path(__file__).parents[1] / "evalkit/assets/presets/llama-3.1-8b/config.json")
                       .read_text())
 H200 = "NVIDIA H200"
 

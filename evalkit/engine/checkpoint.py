@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evalkit.errors import CheckpointError
+from evalkit.core.errors import CheckpointError
 
 
 def _describe_checkpoint(model_path: str | Path) -> str:

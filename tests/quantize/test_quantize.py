@@ -16,11 +16,11 @@ pytest.importorskip("llmcompressor")
 
 from tiny_model import build_tiny_llama  # noqa: E402
 
-from evalkit import quantize as q  # noqa: E402
-from evalkit.assets import ResolvedModel  # noqa: E402
-from evalkit.config import Calibration, QuantizeSpec, Variant, parse_study  # noqa: E402
-from evalkit.errors import StageError  # noqa: E402
-from evalkit.rundir import create_run  # noqa: E402
+from evalkit.assets.models import ResolvedModel  # noqa: E402
+from evalkit.core.config import Calibration, QuantizeSpec, Variant, parse_study  # noqa: E402
+from evalkit.core.errors import StageError  # noqa: E402
+from evalkit.core.run import create_run  # noqa: E402
+from evalkit.stages import quantize as q  # noqa: E402
 
 #: scheme -> (format on disk, weight bits, weight type, activation type or None)
 EXPECTED = {

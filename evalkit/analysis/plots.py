@@ -1,0 +1,214 @@
+"""The serving curves: latency against load with interval bands, throughput against latency,
+goodput at stated SLOs, and the per-regime gains of a summary.
+
+Pure functions of the tables in :mod:`evalkit.metrics.points`; each returns a matplotlib figure and
+never saves or shows it. Every figure marks the points a reader should weigh differently:
+invalid points (a grey cross, left out of every line), single-trial points (hollow markers)
+and points measured on another host than the run's main one (square markers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+INVALID_LABEL = "invalid (left out)"
+SINGLE_LABEL = "single trial"
+OTHER_HOST_LABEL = "other host"
+METRIC_LABELS = {"ttft_ms": "TTFT p50 (ms)", "tpot_ms": "TPOT p50 (ms)",
+                 "e2el_ms": "E2E latency p50 (ms)"}
+
+
+def _style() -> None:
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+
+
+def _colors(points: pd.DataFrame) -> dict[str, str]:
+    """One colour per variant, the same in every figure of a report."""
+    import matplotlib.pyplot as plt
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {v: cycle[i % len(cycle)] for i, v in enumerate(pd.unique(points["variant"]))}
+
+
+def _disclose(ax, sub: pd.DataFrame, x: str, y: str, color: str) -> None:
+    """Overlay the disclosure markers on one variant's points."""
+    ok = sub[sub["status"] == "ok"]
+    single = ok[ok["single_trial"]]
+    if len(single):
+        ax.scatter(single[x], single[y], s=70, facecolors="white", edgecolors=color, zorder=4,
+                   label=SINGLE_LABEL)
+    other = ok[ok["other_host"]]
+    if len(other):
+        ax.scatter(other[x], other[y], s=80, marker="s", facecolors="none", edgecolors=color,
+                   zorder=4, label=OTHER_HOST_LABEL)
+
+
+def _load_axis(ax, loads: pd.Series) -> None:
+    """A log2 axis ticked at the loads measured, labelled as plain numbers."""
+    ticks = sorted({int(x) for x in loads})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+
+
+def _dedupe_legend(ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    seen: dict[str, object] = {}
+    for h, lab in zip(handles, labels, strict=True):
+        seen.setdefault(lab, h)
+    if seen:
+        ax.legend(list(seen.values()), list(seen), loc="best", fontsize=8)
+
+
+def plot_metric_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms", mode: str = "server"):
+    """p50 of ``metric`` against concurrency (server) or batch size (offline), one line per
+    variant with its band (server: the 95% bootstrap interval of the p50; offline: the range
+    over iterations), one panel per workload."""
+    import matplotlib.pyplot as plt
+
+    _style()
+    pts = points[points["mode"] == mode]
+    workloads = list(pd.unique(pts["workload"])) or ["(none)"]
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5.6 * len(workloads), 4.3),
+                             squeeze=False)
+    short = metric.removesuffix("_ms")
+    colors = _colors(points)
+    for ax, wl in zip(axes[0], workloads, strict=True):
+        sub = pts[pts["workload"] == wl].sort_values("concurrency")
+        if sub.empty:
+            ax.text(0.5, 0.5, "no latency measured", ha="center", va="center",
+                    transform=ax.transAxes)
+            continue
+        for variant, v in sub.groupby("variant", sort=False):
+            c = colors[variant]
+            ok = v[v["status"] == "ok"]
+            ax.plot(ok["concurrency"], ok[metric], marker="o", color=c, label=str(variant))
+            lo, hi = ok.get(f"{short}_lo"), ok.get(f"{short}_hi")
+            if lo is not None and hi is not None and ok[[f"{short}_lo", f"{short}_hi"]].notna(
+                    ).all(axis=1).any():
+                ax.fill_between(ok["concurrency"], lo, hi, color=c, alpha=0.18, lw=0)
+            _disclose(ax, v, "concurrency", metric, c)
+            bad = v[v["status"] != "ok"]
+            if len(bad):
+                ax.scatter(bad["concurrency"], bad[metric], marker="x", color="grey", s=50,
+                           zorder=4, label=INVALID_LABEL)
+        _load_axis(ax, sub["concurrency"])
+        ax.set_title(f"{wl} (in {sub['input_len'].iloc[0]} / out {sub['output_len'].iloc[0]} "
+                     "tokens)")
+        ax.set_xlabel("requests in flight" if mode == "server" else "batch size")
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        _dedupe_legend(ax)
+    band = ("95% bootstrap interval of the p50" if mode == "server"
+            else "range over timed iterations")
+    fig.suptitle(f"{short.upper()} against load ({mode}; band: {band})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_throughput_vs_latency(points: pd.DataFrame, *, mode: str = "server"):
+    """Output tokens/s per GPU (CPU runs: per engine) against p50 TPOT: the serving Pareto.
+    One line per variant and workload, each point labelled with its concurrency; up and to
+    the left is better."""
+    import matplotlib.pyplot as plt
+
+    _style()
+    pts = points[(points["mode"] == mode) & (points["status"] == "ok")]
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    y = "output_tok_s_per_gpu" if pts["output_tok_s_per_gpu"].notna().any() else \
+        "output_throughput_tok_s"
+    if pts.empty:
+        ax.text(0.5, 0.5, "no valid latency point", ha="center", va="center",
+                transform=ax.transAxes)
+    markers = ["o", "^", "D", "v", "P"]
+    wls = list(pd.unique(pts["workload"]))
+    colors = _colors(points)
+    for (variant, wl), g in pts.groupby(["variant", "workload"], sort=False):
+        g = g.sort_values("concurrency")
+        c = colors[variant]
+        ax.plot(g["tpot_ms"], g[y], marker=markers[wls.index(wl) % len(markers)], color=c,
+                label=f"{variant} · {wl}")
+        for r in g.itertuples():
+            ax.annotate(f"{'c' if mode == 'server' else 'b'}{r.concurrency}",
+                        (r.tpot_ms, getattr(r, y)), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color=c)
+        _disclose(ax, g, "tpot_ms", y, c)
+    ax.set_xlabel("TPOT p50 (ms; left is faster per user)")
+    ax.set_ylabel("output tokens/s per GPU" if y == "output_tok_s_per_gpu"
+                  else "output tokens/s (one engine)")
+    ax.set_title(f"Throughput against latency ({mode})")
+    _dedupe_legend(ax)
+    fig.tight_layout()
+    return fig
+
+
+def plot_goodput(good: pd.DataFrame, slo: dict[str, float]):
+    """Goodput (requests/s meeting every SLO) against requests in flight, per workload."""
+    import matplotlib.pyplot as plt
+
+    _style()
+    workloads = list(pd.unique(good["workload"])) or ["(none)"]
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5.6 * len(workloads), 4.3),
+                             squeeze=False)
+    ok = good[good["status"] == "ok"]
+    for ax, wl in zip(axes[0], workloads, strict=True):
+        sub = ok[ok["workload"] == wl].sort_values("concurrency")
+        if sub.empty:
+            ax.text(0.5, 0.5, "no valid server point with per-request data", ha="center",
+                    va="center", transform=ax.transAxes)
+        for variant, v in sub.groupby("variant", sort=False):
+            line, = ax.plot(v["concurrency"], v["goodput_req_s"], marker="o", label=str(variant))
+            ax.plot(v["concurrency"], v["request_throughput_req_s"], ls=":", lw=1,
+                    color=line.get_color(), label=f"{variant} (all requests)")
+        if len(sub):
+            _load_axis(ax, sub["concurrency"])
+        ax.set_title(wl)
+        ax.set_xlabel("requests in flight")
+        ax.set_ylabel("requests/s")
+        if len(sub):
+            _dedupe_legend(ax)
+    limits = ", ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in slo.items())
+    fig.suptitle(f"Goodput at the SLO {limits} (solid) and all completed requests (dotted)",
+                 fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_regime_gains(rows: pd.DataFrame):
+    """Summary forest plot: per comparison and regime, the range of the variant's TTFT and
+    TPOT reduction over valid points (bar: min to max of the point estimates; dot: median).
+
+    ``rows``: comparison, regime, metric, gains (list of point gains, %).
+    """
+    import matplotlib.pyplot as plt
+
+    _style()
+    labels = list(dict.fromkeys(zip(rows["comparison"], rows["regime"], strict=True)))
+    fig, ax = plt.subplots(figsize=(9, 0.42 * max(len(labels), 3) + 1.6))
+    offsets = {"ttft_ms": -0.15, "tpot_ms": 0.15}
+    colors = {"ttft_ms": "tab:blue", "tpot_ms": "tab:orange"}
+    for metric, off in offsets.items():
+        first = True
+        for i, key in enumerate(labels):
+            g = rows[(rows["comparison"] == key[0]) & (rows["regime"] == key[1])
+                     & (rows["metric"] == metric)]
+            vals = [x for gs in g["gains"] for x in gs]
+            if not vals:
+                continue
+            ax.plot([min(vals), max(vals)], [i + off] * 2, color=colors[metric], lw=3,
+                    alpha=0.6, label=f"{metric.removesuffix('_ms').upper()} reduction"
+                    if first else "_nolegend_")
+            ax.scatter([float(np.median(vals))], [i + off], color=colors[metric], zorder=3,
+                       s=25, label="_nolegend_")
+            first = False
+    ax.axvline(0, color="black", lw=0.8, label="_nolegend_")
+    ax.set_yticks(range(len(labels)), [f"{c} · {r}" for c, r in labels], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("variant's reduction vs reference (%; > 0 = faster; bar: range over valid "
+                  "points, dot: median)")
+    ax.set_title("Speed gain by workload regime")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,265 @@
+"""The cross-study answer page: which scheme for which workload, from several runs.
+
+:func:`load` opens runs (each as the :class:`evalkit.analysis.report.Report` its own report is built
+from); the functions below turn them into the page's parts: a recommendation per workload
+regime across model shapes, the gains table per run x comparison x regime, quality deltas
+where a real model was measured, and the list of runs with a one-line verdict each. Only
+valid points count (invalid ones are counted and named). ``evalkit summary`` renders
+notebooks/05_summary.ipynb, which calls these, to one HTML page.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from evalkit.analysis import report as rp
+from evalkit.analysis import verdicts as vd
+from evalkit.core.errors import RunDirError
+from evalkit.core.run import REPORT_HTML, Run, list_runs, open_run
+from evalkit.metrics import points as pts
+
+RANDOM_WEIGHTS = "random weights"
+
+
+@dataclass
+class RunSummary:
+    run: Run
+    report: rp.Report
+    real_weights: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.report.study}/{self.run.run_id}"
+
+    @property
+    def shape(self) -> str:
+        return f"{self.report.model} ({'real weights' if self.real_weights else RANDOM_WEIGHTS})"
+
+
+def find_runs(paths: list[str | os.PathLike[str]]) -> list[Run]:
+    """Runs named by their directories, or every run under an output root."""
+    out: list[Run] = []
+    for p in map(Path, paths):
+        if (p / "config.yaml").is_file():
+            out.append(open_run(p))
+        elif p.is_dir():
+            out += list_runs(p)
+        else:
+            raise RunDirError(f"{p}: neither a run directory (no config.yaml) nor an output root")
+    if not out:
+        raise RunDirError(f"no runs under {', '.join(map(str, paths))}")
+    return sorted(out, key=lambda r: (r.study, r.run_id))
+
+
+def load(paths: list[str | os.PathLike[str]]) -> list[RunSummary]:
+    """Open every run and build its report data (records, per-request samples, caveats)."""
+    from evalkit.ui import views
+
+    runs = []
+    for run in find_runs(paths):
+        cfg = run.config()
+        rep = views.build(cfg, run)
+        real = not (cfg.model.source == "preset"
+                    or any(RANDOM_WEIGHTS in c for c in rep.caveats))
+        runs.append(RunSummary(run, rep, real))
+    return runs
+
+
+def one_line(rep: rp.Report) -> str:
+    """A run's verdict in one line, for the index and the runs table."""
+    pairs = rep.comparisons()
+    if pairs:
+        variant, ref = pairs[0]
+        g = rep.gains(variant, ref)
+        valid = g.drop_duplicates(["mode", "workload", "concurrency"])
+        n_ok, n = int(valid["valid"].sum()), len(valid)
+        if n_ok == 0:
+            return f"{variant} vs {ref}: all {n} shared latency points invalid; no speed verdict"
+        parts = "; ".join(vd.metric_phrase(g, m) for m in ("ttft_ms", "e2el_ms"))
+        return f"{variant} vs {ref}, {n_ok} of {n} points valid: {parts}"
+    q = rp.quality_per_variant(rep.records)
+    if len(q):
+        return "quality only: " + "; ".join(
+            f"{r.variant} {r.quality_delta * 100:+.1f} points [{r.quality_ci_low * 100:+.1f}, "
+            f"{r.quality_ci_high * 100:+.1f}]" for r in q.itertuples())
+    return "no comparison measured"
+
+
+def _comparisons(s: RunSummary) -> list[tuple[str, str]]:
+    """The run's comparisons the page speaks of: against the study's chosen reference where
+    it has one, else against base."""
+    ref, base = s.report.reference, s.report.base
+    return [(v, r) for v, r in s.report.comparisons()
+            if not (r == base and ref not in (None, base))]
+
+
+def comparison_rows(runs: list[RunSummary]) -> pd.DataFrame:
+    """Per run x comparison x regime: the regime table of :func:`evalkit.analysis.verdicts`, with the
+    run, model shape, hardware and the trials and hosts behind it."""
+    frames = []
+    for s in runs:
+        for variant, ref in _comparisons(s):
+            g = s.report.gains(variant, ref)
+            t = vd.regime_table(g, variant, ref)
+            if t.empty:
+                continue
+            v = g[g["valid"]]
+            trials = v.groupby("regime")["trials"].min()
+            t.insert(0, "comparison", f"{variant} vs {ref}")
+            t.insert(0, "hardware", s.report.hardware)
+            t.insert(0, "model", s.shape)
+            t.insert(0, "run", s.label)
+            t["min_trials"] = t["regime"].map(trials).fillna(0).astype(int)
+            frames.append(t)
+    cols = ["run", "model", "hardware", "comparison", *vd.REGIME_COLUMNS, "min_trials"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def gain_ranges(runs: list[RunSummary]) -> pd.DataFrame:
+    """For the forest plot: comparison (with model), regime, metric and the valid point gains."""
+    rows = []
+    for s in runs:
+        for variant, ref in _comparisons(s):
+            g = s.report.gains(variant, ref)
+            g = g[g["valid"] & g["metric"].isin(["ttft_ms", "tpot_ms"]) & g["gain_pct"].notna()]
+            for (reg, metric), x in g.groupby(["regime", "metric"], sort=False):
+                rows.append({"comparison": f"{variant} vs {ref} · {s.report.model} · {s.label}",
+                             "regime": reg, "metric": metric, "gains": list(x["gain_pct"])})
+    df = pd.DataFrame(rows, columns=["comparison", "regime", "metric", "gains"])
+    order = {r: i for i, r in enumerate(pts.REGIMES)}
+    return df.sort_values(["comparison", "regime"], key=lambda c: c.map(order)
+                          if c.name == "regime" else c, kind="stable").reset_index(drop=True)
+
+
+def quality_rows(runs: list[RunSummary]) -> pd.DataFrame:
+    """Quality delta vs base per scheme, from runs of real weights."""
+    rows = []
+    for s in runs:
+        if not s.real_weights:
+            continue
+        q = rp.quality_per_variant(s.report.records)
+        schemes = s.report.records.drop_duplicates("variant").set_index("variant")["scheme"]
+        for r in q.itertuples():
+            rows.append({"run": s.label, "model": s.report.model, "variant": r.variant,
+                         "scheme": schemes.get(r.variant), "delta_points": r.quality_delta * 100,
+                         "ci_low": r.quality_ci_low * 100, "ci_high": r.quality_ci_high * 100,
+                         "tasks": r.tasks, "documents": r.docs,
+                         "text": vd.quality_text(r.quality_delta * 100, r.quality_ci_low * 100,
+                                                 r.quality_ci_high * 100, r.tasks, r.docs,
+                                                 s.report.model)})
+    return pd.DataFrame(rows, columns=["run", "model", "variant", "scheme", "delta_points",
+                                       "ci_low", "ci_high", "tasks", "documents", "text"])
+
+
+def answer_markdown(runs: list[RunSummary]) -> str:
+    """Per regime and comparison: what each model shape's valid points recommend (decided on
+    E2E latency), with the points, trials and run behind it, then the quality conditions."""
+    table = comparison_rows(runs)
+    quality = quality_rows(runs)
+    lines = ["## Answer by workload regime", "",
+             "Decided per regime on E2E latency at the valid points (offline: the whole "
+             "batch's time, which is its tokens/s); a scheme *wins* where its 95% interval "
+             "excludes a tie at every point. Speed runs use random weights (valid for speed, "
+             "never for quality).", ""]
+    if table.empty:
+        return "\n".join(lines + ["No run compares two variants at shared latency points."])
+    for reg, desc in pts.REGIMES.items():
+        r = table[(table["regime"] == reg) & (table["decision"] != "no valid point")]
+        if r.empty:
+            continue
+        lines.append(f"**{reg}** — {desc}:")
+        order = r.groupby("comparison")["run"].count().sort_values(ascending=False).index
+        for comp in order:
+            c = r[r["comparison"] == comp].sort_values(["min_trials", "model"],
+                                                        ascending=[False, True])
+
+            def part(row) -> str:
+                return f"{row.model.split(' (')[0]} → **{_decision_words(row)}** ({_facts(row)})"
+
+            tried = [part(x) for x in c.itertuples() if x.min_trials > 1]
+            single = [part(x) for x in c.itertuples() if x.min_trials <= 1]
+            text = " · ".join(tried)
+            if single:
+                text += ("; " if tried else "") + "*earlier single-trial points:* " + \
+                    " · ".join(single)
+            lines.append(f"- `{comp}`: {text}")
+        lines.append("")
+    if len(quality):
+        lines += ["**Quality** (real weights; paired delta of the primary metric vs base, mean "
+                  "over tasks, 95% interval):", ""]
+        lines += [f"- `{r.variant}` ({r.run}): {r.text}" for r in quality.itertuples()]
+    else:
+        lines += ["**Quality** was not measured on real weights in these runs: a scheme's "
+                  "speed gain says nothing about what it costs in accuracy."]
+    return "\n".join(lines)
+
+
+def _facts(row) -> str:
+    variant = row.comparison.split(" vs ")[0]
+    trials = "single trial" if row.min_trials <= 1 else f"{row.min_trials} trials"
+    return (f"{variant}'s reduction: E2E {row.e2el_gain}, TTFT {row.ttft_gain}, TPOT "
+            f"{row.tpot_gain}; {row.points}, {trials}; {row.hardware}; {row.run}")
+
+
+def _decision_words(row) -> str:
+    variant, ref = row.comparison.split(" vs ")
+    d = row.decision
+    if d == "depends on load":
+        return (f"depends on load ({variant} faster at {row.e2el_faster} point(s), {ref} at "
+                f"{row.e2el_slower})")
+    if d == "either (level)":
+        return "either (level within the intervals)"
+    return d
+
+
+def runs_table(runs: list[RunSummary], page: Path) -> pd.DataFrame:
+    """Each run with its report linked relative to ``page`` and its one-line verdict."""
+    rows = []
+    for s in runs:
+        rep = s.run.path / REPORT_HTML
+        link = Path(os.path.relpath(rep, page.parent)).as_posix() if rep.is_file() else ""
+        rows.append({"run": s.label, "model": s.shape, "hardware": s.report.hardware,
+                     "started (UTC)": s.report.env.get("created_utc", "?"),
+                     "verdict": one_line(s.report), "report": link})
+    return pd.DataFrame(rows)
+
+
+def render(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+           progress: bool = False) -> Path:
+    """Execute notebooks/05_summary.ipynb over the runs and write its HTML (without code) to
+    ``out``, atomically. When the notebook fails, the executed notebook is kept next to
+    ``out`` as ``<name>.failed.ipynb`` (it shows where) and ``out`` is left as it was.
+
+    Raises:
+        RunDirError: a path is neither a run nor an output root (checked before executing).
+        StageError: the notebook raised.
+    """
+    import tempfile
+
+    import papermill as pm
+
+    from evalkit.core.errors import StageError
+    from evalkit.core.io import atomic_write_text
+    from evalkit.runner import NOTEBOOK_DIR, notebook_kernel, render_html
+
+    find_runs(list(paths))  # one clear error before a kernel starts
+    out = Path(out).resolve()
+    src = NOTEBOOK_DIR / "05_summary.ipynb"
+    with tempfile.TemporaryDirectory(prefix="evalkit-summary-") as tmp:
+        nb = Path(tmp) / "05_summary.ipynb"
+        try:
+            pm.execute_notebook(
+                str(src), str(nb), kernel_name=notebook_kernel(src), progress_bar=progress,
+                parameters={"runs": [str(Path(p).resolve()) for p in paths], "page": str(out)},
+                cwd=tmp)
+        except pm.PapermillExecutionError as exc:
+            failed = out.with_suffix(".failed.ipynb")
+            failed.write_bytes(nb.read_bytes())
+            raise StageError(f"summary notebook failed in cell {exc.exec_count}: {exc.ename}: "
+                             f"{(exc.evalue or '').splitlines()[:1]} -- see {failed}") from None
+        plain, _ = render_html(nb, Path(tmp))
+        return atomic_write_text(out, plain.read_text(encoding="utf-8"))

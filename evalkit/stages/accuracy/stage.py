@@ -1,0 +1,289 @@
+"""The accuracy stage: every variant on every task, paired against base, records written (and
+rebuilt from raw files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evalkit.assets import models as assets
+from evalkit.assets import taskpack
+from evalkit.core import records as rec
+from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.environment import env_hardware_label, hardware_label
+from evalkit.core.errors import EngineError, EvalkitError, StageError, UnsupportedSchemeError
+from evalkit.core.io import (
+    json_exists,
+    read_json,
+)
+from evalkit.core.run import Run, set_cpu_threads
+from evalkit.stages import quantize
+from evalkit.stages.accuracy.backends import hf_device, offline_env, plan_backend, task_manager
+from evalkit.stages.accuracy.results import (
+    UnitResult,
+    _finished_unit,
+    _variant_fields,
+    paired_records,
+    unit_records,
+)
+from evalkit.stages.accuracy.runner import _VariantRunner
+from evalkit.stages.accuracy.settings import STAGE, _acc, eval_settings, lm_eval_version
+
+
+def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
+              variants: Sequence[str] | None = None,
+              raise_on_failure: bool = True) -> pd.DataFrame:
+    """Evaluate every variant on every task, compare with base, write records.
+
+    Args:
+        cfg: the study.
+        run: the run directory (raw files, unit markers, logs, records).
+        use_cache: reuse (and fill) the cross-run cache under ``cache_dir()/accuracy``.
+            Within-run unit markers are always honoured.
+        variants: restrict to these variant names (default: all). The base variant is
+            always evaluated too, since the paired statistics need it.
+        raise_on_failure: raise :class:`StageError` after writing the records when any
+            unit failed (as the quantize and latency stages do; False: failed units are
+            data, for the notebook to show its tables and then call
+            ``notebook.check_stage``).
+
+    Returns:
+        The stage's records (also written to ``records/accuracy.parquet``).
+
+    Raises:
+        StageError: unknown ``variants``; or, with ``raise_on_failure``, after writing the
+            records, if any variant/task failed.
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+
+    acc = _acc(cfg)
+    if cfg.engine.device == "cpu" and any(
+            plan_backend(v, "cpu").backend == "hf" for v in cfg.variants):
+
+        set_cpu_threads(run, "accuracy")
+    chosen = list(cfg.variants)
+    if variants is not None:
+        unknown = sorted(set(variants) - {v.name for v in cfg.variants})
+        if unknown:
+            raise StageError(f"accuracy: unknown variants {unknown}; study has "
+                             f"{[v.name for v in cfg.variants]}")
+        base_v = cfg.base_variant
+        keep = set(variants) | ({base_v.name} if base_v else set())
+        chosen = [v for v in cfg.variants if v.name in keep]
+    model_name = assets.resolve_model(cfg.model).name
+    hardware_vllm = hardware_label(cfg.engine.device)
+    hardware_hf = hardware_label(hf_device(cfg))
+    tasks = [(t, taskpack.lm_eval_task_name(t, acc.data)) for t in acc.tasks]
+    run.log(f"accuracy: {len(chosen)} variants x {len(tasks)} tasks, settings "
+            f"{json.dumps(eval_settings(cfg), sort_keys=True)}, lm-eval {lm_eval_version()}")
+
+    results: dict[tuple[str, str], UnitResult] = {}
+    failures: dict[tuple[str, str], str] = {}
+    with offline_env():
+        # lm-eval's task index (seconds: it reads every task YAML) is built once, while the
+        # first group's servers start; a group without a server builds it before evaluating
+        tm = None
+        bar = tqdm(total=len(chosen) * len(tasks), desc="accuracy", unit="task")
+        k = cfg.engine.parallel_starts
+        try:
+            for i in range(0, len(chosen), k):
+                runners: list[_VariantRunner] = []
+                for v in chosen[i:i + k]:
+                    try:
+                        ckpt = Path(quantize.checkpoint_for(run, v.name))
+                    except EvalkitError as exc:
+                        for t, _ in tasks:
+                            failures[(v.name, t)] = f"no checkpoint: {exc}"
+                        run.log(f"accuracy {v.name}: FAILED, no checkpoint: {exc}")
+                        bar.update(len(tasks))
+                        continue
+                    runners.append(_VariantRunner(cfg, run, v, ckpt, use_cache, bar))
+                try:
+                    launched = [r.variant.name for r in runners if r.launch(tasks)]
+                    if len(launched) > 1:
+                        run.log("accuracy: vLLM servers of " + ", ".join(launched)
+                                + " start side by side; each is used alone")
+                    if tm is None:  # meanwhile, what needs no server
+                        tm = task_manager(acc.data)
+                    for runner in runners:
+                        runner.tm = tm
+                        runner.prepare()
+                    for j, runner in enumerate(runners):
+                        _evaluate_variant(runner, tasks, results, failures, bar)
+                        # latency is measured with the group's other servers up and idle
+                        runner.close(beside=[r.variant.name for r in runners[j + 1:]
+                                             if r.settle()])
+                finally:
+                    for runner in runners:  # an interrupt: stop every server of the group
+                        runner.close_quietly()
+        finally:
+            bar.close()
+
+    df = _stage_records(cfg, run, chosen, tasks, results, failures, model_name,
+                        {"vllm": hardware_vllm, "hf": hardware_hf})
+    run.write_stage_records(STAGE, df)
+    if failures and raise_on_failure:
+        raise StageError(
+            f"accuracy: {len(failures)} evaluation(s) failed: "
+            + "; ".join(f"{v}/{t}" for v, t in failures)
+            + f" (records written with status=failed; see {run.path / 'logs' / 'run.log'})"
+        )
+    return df
+
+
+def _evaluate_variant(runner: _VariantRunner, tasks: Sequence[tuple[str, str]],
+                      results: dict[tuple[str, str], UnitResult],
+                      failures: dict[tuple[str, str], str], bar: Any) -> None:
+    """All tasks of one variant; a failed task is recorded and the next one runs, a failed
+    backend (engine or model load) fails the variant's remaining tasks."""
+    name, run = runner.variant.name, runner.run
+    try:
+        for t, lm_task in tasks:
+            bar.set_postfix_str(f"{name}/{t}")
+            try:
+                results[(name, t)] = runner.evaluate(t, lm_task)
+            except (EngineError, UnsupportedSchemeError):
+                raise  # the backend itself is unusable: stop this variant
+            except Exception as exc:  # noqa: BLE001 -- a failed unit is data
+                failures[(name, t)] = f"{type(exc).__name__}: {exc}"
+                run.log(f"accuracy {name}/{t}: FAILED {type(exc).__name__}: "
+                        f"{exc}\n{traceback.format_exc()}")
+            bar.update(1)
+    except Exception as exc:  # noqa: BLE001 -- engine/model load failed
+        for t, _ in tasks:
+            if (name, t) not in results and (name, t) not in failures:
+                failures[(name, t)] = f"{type(exc).__name__}: {exc}".split("\n")[0]
+                bar.update(1)
+        run.log(f"accuracy {name}: FAILED {type(exc).__name__}: {exc}\n"
+                f"{traceback.format_exc()}")
+
+
+def _stage_records(cfg: StudyConfig, run: Run, chosen: Sequence[Variant],
+                   tasks: Sequence[tuple[str, str]], results: Mapping[tuple[str, str], UnitResult],
+                   failures: dict[tuple[str, str], str], model_name: str,
+                   hardware: Mapping[str, str]) -> pd.DataFrame:
+    """The stage's records: each unit's values, paired deltas vs base, failed units (NaN).
+    ``hardware``: label per backend (``vllm``, ``hf``); paired-statistics failures are added
+    to ``failures``."""
+    rows: list[dict[str, Any]] = []
+    base_v = cfg.base_variant
+    vmap = {v.name: v for v in chosen}
+    for (vname, t), u in results.items():
+        hw = hardware["vllm" if u.backend == "vllm" else "hf"]
+        lm_task = dict(tasks)[t]
+        rows += [{**_variant_fields(cfg, vmap[vname]), **r} for r in unit_records(u, lm_task, hw)]
+        if base_v is None or vname == base_v.name:
+            continue
+        bu = results.get((base_v.name, t))
+        if bu is None:
+            continue
+        try:
+            rows += [{**_variant_fields(cfg, vmap[vname]), **r}
+                     for r in paired_records(bu, u, lm_task, cfg, hw)]
+        except EvalkitError as exc:
+            failures[(vname, f"{t} (paired)")] = str(exc)
+            run.log(f"accuracy {vname}/{t}: paired statistics FAILED: {exc}")
+    for (vname, t), why in failures.items():
+        # A failed comparison keeps the variant's own (ok) values and fails its "delta".
+        paired = t.endswith(" (paired)")
+        task = t.removesuffix(" (paired)")
+        known = sorted({r["metric"] for r in rows if r["task"] == task}) or ["evaluation"]
+        for metric in known:
+            rows.append({**_variant_fields(cfg, vmap[vname]), "task": task, "metric": metric,
+                         "stat": "delta" if paired else "value", "value": math.nan,
+                         "unit": "fraction", "status": "failed",
+                         "note": why.split("\n")[0][:500], "hardware": hardware["vllm"]})
+    return rec.make_records(rows, run_id=run.run_id, study=cfg.study, model=model_name,
+                            stage=STAGE)
+
+
+def rebuild_records(run: Run) -> pd.DataFrame:
+    """Assemble the stage records of a run from its finished (variant, task) units.
+
+    An interrupted accuracy stage writes no stage records; every finished unit keeps its
+    lm-eval results and per-document scores under ``raw/accuracy``. This builds the records
+    (values, stderr, paired deltas vs base) from them, without any model, with the hardware
+    of the machine that ran them (``env.json``). Units not finished are absent ("not
+    measured"). Writes and returns the stage records.
+    """
+
+    cfg = run.config()
+    acc = _acc(cfg)
+    tasks = [(t, taskpack.lm_eval_task_name(t, acc.data)) for t in acc.tasks]
+    results: dict[tuple[str, str], UnitResult] = {}
+    for v in cfg.variants:
+        for t, _ in tasks:
+            done = run.unit_done(STAGE, f"{v.name}/{t}")
+            raw = run.path / "raw" / STAGE / v.name / t
+            if done is None or not json_exists(raw / "results.json"):
+                continue
+            results[(v.name, t)] = _finished_unit(v.name, t, raw, done)
+    if not results:
+        raise StageError(f"{run.path}: no finished accuracy units to rebuild records from")
+    env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}
+    q = run.records()
+    names = q.loc[q["stage"] == "quantize", "model"].dropna() if not q.empty else q
+    model_name = str(names.iloc[0]) if len(names) else str(cfg.model.name or cfg.model.path)
+    hardware = {"vllm": env_hardware_label(env, cfg.engine.device),
+                "hf": env_hardware_label(env, hf_device(cfg))}
+    failures: dict[tuple[str, str], str] = {}
+    df = _stage_records(cfg, run, cfg.variants, tasks, results, failures, model_name, hardware)
+    run.write_stage_records(STAGE, df)
+    run.log(f"accuracy: {len(results)} finished unit(s) assembled into {len(df)} records")
+    return df
+
+
+def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
+    """A display table of accuracy records: one row per task x metric x non-base variant.
+
+    Columns: ``task``, ``metric``, ``variant``, ``base`` ("value ± stderr"), ``base_value``,
+    ``base_stderr``, ``value``, ``delta``, ``ci_low``, ``ci_high``, ``delta_ci`` (display),
+    ``recovery_pct``, ``p_value``, ``significant`` (the interval excludes 0), ``n``,
+    ``backend``. Pure: takes records, returns a new frame; base-only studies give one row
+    per task x metric with the variant columns empty.
+    """
+    d = df[(df["stage"] == STAGE) & (df["status"] == "ok")]
+    cols = ["task", "metric", "variant", "base", "base_value", "base_stderr", "value",
+            "delta", "ci_low", "ci_high", "delta_ci", "recovery_pct", "p_value",
+            "significant", "n", "backend"]
+    if d.empty:
+        return pd.DataFrame(columns=cols)
+    wide = d.pivot_table(index=["task", "metric", "variant"], columns="stat", values="value",
+                         aggfunc="last")
+    meta = d.groupby(["task", "metric", "variant"]).agg(
+        n=("n", "max"), backend=("backend", "last"), scheme=("scheme", "last"))
+    wide = wide.join(meta).reset_index()
+    base_names = set(wide.loc[wide["scheme"] == "base", "variant"])
+    base = wide[wide["variant"].isin(base_names)]
+    others = wide[~wide["variant"].isin(base_names)]
+    b = base[["task", "metric", "value", "stderr"]].rename(
+        columns={"value": "base_value", "stderr": "base_stderr"})
+    out = (others.merge(b, on=["task", "metric"], how="left") if len(others)
+           else b.assign(variant=pd.NA, value=np.nan))
+    for c in ("delta", "ci_low", "ci_high", "recovery_pct", "p_value", "n", "backend"):
+        if c not in out:
+            out[c] = np.nan
+    out["base"] = [
+        "" if pd.isna(v) else f"{v:.4f} ± {s:.4f}" if not pd.isna(s) else f"{v:.4f}"
+        for v, s in zip(out["base_value"], out["base_stderr"], strict=True)
+    ]
+    out["delta_ci"] = [
+        "" if pd.isna(dl) else (f"{dl:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                                if not (pd.isna(lo) or pd.isna(hi)) else f"{dl:+.4f}")
+        for dl, lo, hi in zip(out["delta"], out["ci_low"], out["ci_high"], strict=True)
+    ]
+    out["significant"] = [
+        pd.NA if (pd.isna(lo) or pd.isna(hi)) else bool(lo > 0 or hi < 0)
+        for lo, hi in zip(out["ci_low"], out["ci_high"], strict=True)
+    ]
+    out["significant"] = out["significant"].astype("boolean")
+    return out[cols].sort_values(["task", "metric", "variant"], ignore_index=True)

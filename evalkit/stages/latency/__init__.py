@@ -1,0 +1,81 @@
+"""Latency stage: vLLM serving sweeps (TTFT, TPOT, ITL, E2E) for every variant.
+
+Server mode (the main one) starts one OpenAI server per variant and, for each workload x
+concurrency x request-rate point, runs vLLM's own benchmark client (``vllm bench serve``)
+against it with ``--save-detailed``, ``trials`` times. evalkit's records are recomputed
+from the client's per-request data with vLLM's definitions
+(:mod:`evalkit.metrics.latency`): TTFT per request; TPOT = (latency - TTFT) /
+(output tokens - 1), first token excluded; ITL per streamed chunk; E2E per request.
+
+What makes a point valid (:mod:`evalkit.metrics.validity`) is built in and checked:
+
+* engines start without automatic prefix caching (``engine.prefix_caching``), and every
+  point, trial and warm-up sends prompts of its own (:func:`prompt_seed`), so no timed
+  prefill can be a cache read;
+* each point records the prompt-token cache hit rate the server counted (``/metrics``) or,
+  offline, vLLM reported per request; above 1 % the point is ``invalid``;
+* each point records how close it came to its physical floors (prefill FLOPs at peak
+  tensor throughput, decode bytes at peak bandwidth); below a floor it is ``invalid``.
+
+Failed requests are counted (``failed_requests``), never dropped silently and never
+turned into 0 ms. When ``latency.scrape_metrics`` is on, the server's Prometheus
+histograms are diffed around each point and recorded beside the client figures
+(``mode="server-metrics"``). Offline mode times whole batches through ``vllm.LLM`` (see
+:func:`evalkit.engine.run_offline`).
+
+Raw data per variant lives in ``raw/latency/<variant>/``: the client's detailed JSON per
+point and trial (``<point>_t<k>.json``; runs before trials existed: ``<point>.json``),
+``<point>.summary.json`` (the client's own summaries next to evalkit's figures and the
+``/metrics`` delta), ``provenance.json`` (kernels, backend, graphs, versions from the engine
+log), ``offline.json``, and one Parquet file per finished point (what resume reuses).
+
+
+Modules: :mod:`~evalkit.stages.latency.stage` (the sweep), :mod:`~evalkit.stages.latency.client`
+(the benchmark client side), :mod:`~evalkit.stages.latency.rawfiles` (raw file names and readers),
+:mod:`~evalkit.stages.latency.rebuild` (records and samples from raw data).
+"""
+
+from evalkit import engine as eng
+from evalkit.metrics.latency import (  # noqa: F401 -- re-exported: they used to live here
+    BENCH_SUMMARY_KEYS,
+    SERVER_HISTOGRAMS,
+    bench_summary,
+    interval_rows,
+    offline_rows,
+    per_request_metrics,
+    point_rows,
+    pool_metrics,
+    server_metric_rows,
+    tpot_s,
+)
+from evalkit.metrics.roofline import (  # noqa: F401 -- re-exported: it used to live here
+    BANDWIDTH_GBPS,
+    _text_config,
+    cpu_copy_bandwidth_gbps,
+    decode_bytes_per_step,
+    estimate_weight_bytes,
+    gpu_bandwidth_gbps,
+    kv_bytes_per_token,
+    memory_bandwidth,
+    roofline_tpot_ms,
+    weight_bytes_split,
+    weight_read_fraction,
+)
+from evalkit.stages.latency.client import bench_command, prompt_seed, run_bench, warm_up
+from evalkit.stages.latency.rawfiles import (
+    STAGE,
+    load_trials,
+    offline_iters,
+    point_key,
+    point_stem,
+    trial_files,
+)
+from evalkit.stages.latency.rebuild import rebuild_records, recorded_prefix_caching, request_samples
+from evalkit.stages.latency.stage import _Stage, measure_with_server, run_stage
+
+__all__ = [
+    "STAGE", "_Stage", "bench_command", "eng", "load_trials", "measure_with_server",
+    "offline_iters", "point_key", "point_stem", "prompt_seed", "rebuild_records",
+    "recorded_prefix_caching", "request_samples", "run_bench", "run_stage", "trial_files",
+    "warm_up",
+]

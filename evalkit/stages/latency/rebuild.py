@@ -1,0 +1,174 @@
+"""Records and per-request samples re-derived from a run's raw latency files (``evalkit
+rebuild``, intervals, SLO attainment).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from evalkit.core import records as rec
+from evalkit.core.errors import StageError
+from evalkit.core.io import json_exists, read_json
+from evalkit.core.run import Run
+from evalkit.metrics.latency import (
+    interval_rows,
+    offline_rows,
+    point_rows,
+    pool_metrics,
+    server_metric_rows,
+)
+from evalkit.metrics.roofline import (
+    gpu_bandwidth_gbps,
+)
+from evalkit.stages.latency.rawfiles import STAGE, load_trials, offline_iters, point_stem
+from evalkit.stages.latency.stage import _Stage
+
+
+def recorded_prefix_caching(run: Run) -> bool:
+    """Whether the run's engines ran with automatic prefix caching.
+
+    Its study file says so from the time ``engine.prefix_caching`` existed (off by default);
+    a study file without the key is older, and its engines ran with vLLM's default: on.
+    """
+
+    raw = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
+    return bool((raw.get("engine") or {}).get("prefix_caching", True))
+
+
+def rebuild_records(run: Run) -> pd.DataFrame:
+    """Recompute the latency point records of a run from its raw per-request files.
+
+    Every measured server point keeps vLLM's per-request data (``<point>_t<k>.json``, or
+    ``<point>.json`` before trials) and the server's /metrics delta
+    (``<point>.summary.json``), every offline point its iterations (``offline.json``); this
+    derives the records again with the current definitions and validity checks -- e.g.
+    after a fix in :func:`per_request_metrics`, or to mark an older run's cache-served points
+    invalid -- without re-measuring. Identity columns (run, variant, hardware, ...) are kept
+    from the existing records; the roofline rows are recomputed. An interrupted stage has no
+    stage records yet: its finished points (unit files) are the starting point. Writes the
+    unit files and the stage records; returns the stage records.
+    """
+    stage_file = run.stage_records_path(STAGE)
+    units = sorted(run.path.glob(f"raw/{STAGE}/*/units/*.parquet"))
+    unit_records = [rec.read_records(u) for u in units]
+    if stage_file.is_file():
+        old = rec.read_records(stage_file)
+    elif units:
+        old = rec.combine(unit_records)
+    else:
+        raise StageError(f"{run.path}: no latency records to rebuild")
+    cfg = run.config()
+    lat_hw = old.loc[old["stage"] == "latency", "hardware"].dropna()
+    hw = str(lat_hw.iloc[0]) if len(lat_hw) else ""
+    st = _Stage(cfg, run, None, None)
+    st.hardware = hw
+    gbps = gpu_bandwidth_gbps(hw)
+    st.bandwidth = (gbps, f"vendor peak for {hw}") if gbps else (None, f"{hw}: bandwidth unknown")
+    caching = recorded_prefix_caching(run)
+    variants = {v.name: v for v in cfg.variants}
+    ident = ["run_id", "study", "model", "variant", "scheme", "method", "stage", "hardware"]
+    offline_rows_of: dict[Path, list[dict[str, Any]]] = {}
+    frames = [old]
+    for unit, prev in zip(units, unit_records, strict=True):
+        pts = prev[prev["mode"].isin(["server", "offline"]) & prev["status"].isin(["ok", "invalid"])]
+        if pts.empty or str(pts.iloc[0]["variant"]) not in variants:
+            continue
+        first = pts.iloc[0]
+        v = variants[str(first["variant"])]
+        vdir = unit.parent.parent
+        fields = {k: first[k] for k in ("mode", "workload", "concurrency", "request_rate",
+                                         "input_len", "output_len")}
+        common = {k: first[k] for k in ident}
+        if first["mode"] == "server":
+            name = point_stem(first["workload"], first["concurrency"], first["request_rate"])
+            trials = load_trials(vdir, name)
+            if not trials:
+                continue
+            m = pool_metrics(trials)
+            rows = point_rows(m, **fields) + interval_rows(m, seed=cfg.latency.seed if cfg.latency
+                                                           else 0, **fields)
+            summary_file = vdir / f"{name}.summary.json"
+            summary = read_json(summary_file) if json_exists(summary_file) else {}
+            delta = summary.get("server_metrics")
+            if delta:
+                srows = server_metric_rows(delta, **{**fields, "mode": "server-metrics"})
+                for x in srows:
+                    x["backend"] = "vllm-server"
+                rows += srows
+            new = rec.make_records(rows, **{"backend": first["backend"], **common})
+            new = st.guard(v, new, server_delta=delta or {}, prefix_caching=caching)
+        else:
+            off = vdir / "offline.json"
+            if off not in offline_rows_of:
+                offline_rows_of[off] = list(read_json(off)["rows"]) if json_exists(off) else []
+            its = offline_iters(offline_rows_of[off], first["concurrency"], first["input_len"],
+                                first["output_len"])
+            if not its:
+                continue
+            new = rec.make_records(offline_rows(its, **fields),
+                                   **{"backend": first["backend"], **common})
+            new = st.guard(v, new, offline_iters=its, prefix_caching=caching)
+        rec.write_records(new, unit)
+        frames.append(new)
+    df = rec.combine(frames)
+    # roofline rows again, for the hardware the points were measured on
+    st.frames = [df[~df["metric"].isin(["roofline_tpot_ms", "tpot_pct_of_roofline"])]]
+    for v in cfg.variants:
+        st.roofline_rows(v, st._ckpt_for_floors(v))
+    df = rec.combine(st.frames)
+    run.write_stage_records(STAGE, df)
+    run.log(f"latency: rebuilt {len(frames) - 1} point(s) from raw per-request data")
+    return df
+
+
+def request_samples(run_path: str | Path) -> pd.DataFrame:
+    """Per-request TTFT, TPOT and E2E latency of every measured point of a run, for
+    intervals and SLO attainment.
+
+    Server points: one value per successful request of every trial (from the raw
+    per-request files); offline points: one value per timed iteration (the whole batch's
+    TTFT, TPOT and E2E). Columns: variant, mode, workload, concurrency, request_rate, trial,
+    request (index within the trial: a request's metrics share it), metric, value. Empty
+    when the run has no raw latency data.
+    """
+    cols = ["variant", "mode", "workload", "concurrency", "request_rate", "trial", "request",
+            "metric", "value"]
+    root = Path(run_path) / "raw" / STAGE
+    frames: list[pd.DataFrame] = []
+    offline_rows_of: dict[Path, list[dict[str, Any]]] = {}
+    for unit in sorted(root.glob("*/units/*.parquet")):
+        pts = rec.read_records(unit)
+        pts = pts[pts["mode"].isin(["server", "offline"]) & pts["workload"].notna()]
+        if pts.empty:
+            continue
+        p = pts.iloc[0]
+        vdir = unit.parent.parent
+        head = dict(variant=str(p["variant"]), mode=str(p["mode"]), workload=str(p["workload"]),
+                    concurrency=int(p["concurrency"]), request_rate=float(p["request_rate"]))
+        rows: list[dict[str, Any]] = []
+        if p["mode"] == "server":
+            stem = point_stem(head["workload"], head["concurrency"], head["request_rate"])
+            for t, m in enumerate(load_trials(vdir, stem)):
+                for metric in ("ttft_ms", "tpot_ms", "e2el_ms"):
+                    rows += [dict(head, trial=t, request=i, metric=metric, value=x)
+                             for i, x in enumerate(m[metric])]
+        else:
+            off = vdir / "offline.json"
+            if off not in offline_rows_of:
+                offline_rows_of[off] = list(read_json(off)["rows"]) if json_exists(off) else []
+            its = offline_iters(offline_rows_of[off], head["concurrency"], p["input_len"],
+                                p["output_len"])
+            for x in its:
+                it = int(x.get("iter", 0))
+                for metric, key in (("ttft_ms", "ttft_s"), ("tpot_ms", "tpot_s"),
+                                    ("e2el_ms", "e2e_s")):
+                    if key in x:
+                        rows.append(dict(head, trial=it, request=0, metric=metric,
+                                         value=x[key] * 1e3))
+        if rows:
+            frames.append(pd.DataFrame(rows, columns=cols))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
