@@ -20,7 +20,7 @@ from pathlib import Path
 
 from evalkit.core.config import StudyConfig, read_study
 from evalkit.core.errors import Interrupted, RunDirError, StageError
-from evalkit.core.io import atomic_write_json, atomic_write_text, file_lock, read_json
+from evalkit.core.io import atomic_write_text, file_lock
 from evalkit.core.run import REPORT_HTML, Run, create_run, open_run
 from evalkit.preflight import load_study
 
@@ -84,18 +84,6 @@ def render_html(notebook: Path, out_dir: Path) -> tuple[Path, Path]:
     return p1, p2
 
 
-def _status(run: Run) -> dict:
-    p = run.path / "status.json"
-    return read_json(p) if p.is_file() else {"stages": {}}
-
-
-def _set_status(run: Run, stage: str, state: str, **extra: object) -> None:
-    st = _status(run)
-    st["stages"][stage] = {"state": state, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                     time.gmtime()), **extra}
-    atomic_write_json(run.path / "status.json", st)
-
-
 def execute_stage(run: Run, stage: Stage, *, progress: bool = True) -> Path:
     """Run one stage's notebook with papermill into the run directory.
 
@@ -108,7 +96,7 @@ def execute_stage(run: Run, stage: Stage, *, progress: bool = True) -> Path:
     out = run.sub("notebooks", f"{stage.notebook}.ipynb")
     kernel = notebook_kernel(src)
     t0 = time.monotonic()
-    _set_status(run, stage.name, "running", kernel=kernel)
+    run.units.set_stage_state(stage.name, "running", kernel=kernel)
     run.log(f"stage {stage.notebook}: start (kernel {kernel})")
     try:
         pm.execute_notebook(
@@ -121,7 +109,7 @@ def execute_stage(run: Run, stage: Stage, *, progress: bool = True) -> Path:
         )
     except pm.PapermillExecutionError as exc:
         dt = time.monotonic() - t0
-        _set_status(run, stage.name, "failed", seconds=round(dt, 1), error=exc.ename)
+        run.units.set_stage_state(stage.name, "failed", seconds=round(dt, 1), error=exc.ename)
         _render_quietly(out, run)
         run.log(f"stage {stage.notebook}: FAILED after {dt:.0f}s: {exc.ename}: {exc.evalue}")
         raise StageError(
@@ -130,13 +118,13 @@ def execute_stage(run: Run, stage: Stage, *, progress: bool = True) -> Path:
         ) from None
     except KeyboardInterrupt:
         dt = time.monotonic() - t0
-        _set_status(run, stage.name, "interrupted", seconds=round(dt, 1))
+        run.units.set_stage_state(stage.name, "interrupted", seconds=round(dt, 1))
         _render_quietly(out, run)
         run.log(f"stage {stage.notebook}: interrupted after {dt:.0f}s")
         raise
     dt = time.monotonic() - t0
     render_html(out, run.path / "html")
-    _set_status(run, stage.name, "done", seconds=round(dt, 1), kernel=kernel)
+    run.units.set_stage_state(stage.name, "done", seconds=round(dt, 1), kernel=kernel)
     run.log(f"stage {stage.notebook}: done in {dt:.0f}s")
     return out
 
@@ -222,9 +210,8 @@ def run_study(
 
 def _log_resume(run: Run) -> None:
     """Say, before any stage runs, what a resumed run keeps (each stage logs its skips)."""
-    units = run.path / "units"
-    counts = {d.name: len(list(d.glob("*.json"))) for d in sorted(units.glob("*")) if d.is_dir()}
-    done = [name for name, st in _status(run)["stages"].items() if st.get("state") == "done"]
+    counts = run.units.counts()
+    done = [name for name, st in run.units.stage_states().items() if st.get("state") == "done"]
     kept = ", ".join(f"{k}: {n}" for k, n in counts.items() if n) or "none"
     run.log(f"resume: finished units kept and skipped ({kept}); stages done earlier: "
             f"{', '.join(done) or 'none'}")

@@ -36,7 +36,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "stage": ("string", "quantize | accuracy | latency"),
     "task": ("string", "lm-eval task (accuracy rows), else empty"),
     "workload": ("string", "latency workload name, else empty"),
-    "mode": ("string", "server | offline (latency), backend for accuracy, else empty"),
+    "mode": ("string", "how a latency row was measured: server | offline | server-metrics | "
+             "startup | roofline; empty on other stages (the engine is in backend)"),
     "metric": ("string", "metric name, unit in the name where it has one (ttft_ms)"),
     "stat": ("string", "value | stderr | mean | p50 | p90 | p99 | ci_low | ci_high | "
               "p50_ci_low | p50_ci_high | trial_spread_pct | ..."),
@@ -118,6 +119,9 @@ def read_records(path: str | os.PathLike[str]) -> pd.DataFrame:
     if versions - set(READABLE_VERSIONS):
         raise RecordsError(f"{path}: schema version {sorted(versions)}, this evalkit reads "
                            f"{', '.join(READABLE_VERSIONS)}")
+    old = df["schema_version"].isin(("1.0", "1.1")) & (df["stage"] == "accuracy")
+    if old.any():  # 1.2: mode is a latency column; the backend stays in "backend"
+        df["mode"] = df["mode"].astype("string").mask(old.to_numpy(), pd.NA)
     return df
 
 

@@ -22,7 +22,6 @@ only resumed by naming it explicitly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -41,6 +40,7 @@ from evalkit.core.config import StudyConfig, read_study
 from evalkit.core.environment import PACKAGES, _version, environment_info, free_cpu_cores, machine_info
 from evalkit.core.errors import RunDirError
 from evalkit.core.io import atomic_write_json, atomic_write_text, file_lock, read_json
+from evalkit.core.units import UnitStore
 
 #: The stakeholder report, relative to the run directory (notebook 04 rendered without code).
 REPORT_HTML = "html/04_report.html"
@@ -76,13 +76,17 @@ class Run:
     def config(self) -> StudyConfig:
         return read_study(self.config_path)
 
-    # ---- units: finished pieces of work, skipped on resume
+    @property
+    def units(self) -> UnitStore:
+        """Finished units, engine verdicts and stage states (:mod:`evalkit.core.units`)."""
+        return UnitStore(self.path)
+
+    # transitional: string-keyed access, removed once every stage uses UnitKey
     def unit_done(self, stage: str, key: str) -> dict[str, Any] | None:
-        p = self.path / "units" / stage / f"{_safe(key)}.json"
-        return read_json(p) if p.is_file() else None
+        return self.units._done_raw(stage, key)
 
     def mark_unit(self, stage: str, key: str, info: dict[str, Any]) -> None:
-        atomic_write_json(self.path / "units" / stage / f"{_safe(key)}.json", info)
+        self.units._mark_raw(stage, key, info)
 
     # ---- records
     def stage_records_path(self, stage: str) -> Path:
@@ -117,13 +121,6 @@ class Run:
         except OSError as exc:
             raise RunDirError(f"{self.path}: cannot write logs/run.log "
                               f"({exc.strerror or exc}); the disk is full or read-only") from None
-
-
-def _safe(key: str) -> str:
-    clean = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    if len(clean) > 80 or clean != key:
-        clean = clean[:60] + "-" + hashlib.sha1(key.encode()).hexdigest()[:10]
-    return clean
 
 
 def create_run(cfg: StudyConfig, source: Path, run_id: str | None = None, *,

@@ -1,15 +1,16 @@
-"""What a run remembers about an engine that cannot serve a variant here."""
+"""What a run remembers about an engine that cannot serve a variant here (kept in the run's
+unit store, :class:`evalkit.core.units.UnitStore`, and read by every stage that starts one)."""
 
 from __future__ import annotations
 
-from typing import Any
+from evalkit.core.run import Run
 
 
-def record_engine_verdict(run: Any, variant: str, status: str, reason: str, stage: str) -> None:
+def record_engine_verdict(run: Run, variant: str, status: str, reason: str, stage: str) -> None:
     """Remember, for this run, that the engine cannot serve ``variant`` here (and why)."""
-    run.mark_unit("engine", variant, {"status": status, "reason": reason, "stage": stage})
+    run.units.set_engine_verdict(variant, status, reason, stage)
 
 
-def engine_verdict(run: Any, variant: str) -> dict[str, str] | None:
+def engine_verdict(run: Run, variant: str) -> dict[str, str] | None:
     """What the engine said about ``variant`` earlier in this run, if it refused it."""
-    return run.unit_done("engine", variant)
+    return run.units.engine_verdict(variant)

@@ -167,7 +167,7 @@ def unit_records(u: UnitResult, lm_task: str, hardware: str) -> list[dict[str, A
             rows.append({
                 "task": u.task, "metric": m.label, "stat": stat_name, "value": val,
                 "unit": unit, "higher_is_better": m.higher_is_better, "n": m.n,
-                "mode": u.backend, "backend": u.backend, "hardware": hardware,
+                "backend": u.backend, "hardware": hardware,
                 "status": "ok", "note": "; ".join(x for x in (note, extra) if x) or None,
             })
     return rows
@@ -192,7 +192,7 @@ def paired_records(base: UnitResult, var: UnitResult, lm_task: str, cfg: StudyCo
             continue
         hib = m.higher_is_better if m.higher_is_better is not None else b.higher_is_better
         common = {"task": var.task, "metric": m.label, "higher_is_better": hib, "n": m.n,
-                  "mode": var.backend, "backend": var.backend, "hardware": hardware,
+                  "backend": var.backend, "hardware": hardware,
                   "status": "ok"}
         rec_val = stats.recovery_pct(b.value, m.value, hib if hib is not None else True)
         notes = [*var.notes, f"vs {base.variant} ({base.backend})"]

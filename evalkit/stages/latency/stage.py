@@ -20,8 +20,9 @@ from evalkit.core.config import LatencySpec, StudyConfig, Variant, Workload
 from evalkit.core.environment import environment_info, hardware_label
 from evalkit.core.errors import EngineError, EvalkitError, StageError, UnsupportedSchemeError
 from evalkit.core.io import atomic_write_json, read_json
-from evalkit.core.run import Run, _safe
+from evalkit.core.run import Run
 from evalkit.core.schemes import SCHEMES, activation_mismatch, cpu_latency_skip_reason
+from evalkit.core.units import _safe
 from evalkit.metrics import validity as val
 from evalkit.metrics.latency import (
     bench_summary,

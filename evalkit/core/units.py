@@ -1,0 +1,208 @@
+"""Units of work, the one store that remembers them, and what a stage returns.
+
+A *unit* is the smallest piece of a stage that is finished, kept and skipped on resume as a
+whole: one variant's quantization, one variant x task evaluation, one latency point
+(variant x mode x workload x concurrency x request rate). :class:`UnitKey` names a unit and
+encodes it into the one string its marker file is named after; :class:`UnitStore` is the
+only code that reads or writes the markers, the engine verdicts the stages share, and the
+per-stage states of ``status.json``. On disk (unchanged since the first runs, so committed
+runs resume)::
+
+    units/<stage>/<key>.json     one marker per finished unit (its ``info``)
+    units/engine/<variant>.json  the engine's verdict on a variant it cannot serve here
+    status.json                  {"stages": {stage: {"state": ..., "time_utc": ...}}}
+
+Every stage's ``run_stage(cfg, run)`` returns a :class:`StageResult`: its records and the
+units that did not produce numbers (:class:`Failure`). Failed units are data: they are in
+the records with ``status="failed"``; the caller decides when to raise
+(:meth:`StageResult.raise_for_failures`), so a notebook shows its tables first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from evalkit.core.errors import StageError
+from evalkit.core.io import atomic_write_json, read_json
+
+FailureKind = Literal["failed", "unsupported"]
+
+#: the engine verdicts are kept beside the stages' units, under this name
+ENGINE_VERDICTS = "engine"
+
+
+def rate_label(rate: float) -> str:
+    """A request rate as it appears in keys and file names: ``inf`` or ``%g``."""
+    return "inf" if math.isinf(rate) else f"{rate:g}"
+
+
+@dataclass(frozen=True)
+class UnitKey:
+    """One unit of one stage. Build it with :meth:`quantize`, :meth:`accuracy` or
+    :meth:`latency`; :meth:`encode` is the one encoder of a key."""
+
+    stage: str
+    variant: str
+    task: str | None = None
+    mode: str | None = None
+    workload: str | None = None
+    concurrency: int | None = None
+    request_rate: float | None = None
+
+    @classmethod
+    def quantize(cls, variant: str) -> UnitKey:
+        return cls("quantize", variant)
+
+    @classmethod
+    def accuracy(cls, variant: str, task: str) -> UnitKey:
+        return cls("accuracy", variant, task=task)
+
+    @classmethod
+    def latency(cls, variant: str, mode: str, workload: str, concurrency: int,
+                request_rate: float) -> UnitKey:
+        return cls("latency", variant, mode=mode, workload=workload,
+                   concurrency=int(concurrency), request_rate=float(request_rate))
+
+    def encode(self) -> str:
+        """``variant`` (quantize), ``variant/task`` (accuracy),
+        ``variant/mode/workload/c<C>/r<R>`` (latency)."""
+        if self.stage == "accuracy":
+            return f"{self.variant}/{self.task}"
+        if self.stage == "latency":
+            return (f"{self.variant}/{self.mode}/{self.workload}/c{self.concurrency}"
+                    f"/r{rate_label(float(self.request_rate or 0.0))}")
+        return self.variant
+
+    def file_stem(self) -> str:
+        """The encoded key made safe as a file name (marker and per-unit record files)."""
+        return _safe(self.encode())
+
+    def label(self) -> str:
+        """What a person reads in a failure list: the key without the variant."""
+        if self.stage == "accuracy":
+            return str(self.task)
+        if self.stage == "latency":
+            return (f"{self.mode} {self.workload} c={self.concurrency} "
+                    f"rate={rate_label(float(self.request_rate or 0.0))}")
+        return self.stage
+
+    def __str__(self) -> str:
+        return f"{self.stage} {self.encode()}"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A unit that produced no numbers, and why (its records say the same with
+    ``status=kind`` and ``note=reason``)."""
+
+    unit: UnitKey
+    kind: FailureKind
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.unit.encode()}: {self.reason}"
+
+
+@dataclass
+class StageResult:
+    """What ``run_stage`` returns: the stage's records (also written into the run) and the
+    units that did not produce numbers."""
+
+    stage: str
+    records: pd.DataFrame
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Failure]:
+        return [f for f in self.failures if f.kind == "failed"]
+
+    @property
+    def unsupported(self) -> list[Failure]:
+        return [f for f in self.failures if f.kind == "unsupported"]
+
+    def raise_for_failures(self, *, unsupported_is_error: bool = False) -> None:
+        """Raise one :class:`StageError` listing every failed unit (and, when asked, every
+        unsupported one); the records are already written.
+
+        Raises:
+            StageError: some unit failed.
+        """
+        bad = self.failed + (self.unsupported if unsupported_is_error else [])
+        if bad:
+            listed = "; ".join(f"{f}" if f.kind == "failed" else f"unsupported: {f}"
+                               for f in bad)
+            raise StageError(f"{self.stage} stage: {len(bad)} unit(s) did not finish "
+                             f"(others kept): {listed}")
+
+
+def _safe(key: str) -> str:
+    clean = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    if len(clean) > 80 or clean != key:
+        clean = clean[:60] + "-" + hashlib.sha1(key.encode()).hexdigest()[:10]
+    return clean
+
+
+class UnitStore:
+    """The run's memory of finished work: unit markers, engine verdicts, stage states."""
+
+    def __init__(self, run_path: Path) -> None:
+        self.root = Path(run_path)
+
+    def _marker(self, stage: str, key: str) -> Path:
+        return self.root / "units" / stage / f"{_safe(key)}.json"
+
+    def unit_records_path(self, key: UnitKey) -> Path:
+        """Where a unit's own records are kept, for stages that reuse them on resume (latency:
+        ``raw/latency/<variant>/units/<key>.parquet``)."""
+        return self.root / "raw" / key.stage / key.variant / "units" / f"{key.file_stem()}.parquet"
+
+    # ---- units
+    def done(self, key: UnitKey) -> dict[str, Any] | None:
+        """The marker of a finished unit, or None."""
+        p = self._marker(key.stage, key.encode())
+        return read_json(p) if p.is_file() else None
+
+    def mark(self, key: UnitKey, info: dict[str, Any]) -> None:
+        """Remember a finished unit (atomically; a later mark of the same unit replaces it:
+        a resumed run re-measures only units it did not finish)."""
+        atomic_write_json(self._marker(key.stage, key.encode()), info)
+
+    def _done_raw(self, stage: str, key: str) -> dict[str, Any] | None:
+        p = self._marker(stage, key)
+        return read_json(p) if p.is_file() else None
+
+    def _mark_raw(self, stage: str, key: str, info: dict[str, Any]) -> None:
+        atomic_write_json(self._marker(stage, key), info)
+
+    def counts(self) -> dict[str, int]:
+        """Finished units per stage (engine verdicts are not units)."""
+        units = self.root / "units"
+        return {d.name: len(list(d.glob("*.json"))) for d in sorted(units.glob("*"))
+                if d.is_dir() and d.name != ENGINE_VERDICTS}
+
+    # ---- engine verdicts: what the engine said about a variant it cannot serve here
+    def engine_verdict(self, variant: str) -> dict[str, str] | None:
+        p = self._marker(ENGINE_VERDICTS, variant)
+        return read_json(p) if p.is_file() else None
+
+    def set_engine_verdict(self, variant: str, status: str, reason: str, stage: str) -> None:
+        atomic_write_json(self._marker(ENGINE_VERDICTS, variant),
+                          {"status": status, "reason": reason, "stage": stage})
+
+    # ---- stage states (status.json)
+    def stage_states(self) -> dict[str, dict[str, Any]]:
+        p = self.root / "status.json"
+        return (read_json(p) if p.is_file() else {"stages": {}})["stages"]
+
+    def set_stage_state(self, stage: str, state: str, **extra: object) -> None:
+        states = self.stage_states()
+        states[stage] = {"state": state,
+                         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+        atomic_write_json(self.root / "status.json", {"stages": states})
