@@ -9,7 +9,6 @@ HTML twice: a stakeholder copy without code and a full copy with code.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -18,14 +17,20 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from evalkit.analysis.index import write_index
 from evalkit.core.config import StudyConfig, read_study
 from evalkit.core.errors import Interrupted, RunDirError, StageError
 from evalkit.core.io import atomic_write_text, file_lock
+from evalkit.core.notebooks import (  # noqa: F401 -- REPO_ROOT, render_html: re-exported
+    NOTEBOOK_DIR,
+    REPO_ROOT,
+    NotebookFailed,
+    execute_notebook,
+    notebook_kernel,
+    render_html,
+)
 from evalkit.core.run import REPORT_HTML, Run, create_run, open_run
 from evalkit.preflight import load_study
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK_DIR = Path(os.environ.get("EVALKIT_NOTEBOOKS", REPO_ROOT / "notebooks"))
 
 
 @dataclass(frozen=True)
@@ -47,12 +52,6 @@ def stage_names() -> list[str]:
     return [s.name for s in STAGES]
 
 
-def notebook_kernel(path: Path) -> str:
-    """The kernel a notebook asks for in its metadata."""
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    return nb["metadata"]["kernelspec"]["name"]
-
-
 @contextmanager
 def _signals_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt so papermill stops the kernel and we clean up."""
@@ -67,31 +66,12 @@ def _signals_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def render_html(notebook: Path, out_dir: Path) -> tuple[Path, Path]:
-    """Render an executed notebook to HTML: (stakeholder copy without code, copy with code)."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(notebook, as_version=4)
-    stem = notebook.stem
-    plain = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
-                         exclude_output_prompt=True)
-    full = HTMLExporter()
-    body_plain, _ = plain.from_notebook_node(nb)
-    body_full, _ = full.from_notebook_node(nb)
-    p1 = atomic_write_text(out_dir / f"{stem}.html", body_plain)
-    p2 = atomic_write_text(out_dir / f"{stem}.code.html", body_full)
-    return p1, p2
-
-
 def execute_stage(run: Run, stage: Stage, *, progress: bool = True) -> Path:
     """Run one stage's notebook with papermill into the run directory.
 
     Raises:
         StageError: a cell raised; the executed notebook (saved) shows the error.
     """
-    import papermill as pm
-
     src = NOTEBOOK_DIR / f"{stage.notebook}.ipynb"
     out = run.sub("notebooks", f"{stage.notebook}.ipynb")
     kernel = notebook_kernel(src)
@@ -99,15 +79,12 @@ def execute_stage(run: Run, stage: Stage, *, progress: bool = True) -> Path:
     run.units.set_stage_state(stage.name, "running", kernel=kernel)
     run.log(f"stage {stage.notebook}: start (kernel {kernel})")
     try:
-        pm.execute_notebook(
-            str(src), str(out),
+        execute_notebook(
+            src, out,
             parameters={"config_path": str(run.config_path), "run_dir": str(run.path)},
-            kernel_name=kernel,
-            progress_bar=progress,
-            request_save_on_cell_execute=True,
-            cwd=str(run.path),
+            progress=progress, save_every_cell=True, cwd=run.path,
         )
-    except pm.PapermillExecutionError as exc:
+    except NotebookFailed as exc:
         dt = time.monotonic() - t0
         run.units.set_stage_state(stage.name, "failed", seconds=round(dt, 1), error=exc.ename)
         _render_quietly(out, run)
@@ -240,6 +217,4 @@ def _finish(run: Run) -> None:
     rep = run.path / REPORT_HTML
     if rep.is_file():
         atomic_write_text(run.path / "report.html", rep.read_text(encoding="utf-8"))
-    from evalkit.analysis.index import write_index
-
     write_index(run.path.parent.parent)

@@ -21,6 +21,7 @@ import pytest
 from evalkit.core import records as rec
 from evalkit.core.config import Variant, parse_study
 from evalkit.core.errors import EvalkitError
+from evalkit.core.units import StageResult, UnitKey
 from evalkit.stages import accuracy as acc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,8 +280,14 @@ def _run(tmp_path: Path, cfg_dict: dict, checkpoints: dict[str, Path], check: bo
     cfg = load_study(src, check=check)
     run = create_run(cfg, src)
     for name, path in checkpoints.items():
-        run.mark_unit("quantize", name, {"checkpoint": str(path)})
+        run.units.mark(UnitKey.quantize(name), {"checkpoint": str(path)})
     return cfg, run
+
+
+def _ok(result: StageResult) -> pd.DataFrame:
+    """The records of a stage that must not have failed units (it used to raise)."""
+    result.raise_for_failures()
+    return result.records
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +305,7 @@ def test_hf_base_vs_w8a8_and_rerun_identical(tmp_path, gemma_w8a8, monkeypatch):
         {"name": "w8a8", "scheme": "w8a8_int8", "accuracy_backend": "hf"},
     ])
     cfg, run = _run(tmp_path / "a", d, {"w8a8": gemma_w8a8})
-    df = acc.run_stage(cfg, run, use_cache=False)
+    df = _ok(acc.run_stage(cfg, run, use_cache=False))
     ok = df[df.status == "ok"]
     assert set(ok.variant) == {"base", "w8a8"} and (ok.backend == "hf").all()
     base_acc = ok[(ok.variant == "base") & (ok.metric == "acc") & (ok.stat == "value")]
@@ -312,7 +319,7 @@ def test_hf_base_vs_w8a8_and_rerun_identical(tmp_path, gemma_w8a8, monkeypatch):
 
     # The same variant evaluated again in a new run, cache off: identical per-doc scores.
     cfg2, run2 = _run(tmp_path / "b", d, {"w8a8": gemma_w8a8})
-    df2 = acc.run_stage(cfg2, run2, use_cache=False)
+    df2 = _ok(acc.run_stage(cfg2, run2, use_cache=False))
     for v in ("base", "w8a8"):
         s1 = pd.read_parquet(Path(run.path) / f"raw/accuracy/{v}/arc_easy/scores.parquet")
         s2 = pd.read_parquet(Path(run2.path) / f"raw/accuracy/{v}/arc_easy/scores.parquet")
@@ -323,7 +330,7 @@ def test_hf_base_vs_w8a8_and_rerun_identical(tmp_path, gemma_w8a8, monkeypatch):
     pd.testing.assert_frame_equal(a, b)
 
     # Resume in the same run: units are reused, not recomputed.
-    df3 = acc.run_stage(cfg2, run2, use_cache=False)
+    df3 = _ok(acc.run_stage(cfg2, run2, use_cache=False))
     assert "already done" in (Path(run2.path) / "logs/run.log").read_text()
     pd.testing.assert_frame_equal(
         df2.sort_values(key).reset_index(drop=True)[key + ["value"]],
@@ -340,7 +347,7 @@ def test_vllm_and_hf_agree_on_base_and_cache_reuse(tmp_path, monkeypatch):
         {"name": "base_vllm", "scheme": "base", "accuracy_backend": "vllm"},
     ])
     cfg, run = _run(tmp_path / "a", d, {"base_vllm": Path(gemma.path)})
-    df = acc.run_stage(cfg, run)
+    df = _ok(acc.run_stage(cfg, run))
     v = df[(df.stat == "value") & (df.status == "ok")].set_index(["variant", "metric"])["value"]
     se = df[(df.stat == "stderr")].set_index(["variant", "metric"])["value"]
     assert df[df.variant == "base_vllm"]["backend"].eq("vllm").all()
@@ -349,7 +356,7 @@ def test_vllm_and_hf_agree_on_base_and_cache_reuse(tmp_path, monkeypatch):
         assert diff <= se[("base", metric)], (metric, v.to_dict())
     # The second run of the same settings comes from the cross-run cache.
     cfg2, run2 = _run(tmp_path / "b", d, {"base_vllm": Path(gemma.path)})
-    df2 = acc.run_stage(cfg2, run2)
+    df2 = _ok(acc.run_stage(cfg2, run2))
     assert df2[df2.stat == "value"]["note"].str.contains("cached").all()
     assert "cached result reused" in (Path(run2.path) / "logs/run.log").read_text()
 
@@ -398,7 +405,7 @@ def test_engine_refusal_fallback_and_forced_failure(tmp_path, monkeypatch):
     # load_study would reject the forced combination up front; build the run without it.
     cfg, run = _run(tmp_path, d, {"fp8_auto": ckpt, "fp8_vllm": ckpt}, check=False)
     with pytest.raises(StageError, match="fp8_vllm/arc_easy"):
-        acc.run_stage(cfg, run, use_cache=False)
+        acc.run_stage(cfg, run, use_cache=False).raise_for_failures()
     df = rec.read_records(run.stage_records_path("accuracy"))
     auto = df[df.variant == "fp8_auto"]
     assert (auto.status == "ok").all() and (auto.backend == "hf").all()
@@ -417,6 +424,7 @@ def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch)
     from tiny_model import build_tiny_llama  # noqa: PLC0415
 
     from evalkit.core.errors import StageError  # noqa: PLC0415
+    from evalkit.stages import latency as lat  # noqa: PLC0415
 
     monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path / "cache"))
     tiny = build_tiny_llama(tmp_path / "tiny")
@@ -435,8 +443,10 @@ def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch)
         engine={"device": "cpu", "gpu_memory_utilization": 0.1, "enforce_eager": True,
                 "max_model_len": 1024, "startup_timeout_s": 300, "parallel_starts": 3})
     cfg, run = _run(tmp_path, d, {"broken": broken})
+    # as notebook 02 composes them: latency measured on each accuracy server before it stops
     with pytest.raises(StageError, match="broken/arc_easy"):
-        acc.run_stage(cfg, run, use_cache=False)
+        acc.run_stage(cfg, run, use_cache=False,
+                      before_close=lambda s: lat.measure_on(cfg, run, s)).raise_for_failures()
     log = (Path(run.path) / "logs/run.log").read_text()
     assert "vLLM servers of base, again start side by side" in log
     assert "broken: server launch failed" in log

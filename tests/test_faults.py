@@ -14,6 +14,7 @@ whole studies.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ import yaml
 
 from evalkit.core import records as rec
 from evalkit.core.errors import RunDirError, StageError
+from evalkit.core.units import UnitKey
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = "EVALKIT_FAULT_MARK"
@@ -209,7 +211,7 @@ def latency_faults(tmp_path_factory, tiny, _mark_children):
     run = create_run(cfg, study, "r1")
     for name, path in (("base", tiny), ("short_ctx", short), ("gone", tmp / "deleted"),
                        ("corrupt", corrupt)):
-        run.mark_unit("quantize", name, {"checkpoint": str(path)})
+        run.units.mark(UnitKey.quantize(name), {"checkpoint": str(path)})
 
     servers: list = []
     seconds: dict[str, float] = {}
@@ -243,14 +245,16 @@ def latency_faults(tmp_path_factory, tiny, _mark_children):
     mp = pytest.MonkeyPatch()
     mp.setattr(L.eng.VLLMServer, "launch", launch)
     # a variant's time: finding its checkpoint, starting its server, measuring its points
-    for name in ("checkpoint", "launch", "wait", "measure"):
-        mp.setattr(L._Stage, name, timed(getattr(L._Stage, name)))
+    # (wait and measure take the variant's session, whose name is the variant's)
+    for cls, name in ((L._Stage, "checkpoint"), (L.ServerSweep, "launch"),
+                      (L.ServerSweep, "wait"), (L.ServerSweep, "measure")):
+        mp.setattr(cls, name, timed(getattr(cls, name)))
     th = threading.Thread(target=killer, daemon=True)
     th.start()
     t0 = time.monotonic()
     try:
         with pytest.raises(StageError) as err:
-            L.run_stage(cfg, run)
+            L.raise_for_failures(cfg, L.run_stage(cfg, run))
     finally:
         mp.undo()
     total = time.monotonic() - t0
@@ -274,8 +278,9 @@ def test_server_killed_mid_sweep(latency_faults, fault_table):
     assert pts.loc[1, "status"] == "ok" and pts.loc[1, "value"] > 0
     assert pts.loc[2, "status"] == "failed"
     assert "vLLM server died during this point (killed by SIGKILL)" in pts.loc[2, "note"]
-    assert run.unit_done("latency", "base/server/chat/c1/rinf")
-    assert run.unit_done("latency", "base/server/chat/c2/rinf") is None  # resume redoes it
+    assert run.units.done(UnitKey.latency("base", "server", "chat", 1, math.inf))
+    # resume redoes it
+    assert run.units.done(UnitKey.latency("base", "server", "chat", 2, math.inf)) is None
     assert "base/server/chat/c2/rinf" in f["error"]
     # the next variant was started after the kill (and the killed group was cleaned up:
     # the module's process check runs after every test)
@@ -315,6 +320,7 @@ def test_server_restart_policy(tmp_path, monkeypatch, fault_table):
     from evalkit.core.run import create_run
     from evalkit.preflight import load_study
     from evalkit.stages import latency as L
+    from evalkit.stages.serving import VariantSession
 
     ck = tmp_path / "ck"
     ck.mkdir()
@@ -332,14 +338,14 @@ def test_server_restart_policy(tmp_path, monkeypatch, fault_table):
     server, measured = _FakeServer(), []
     die_at = {2, 4}  # the 2nd point kills the server; so does the first after the restart
 
-    def point(self, v, srv, tok, vdir, key, w, c, r, vocab):
-        if c in die_at:
-            srv.up = False
+    def point(self, session, tok, vdir, p, vocab):
+        if p.concurrency in die_at:
+            session.server.up = False
             raise EngineError("vllm bench serve raised ClientConnectorError()")
-        measured.append(c)
+        measured.append(p.concurrency)
 
-    monkeypatch.setattr(L._Stage, "server_point", point)
-    monkeypatch.setattr(L._Stage, "write_provenance", lambda *a: {})
+    monkeypatch.setattr(L.ServerSweep, "server_point", point)
+    monkeypatch.setattr(L.ServerSweep, "write_provenance", lambda *a: {})
     monkeypatch.setattr(L._Stage, "tokenizer_for", lambda self, ckpt: ckpt)
 
     class Bar:
@@ -349,7 +355,7 @@ def test_server_restart_policy(tmp_path, monkeypatch, fault_table):
             Bar.n += k
 
     v = cfg.variants[0]
-    st.measure(v, server, ck, tmp_path / "log", st.points("server"), Bar())
+    L.ServerSweep(st).measure(VariantSession(v, ck, server), st.points("server"), Bar())
     assert measured == [1, 3] and server.starts == 1 and Bar.n == 5
     df = rec.combine(st.frames)
     failed = df[df["status"] == "failed"].set_index("concurrency")["note"]
@@ -374,7 +380,8 @@ def test_engine_cannot_start(latency_faults, fault_table):
     # variants after it were still processed, the one before kept its points
     assert set(df["variant"]) >= {"base", "short_ctx", "gone", "corrupt"}
     assert (_points(df, "base")["status"] == "ok").sum() == 1
-    assert "short_ctx: vLLM server for 'short_ctx' exited" in f["error"]
+    assert "short_ctx/server/chat/c1/rinf: vLLM server for 'short_ctx' exited" in f["error"]
+    assert "short_ctx/server/chat/c2/rinf: vLLM server for 'short_ctx' exited" in f["error"]
     fault_table("(b) engine refuses to start (max_model_len > model context)",
                 "both points recorded failed with vLLM's own error line; next variants ran",
                 "base's measured point", f["seconds"]["short_ctx"])
@@ -423,7 +430,7 @@ def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
     cfg = load_study(study)
     run = create_run(cfg, study, "r1")
     with pytest.raises(StageError, match="base/arc_challenge"):
-        acc.run_stage(cfg, run, use_cache=False)
+        acc.run_stage(cfg, run, use_cache=False).raise_for_failures()
     df = rec.read_records(run.stage_records_path("accuracy"))
     bad = df[df["task"] == "arc_challenge"]
     assert len(bad) and (bad["status"] == "failed").all()
@@ -431,17 +438,18 @@ def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
     assert bad["note"].str.contains("arc_challenge").all()
     ok = df[(df["task"] == "arc_easy") & (df["stat"] == "value")]
     assert len(ok) and (ok["status"] == "ok").all() and (ok["n"] == 4).all()
-    assert run.unit_done("accuracy", "base/arc_easy")
-    assert run.unit_done("accuracy", "base/arc_challenge") is None
+    assert run.units.done(UnitKey.accuracy("base", "arc_easy"))
+    assert run.units.done(UnitKey.accuracy("base", "arc_challenge")) is None
     # as notebook 02 runs it: failed units are data, the tables render, then the stage fails
     from evalkit.ui import notebook as ek
 
     run2 = create_run(cfg, study, "r2")
-    df2 = acc.run_stage(cfg, run2, use_cache=False, raise_on_failure=False)
+    res2 = acc.run_stage(cfg, run2, use_cache=False)
+    df2 = res2.records
     assert (df2.loc[df2["task"] == "arc_challenge", "status"] == "failed").all()
     assert "arc_easy" in ek.show_accuracy(df2).to_html()
     with pytest.raises(StageError, match="arc_challenge"):
-        ek.check_stage(df2)
+        ek.check_stage(res2)
     fault_table("(d) task data file deleted from the task pack",
                 "task recorded failed naming the file and the rebuild command; other task ran",
                 "arc_easy (records, raw samples, unit)")

@@ -207,6 +207,12 @@ def _tiny_run(tmp_path, ckpt):
     return run, M
 
 
+def _records(cfg, result):
+    """The records of a latency stage that must not have failed (it used to raise)."""
+    L.raise_for_failures(cfg, result)
+    return result.records
+
+
 @pytest.mark.slow
 def test_real_sweep_and_resume(tmp_path, monkeypatch):
     pytest.importorskip("vllm")
@@ -227,7 +233,7 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     run, M = _tiny_run(tmp_path, ckpt)
 
     ckpts = {"base": ckpt, "again": ckpt}
-    df = L.run_stage(cfg, run, checkpoints=ckpts, resolved=M)
+    df = _records(cfg, L.run_stage(cfg, run, checkpoints=ckpts, resolved=M))
     # both servers started side by side (uni executor: API server + engine core each)
     assert set(df[df.status == "ok"].variant) == {"base", "again"}
     notes = df[df.metric == "engine_startup_s"].set_index("variant").note
@@ -284,7 +290,7 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
         raise AssertionError("server started on resume")
 
     monkeypatch.setattr(L.eng.VLLMServer, "launch", no_server)
-    df2 = L.run_stage(cfg, run, checkpoints=ckpts, resolved=M)
+    df2 = _records(cfg, L.run_stage(cfg, run, checkpoints=ckpts, resolved=M))
     a = df[df.metric == "ttft_ms"].sort_values("stat").value.to_numpy()
     b = df2[(df2.metric == "ttft_ms") & (df2.variant == "base")].sort_values("stat").value.to_numpy()
     np.testing.assert_array_equal(a, b)
@@ -324,10 +330,10 @@ def test_guard_catches_real_cache_hits(tmp_path, monkeypatch):
     })
     run, M = _tiny_run(tmp_path, ckpt)
 
-    from evalkit.stages.latency import stage
+    from evalkit.stages.latency import trials
 
-    monkeypatch.setattr(stage, "prompt_seed", lambda *a, **k: 1234)  # trial 2 repeats trial 1
-    df = L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M)
+    monkeypatch.setattr(trials, "prompt_seed", lambda *a, **k: 1234)  # trial 2 repeats trial 1
+    df = _records(cfg, L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M))
     hit = float(df[df.metric == "prefix_cache_hit_rate"].value.iloc[0])
     assert hit > 0.3  # the second trial's prompts were all cached (block-aligned part)
     p50 = df[(df.metric == "ttft_ms") & (df.stat == "p50") & (df["mode"] == "server")]
@@ -356,7 +362,7 @@ def test_real_offline_batches_fresh_prompts(tmp_path):
     })
     run, M = _tiny_run(tmp_path, ckpt)
 
-    df = L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M)
+    df = _records(cfg, L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M))
     rows = json.loads((run.path / "raw/latency/base/offline.json").read_text())["rows"]
     assert len(rows) == 2
     # two timed calls an iteration (first token, whole batch), 2 prompts each, >= 256 tokens

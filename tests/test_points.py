@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from evalkit.analysis import verdicts as vd
+from evalkit.analysis.load import load_report
 from evalkit.metrics import points as pts
 from evalkit.stages.latency import request_samples
 
@@ -142,10 +143,18 @@ def test_claims_do_not_apply_to_an_eager_gpu_engine():
     run = open_run(REF / "hopper-gemma" / "r1")
     cfg = run.config()
     assert cfg.engine.device == "cuda" and cfg.engine.enforce_eager
-    r = views.build(cfg, run)
+    r = load_report(cfg, run)
     md, summary, detail = views.claims(r)
     assert len(detail) and not detail["applies"].any()
     assert detail["note"].str.contains("eager").all()
     assert "eager" in md and not summary["applies"].any()
     run8 = open_run(CLAIM)
-    assert views.build(run8.config(), run8).claims_checked()["applies"].all()
+    assert load_report(run8.config(), run8).claims_checked()["applies"].all()
+
+
+def test_decision_words_are_the_regime_tables():
+    assert str(vd.Decision("wins", "a", "b")) == "a"
+    assert str(vd.Decision("wins", "b", "a", partial=True)) == "b (level at some points)"
+    assert str(vd.Decision("depends")) == "depends on load"
+    assert str(vd.Decision("level")) == "either (level)"
+    assert str(vd.Decision("none")) == "no valid point"

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from evalkit.analysis import report as rp
+from evalkit.analysis.load import engine_scheme_caveats, load_report
 from evalkit.core import records as rec
 from evalkit.core.config import Claim
 from evalkit.metrics import points as pts
@@ -247,7 +248,6 @@ def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
 
     from evalkit.core.run import open_run
     from evalkit.stages import accuracy
-    from evalkit.ui import views
 
     if not (REF_GEMMA / "raw/accuracy").is_dir():
         pytest.skip("reference run not in this checkout")
@@ -271,7 +271,7 @@ def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
     # delta = variant - base on the same 300 documents
     np.testing.assert_allclose(paired.delta, paired.value - ae.loc["base", "value"])
     # the report names the variant vLLM ran with another scheme's activations
-    cav = views.engine_scheme_caveats(run.config(), run.records())
+    cav = engine_scheme_caveats(run.config(), run.records())
     assert len(cav) == 1 and cav[0].startswith("w4a8_int8: vLLM ran W4A8-INT8")
 
 
@@ -286,7 +286,7 @@ def test_roofline_view_reads_the_per_point_percentages():
     if not (REF_70B / "records.parquet").is_file():
         pytest.skip("reference run not in this checkout")
     run = open_run(REF_70B)
-    _, t = views.roofline(views.build(run.config(), run))
+    _, t = views.roofline(load_report(run.config(), run))
     t = t.set_index("variant")
     assert set(t.index) == {"fp8_dynamic", "w8a8_int8", "w4a16"}
     assert t["best_tpot_pct_of_roofline"].notna().all()
@@ -316,7 +316,7 @@ def test_roofline_view_leaves_out_staggered_server_batches():
     pct = df[df["metric"] == "tpot_pct_of_roofline"]
     assert len(pct[pct["concurrency"] == 1]) == 5  # the valid points of that run
     batch1 = pct[pct["concurrency"] == 1].groupby("variant")["value"]
-    _, t = views.roofline(views.build(run.config(), run))
+    _, t = views.roofline(load_report(run.config(), run))
     t = t.set_index("variant")
     assert set(t.index) == {"w4a16", "w4a8_fp8", "fp8_dynamic", "w8a8_int8", "bf16"}
     pd.testing.assert_series_equal(t["best_tpot_pct_of_roofline"].sort_index(),

@@ -43,8 +43,9 @@ from evalkit.core import records as rec
 from evalkit.core.errors import EvalkitError
 from evalkit.core.io import read_json
 from evalkit.metrics import stats
-from evalkit.stages.accuracy import metric_label
-from evalkit.stages.latency import load_trials, point_stem, pool_metrics
+from evalkit.metrics.accuracy import metric_label
+from evalkit.metrics.latency import pool_metrics
+from evalkit.metrics.raw import load_trials, point_stem
 
 #: ``evalkit compare`` exits with this when a regression is flagged.
 REGRESSION_EXIT_CODE = 5

@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 import yaml
 
+from evalkit.analysis.load import load_report
+from evalkit.analysis.summary import one_line
 from evalkit.core.io import atomic_write_text, read_json
 from evalkit.core.run import REPORT_HTML, Run, list_runs
 
@@ -20,14 +22,13 @@ from evalkit.core.run import REPORT_HTML, Run, list_runs
 def _row(run: Run, root: Path) -> dict[str, str]:
     cfg = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8")) or {}
     env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}
-    status = read_json(run.path / "status.json") if (run.path / "status.json").is_file() else {}
     model = cfg.get("model", {})
     model_name = model.get("name") or model.get("repo_id") or str(model.get("path", ""))
     device = cfg.get("engine", {}).get("device", "cpu")
     gpus = env.get("gpus") or []
     hardware = (gpus[0]["name"] + (f" x{len(gpus)}" if len(gpus) > 1 else "")
                 if device == "cuda" and gpus else f"CPU: {env.get('cpu', '?')}")
-    states = {k: v.get("state", "?") for k, v in status.get("stages", {}).items()}
+    states = {k: v.get("state", "?") for k, v in run.units.stage_states().items()}
     state = ("failed" if "failed" in states.values() else
              "interrupted" if "interrupted" in states.values() else
              "running" if "running" in states.values() else
@@ -49,10 +50,7 @@ def _verdict(run: Run) -> str:
     if not (run.path / "records.parquet").is_file():
         return "no records yet"
     try:
-        from evalkit.analysis.summary import one_line
-        from evalkit.ui import views
-
-        return one_line(views.build(run.config(), run))
+        return one_line(load_report(run.config(), run))
     except Exception as exc:  # noqa: BLE001 -- one unreadable run must not hide the others
         # the page is moved and served as is: no absolute path in it
         why = str(exc).splitlines()[0].replace(str(run.path), ".") if str(exc) else ""

@@ -11,6 +11,7 @@ notebooks/05_summary.ipynb, which calls these, to one HTML page.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,10 @@ import pandas as pd
 
 from evalkit.analysis import report as rp
 from evalkit.analysis import verdicts as vd
-from evalkit.core.errors import RunDirError
+from evalkit.analysis.load import load_report
+from evalkit.core.errors import RunDirError, StageError
+from evalkit.core.io import atomic_write_text
+from evalkit.core.notebooks import NOTEBOOK_DIR, NotebookFailed, execute_notebook, render_html
 from evalkit.core.run import REPORT_HTML, Run, list_runs, open_run
 from evalkit.metrics import points as pts
 
@@ -57,12 +61,10 @@ def find_runs(paths: list[str | os.PathLike[str]]) -> list[Run]:
 
 def load(paths: list[str | os.PathLike[str]]) -> list[RunSummary]:
     """Open every run and build its report data (records, per-request samples, caveats)."""
-    from evalkit.ui import views
-
     runs = []
     for run in find_runs(paths):
         cfg = run.config()
-        rep = views.build(cfg, run)
+        rep = load_report(cfg, run)
         real = not (cfg.model.source == "preset"
                     or any(RANDOM_WEIGHTS in c for c in rep.caveats))
         runs.append(RunSummary(run, rep, real))
@@ -238,25 +240,17 @@ def render(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str], *,
         RunDirError: a path is neither a run nor an output root (checked before executing).
         StageError: the notebook raised.
     """
-    import tempfile
-
-    import papermill as pm
-
-    from evalkit.core.errors import StageError
-    from evalkit.core.io import atomic_write_text
-    from evalkit.runner import NOTEBOOK_DIR, notebook_kernel, render_html
-
     find_runs(list(paths))  # one clear error before a kernel starts
     out = Path(out).resolve()
     src = NOTEBOOK_DIR / "05_summary.ipynb"
     with tempfile.TemporaryDirectory(prefix="evalkit-summary-") as tmp:
         nb = Path(tmp) / "05_summary.ipynb"
         try:
-            pm.execute_notebook(
-                str(src), str(nb), kernel_name=notebook_kernel(src), progress_bar=progress,
+            execute_notebook(
+                src, nb, progress=progress,
                 parameters={"runs": [str(Path(p).resolve()) for p in paths], "page": str(out)},
                 cwd=tmp)
-        except pm.PapermillExecutionError as exc:
+        except NotebookFailed as exc:
             failed = out.with_suffix(".failed.ipynb")
             failed.write_bytes(nb.read_bytes())
             raise StageError(f"summary notebook failed in cell {exc.exec_count}: {exc.ename}: "

@@ -9,6 +9,8 @@ DataFrames.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import pandas as pd
 
@@ -82,22 +84,44 @@ def pair_sentence(g: pd.DataFrame, variant: str, reference: str) -> str:
             "contains 0.")
 
 
-def _decision(e2e: pd.DataFrame, variant: str, reference: str) -> str:
+@dataclass(frozen=True)
+class Decision:
+    """Which of two variants is faster on E2E latency over a regime's valid points.
+
+    ``kind``: ``wins`` (``winner`` is faster where the interval excludes a tie: at every
+    point, or only at some with the others ``level``), ``depends`` (each is faster
+    somewhere), ``level`` (a tie within the intervals everywhere) or ``none`` (no valid
+    point). ``str()`` is the words the regime table shows.
+    """
+
+    kind: Literal["wins", "depends", "level", "none"]
+    winner: str | None = None
+    loser: str | None = None
+    #: ``wins`` only at some points, level at the others
+    partial: bool = False
+
+    def __str__(self) -> str:
+        if self.kind == "none":
+            return "no valid point"
+        if self.kind == "level":
+            return "either (level)"
+        if self.kind == "depends":
+            return "depends on load"
+        return f"{self.winner}" + (" (level at some points)" if self.partial else "")
+
+
+def _decision(e2e: pd.DataFrame, variant: str, reference: str) -> Decision:
     up = e2e["direction"].str.startswith("faster")
     down = e2e["direction"].str.startswith("slower")
     if e2e.empty:
-        return "no valid point"
-    if up.all():
-        return f"{variant}"
-    if down.all():
-        return f"{reference}"
-    if up.any() and not down.any():
-        return f"{variant} (level at some points)"
-    if down.any() and not up.any():
-        return f"{reference} (level at some points)"
+        return Decision("none")
+    if up.any() and down.any():
+        return Decision("depends")
     if not up.any() and not down.any():
-        return "either (level)"
-    return "depends on load"
+        return Decision("level")
+    if up.any():
+        return Decision("wins", variant, reference, partial=not up.all())
+    return Decision("wins", reference, variant, partial=not down.all())
 
 
 def regime_table(g: pd.DataFrame, variant: str, reference: str) -> pd.DataFrame:
@@ -124,7 +148,7 @@ def regime_table(g: pd.DataFrame, variant: str, reference: str) -> pd.DataFrame:
             "e2el_faster": int(e2e["direction"].str.startswith("faster").sum()),
             "e2el_slower": int(e2e["direction"].str.startswith("slower").sum()),
             "e2el_level": int((e2e["direction"] == "level").sum()),
-            "decision": _decision(e2e, variant, reference),
+            "decision": str(_decision(e2e, variant, reference)),
         })
     return pd.DataFrame(rows, columns=REGIME_COLUMNS)
 
@@ -147,19 +171,18 @@ def recommendation(g: pd.DataFrame, reg: str, variant: str, reference: str,
     ttft = metric_phrase(v, "ttft_ms").replace("TTFT ", "")
     tpot = metric_phrase(v, "tpot_ms").replace("TPOT ", "")
     facts = f"for `{variant}` against `{reference}`, TTFT {ttft}; TPOT {tpot}"
-    if decision == "depends on load":
+    if decision.kind == "depends":
         head = (f"depends on load: `{variant}` has the lower E2E latency at "
                 f"{_loads(e2e, 'faster')}, `{reference}` at {_loads(e2e, 'slower')}")
-    elif decision == "either (level)":
+    elif decision.kind == "level":
         head = "either: E2E latency level within its interval at every point"
-    elif decision == "no valid point":
+    elif decision.kind == "none":
         head = "no valid point"
     else:
-        win = decision.split(" ")[0]
-        lose = reference if win == variant else variant
         x = e2e["gain_pct"].abs()
-        head = (f"**`{win}`**: E2E latency {_span(x)} lower than `{lose}`'s"
-                f"{' where the interval excludes 0' if '(' in decision else ''}")
+        head = (f"**`{decision.winner}`**: E2E latency {_span(x)} lower than "
+                f"`{decision.loser}`'s"
+                f"{' where the interval excludes 0' if decision.partial else ''}")
     q = ""
     if quality:
         q = " Quality: " + "; ".join(f"`{k}` {t}" for k, t in quality.items()) + "."

@@ -7,11 +7,12 @@ reading of its log (which kernels it chose) and one reading of its Prometheus me
 Nothing from a study file reaches a shell: commands are argument lists and the server binds
 to 127.0.0.1 only.
 
-- :mod:`~evalkit.engine.process`: process groups (start, stop, no orphans).
+- :mod:`~evalkit.engine.process`: process groups (start, stop, no orphans, how one ended).
 - :mod:`~evalkit.engine.options`: CLI arguments, ``vllm.LLM`` kwargs, environment, cores.
 - :mod:`~evalkit.engine.checkpoint`: checks of a checkpoint before an engine starts on it.
 - :mod:`~evalkit.engine.logparse`: refusals, error lines and kernels read from the log.
 - :mod:`~evalkit.engine.server`: :class:`VLLMServer`.
+- :mod:`~evalkit.engine.readiness`: a launched server's readiness, watched from a thread.
 - :mod:`~evalkit.engine.prometheus`: ``/metrics`` parsing and deltas.
 - :mod:`~evalkit.engine.offline`: offline batches in a child process.
 - :mod:`~evalkit.engine.bench`: ``vllm bench serve``'s own parser and ``main``.

@@ -1,4 +1,5 @@
-"""Engine processes: start in their own process group, stop the whole group (no orphans)."""
+"""Engine processes: start in their own process group, stop the whole group (no orphans), say
+how one ended."""
 
 from __future__ import annotations
 
@@ -117,3 +118,19 @@ def _free_port() -> int:
 def log_tail(text: str, n: int = 20) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return "\n".join(lines[-n:])
+
+
+def describe_exit(proc: subprocess.Popen[bytes] | None) -> str:
+    """How a process ended (``killed by SIGKILL``, ``exit code 1``), or ``running``;
+    ``stopped`` for None (a stopped server keeps no process)."""
+    if proc is None:
+        return "stopped"
+    code = proc.poll()
+    if code is None:
+        return "running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

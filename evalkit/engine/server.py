@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 
@@ -17,7 +13,8 @@ from evalkit.core.errors import EngineError
 from evalkit.engine.checkpoint import check_checkpoint
 from evalkit.engine.logparse import classify_failure
 from evalkit.engine.options import _hardware, engine_cli_args, engine_env
-from evalkit.engine.process import _HEALTH_POLL_S, _free_port, _popen_kwargs, stop_process_group
+from evalkit.engine.process import _free_port, _popen_kwargs, describe_exit, stop_process_group
+from evalkit.engine.readiness import ReadyWatch
 
 
 class VLLMServer:
@@ -62,10 +59,7 @@ class VLLMServer:
         self.pid: int | None = None
         self.startup_s: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._t0 = 0.0
-        self._watch: threading.Thread | None = None
-        self._ready_s: float | None = None
-        self._watch_error: BaseException | None = None
+        self._watch: ReadyWatch | None = None
 
     @property
     def base_url(self) -> str:
@@ -109,7 +103,7 @@ class VLLMServer:
         check_checkpoint(self.model_path, weights=self.load_format != "dummy")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         port = _free_port()
-        self._t0 = time.monotonic()
+        t0 = time.monotonic()
         with open(self.log_path, "ab") as log:
             log.write(f"# evalkit: {' '.join(self.command(port))}\n".encode())
             log.flush()
@@ -125,55 +119,23 @@ class VLLMServer:
         # Readiness is watched from now on, so startup_s is when the server first answered,
         # also when wait() is called late (servers launched side by side are waited for
         # one after another).
-        self._watch = threading.Thread(target=self._watch_ready, name=f"vllm-ready-{port}",
-                                       daemon=True)
-        self._watch.start()
+        self._watch = ReadyWatch(self._proc, self.base_url, t0, self.engine.startup_timeout_s,
+                                 self._failure, name=f"vllm-ready-{port}")
         return self
-
-    def _watch_ready(self) -> None:
-        try:
-            self._wait_ready(self._t0)
-            self._ready_s = time.monotonic() - self._t0
-        except BaseException as exc:  # noqa: BLE001 -- handed to wait()
-            self._watch_error = exc
 
     def wait(self) -> VLLMServer:
         """Wait until a launched server answers ``/health`` and ``/v1/models``; on failure
         the process group is stopped and the engine's reason raised (see :meth:`__enter__`).
         """
-        if self._proc is None:
+        if self._proc is None or self._watch is None:
             raise EngineError("server not launched")
         try:
-            while self._watch is not None and self._watch.is_alive():
-                self._watch.join(timeout=0.5)  # short joins: Ctrl-C stays responsive
-            if self._watch_error is not None:
-                raise self._watch_error
+            ready_s = self._watch.join()
         except BaseException:
             self.stop()
             raise
-        self.startup_s = self._ready_s
+        self.startup_s = ready_s
         return self
-
-    def _wait_ready(self, t0: float) -> None:
-        proc = self._proc  # stop() (another thread) may clear self._proc meanwhile
-        if proc is None:
-            raise EngineError("server stopped before it was ready")
-        deadline = t0 + self.engine.startup_timeout_s
-        paths = ["/health", "/v1/models"]
-        while paths:
-            code = proc.poll()
-            if code is not None:
-                raise self._failure(code)
-            if time.monotonic() > deadline:
-                raise self._failure(None)
-            try:
-                with urllib.request.urlopen(self.base_url + paths[0], timeout=5) as resp:
-                    if resp.status == 200:
-                        paths.pop(0)
-                        continue
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(_HEALTH_POLL_S)
 
     def _failure(self, returncode: int | None) -> EngineError:
         if returncode is None:
@@ -198,17 +160,7 @@ class VLLMServer:
     def exit_description(self) -> str:
         """How the server process ended (``killed by SIGKILL``, ``exit code 1``), or
         ``running``/``stopped``."""
-        if self._proc is None:
-            return "stopped"
-        code = self._proc.poll()
-        if code is None:
-            return "running"
-        if code < 0:
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
+        return describe_exit(self._proc)
 
     def __enter__(self) -> VLLMServer:
         """Start ``python -m vllm.entrypoints.openai.api_server`` and wait for it (a server

@@ -8,10 +8,27 @@ flagged a regression beyond noise; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from evalkit.analysis import compare as cmp
+from evalkit.analysis.index import write_index
+from evalkit.analysis.summary import render
+from evalkit.assets import models as assets
+from evalkit.assets import taskpack
+from evalkit.core.archive import archive_run
+from evalkit.core.config import ModelSpec
+from evalkit.core.environment import environment_info
 from evalkit.core.errors import ConfigError, EvalkitError
+from evalkit.core.records import load_runs
+from evalkit.core.run import REPORT_HTML, list_runs, open_run
+from evalkit.preflight import load_study
+from evalkit.runner import run_study
+from evalkit.stages import accuracy, latency
+from evalkit.ui.kernels import install_kernels
 
 EPILOG = """\
 commands:
@@ -38,8 +55,6 @@ exit codes: 0 ok, 2 invalid study, 3 run dir busy/exists/not archivable, 4 stage
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from evalkit.preflight import load_study
-
     bad = 0
     for path in args.config:
         try:
@@ -56,8 +71,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from evalkit.runner import run_study
-
     run = run_study(args.config, run_id=args.run_id, resume=args.resume,
                     stages=args.stages, progress=not args.no_progress)
     report = run.path / "report.html"
@@ -68,8 +81,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from evalkit.core.run import REPORT_HTML, list_runs
-
     for r in list_runs(args.root):
         rep = next((p for p in (r.path / REPORT_HTML, r.path / "report.html") if p.is_file()),
                    None)
@@ -79,10 +90,6 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from evalkit.core.records import load_runs
-
     df = load_runs(args.run)
     head = df[df["stat"].isin(["value", "p50", "delta"])]
     cols = ["variant", "stage", "task", "workload", "concurrency", "metric", "stat", "value",
@@ -93,22 +100,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from evalkit.analysis.index import write_index
-
     print(write_index(args.root))
     return 0
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from evalkit.analysis.summary import render
-
     print(render(args.runs, args.out, progress=not args.no_progress))
     return 0
 
 
 def _cmd_archive(args: argparse.Namespace) -> int:
-    from evalkit.core.archive import archive_run
-
     code = 0
     for path in args.runs:
         try:
@@ -126,10 +127,6 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
 
 def _cmd_assets(args: argparse.Namespace) -> int:
-    from evalkit.assets import models as assets
-    from evalkit.assets import taskpack
-    from evalkit.core.config import ModelSpec
-
     if args.action == "list":
         for name in assets.PACKAGED_MODELS:
             print(f"packaged model  {name}")
@@ -147,17 +144,11 @@ def _cmd_assets(args: argparse.Namespace) -> int:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    import json
-
-    from evalkit.core.environment import environment_info
-
     print(json.dumps(environment_info(), indent=2, default=str))
     return 0
 
 
 def _cmd_kernels(args: argparse.Namespace) -> int:
-    from evalkit.ui.kernels import install_kernels
-
     for path in install_kernels(
         prefix=args.prefix, eval_python=args.eval_python, quantize_python=args.quantize_python,
         quantize_pythonpath=args.quantize_pythonpath,
@@ -167,9 +158,6 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
-    from evalkit.core.run import open_run
-    from evalkit.stages import accuracy, latency
-
     run = open_run(args.run)
     if not run.stage_records_path("accuracy").is_file() and any(
             run.path.glob("raw/accuracy/*/*/results.json*")):  # .json.gz once archived
@@ -184,8 +172,6 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from evalkit.analysis import compare as cmp
-
     if args.previous:
         if len(args.runs) != 1:
             raise EvalkitError("compare --previous takes one run (the later one)")

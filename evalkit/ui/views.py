@@ -1,106 +1,32 @@
-"""Text and tables of the stakeholder report (notebook 04), from a run's records.
+"""Text and tables of the stakeholder report (notebook 04), from a run's records: the report
+and its first screen (the later sections are in :mod:`evalkit.ui.sections`).
 
-Pure functions of the :class:`evalkit.analysis.report.Report` built by :func:`build`; the notebook
-turns the Markdown strings and DataFrames into cells of the rendered HTML.
+Pure functions of the :class:`evalkit.analysis.report.Report` that
+:func:`evalkit.analysis.load.load_report` builds; the notebook turns the Markdown strings and
+DataFrames into cells of the rendered HTML.
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pandas as pd
 
 from evalkit.analysis import report as rp
 from evalkit.analysis import verdicts as vd
-from evalkit.core.config import StudyConfig
-from evalkit.core.environment import machine_id
-from evalkit.core.io import read_json
-from evalkit.core.run import Run
-from evalkit.core.schemes import SCHEMES, activation_mismatch
+from evalkit.core.schemes import SCHEMES
 from evalkit.metrics import points as pts
-from evalkit.metrics import validity as val
-
-
-def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame) -> list[str]:
-    """One caveat per variant vLLM ran with a scheme of other activations than its own, read
-    from the kernel lines kept in the records (server start notes, accuracy notes)."""
-    if df.empty or "note" not in df:
-        return []
-    out = []
-    for v in cfg.variants:
-        notes = df.loc[(df["variant"] == v.name)
-                       & ((df["metric"] == "engine_startup_s") | (df["stage"] == "accuracy")),
-                       "note"].dropna().unique()
-        why = activation_mismatch(v.scheme, "; ".join(map(str, notes)))
-        if why:
-            out.append(f"{v.name}: {why}.")
-    return out
-
-
-def build(cfg: StudyConfig, run: Run) -> rp.Report:
-    """Load a run's records and environment into a Report."""
-    df = run.records()
-    env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}
-    hw = df["hardware"].dropna()
-    lat_hw = df.loc[df["stage"] == "latency", "hardware"].dropna()
-    hardware = (lat_hw.iloc[0] if len(lat_hw) else hw.iloc[0] if len(hw)
-                else f"CPU: {env.get('cpu', 'unknown')}")
-    wl, conc, mode = rp.default_point(df, cfg.report.workload, cfg.report.concurrency)
-    caveats: list[str] = []
-    try:
-        from evalkit.assets import models as assets
-
-        caveats += list(assets.resolve_model(cfg.model).caveats)
-    except Exception as exc:  # noqa: BLE001 -- the report must render even if assets moved
-        caveats.append(f"model caveats unavailable: {exc}")
-    models = df["model"].dropna()
-    model = models.iloc[0] if len(models) else (cfg.model.name or str(cfg.model.path))
-    if "hf" in set(df.loc[df["stage"] == "accuracy", "backend"].dropna()):
-        caveats.append(
-            "Some variants were scored through lm-eval's hf backend (transformers), because "
-            "vLLM has no kernel for their scheme on this hardware; see the backend column.")
-    status = read_json(run.path / "status.json") if (run.path / "status.json").is_file() else {}
-    for stage, st in sorted(status.get("stages", {}).items()):
-        if st.get("state") in ("interrupted", "failed"):
-            caveats.append(
-                f"The {stage} stage was {st['state']} ({st.get('time_utc', '?')}): figures it "
-                "had finished are kept and shown; variants or points without figures were not "
-                "measured.")
-    caveats += engine_scheme_caveats(cfg, df)
-    if cfg.engine.device == "cpu":
-        caveats.append(
-            "Latency was measured on a CPU: it says how the schemes behave with vLLM's CPU "
-            "kernels, not what a GPU would do.")
-    from evalkit.analysis.compare import comparison_with_previous
-
-    previous, changes = comparison_with_previous(run.path)
-    from evalkit.stages.latency import request_samples
-
-    invalid = val.invalid_summary(df)
-    if len(invalid):
-        points = df[(df["stage"] == "latency") & df["mode"].isin(["server", "offline"])
-                    & (df["metric"] == "ttft_ms")].drop_duplicates(
-                        ["variant", "mode", "workload", "concurrency"])
-        hits = df[(df["stage"] == "latency") & (df["metric"] == "prefix_cache_hit_rate")]
-        why = "; ".join(f"{c}: {n}" for c, n in val.invalid_counts(df).items())
-        span = (f" (prompt-token cache hit rates {hits['value'].min():.0%} to "
-                f"{hits['value'].max():.0%})" if hits["value"].notna().any() else "")
-        caveats.insert(0, f"**{len(invalid)} of {len(points)} latency points are INVALID and left "
-                       f"out of every table, figure and claim check** — {why}{span}. See "
-                       "'Invalid points' at the end.")
-    return rp.Report(
-        records=df, study=cfg.study, model=model, hardware=hardware, workload=wl,
-        concurrency=conc, reference=cfg.report.reference_variant, caveats=caveats, env=env,
-        description=cfg.description, claims=cfg.claims,
-        base=cfg.base_variant.name if cfg.base_variant else "base",
-        previous_run=previous, changes=changes, samples=request_samples(run.path), mode=mode,
-        gpus_per_engine=cfg.engine.tensor_parallel_size if cfg.engine.device == "cuda" else 0,
-        slo=cfg.report.slo.limits(),
-        claim_caveat=("the engine ran eager (no CUDA graphs, no torch.compile): not the "
-                      "serving setup a speed claim is about" if cfg.engine.device == "cuda"
-                      and cfg.engine.enforce_eager else None),
-    )
+from evalkit.ui.sections import (  # noqa: F401 -- re-exported: the report's later sections
+    GOODPUT_LABELS,
+    POINT_LABELS,
+    changes,
+    claims,
+    crosscheck,
+    disclosure,
+    environment_markdown,
+    goodput,
+    invalid_points,
+    points_table,
+    roofline,
+)
 
 
 def header_markdown(r: rp.Report) -> str:
@@ -223,229 +149,3 @@ def headline_table(r: rp.Report) -> pd.DataFrame:
     # a gain against a variant with no latency here (e.g. no base in a speed study) is no data
     t = t.drop(columns=[c for c in t.columns if "_gain_vs_" in c and t[c].isna().all()])
     return t.rename(columns={c: HEADLINE_LABELS.get(c) or rp.gain_label(c) for c in t.columns})
-
-
-POINT_LABELS = {
-    "variant": "variant", "mode": "mode", "workload": "workload", "concurrency": "load",
-    "regime": "regime", "ttft_ms": "TTFT p50 (ms)", "ttft_lo": "TTFT low", "ttft_hi": "TTFT high",
-    "tpot_ms": "TPOT p50 (ms)", "tpot_lo": "TPOT low", "tpot_hi": "TPOT high",
-    "e2el_ms": "E2E p50 (ms)", "output_throughput_tok_s": "output tok/s",
-    "output_tok_s_per_gpu": "output tok/s per GPU", "trials": "trials",
-    "ttft_pct_of_floor": "TTFT floor (% of it)", "tpot_pct_of_floor": "TPOT floor (% of it)",
-    "prefix_cache_hit_rate": "cache hit rate", "disclosure": "marks",
-}
-
-
-def disclosure(p: pd.DataFrame) -> pd.Series:
-    """Per point, what a reader should know: invalid (why), single trial, other host."""
-    def one(row: pd.Series) -> str:
-        marks = []
-        if row["status"] != "ok":
-            marks.append(f"{row['status'].upper()}: {row['note']}")
-        if row["single_trial"] and row["mode"] == "server":
-            marks.append("single trial")
-        if row["other_host"]:
-            marks.append(f"other host ({row['hardware']})")
-        return "; ".join(marks)
-
-    return p.apply(one, axis=1) if len(p) else pd.Series(dtype=str)
-
-
-def points_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
-    """Every latency point with its band, throughput, floors and disclosure marks."""
-    p = r.points().copy()
-    if p.empty:
-        return "No latency point was measured.", p
-    p["disclosure"] = disclosure(p)
-    cols = [c for c in POINT_LABELS if c in p]
-    return (f"All {len(p)} latency points (load: requests in flight for server, batch size for "
-            "offline; low/high: the 95% bootstrap interval of a server point's p50, the range "
-            "over iterations of an offline point; *floor %*: the physical floor as % of the "
-            "measured figure; *marks*: invalid, single-trial and other-host points).",
-            p[cols].rename(columns=POINT_LABELS))
-
-
-def goodput(r: rp.Report) -> tuple[str, pd.DataFrame]:
-    """Goodput at the study's SLOs, per valid server point (text, :func:`evalkit.metrics.points.goodput`
-    rows; :data:`GOODPUT_LABELS` names their columns for display)."""
-    if not r.slo:
-        return ("## Goodput\n\nThe study states no SLO (`report.slo`).", pd.DataFrame())
-    good = pts.goodput(r.points(), r.samples, r.slo)
-    limits = " and ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in r.slo.items())
-    if good.empty:
-        return (f"## Goodput\n\nSLO: {limits}. No server point with per-request data.",
-                good)
-    return (f"## Goodput\n\nRequests per second that meet the SLO ({limits}; from the study "
-            "file's `report.slo`, or its default): the share of a point's requests meeting "
-            "every limit × the point's completed requests per second (vLLM's goodput, pooled "
-            "over trials). Invalid points are left out.",
-            good[good["status"] == "ok"])
-
-
-#: Column labels of the goodput table as the report shows it.
-GOODPUT_LABELS = {"attainment": "share meeting SLO", "request_throughput_req_s": "requests/s",
-                  "goodput_req_s": "goodput (requests/s)", "concurrency": "requests in flight"}
-
-
-def claims(r: rp.Report) -> tuple[str, pd.DataFrame, pd.DataFrame]:
-    if not r.claims:
-        return "## Claim check\n\nThe study states no claims.", pd.DataFrame(), pd.DataFrame()
-    detail = r.claims_checked()
-    summary = rp.claim_summary(detail)
-    lines = ["## Claim check", ""]
-    for c in r.claims:
-        src = f" ({c.source})" if c.source else ""
-        lines.append(f"- **{c.name}**: “{c.text}”{src} — `{c.variant}` vs `{c.reference}`, "
-                     f"hardware: {c.hardware}.")
-    lines += ["", "Verdict per point, from the 95% bootstrap interval of the measured reduction "
-              "(`ci_low_pct`..`ci_high_pct`; per-request values of both variants, resampled "
-              "independently): *holds* when the whole interval is at or above the claim minus "
-              "its tolerance; *partly* when it lies above 0 but below that; *not reproduced* "
-              "when it lies below that and reaches 0 or less; *inconclusive* when it contains "
-              "the claim's threshold; *invalid* when a point failed its validity checks "
-              "(prefix-cache hits, below a physical floor: see `note`) and is left out. "
-              "`applies` is false when the run's hardware is not the claim's. `mode` "
-              "server: `concurrency` requests in flight (`@c` in *holds_at*); offline: a "
-              "whole batch of that size (`@b`)."]
-    if len(summary) and not summary["applies"].all():
-        lines.append(f"\n**Note:** this run measured on {r.hardware}"
-                     + (f", and {r.claim_caveat}" if r.claim_caveat else "")
-                     + "; claims that do not apply are shown for reference and cannot be "
-                     "confirmed or refuted here.")
-    return "\n".join(lines), summary, detail
-
-
-def invalid_points(r: rp.Report) -> tuple[str, pd.DataFrame]:
-    """Latency points that failed a validity check, and why (left out everywhere else)."""
-    t = val.invalid_summary(r.records)
-    lat = r.records[(r.records["stage"] == "latency")]
-    hits = lat[(lat["metric"] == "prefix_cache_hit_rate") & lat["value"].notna()]
-    hit_txt = (f" Prompt-token prefix-cache hit rate over the measured points: "
-               f"{hits['value'].min():.1%} to {hits['value'].max():.1%}."
-               if len(hits) else "")
-    if t.empty:
-        return ("## Invalid points\n\nEvery latency point passed its validity checks (prefix-"
-                "cache hit rate at most 1%, no figure below its physical floor)." + hit_txt,
-                t)
-    return (f"## Invalid points\n\n{len(t)} point(s) failed a validity check: a prefix-cache "
-            f"hit rate above {val.MAX_CACHE_HIT_RATE:.0%} (the prompts' prefill was served from "
-            "cache, so TTFT measured a cache read), or a figure below its physical floor "
-            "(impossible). Their rows keep status `invalid` in the records and are left out "
-            "of every table, figure and claim check above." + hit_txt, t)
-
-
-def crosscheck(r: rp.Report) -> tuple[str, pd.DataFrame]:
-    """Client-side (bench serve per-request data) vs server-side (/metrics) figures."""
-    df = r.records
-    lat = df[(df["stage"] == "latency") & (df["status"] == "ok") & (df["stat"] == "mean")
-             & (df["metric"].isin(["ttft_ms", "tpot_ms", "e2el_ms"]))]
-    client = lat[lat["mode"] == "server"]
-    server = lat[lat["mode"] == "server-metrics"]
-    if client.empty or server.empty:
-        return ("## Client vs server\n\nNo server-side metrics were scraped in this run.",
-                pd.DataFrame())
-    key = ["variant", "workload", "concurrency", "metric"]
-    m = client[key + ["value"]].merge(server[key + ["value"]], on=key,
-                                      suffixes=("_client", "_server"))
-    m["gap_pct"] = (m["value_client"] - m["value_server"]) / m["value_server"] * 100
-    txt = ("## Client vs server\n\nMean latencies from the benchmark client's per-request data "
-           "against the server's own Prometheus histograms (`/metrics`, differenced before and "
-           "after each point). The client includes HTTP and streaming overhead the server does "
-           f"not see. Median absolute gap: {np.nanmedian(np.abs(m['gap_pct'])):.1f}%.")
-    return txt, m.rename(columns={"value_client": "client_ms", "value_server": "server_ms"})
-
-
-def roofline(r: rp.Report) -> tuple[str, pd.DataFrame]:
-    df = r.records
-    roof = df[(df["stage"] == "latency") & (df["metric"] == "roofline_tpot_ms")]
-    # one % per measured point, from its mean TPOT. The bound of a point assumes its whole
-    # batch decodes together: true for an offline batch and for one request at a time, not
-    # for a server at concurrency > 1, whose requests arrive and finish staggered (a smaller
-    # decode batch than assumed: its % overstates, and can pass 100).
-    pct = df[(df["stage"] == "latency") & (df["metric"] == "tpot_pct_of_roofline")]
-    pct = pct[(pct["mode"] == "offline") | (pct["concurrency"] == 1)]
-    if roof.empty:
-        return "## Memory roofline\n\nNo roofline figures in this run.", pd.DataFrame()
-    t = roof[["variant", "value", "note"]].rename(columns={"value": "roofline_tpot_ms"})
-    t = t.drop_duplicates("variant")
-    if not pct.empty:
-        g = pct.groupby("variant")["value"]
-        t["best_tpot_pct_of_roofline"] = t["variant"].map(g.max())
-        t["worst_tpot_pct_of_roofline"] = t["variant"].map(g.min())
-    txt = ("## Memory roofline\n\nThe fastest a decode step can be if it only has to read the "
-           "weights once from memory: bytes of weights read per step ÷ memory bandwidth. "
-           "Measured mean TPOT as % of the limit at each point, whose bytes are the weights "
-           "plus the KV cache of the batch (100% = at the limit); best and worst over the "
-           "points where the whole batch decodes together: offline batches and one request "
-           "at a time (a server under concurrency decodes a batch that changes as requests "
-           "arrive and finish, so its bytes per step are not known).")
-    return txt, t
-
-
-def changes(r: rp.Report) -> tuple[str, pd.DataFrame]:
-    """"Change since the previous run": the comparison with the study's earlier run.
-
-    Returns the section's Markdown and a display table (values with an interval and
-    flagged rows; see :mod:`evalkit.analysis.compare`). Without an earlier run, one line and an
-    empty table.
-    """
-    from evalkit.analysis import compare as cmp
-
-    title = "## Change since the previous run"
-    if r.previous_run is None:
-        return (f"{title}\n\nNo earlier run of this study under the output root; nothing to "
-                "compare.", pd.DataFrame())
-    df = r.changes if r.changes is not None else pd.DataFrame(columns=cmp.COLUMNS)
-    if df.empty:
-        return (f"{title}\n\nEarlier run `{r.previous_run}`: nothing in common to compare.",
-                pd.DataFrame())
-    n_reg = int(df["regression"].sum())
-    shown = df[df["regression"] | df["ci_low"].notna()]
-    verdict = (f"**{n_reg} regression{'s' if n_reg != 1 else ''} beyond noise** (marked "
-               "REGRESSION below)." if n_reg else "No regression beyond noise.")
-    txt = (f"{title}\n\nAgainst the earlier run `{r.previous_run}` (A; this run is B; change "
-           "= B − A). Accuracy: paired bootstrap over the same documents; latency: bootstrap "
-           "of the p50 over each run's requests, flagged only when the interval is above 0 "
-           f"and the change exceeds 5%. A unit that failed here but not before is flagged "
-           f"too. {verdict} `evalkit compare` gives the same table from the command line.")
-    return txt, cmp.summary_table(shown if len(shown) else df)
-
-
-def environment_markdown(r: rp.Report) -> str:
-    env = r.env
-    pk = env.get("packages", {})
-    stages = env.get("stages", {})
-    lines = ["## Environment", "",
-             f"- Machine: {env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores, "
-             f"{env.get('memory_gb', '?')} GB RAM; {env.get('platform', '')}"]
-    for g in env.get("gpus", []):
-        lines.append(f"- GPU: {g.get('name')} (driver {g.get('driver')}, CUDA "
-                     f"{g.get('cuda_driver_api') or env.get('torch_cuda') or '?'})")
-    lines.append(f"- Python {env.get('python', '?')}; evalkit git commit "
-                 f"`{env.get('git_commit') or 'unknown'}`; records schema "
-                 f"{env.get('records_schema', '?')}")
-    for name, st in stages.items():
-        pkg = ", ".join(f"{k} {v}" for k, v in sorted(st.get("packages", {}).items()))
-        lines.append(f"- Stage **{name}**: {pkg}")
-    if not stages:
-        lines.append("- Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items())))
-    attempts = env.get("attempts", [])
-    if len({machine_id(a) for a in attempts}) > 1:
-        lines += ["", "**This run was resumed on more than one machine** (stage starts, in "
-                  "order; each record's `hardware` column names the device type):", ""]
-        lines += [f"- {a.get('started_utc', '?')} {a.get('stage')}: {machine_id(a)}"
-                  for a in attempts]
-    prov = _provenance_lines(r)
-    if prov:
-        lines += ["", "**Engine provenance (per variant)**", ""] + prov
-    return "\n".join(lines)
-
-
-def _provenance_lines(r: rp.Report) -> list[str]:
-    df = r.records
-    rows = df[(df["stage"] == "latency") & (df["metric"] == "engine_startup_s")]
-    out = []
-    for row in rows.drop_duplicates("variant").itertuples():
-        val = "n/a" if row.value is None or math.isnan(row.value) else f"{row.value:.0f}s"
-        out.append(f"- `{row.variant}`: startup {val}; {row.note}")
-    return out

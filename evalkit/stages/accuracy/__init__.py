@@ -18,8 +18,12 @@ are never reused.
 
 Backends
 --------
-``vllm``: the variant's checkpoint is served by vLLM's OpenAI server
-(:class:`evalkit.engine.VLLMServer`) and lm-eval's ``local-completions`` model talks to it.
+``vllm``: the variant's checkpoint is served by vLLM's OpenAI server (a
+:class:`evalkit.stages.serving.VariantSession` around :class:`evalkit.engine.VLLMServer`) and
+lm-eval's ``local-completions`` model talks to it. Before the server is stopped, the live
+session is handed to ``run_stage``'s ``before_close`` callback, if any (the notebook passes
+the latency stage's ``measure_on``: one engine start per variant for both stages; neither
+stage imports the other).
 Log-likelihood requests work through the completions endpoint with ``echo=True,
 logprobs=1, max_tokens=1``: vLLM returns the prompt's per-token log-probabilities and
 lm-eval sums those of the continuation (``LocalCompletionsAPI.parse_logprobs``). Requests
@@ -48,18 +52,21 @@ A forced ``vllm`` that the engine refuses gives ``status="failed"`` records.
 
 Caching
 -------
-Within a run, a finished (variant, task) is marked with ``run.mark_unit`` and reloaded from
+Within a run, a finished (variant, task) is marked in the run's unit store
+(``run.units.mark(UnitKey.accuracy(variant, task), ...)``) and reloaded from
 ``raw/`` on resume. Across runs, lm-eval's results and samples are kept under
 ``cache_dir()/accuracy/<key>/`` where the key hashes the checkpoint (path, file sizes and
 modification times), the task, the task pack, every lm-eval setting above, the lm-eval
 version and the backend with its options; a hit is reused, logged, and noted ("cached").
 
 Modules: :mod:`~evalkit.stages.accuracy.stage` (the stage), :mod:`~evalkit.stages.accuracy.runner`
-(one variant), :mod:`~evalkit.stages.accuracy.backends` (vLLM or transformers, lm-eval calls),
+(one variant), :mod:`~evalkit.stages.accuracy.server` (one variant's vLLM server),
+:mod:`~evalkit.stages.accuracy.backends` (vLLM or transformers, lm-eval calls),
 :mod:`~evalkit.stages.accuracy.results` (records), :mod:`~evalkit.stages.accuracy.caching`,
 :mod:`~evalkit.stages.accuracy.settings`.
 """
 
+from evalkit.metrics.accuracy import metric_label
 from evalkit.stages.accuracy.backends import (
     BackendPlan,
     hf_activation_note,
@@ -88,7 +95,6 @@ from evalkit.stages.accuracy.settings import (
     STAGE,
     eval_settings,
     lm_eval_version,
-    metric_label,
     metric_unit,
 )
 from evalkit.stages.accuracy.stage import accuracy_table, rebuild_records, run_stage

@@ -22,7 +22,8 @@ from evalkit.core.io import (
     read_json,
 )
 from evalkit.metrics import stats
-from evalkit.stages.accuracy.settings import SCORE_COLUMNS, _acc, metric_label, metric_unit
+from evalkit.metrics.accuracy import metric_label
+from evalkit.stages.accuracy.settings import SCORE_COLUMNS, _acc, metric_unit
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""One variant's evaluation over all tasks: its engine (or transformers model), unit markers,
-the cache, fallbacks.
+"""One variant's evaluation over all tasks: its backend (a vLLM server, through
+:mod:`~evalkit.stages.accuracy.server`, or a transformers model), unit markers, the cache,
+fallbacks.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from evalkit.assets import taskpack
 from evalkit.core.config import StudyConfig, Variant
 from evalkit.core.environment import hardware_label
-from evalkit.core.errors import EngineError, EvalkitError, UnsupportedSchemeError
+from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.core.io import (
     atomic_dir,
     atomic_write_json,
@@ -21,9 +22,8 @@ from evalkit.core.io import (
     read_json,
 )
 from evalkit.core.run import Run
-from evalkit.core.schemes import activation_mismatch
-from evalkit.engine import VLLMServer, provenance, record_engine_verdict
-from evalkit.stages import latency
+from evalkit.core.units import UnitKey
+from evalkit.engine import record_engine_verdict
 from evalkit.stages.accuracy.backends import (
     hf_activation_note,
     hf_device,
@@ -49,27 +49,26 @@ from evalkit.stages.accuracy.results import (
     per_doc_scores,
     summarize,
 )
+from evalkit.stages.accuracy.server import BeforeClose, VariantServer
 from evalkit.stages.accuracy.settings import CACHE_FORMAT, STAGE, _acc, eval_settings, lm_eval_version
+from evalkit.stages.serving import VariantSession
 
 
 class _VariantRunner:
     """Evaluates all tasks of one variant, starting at most one server for them."""
 
     def __init__(self, cfg: StudyConfig, run: Run, variant: Variant, checkpoint: Path,
-                 use_cache: bool, progress: Any) -> None:
+                 use_cache: bool, progress: Any, before_close: BeforeClose | None = None) -> None:
         self.cfg, self.run, self.variant, self.checkpoint = cfg, run, variant, checkpoint
         self.use_cache, self.progress = use_cache, progress
+        self.before_close = before_close
         self.tm: Any = None  # lm-eval's TaskManager, given by run_stage once it is built
         self.plan = plan_backend(variant, cfg.engine.device)
         self.backend = self.plan.backend
         self.notes: list[str] = [self.plan.note] if self.plan.note else []
-        self._stack = contextlib.ExitStack()
         self._lm: Any = None
         self._bos: bool | None = None
-        self._server: Any = None  # the running VLLMServer the model talks to
-        self._launched: Any = None  # a VLLMServer launched (with its group), not yet in use
-        self._launch_error: EngineError | None = None
-        self._api_lm: Any = None  # lm-eval's model for the launched server, built meanwhile
+        self.server = VariantServer(cfg, run, variant, checkpoint, self._new_api_lm)
 
     @property
     def add_bos(self) -> bool:
@@ -78,43 +77,28 @@ class _VariantRunner:
         return self._bos
 
     def close(self, beside: Sequence[str] = ()) -> None:
-        """Measure the latency points on this variant's server (``beside``: variants whose
+        """Hand this variant's live server to ``before_close`` (``beside``: variants whose
         servers wait idle meanwhile), then stop it."""
-        server = self._server
-        if server is not None and server.alive() and self.cfg.latency is not None:
-            # One engine start per variant: measure its latency points on this server
-            # before stopping it; the latency stage then finds them done.
-
-            try:
-                latency.measure_with_server(self.cfg, self.run, self.variant, server,
-                                            Path(self.checkpoint), server.log_path,
-                                            beside=beside)
-            except EvalkitError as exc:
-                self.run.log(f"latency on the accuracy server of {self.variant.name} failed "
-                             f"(the latency stage will retry): {exc}")
-        self.close_quietly()
+        self._lm = None
+        self.server.close(beside, self.before_close)
 
     def close_quietly(self) -> None:
-        """Stop this variant's server without measuring (an interrupt); safe to repeat."""
-        self._server = None
-        self._lm = self._api_lm = None
-        launched, self._launched = self._launched, None
-        if launched is not None:  # launched but never needed (e.g. a failure, an interrupt)
-            launched.stop()
-        self._stack.close()
+        """Stop this variant's server without handing it on (an interrupt); safe to repeat."""
+        self._lm = None
+        self.server.close_quietly()
 
     def done_in_run(self, task: str) -> dict[str, Any] | None:
         """The unit marker of ``task`` when this run finished it with the same settings."""
-        done = self.run.unit_done(STAGE, f"{self.variant.name}/{task}")
+        done = self.run.units.done(UnitKey.accuracy(self.variant.name, task))
         if done is None or done.get("settings") != eval_settings(self.cfg):
             return None
         return done
 
     def needs_model(self, tasks: Sequence[tuple[str, str]]) -> bool:
         """Whether some task is not done in this run. A task in the cross-run cache counts:
-        :meth:`evaluate` starts the model before it looks there, and the variant's latency
-        points are measured on that server; its key would also need the tokenizer read,
-        which would delay the launch."""
+        :meth:`evaluate` starts the model before it looks there, and the ``before_close``
+        callback (the variant's latency points) uses that server; its key would also need
+        the tokenizer read, which would delay the launch."""
         return any(self.done_in_run(task) is None for task, _ in tasks)
 
     def launch(self, tasks: Sequence[tuple[str, str]]) -> bool:
@@ -126,50 +110,21 @@ class _VariantRunner:
         first evaluation then starts one the usual way and reports why)."""
         if self.backend != "vllm" or not self.needs_model(tasks):
             return False
-        server = self._server_object()
-        try:
-            server.launch()
-        except EvalkitError as exc:
-            self.run.log(f"accuracy {self.variant.name}: server launch failed: {exc}")
-            return False
-        self._launched = server
-        return True
+        return self.server.launch()
 
     def prepare(self) -> None:
         """While the launched server starts: read the tokenizer and build lm-eval's model
-        object for it (it only stores the server's address), so that the variant's first
-        task starts as soon as the server answers. A failure here is raised where the
-        variant first needs its model."""
-        server = self._launched
-        if server is None or self._api_lm is not None:
-            return
-        t0 = time.monotonic()
-        try:
-            self._api_lm = self._new_api_lm(server)
-            self.run.log(f"accuracy {self.variant.name}: tokenizer and lm-eval model ready "
-                         f"in {time.monotonic() - t0:.1f}s while the server starts")
-        except Exception as exc:  # noqa: BLE001 -- reported where the model is needed
-            self.run.log(f"accuracy {self.variant.name}: could not prepare lm-eval's model "
-                         f"while the server starts ({type(exc).__name__}: {exc}); retried "
-                         "once the server is up")
+        object for it, so that the variant's first task starts as soon as the server
+        answers (:meth:`VariantServer.prepare`)."""
+        self.server.prepare()
 
-    def _new_api_lm(self, server: Any) -> Any:
-        return make_api_lm(server.base_url, self.variant.name, self.checkpoint, self.cfg,
+    def _new_api_lm(self, session: VariantSession) -> Any:
+        return make_api_lm(session.base_url, self.variant.name, self.checkpoint, self.cfg,
                            self.add_bos)
 
     def settle(self) -> bool:
-        """Wait for a server launched beside others, so that none is still starting while
-        another variant's latency is measured; True when it is up. A failed start is kept
-        and raised where this variant first needs its model."""
-        if self._launched is None:
-            return False
-        if self._launched.startup_s is None:
-            try:
-                self._launched.wait()
-            except EngineError as exc:
-                self._launched, self._launch_error = None, exc
-                return False
-        return True
+        """Wait for a server launched beside others (:meth:`VariantServer.settle`)."""
+        return self.server.settle()
 
     def _backend_options(self) -> dict[str, Any]:
         if self.backend == "hf":
@@ -201,7 +156,7 @@ class _VariantRunner:
             return self._lm
         if self.backend == "vllm":
             try:
-                self._lm = self._start_vllm()
+                self._lm = self.server.start(self.notes)
                 return self._lm
             except UnsupportedSchemeError as exc:
 
@@ -228,44 +183,6 @@ class _VariantRunner:
                      f"{time.monotonic() - t0:.1f}s ({hf_dtype(hf_device(self.cfg))}, "
                      f"{hf_device(self.cfg)}){'; ' + act if act else ''}")
         return self._lm
-
-    def _server_object(self) -> Any:
-
-        env = {}
-        override = self.cfg.engine.kernel_override.get(self.variant.name)
-        if override:
-            k, v = override.split("=", 1)
-            env[k] = v
-        return VLLMServer(
-            self.checkpoint, engine=self.cfg.engine,
-            log_path=self.run.sub("logs", f"vllm-accuracy-{self.variant.name}.log"),
-            served_model_name=self.variant.name, extra_env=env,
-            trust_remote_code=self.cfg.model.trust_remote_code,
-        )
-
-    def _start_vllm(self) -> Any:
-        if self._launch_error is not None:  # started beside others and failed (settle)
-            exc, self._launch_error = self._launch_error, None
-            raise exc
-        if self._launched is None:  # not launched with its group (failed, or not needed then)
-            self._launched = self._server_object().launch()
-        self.prepare()  # done already when launched with its group
-        server, self._launched = self._launched, None
-        self._stack.callback(server.stop)
-        server.wait()
-        self._server = server
-
-        kernels = provenance(server.log_text()).get("linear_kernels")
-        if kernels:
-            self.notes.append(f"vLLM kernels: {kernels}")
-        mismatch = activation_mismatch(self.variant.scheme, kernels)
-        if mismatch:
-            self.run.log(f"accuracy: WARNING {self.variant.name}: {mismatch}")
-        self.run.log(f"accuracy {self.variant.name}: vLLM server up in {server.startup_s:.1f}s "
-                     f"at {server.base_url}; kernels: {kernels or 'unquantized'}")
-        lm, self._api_lm = self._api_lm, None
-        # None: preparing it failed while the server started; once more, raising this time
-        return lm if lm is not None else self._new_api_lm(server)
 
     def evaluate(self, task: str, lm_task: str) -> UnitResult:
         """Evaluate one task: run-level marker, then cross-run cache, then lm-eval."""
@@ -304,7 +221,7 @@ class _VariantRunner:
         seconds = time.monotonic() - t0
         scores = per_doc_scores(samples)
         _write_raw(raw, results, samples_text, scores)
-        self.run.mark_unit(STAGE, unit, {
+        self.run.units.mark(UnitKey.accuracy(v, task), {
             "backend": self.backend, "settings": settings, "cache_key": key,
             "seconds": seconds, "notes": notes, "checkpoint": str(self.checkpoint),
         })

@@ -33,17 +33,6 @@ API_TIMEOUT_S = 600
 SCORE_COLUMNS = ["subtask", "doc_id", "doc_hash", "filter", "metric", "score"]
 
 
-def metric_label(name: str, filt: str) -> str:
-    """Record name of an lm-eval metric under a filter.
-
-    lm-eval keys results as ``"acc,none"`` or ``"exact_match,flexible-extract"``. Records
-    use the bare metric name for the default ``none`` filter (``acc``, ``acc_norm``) and
-    ``name[filter]`` otherwise (``exact_match[flexible-extract]``), so two filters of one
-    metric never collide and the filter stays visible.
-    """
-    return name if filt == "none" else f"{name}[{filt}]"
-
-
 def metric_unit(name: str, binary: bool) -> str:
     """Unit of a metric: ``fraction`` for accuracy-like ones, else a descriptive word."""
     if binary or name in FRACTION_METRICS:

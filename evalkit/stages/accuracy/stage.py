@@ -25,6 +25,7 @@ from evalkit.core.io import (
     read_json,
 )
 from evalkit.core.run import Run, set_cpu_threads
+from evalkit.core.units import Failure, StageResult, UnitKey
 from evalkit.stages import quantize
 from evalkit.stages.accuracy.backends import hf_device, offline_env, plan_backend, task_manager
 from evalkit.stages.accuracy.results import (
@@ -35,12 +36,13 @@ from evalkit.stages.accuracy.results import (
     unit_records,
 )
 from evalkit.stages.accuracy.runner import _VariantRunner
+from evalkit.stages.accuracy.server import BeforeClose
 from evalkit.stages.accuracy.settings import STAGE, _acc, eval_settings, lm_eval_version
 
 
 def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
               variants: Sequence[str] | None = None,
-              raise_on_failure: bool = True) -> pd.DataFrame:
+              before_close: BeforeClose | None = None) -> StageResult:
     """Evaluate every variant on every task, compare with base, write records.
 
     Args:
@@ -50,17 +52,18 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
             Within-run unit markers are always honoured.
         variants: restrict to these variant names (default: all). The base variant is
             always evaluated too, since the paired statistics need it.
-        raise_on_failure: raise :class:`StageError` after writing the records when any
-            unit failed (as the quantize and latency stages do; False: failed units are
-            data, for the notebook to show its tables and then call
-            ``notebook.check_stage``).
+        before_close: called with a variant's live
+            :class:`~evalkit.stages.serving.VariantSession` before its vLLM server is stopped
+            (the notebook passes the latency stage's ``measure_on``, so a variant costs one
+            engine start for both stages); an :class:`EvalkitError` it raises is logged.
 
     Returns:
-        The stage's records (also written to ``records/accuracy.parquet``).
+        The stage's records (also written to ``records/accuracy.parquet``) and the
+        (variant, task) units that failed (``status="failed"`` in the records; nothing is
+        raised for them: the caller calls ``raise_for_failures``).
 
     Raises:
-        StageError: unknown ``variants``; or, with ``raise_on_failure``, after writing the
-            records, if any variant/task failed.
+        StageError: unknown ``variants``.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -106,7 +109,8 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                         run.log(f"accuracy {v.name}: FAILED, no checkpoint: {exc}")
                         bar.update(len(tasks))
                         continue
-                    runners.append(_VariantRunner(cfg, run, v, ckpt, use_cache, bar))
+                    runners.append(_VariantRunner(cfg, run, v, ckpt, use_cache, bar,
+                                                  before_close))
                 try:
                     launched = [r.variant.name for r in runners if r.launch(tasks)]
                     if len(launched) > 1:
@@ -119,7 +123,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                         runner.prepare()
                     for j, runner in enumerate(runners):
                         _evaluate_variant(runner, tasks, results, failures, bar)
-                        # latency is measured with the group's other servers up and idle
+                        # before_close runs with the group's other servers up and idle
                         runner.close(beside=[r.variant.name for r in runners[j + 1:]
                                              if r.settle()])
                 finally:
@@ -131,13 +135,9 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
     df = _stage_records(cfg, run, chosen, tasks, results, failures, model_name,
                         {"vllm": hardware_vllm, "hf": hardware_hf})
     run.write_stage_records(STAGE, df)
-    if failures and raise_on_failure:
-        raise StageError(
-            f"accuracy: {len(failures)} evaluation(s) failed: "
-            + "; ".join(f"{v}/{t}" for v, t in failures)
-            + f" (records written with status=failed; see {run.path / 'logs' / 'run.log'})"
-        )
-    return df
+    return StageResult(STAGE, df, [
+        Failure(UnitKey.accuracy(v, t), "failed", why.split("\n")[0])
+        for (v, t), why in failures.items()])
 
 
 def _evaluate_variant(runner: _VariantRunner, tasks: Sequence[tuple[str, str]],
@@ -222,7 +222,7 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     results: dict[tuple[str, str], UnitResult] = {}
     for v in cfg.variants:
         for t, _ in tasks:
-            done = run.unit_done(STAGE, f"{v.name}/{t}")
+            done = run.units.done(UnitKey.accuracy(v.name, t))
             raw = run.path / "raw" / STAGE / v.name / t
             if done is None or not json_exists(raw / "results.json"):
                 continue

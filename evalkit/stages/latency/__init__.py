@@ -30,9 +30,23 @@ point and trial (``<point>_t<k>.json``; runs before trials existed: ``<point>.js
 log), ``offline.json``, and one Parquet file per finished point (what resume reuses).
 
 
-Modules: :mod:`~evalkit.stages.latency.stage` (the sweep), :mod:`~evalkit.stages.latency.client`
-(the benchmark client side), :mod:`~evalkit.stages.latency.rawfiles` (raw file names and readers),
-:mod:`~evalkit.stages.latency.rebuild` (records and samples from raw data).
+Modules:
+
+- :mod:`~evalkit.stages.latency.stage`: :func:`run_stage` (the sweep over variants, in groups
+  of servers) and :func:`measure_on` (one variant's points on a server another stage
+  started, through a :class:`~evalkit.stages.serving.VariantSession`);
+- :mod:`~evalkit.stages.latency.sweep`: ``_Stage``, the state of one run (checkpoints,
+  points to do, records, failures, record guards);
+- :mod:`~evalkit.stages.latency.points`: :class:`Point` and the points of a sweep;
+- :mod:`~evalkit.stages.latency.servers`: server mode (:class:`ServerSweep`: start, wait,
+  measure, restart, provenance);
+- :mod:`~evalkit.stages.latency.trials`: one server point (warm-up, trials, ``/metrics``);
+- :mod:`~evalkit.stages.latency.offline`: offline mode;
+- :mod:`~evalkit.stages.latency.rows`: records that are built, not measured (failed points,
+  engine start, roofline, floors and validity marks);
+- :mod:`~evalkit.stages.latency.client`: the benchmark client side;
+- :mod:`~evalkit.metrics.raw`: raw file names and readers, unit keys;
+- :mod:`~evalkit.stages.latency.rebuild`: records and samples from raw data.
 """
 
 from evalkit import engine as eng
@@ -48,6 +62,15 @@ from evalkit.metrics.latency import (  # noqa: F401 -- re-exported: they used to
     server_metric_rows,
     tpot_s,
 )
+from evalkit.metrics.raw import (
+    STAGE,
+    load_trials,
+    offline_iters,
+    point_key,
+    point_stem,
+    request_samples,
+    trial_files,
+)
 from evalkit.metrics.roofline import (  # noqa: F401 -- re-exported: it used to live here
     BANDWIDTH_GBPS,
     _text_config,
@@ -62,20 +85,15 @@ from evalkit.metrics.roofline import (  # noqa: F401 -- re-exported: it used to 
     weight_read_fraction,
 )
 from evalkit.stages.latency.client import bench_command, prompt_seed, run_bench, warm_up
-from evalkit.stages.latency.rawfiles import (
-    STAGE,
-    load_trials,
-    offline_iters,
-    point_key,
-    point_stem,
-    trial_files,
-)
-from evalkit.stages.latency.rebuild import rebuild_records, recorded_prefix_caching, request_samples
-from evalkit.stages.latency.stage import _Stage, measure_with_server, run_stage
+from evalkit.stages.latency.points import Point, sweep_points
+from evalkit.stages.latency.rebuild import rebuild_records, recorded_prefix_caching
+from evalkit.stages.latency.servers import ServerSweep
+from evalkit.stages.latency.stage import measure_on, raise_for_failures, run_stage
+from evalkit.stages.latency.sweep import _Stage
 
 __all__ = [
-    "STAGE", "_Stage", "bench_command", "eng", "load_trials", "measure_with_server",
-    "offline_iters", "point_key", "point_stem", "prompt_seed", "rebuild_records",
-    "recorded_prefix_caching", "request_samples", "run_bench", "run_stage", "trial_files",
-    "warm_up",
+    "STAGE", "Point", "ServerSweep", "_Stage", "bench_command", "eng", "load_trials",
+    "measure_on", "offline_iters", "point_key", "point_stem", "prompt_seed",
+    "raise_for_failures", "rebuild_records", "recorded_prefix_caching", "request_samples",
+    "run_bench", "run_stage", "sweep_points", "trial_files", "warm_up",
 ]

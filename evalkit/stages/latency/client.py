@@ -18,7 +18,7 @@ from pathlib import Path
 from evalkit import engine as eng
 from evalkit.core.config import Workload
 from evalkit.core.errors import EngineError
-from evalkit.stages.latency.rawfiles import _rate_label
+from evalkit.core.units import rate_label
 
 
 def prompt_seed(seed: int, workload: str, concurrency: int, request_rate: float, trial: int,
@@ -30,7 +30,7 @@ def prompt_seed(seed: int, workload: str, concurrency: int, request_rate: float,
     A server keeps what it prefilled: a point that reused another point's prompts, or a
     trial its warm-up's, would be served from the prefix cache where caching is on.
     """
-    key = f"{workload}|c{int(concurrency)}|r{_rate_label(float(request_rate))}|t{trial}|{role}"
+    key = f"{workload}|c{int(concurrency)}|r{rate_label(float(request_rate))}|t{trial}|{role}"
     return (int(seed) + zlib.crc32(key.encode())) % (2**31 - 1)
 
 

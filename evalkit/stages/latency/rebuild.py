@@ -21,11 +21,11 @@ from evalkit.metrics.latency import (
     pool_metrics,
     server_metric_rows,
 )
+from evalkit.metrics.raw import STAGE, load_trials, offline_iters, point_stem
 from evalkit.metrics.roofline import (
     gpu_bandwidth_gbps,
 )
-from evalkit.stages.latency.rawfiles import STAGE, load_trials, offline_iters, point_stem
-from evalkit.stages.latency.stage import _Stage
+from evalkit.stages.latency.sweep import _Stage
 
 
 def recorded_prefix_caching(run: Run) -> bool:
@@ -123,52 +123,3 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     run.write_stage_records(STAGE, df)
     run.log(f"latency: rebuilt {len(frames) - 1} point(s) from raw per-request data")
     return df
-
-
-def request_samples(run_path: str | Path) -> pd.DataFrame:
-    """Per-request TTFT, TPOT and E2E latency of every measured point of a run, for
-    intervals and SLO attainment.
-
-    Server points: one value per successful request of every trial (from the raw
-    per-request files); offline points: one value per timed iteration (the whole batch's
-    TTFT, TPOT and E2E). Columns: variant, mode, workload, concurrency, request_rate, trial,
-    request (index within the trial: a request's metrics share it), metric, value. Empty
-    when the run has no raw latency data.
-    """
-    cols = ["variant", "mode", "workload", "concurrency", "request_rate", "trial", "request",
-            "metric", "value"]
-    root = Path(run_path) / "raw" / STAGE
-    frames: list[pd.DataFrame] = []
-    offline_rows_of: dict[Path, list[dict[str, Any]]] = {}
-    for unit in sorted(root.glob("*/units/*.parquet")):
-        pts = rec.read_records(unit)
-        pts = pts[pts["mode"].isin(["server", "offline"]) & pts["workload"].notna()]
-        if pts.empty:
-            continue
-        p = pts.iloc[0]
-        vdir = unit.parent.parent
-        head = dict(variant=str(p["variant"]), mode=str(p["mode"]), workload=str(p["workload"]),
-                    concurrency=int(p["concurrency"]), request_rate=float(p["request_rate"]))
-        rows: list[dict[str, Any]] = []
-        if p["mode"] == "server":
-            stem = point_stem(head["workload"], head["concurrency"], head["request_rate"])
-            for t, m in enumerate(load_trials(vdir, stem)):
-                for metric in ("ttft_ms", "tpot_ms", "e2el_ms"):
-                    rows += [dict(head, trial=t, request=i, metric=metric, value=x)
-                             for i, x in enumerate(m[metric])]
-        else:
-            off = vdir / "offline.json"
-            if off not in offline_rows_of:
-                offline_rows_of[off] = list(read_json(off)["rows"]) if json_exists(off) else []
-            its = offline_iters(offline_rows_of[off], head["concurrency"], p["input_len"],
-                                p["output_len"])
-            for x in its:
-                it = int(x.get("iter", 0))
-                for metric, key in (("ttft_ms", "ttft_s"), ("tpot_ms", "tpot_s"),
-                                    ("e2el_ms", "e2e_s")):
-                    if key in x:
-                        rows.append(dict(head, trial=it, request=0, metric=metric,
-                                         value=x[key] * 1e3))
-        if rows:
-            frames.append(pd.DataFrame(rows, columns=cols))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

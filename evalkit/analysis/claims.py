@@ -1,0 +1,162 @@
+"""Claim checks: a claimed latency reduction against the measured one, point by point,
+with a verdict from the 95% interval of the measured reduction."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evalkit.metrics import points as pts
+
+#: Verdicts of one claim point, in the order the summary counts them.
+VERDICTS = ("holds", "partly", "not reproduced", "inconclusive", "invalid", "not measured")
+
+
+def claim_verdict(ci_low: float, ci_high: float, claimed: float, tolerance_pct: float) -> str:
+    """Verdict of one point from the 95% interval of its measured reduction (%).
+
+    *holds*: the whole interval is at or above the claim minus its tolerance; *partly*: the
+    whole interval is above 0 and below that; *not reproduced*: the whole interval is below
+    that and reaches 0 or less (not faster, or slower); *inconclusive*: the interval
+    contains the claim's threshold, so the data cannot tell (or there is no interval).
+    """
+    if math.isnan(ci_low) or math.isnan(ci_high):
+        return "inconclusive"
+    threshold = claimed * (1 - tolerance_pct / 100.0)
+    if ci_low >= threshold:
+        return "holds"
+    if ci_high < threshold:
+        return "partly" if ci_low > 0 else "not reproduced"
+    return "inconclusive"
+
+
+def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardware: str,
+                stat: str = "p50", samples: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Claimed vs measured reduction, with its interval, per claim, point and metric.
+
+    Args:
+        df: records.
+        claims: ``evalkit.core.config.Claim`` objects.
+        hardware: label of the device the run measured on (records' hardware column).
+        stat: the statistic compared (p50: median over requests; offline points have one
+            value per iteration, and their p50 is over iterations).
+        samples: per-request values (:func:`evalkit.metrics.raw.request_samples`: variant,
+            mode, workload, concurrency, trial, metric, value); the interval of each
+            reduction is a bootstrap of the two samples' ``stat``, widened on server points
+            of several trials to contain each trial's own reduction
+            (:func:`evalkit.metrics.points.reduction_interval`).
+            Without samples every verdict is *inconclusive*.
+
+    Returns:
+        One row per claim x mode x workload x concurrency x metric: reference_ms,
+        variant_ms, claimed_pct, measured_pct (reduction = (ref - variant) / ref x 100),
+        ci_low_pct, ci_high_pct, verdict (:func:`claim_verdict`; *invalid* where a point of
+        either variant failed its validity checks, with the reason in ``note``) and applies
+        (whether the run's hardware is the claim's). ``mode`` is ``server`` (concurrency =
+        concurrent requests) or ``offline`` (concurrency = batch size).
+    """
+    rows = []
+    q = float(stat[1:]) if stat.startswith("p") else 50.0
+    lat_all = df[(df["stage"] == "latency") & (df["mode"].isin(["server", "offline"]))
+                 & (df["stat"] == stat)]
+    is_hopper = any(k in hardware for k in ("H100", "H200", "H800", "GH200"))
+    for c in claims:
+        applies = c.hardware == "any" or (c.hardware == "hopper") == is_hopper
+        for metric, claimed in (("ttft_ms", c.ttft_reduction_pct), ("tpot_ms", c.tpot_reduction_pct)):
+            if claimed is None:
+                continue
+            sub = lat_all[(lat_all["metric"] == metric)
+                          & lat_all["variant"].isin([c.variant, c.reference])]
+            keys = sub[["mode", "workload", "concurrency", "input_len", "output_len"]
+                       ].drop_duplicates().sort_values(["mode", "workload", "concurrency"],
+                                                        ascending=[False, True, True])
+            if keys.empty:
+                rows.append({"claim": c.name, "metric": metric, "claimed_pct": claimed,
+                             "measured_pct": np.nan, "verdict": "not measured",
+                             "applies": applies})
+                continue
+            for _, k in keys.iterrows():
+                at = sub[(sub["mode"] == k["mode"]) & (sub["workload"] == k["workload"])
+                         & (sub["concurrency"] == k["concurrency"])]
+                v_row = at[at["variant"] == c.variant]
+                r_row = at[at["variant"] == c.reference]
+                bad = at[at["status"] == "invalid"]
+                ok_v = v_row[v_row["status"] == "ok"]["value"]
+                ok_r = r_row[r_row["status"] == "ok"]["value"]
+                measured = (float((ok_r.iloc[0] - ok_v.iloc[0]) / ok_r.iloc[0] * 100)
+                            if len(ok_v) and len(ok_r) and ok_r.iloc[0] else np.nan)
+                tried = False
+                lo = hi = np.nan
+                if not math.isnan(measured):
+                    conc = int(k["concurrency"])
+                    tried = True
+                    lo, hi = pts.reduction_interval(
+                        pts.samples_at(samples, c.reference, k["mode"], k["workload"], conc, metric),
+                        pts.samples_at(samples, c.variant, k["mode"], k["workload"], conc, metric),
+                        mode=k["mode"], q=q)
+                if len(bad):
+                    verdict = "invalid"
+                elif math.isnan(measured):
+                    verdict = "not measured"
+                else:
+                    verdict = claim_verdict(lo, hi, claimed, c.tolerance_pct)
+                rows.append({
+                    "claim": c.name, "metric": metric, "mode": k["mode"],
+                    "workload": k["workload"],
+                    "input_len": k["input_len"], "output_len": k["output_len"],
+                    "concurrency": int(k["concurrency"]),
+                    "reference_ms": float(r_row["value"].iloc[0]) if len(r_row) else np.nan,
+                    "variant_ms": float(v_row["value"].iloc[0]) if len(v_row) else np.nan,
+                    "claimed_pct": claimed, "measured_pct": measured,
+                    "ci_low_pct": lo, "ci_high_pct": hi, "verdict": verdict,
+                    "applies": applies,
+                    "note": (str(bad["note"].iloc[0]).split(";")[0] if len(bad) else
+                             "no per-request data for an interval" if tried and
+                             math.isnan(lo) else ""),
+                })
+    return pd.DataFrame(rows)
+
+
+def claim_summary(checks: pd.DataFrame) -> pd.DataFrame:
+    """Overall verdict per claim and metric, with the count of every verdict.
+
+    *holds* only if every valid point holds; *not reproduced* if no point holds or partly
+    holds and at least one is not reproduced; *inconclusive* if no point could be decided;
+    otherwise *partly*. ``counts`` lists every verdict's number of points, invalid ones
+    included; ``holds_at`` the points where it holds.
+    """
+    cols = ["claim", "metric", "claimed_pct", "verdict", "counts", "holds_at",
+            "best_measured_pct", "worst_measured_pct", "points", "applies"]
+    rows = []
+    if checks.empty:
+        return pd.DataFrame(columns=cols)
+    for (claim, metric), g in checks.groupby(["claim", "metric"], sort=False):
+        measured = g[~g["verdict"].isin(["not measured", "invalid"])]
+        n = measured["verdict"].value_counts()
+        holds = measured[measured["verdict"] == "holds"]
+        if measured.empty:
+            verdict = "invalid" if (g["verdict"] == "invalid").any() else "not measured"
+        elif n.get("holds", 0) == len(measured):
+            verdict = "holds"
+        elif n.get("holds", 0) + n.get("partly", 0) > 0:
+            verdict = "partly"
+        elif n.get("not reproduced", 0) > 0:
+            verdict = "not reproduced"
+        else:
+            verdict = "inconclusive"
+        allc = g["verdict"].value_counts()
+        counts = ", ".join(f"{allc[v]} {v}" for v in VERDICTS if allc.get(v, 0))
+        # server points as workload@c<concurrency>, offline batches as workload@b<batch>
+        where = ", ".join(f"{r.workload}@{'b' if r.mode == 'offline' else 'c'}{r.concurrency}"
+                          for r in holds.itertuples())
+        rows.append({
+            "claim": claim, "metric": metric, "claimed_pct": g["claimed_pct"].iloc[0],
+            "verdict": verdict, "counts": counts, "holds_at": where or "-",
+            "best_measured_pct": measured["measured_pct"].max() if len(measured) else np.nan,
+            "worst_measured_pct": measured["measured_pct"].min() if len(measured) else np.nan,
+            "points": len(measured), "applies": bool(g["applies"].iloc[0]),
+        })
+    return pd.DataFrame(rows, columns=cols)

@@ -1,0 +1,91 @@
+"""A run's records, environment and caveats, loaded into the report model
+(:class:`evalkit.analysis.report.Report`) that the report notebook, the summary page and the
+outputs index all read."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from evalkit.analysis import report as rp
+from evalkit.analysis.compare import comparison_with_previous
+from evalkit.assets import models as assets
+from evalkit.core.config import StudyConfig
+from evalkit.core.io import read_json
+from evalkit.core.run import Run
+from evalkit.core.schemes import activation_mismatch
+from evalkit.metrics import validity as val
+from evalkit.metrics.raw import request_samples
+
+
+def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame) -> list[str]:
+    """One caveat per variant vLLM ran with a scheme of other activations than its own, read
+    from the kernel lines kept in the records (server start notes, accuracy notes)."""
+    if df.empty or "note" not in df:
+        return []
+    out = []
+    for v in cfg.variants:
+        notes = df.loc[(df["variant"] == v.name)
+                       & ((df["metric"] == "engine_startup_s") | (df["stage"] == "accuracy")),
+                       "note"].dropna().unique()
+        why = activation_mismatch(v.scheme, "; ".join(map(str, notes)))
+        if why:
+            out.append(f"{v.name}: {why}.")
+    return out
+
+
+def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
+    """Load a run's records and environment into a Report."""
+    df = run.records()
+    env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}
+    hw = df["hardware"].dropna()
+    lat_hw = df.loc[df["stage"] == "latency", "hardware"].dropna()
+    hardware = (lat_hw.iloc[0] if len(lat_hw) else hw.iloc[0] if len(hw)
+                else f"CPU: {env.get('cpu', 'unknown')}")
+    wl, conc, mode = rp.default_point(df, cfg.report.workload, cfg.report.concurrency)
+    caveats: list[str] = []
+    try:
+        caveats += list(assets.resolve_model(cfg.model).caveats)
+    except Exception as exc:  # noqa: BLE001 -- the report must render even if assets moved
+        caveats.append(f"model caveats unavailable: {exc}")
+    models = df["model"].dropna()
+    model = models.iloc[0] if len(models) else (cfg.model.name or str(cfg.model.path))
+    if "hf" in set(df.loc[df["stage"] == "accuracy", "backend"].dropna()):
+        caveats.append(
+            "Some variants were scored through lm-eval's hf backend (transformers), because "
+            "vLLM has no kernel for their scheme on this hardware; see the backend column.")
+    for stage, st in sorted(run.units.stage_states().items()):
+        if st.get("state") in ("interrupted", "failed"):
+            caveats.append(
+                f"The {stage} stage was {st['state']} ({st.get('time_utc', '?')}): figures it "
+                "had finished are kept and shown; variants or points without figures were not "
+                "measured.")
+    caveats += engine_scheme_caveats(cfg, df)
+    if cfg.engine.device == "cpu":
+        caveats.append(
+            "Latency was measured on a CPU: it says how the schemes behave with vLLM's CPU "
+            "kernels, not what a GPU would do.")
+    previous, changed = comparison_with_previous(run.path)
+    invalid = val.invalid_summary(df)
+    if len(invalid):
+        points = df[(df["stage"] == "latency") & df["mode"].isin(["server", "offline"])
+                    & (df["metric"] == "ttft_ms")].drop_duplicates(
+                        ["variant", "mode", "workload", "concurrency"])
+        hits = df[(df["stage"] == "latency") & (df["metric"] == "prefix_cache_hit_rate")]
+        why = "; ".join(f"{c}: {n}" for c, n in val.invalid_counts(df).items())
+        span = (f" (prompt-token cache hit rates {hits['value'].min():.0%} to "
+                f"{hits['value'].max():.0%})" if hits["value"].notna().any() else "")
+        caveats.insert(0, f"**{len(invalid)} of {len(points)} latency points are INVALID and left "
+                       f"out of every table, figure and claim check** — {why}{span}. See "
+                       "'Invalid points' at the end.")
+    return rp.Report(
+        records=df, study=cfg.study, model=model, hardware=hardware, workload=wl,
+        concurrency=conc, reference=cfg.report.reference_variant, caveats=caveats, env=env,
+        description=cfg.description, claims=cfg.claims,
+        base=cfg.base_variant.name if cfg.base_variant else "base",
+        previous_run=previous, changes=changed, samples=request_samples(run.path), mode=mode,
+        gpus_per_engine=cfg.engine.tensor_parallel_size if cfg.engine.device == "cuda" else 0,
+        slo=cfg.report.slo.limits(),
+        claim_caveat=("the engine ran eager (no CUDA graphs, no torch.compile): not the "
+                      "serving setup a speed claim is about" if cfg.engine.device == "cuda"
+                      and cfg.engine.enforce_eager else None),
+    )

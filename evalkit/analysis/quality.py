@@ -1,0 +1,76 @@
+"""Quality tables from tidy accuracy records: each task's primary metric per variant, and
+the mean delta vs base per variant (paired, with an approximate 95% interval)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+#: preferred metric per task, in order; the first one present is the task's primary metric.
+PRIMARY_METRICS = ("acc_norm", "acc", "exact_match", "word_perplexity")
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].fillna("ok") == "ok"]
+
+
+def primary_metric(df: pd.DataFrame, task: str) -> str | None:
+    """The task's headline metric: the first of PRIMARY_METRICS present in its records."""
+    have = set(df.loc[(df["stage"] == "accuracy") & (df["task"] == task), "metric"])
+    for m in PRIMARY_METRICS:
+        if m in have:
+            return m
+    return sorted(have)[0] if have else None
+
+
+def accuracy_wide(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant x task (primary metric): value, stderr, delta, CI, p-value, n."""
+    acc = _ok(df[df["stage"] == "accuracy"])
+    rows = []
+    for task in sorted(acc["task"].dropna().unique()):
+        metric = primary_metric(acc, task)
+        sub = acc[(acc["task"] == task) & (acc["metric"] == metric)]
+        for variant, g in sub.groupby("variant", sort=False):
+            stats = dict(zip(g["stat"], g["value"], strict=False))
+            n = g["n"].dropna()
+            rows.append({
+                "variant": variant, "scheme": g["scheme"].iloc[0], "task": task, "metric": metric,
+                "backend": g["backend"].iloc[0],
+                "value": stats.get("value", np.nan), "stderr": stats.get("stderr", np.nan),
+                "delta": stats.get("delta", np.nan), "ci_low": stats.get("ci_low", np.nan),
+                "ci_high": stats.get("ci_high", np.nan),
+                "recovery_pct": stats.get("recovery_pct", np.nan),
+                "p_value": stats.get("p_value", np.nan),
+                "n": int(n.max()) if len(n) else None,
+            })
+    return pd.DataFrame(rows, columns=["variant", "scheme", "task", "metric", "backend", "value",
+                                       "stderr", "delta", "ci_low", "ci_high", "recovery_pct",
+                                       "p_value", "n"])
+
+
+def quality_per_variant(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean over tasks of the primary-metric delta vs base, with an approximate 95% interval.
+
+    The per-task intervals come from independent paired bootstraps; the mean's interval
+    combines them assuming independence across tasks: half-width = sqrt(sum(h_i^2)) / k.
+    """
+    wide = accuracy_wide(df)
+    if wide.empty:
+        return pd.DataFrame(columns=["variant", "quality_delta", "quality_ci_low",
+                                     "quality_ci_high", "tasks", "docs"])
+    rows = []
+    for variant, g in wide.groupby("variant", sort=False):
+        if g["delta"].isna().all():
+            continue
+        d = g["delta"].dropna()
+        half = ((g["ci_high"] - g["ci_low"]) / 2).dropna()
+        h = math.sqrt(float((half**2).sum())) / len(half) if len(half) else np.nan
+        mean = float(d.mean())
+        rows.append({"variant": variant, "quality_delta": mean, "quality_ci_low": mean - h,
+                     "quality_ci_high": mean + h, "tasks": len(d), "docs": int(g["n"].sum())})
+    return pd.DataFrame(rows, columns=["variant", "quality_delta", "quality_ci_low",
+                                       "quality_ci_high", "tasks", "docs"])
+
+

@@ -1,0 +1,136 @@
+"""Figures of the report from records or its tables (returned, never saved or shown)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from evalkit.analysis.plots import _style
+from evalkit.analysis.quality import _ok, accuracy_wide
+from evalkit.analysis.speed import pareto_frontier
+
+
+def plot_quality_vs_speed(table: pd.DataFrame, *, gain_col: str, caption: str = ""):
+    """Quality delta (with CI) against a speed gain column; Pareto frontier drawn."""
+    import matplotlib.pyplot as plt
+
+    _style()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    t = table.dropna(subset=[gain_col, "quality_delta"]).reset_index(drop=True)
+    if t.empty:
+        ax.text(0.5, 0.5, "no variant has both quality and latency measured",
+                ha="center", va="center", transform=ax.transAxes)
+    else:
+        front = pareto_frontier(t, x=gain_col, y="quality_delta")
+        yerr = np.vstack([t["quality_delta"] - t["quality_ci_low"],
+                          t["quality_ci_high"] - t["quality_delta"]]).clip(min=0)
+        ax.errorbar(t[gain_col], t["quality_delta"] * 100, yerr=yerr * 100, fmt="none",
+                    ecolor="grey", capsize=3, lw=1)
+        ax.scatter(t[gain_col], t["quality_delta"] * 100, s=60,
+                   c=["tab:red" if f else "tab:blue" for f in front], zorder=3)
+        for _, r in t.iterrows():
+            ax.annotate(r["variant"], (r[gain_col], r["quality_delta"] * 100),
+                        textcoords="offset points", xytext=(6, 4), fontsize=9)
+        pf = t[front].sort_values(gain_col)
+        ax.plot(pf[gain_col], pf["quality_delta"] * 100, "--", color="tab:red", lw=1,
+                label="Pareto frontier")
+        ax.legend(loc="best")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"{gain_col.replace('_pct', '')} (%; > 0 = faster)")
+    ax.set_ylabel("quality delta vs base (points, mean over tasks, 95% CI)")
+    ax.set_title("Quality vs speed")
+    if caption:
+        fig.text(0.01, -0.02, caption, ha="left", va="top", fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def gain_label(col: str) -> str:
+    """Readable label of a gain column: ``ttft_gain_vs_w4a16_pct`` -> ``TTFT gain vs w4a16 (%)``."""
+    metric, _, ref = col.removesuffix("_pct").partition("_gain_vs_")
+    return f"{metric.upper()} gain vs {ref} (%)" if ref else col
+
+
+def plot_speed_gains(table: pd.DataFrame, *, gain_cols: list[str], caption: str = ""):
+    """Speed gains per variant (bars), for studies without quality (e.g. random weights)."""
+    import matplotlib.pyplot as plt
+
+    _style()
+    cols = [c for c in gain_cols if c in table]
+    t = table.set_index("variant")[cols] if cols else pd.DataFrame()
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 * max(len(t), 3) + 1.2))
+    if t.empty or t.isna().all().all():
+        ax.text(0.5, 0.5, "no latency measured", ha="center", va="center", transform=ax.transAxes)
+    else:
+        # labels travel with the bars (legend(list) would relabel in artist order and give
+        # the first label to whatever was drawn first)
+        t.rename(columns=gain_label).plot.barh(ax=ax)
+        ax.axvline(0, color="black", lw=0.8, label="_nolegend_")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("gain (%; > 0 = faster than the reference)")
+    ax.set_title("Speed gains (quality not measured)")
+    if caption:
+        fig.text(0.01, -0.02, caption, ha="left", va="top", fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_latency_curves(df: pd.DataFrame, *, metric: str = "tpot_ms", stat: str = "p50",
+                        mode: str = "server", caption: str = ""):
+    """Latency vs concurrency, one line per variant, one panel per workload."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    _style()
+    lat = _ok(df[(df["stage"] == "latency") & (df["mode"] == mode) & (df["metric"] == metric)
+                 & (df["stat"] == stat)]).copy()
+    workloads = list(pd.unique(lat["workload"].dropna())) or ["(none)"]
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 4.2), squeeze=False)
+    for ax, wl in zip(axes[0], workloads, strict=False):
+        sub = lat[lat["workload"] == wl]
+        if sub.empty:
+            ax.text(0.5, 0.5, "no latency measured", ha="center", va="center",
+                    transform=ax.transAxes)
+        else:
+            sub = sub.assign(concurrency=sub["concurrency"].astype(int))
+            sns.lineplot(data=sub, x="concurrency", y="value", hue="variant", marker="o", ax=ax)
+            ax.set_xscale("log", base=2)
+            il, ol = sub["input_len"].iloc[0], sub["output_len"].iloc[0]
+            ax.set_title(f"{wl} (in {il} / out {ol} tokens)")
+        ax.set_xlabel("concurrency (max in-flight requests)")
+        ax.set_ylabel(f"{metric} ({stat} over requests)")
+    if caption:
+        fig.text(0.01, -0.02, caption, ha="left", va="top", fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_deltas(df: pd.DataFrame, *, caption: str = ""):
+    """Per task, each variant's delta vs base with its paired-bootstrap 95% interval."""
+    import matplotlib.pyplot as plt
+
+    _style()
+    wide = accuracy_wide(df).dropna(subset=["delta"])
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * max(len(wide), 4) + 1))
+    if wide.empty:
+        ax.text(0.5, 0.5, "no paired deltas (only base evaluated?)", ha="center", va="center",
+                transform=ax.transAxes)
+    else:
+        wide = wide.sort_values(["task", "variant"]).reset_index(drop=True)
+        y = np.arange(len(wide))
+        xerr = np.vstack([wide["delta"] - wide["ci_low"], wide["ci_high"] - wide["delta"]])
+        colors = ["tab:red" if (h < 0) else "tab:green" if (lo > 0) else "tab:grey"
+                  for lo, h in zip(wide["ci_low"], wide["ci_high"], strict=False)]
+        ax.errorbar(wide["delta"] * 100, y, xerr=xerr.clip(min=0) * 100, fmt="none",
+                    ecolor="grey", capsize=3)
+        ax.scatter(wide["delta"] * 100, y, c=colors, zorder=3)
+        ax.set_yticks(y, [f"{t} / {v} ({m})" for t, v, m in
+                          zip(wide["task"], wide["variant"], wide["metric"], strict=False)])
+        ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("delta vs base (points; red: significantly worse, green: better)")
+    ax.set_title("Accuracy deltas with paired 95% intervals")
+    if caption:
+        fig.text(0.01, -0.02, caption, ha="left", va="top", fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig

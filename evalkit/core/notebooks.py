@@ -1,0 +1,67 @@
+"""Executing and rendering the notebooks: the one place papermill and nbconvert are called.
+
+Used by :mod:`evalkit.runner` (the stage notebooks 01-04) and
+:mod:`evalkit.analysis.summary` (notebook 05); papermill, nbformat and nbconvert are imported
+only when a notebook is executed or rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from evalkit.core.io import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+NOTEBOOK_DIR = Path(os.environ.get("EVALKIT_NOTEBOOKS", REPO_ROOT / "notebooks"))
+
+
+class NotebookFailed(Exception):  # noqa: N818 -- papermill's execution error, restated
+    """A cell raised: which cell (``exec_count``), the exception's name and value."""
+
+    def __init__(self, exec_count: int | None, ename: str, evalue: str) -> None:
+        super().__init__(f"cell {exec_count}: {ename}: {evalue}")
+        self.exec_count, self.ename, self.evalue = exec_count, ename, evalue
+
+
+def notebook_kernel(path: Path) -> str:
+    """The kernel a notebook asks for in its metadata."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return nb["metadata"]["kernelspec"]["name"]
+
+
+def execute_notebook(src: Path, out: Path, *, parameters: Mapping[str, Any], cwd: str | Path,
+                     progress: bool = False, save_every_cell: bool = False) -> None:
+    """Execute ``src`` with papermill into ``out``, in the kernel its metadata names.
+
+    Raises:
+        NotebookFailed: a cell raised (``out`` holds the executed notebook up to the error).
+    """
+    import papermill as pm
+
+    try:
+        pm.execute_notebook(str(src), str(out), parameters=dict(parameters),
+                            kernel_name=notebook_kernel(src), progress_bar=progress,
+                            request_save_on_cell_execute=save_every_cell, cwd=str(cwd))
+    except pm.PapermillExecutionError as exc:
+        raise NotebookFailed(exc.exec_count, exc.ename, exc.evalue or "") from None
+
+
+def render_html(notebook: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Render an executed notebook to HTML: (stakeholder copy without code, copy with code)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook, as_version=4)
+    stem = notebook.stem
+    plain = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                         exclude_output_prompt=True)
+    full = HTMLExporter()
+    body_plain, _ = plain.from_notebook_node(nb)
+    body_full, _ = full.from_notebook_node(nb)
+    p1 = atomic_write_text(out_dir / f"{stem}.html", body_plain)
+    p2 = atomic_write_text(out_dir / f"{stem}.code.html", body_full)
+    return p1, p2

@@ -1,0 +1,56 @@
+"""Offline mode: a variant's batch points timed through ``vllm.LLM`` in one child process
+(:func:`evalkit.engine.run_offline`), one guarded unit per point."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from evalkit import engine as eng
+from evalkit.core import records as rec
+from evalkit.core.config import Variant
+from evalkit.core.errors import EngineError, UnsupportedSchemeError
+from evalkit.metrics.latency import offline_rows
+from evalkit.metrics.raw import offline_iters
+from evalkit.stages.latency.client import prompt_seed
+from evalkit.stages.latency.sweep import _Stage
+
+
+def measure_offline(st: _Stage, v: Variant, ckpt: Path, bar: Any) -> None:
+    """The offline points of ``v`` not measured yet (failures recorded in ``st``)."""
+    todo = st.todo(v, "offline", bar)
+    if not todo:
+        return
+    vdir = st.raw / v.name
+    tokenizer = st.tokenizer_for(ckpt)
+    out = vdir / "offline.json"
+    st.run.log(f"latency: offline engine for {v.name}: {len(todo)} batch points")
+    t0 = time.monotonic()
+    try:
+        rows = eng.run_offline(
+            ckpt, engine=st.cfg.engine, out_path=out,
+            points=[dict(batch_size=p.concurrency, input_len=p.workload.input_len,
+                         output_len=p.workload.output_len) for p in todo],
+            log_path=st.run.sub("logs", f"vllm-offline-{v.name}.log"),
+            iters=st.lat.offline_iters, warmups=1 if st.lat.warmups else 0,
+            seed=prompt_seed(st.lat.seed, "offline", 0, math.inf, 0),
+            load_format=getattr(st.model, "load_format", None),
+            tokenizer=None if tokenizer == ckpt else tokenizer,
+            trust_remote_code=st.cfg.model.trust_remote_code)
+    except UnsupportedSchemeError as exc:
+        st.status_rows(v, "offline", "unsupported", exc.reason)
+        bar.update(len(todo))
+        return
+    except EngineError as exc:
+        st.status_rows(v, "offline", "failed", str(exc), str(exc).splitlines()[0])
+        bar.update(len(todo))
+        return
+    st.run.log(f"latency: offline {v.name} done in {time.monotonic() - t0:.0f} s")
+    for p in todo:
+        its = offline_iters(rows, p.concurrency, p.workload.input_len, p.workload.output_len)
+        df = rec.make_records(offline_rows(its, **p.fields()), **st.common(v))
+        df = st.guard(v, df, offline_iters=its)
+        st.save_unit(v, p.key(v.name), df, "ok")
+        bar.update(1)

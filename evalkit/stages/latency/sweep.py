@@ -1,0 +1,194 @@
+"""The state of one latency stage run: its variants' checkpoints and tokenizers, the points
+still to measure, the records gathered so far, the units that did not produce numbers, and
+the record guards (floors, validity) every measured point goes through.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from evalkit.assets.models import resolve_model
+from evalkit.core import records as rec
+from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.environment import hardware_label
+from evalkit.core.errors import EvalkitError, StageError
+from evalkit.core.run import Run
+from evalkit.core.schemes import SCHEMES, cpu_latency_skip_reason
+from evalkit.core.units import Failure, FailureKind, UnitKey
+from evalkit.metrics import validity as val
+from evalkit.metrics.raw import STAGE
+from evalkit.metrics.roofline import memory_bandwidth
+from evalkit.stages.latency.points import Point, sweep_points
+from evalkit.stages.latency.rows import (
+    Bandwidth,
+    floor_model,
+    guard_records,
+    nan_point,
+    roofline_records,
+)
+from evalkit.stages.quantize import checkpoint_for
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def _has_tokenizer(d: Path) -> bool:
+    return any((d / f).is_file() for f in _TOKENIZER_FILES)
+
+class _Stage:
+    """State of one latency stage run (kept out of module globals)."""
+
+    def __init__(self, cfg: StudyConfig, run: Run, checkpoints: Mapping[str, Path] | None,
+                 resolved: Any | None) -> None:
+        if cfg.latency is None:
+            raise StageError("the study has no latency section; nothing to measure")
+        self.cfg, self.run, self.lat = cfg, run, cfg.latency
+        self.model = resolved if resolved is not None else resolve_model(cfg.model)
+        self.checkpoints = dict(checkpoints) if checkpoints is not None else None
+        self.hardware = hardware_label(cfg.engine.device)
+        self.raw = run.path / "raw" / STAGE
+        self.frames: list[pd.DataFrame] = []
+        self.failures: list[Failure] = []
+        self.bandwidth: Bandwidth | None = None
+        self.quant_weight_bytes = self._quantize_weight_bytes()
+        self.trials = self.lat.trials_for(cfg.engine.device)
+        self._floors: dict[str, val.FloorModel] = {}
+
+    # ---- variants
+    def checkpoint(self, v: Variant) -> Path:
+        if self.checkpoints is not None:
+            if v.name not in self.checkpoints:
+                raise StageError(f"no checkpoint given for variant '{v.name}'")
+            return Path(self.checkpoints[v.name])
+        return Path(checkpoint_for(self.run, v.name))
+
+    def tokenizer_for(self, ckpt: Path) -> Path:
+        if _has_tokenizer(ckpt):
+            return ckpt
+        base = getattr(self.model, "path", None)
+        if base is not None and _has_tokenizer(Path(base)):
+            return Path(base)
+        raise StageError(f"{ckpt}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in the "
+                         f"checkpoint or the model directory")
+
+    def common(self, v: Variant) -> dict[str, Any]:
+        return dict(run_id=self.run.run_id, study=self.cfg.study,
+                    model=str(getattr(self.model, "name", "") or ""), variant=v.name,
+                    scheme=v.scheme, method=v.method, stage=STAGE, backend="vllm",
+                    hardware=self.hardware)
+
+    def cpu_skip_reason(self, v: Variant) -> str:
+        """Why ``v`` gets no latency sweep on this CPU ('' where it does, and on GPUs)."""
+        if self.cfg.engine.device != "cpu" or self.lat.cpu_without_kernel == "try":
+            return ""
+        return cpu_latency_skip_reason(SCHEMES[v.scheme])
+
+    # ---- points and units
+    def points(self, mode: str) -> list[Point]:
+        return sweep_points(self.lat, mode)
+
+    def save_unit(self, v: Variant, key: UnitKey, df: pd.DataFrame, status: str) -> None:
+        p = rec.write_records(df, self.run.units.unit_records_path(key))
+        self.frames.append(df)
+        self.run.units.mark(key, {"records": str(p.relative_to(self.run.path)),
+                                  "status": status})
+
+    def reuse(self, v: Variant, key: UnitKey) -> bool:
+        done = self.run.units.done(key)
+        if done is None:
+            return False
+        p = self.run.path / done["records"]
+        if not p.is_file():
+            self.run.log(f"latency: {key.encode()} marked done but {p} is missing; "
+                         "measuring again")
+            return False
+        self.frames.append(rec.read_records(p))
+        self.run.log(f"latency: {key.encode()} already measured in this run (an earlier stage "
+                     "or attempt); reusing its records")
+        return True
+
+    def todo(self, v: Variant, mode: str, bar: Any) -> list[Point]:
+        """Points of ``mode`` still to measure; finished ones are reused (and counted)."""
+        out = []
+        for p in self.points(mode):
+            if self.reuse(v, p.key(v.name)):
+                bar.update(1)
+            else:
+                out.append(p)
+        return out
+
+    def pending(self, v: Variant) -> list[Point]:
+        """Server-mode points of ``v`` not measured yet (no unit marker)."""
+        return [p for p in self.points("server") if not self.run.units.done(p.key(v.name))]
+
+    def status_rows(self, v: Variant, mode: str, status: FailureKind, note: str,
+                    reason: str | None = None) -> None:
+        """A variant that cannot be measured in ``mode``: one NaN record (metric tpot_ms, stat
+        mean) per point not measured yet, and its points among the failures (``reason``,
+        default ``note``). Unsupported points are marked done (deterministic: a resumed run
+        need not try again) and stay among the failures on resume."""
+        pts = self.points(mode)
+        open_pts = [p for p in pts if not self.run.units.done(p.key(v.name))]
+        for p in open_pts:
+            df = nan_point(self.common(v), p, status, note)
+            if status == "unsupported":
+                self.save_unit(v, p.key(v.name), df, status)
+            else:
+                self.frames.append(df)
+        for p in (pts if status == "unsupported" else open_pts or pts):
+            self.fail(p.key(v.name), status, reason if reason is not None else note)
+
+    def point_failed(self, v: Variant, p: Point, why: str) -> None:
+        """A NaN ``failed`` record for one point (no unit marker: resume measures it again)."""
+        self.frames.append(nan_point(self.common(v), p, "failed", why))
+
+    def fail(self, key: UnitKey, kind: FailureKind, reason: str) -> None:
+        self.failures.append(Failure(key, kind, reason))
+
+    # ---- records built from what is known
+    def _quantize_weight_bytes(self) -> dict[str, float]:
+        p = self.run.stage_records_path("quantize")
+        if not p.is_file():
+            return {}
+        q = rec.read_records(p)
+        q = q[(q["metric"] == "weight_bytes") & (q["status"] == "ok")]
+        # presets have no weights to count (NaN): their bytes are estimated from the config
+        return {str(r.variant): float(r.value) for r in q.itertuples() if math.isfinite(r.value)}
+
+    def bandwidth_now(self) -> Bandwidth:
+        if self.bandwidth is None:
+            self.bandwidth = memory_bandwidth(self.cfg.engine.device)
+        return self.bandwidth
+
+    def roofline_rows(self, v: Variant, ckpt: Path | None) -> None:
+        self.frames.append(roofline_records(
+            self.cfg, v, ckpt, bandwidth=self.bandwidth_now(),
+            quant_weight_bytes=self.quant_weight_bytes, frames=self.frames,
+            common=self.common(v)))
+
+    def guard(self, v: Variant, df: pd.DataFrame, *, server_delta: Mapping[str, Any] | None = None,
+              offline_iters: Sequence[Mapping[str, Any]] | None = None,
+              prefix_caching: bool | None = None) -> pd.DataFrame:
+        """A point's records with the validity rows and marks (:func:`rows.guard_records`)."""
+        if v.name not in self._floors:
+            self._floors[v.name] = floor_model(
+                self.cfg, v, self._ckpt_for_floors(v), hardware=self.hardware,
+                bandwidth=self.bandwidth_now(), quant_weight_bytes=self.quant_weight_bytes)
+        caching = self.cfg.engine.prefix_caching if prefix_caching is None else prefix_caching
+        return guard_records(df, self._floors[v.name], prefix_caching=caching,
+                             server_delta=server_delta, offline_iters=offline_iters)
+
+    def _ckpt_for_floors(self, v: Variant) -> Path | None:
+        try:
+            ckpt = self.checkpoint(v)
+        except EvalkitError:
+            ckpt = None
+        if ckpt is None or not (ckpt / "config.json").is_file():
+            # checkpoints built on another host: the architecture's config is all it needs
+            base = getattr(self.model, "path", None)
+            return Path(base) if base is not None else None
+        return ckpt

@@ -1,0 +1,81 @@
+"""The cells of notebook 05 (the cross-run summary page). Re-exported by
+:mod:`evalkit.ui.notebook`."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+from evalkit.analysis import plots
+from evalkit.analysis import summary as sm
+from evalkit.metrics import points
+from evalkit.ui.display import collapsed, html_block, md
+from evalkit.ui.figures import shown
+from evalkit.ui.views import REGIME_LABELS
+
+
+@dataclass
+class SummaryContext:
+    runs: list[sm.RunSummary]
+    page: Path
+
+
+def open_summary(runs: list[str], page: str) -> SummaryContext:
+    """Open every run named (run directories or output roots) for the summary page."""
+    return SummaryContext(sm.load(list(runs)), Path(page).resolve())
+
+
+def show_summary_header(ctx: SummaryContext):
+    models = sorted({s.shape for s in ctx.runs})
+    hw = sorted({s.report.hardware for s in ctx.runs})
+    return md(f"# Which quantization for which workload\n\n{len(ctx.runs)} runs · models: "
+              f"{', '.join(models)} · hardware: {', '.join(hw)}. Built from valid latency "
+              "points only (no prefix-cache hits, no figure below its physical floor); "
+              "each run's own report is linked below.")
+
+
+def show_summary_answer(ctx: SummaryContext):
+    return md(sm.answer_markdown(ctx.runs))
+
+
+def plot_summary_gains(ctx: SummaryContext):
+    rows = sm.gain_ranges(ctx.runs)
+    if rows.empty:
+        return md("_no comparison with valid points: no gains figure_")
+    return shown(plots.plot_regime_gains(rows), "regime-gains",
+                 "Per comparison and model, the variant's TTFT and TPOT reduction against the "
+                 "reference over the valid points of each regime (bar: min to max, dot: "
+                 "median). > 0: the variant is faster.")
+
+
+def show_summary_table(ctx: SummaryContext):
+    t = sm.comparison_rows(ctx.runs).rename(columns={**REGIME_LABELS,
+                                                     "min_trials": "fewest trials"})
+    return collapsed("Gains per run, comparison and regime",
+                     "Ranges of the variant's reduction over the valid points of each "
+                     "regime (%, > 0 = faster); *faster on E2E* is the decision of the "
+                     "answer above.", t)
+
+
+def show_summary_runs(ctx: SummaryContext):
+    t = sm.runs_table(ctx.runs, ctx.page)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in t.columns[:-1])
+        + (f'<td><a href="{html.escape(r["report"])}">report</a></td>' if r["report"]
+           else "<td>no report</td>") + "</tr>" for _, r in t.iterrows())
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
+    return html_block(f"<h2>Runs</h2><p>Every run the page is built from, with the one-line "
+                      f"verdict of its own report.</p><table class='evalkit-runs'><thead><tr>"
+                      f"{head}</tr></thead><tbody>{rows}</tbody></table>")
+
+
+def show_summary_definitions(ctx: SummaryContext):
+    regs = "\n".join(f"- **{k}**: {v}." for k, v in points.REGIMES.items())
+    return md("## Definitions\n\nTTFT, TPOT and E2E latency follow vLLM: TTFT per request; "
+              "TPOT = (E2E − TTFT) / (output tokens − 1); p50 over requests (server) or over "
+              "timed iterations (offline). Reduction = (reference − variant) / reference × "
+              "100. Intervals: percentile bootstrap of both variants' per-request values, "
+              "widened to contain every trial's own reduction. A point is valid when its "
+              "prompt-token prefix-cache hit rate is at most 1% and no figure is below its "
+              f"physical floor.\n\n**Workload regimes**\n\n{regs}")
