@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite: the eval environment runs everything but tests/quantize, which runs in
+# Run the test suite: the eval environment runs everything but tests/stages/quantize, which runs in
 # the quantize environment (llm-compressor). Tests marked heavy (tens of minutes on a 2-core
 # CPU) are left out unless -m is given; extra arguments go to both pytest runs.
 set -euo pipefail
@@ -14,6 +14,6 @@ done
 status=0
 args=("$@")
 if [[ " $* " != *" -m "* ]]; then args=(-m "not heavy" "$@"); fi
-.venv/eval/bin/python -m pytest tests --ignore=tests/quantize "${args[@]}" || status=$?
-.venv/quantize/bin/python -m pytest tests/quantize "${args[@]}" || status=$((status ? status : $?))
+.venv/eval/bin/python -m pytest tests --ignore=tests/stages/quantize "${args[@]}" || status=$?
+.venv/quantize/bin/python -m pytest tests/stages/quantize "${args[@]}" || status=$((status ? status : $?))
 exit $status

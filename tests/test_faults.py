@@ -497,7 +497,7 @@ def test_read_only_output_dir(tmp_path, tiny, read_only, fault_table):
     rows = [dict(variant="base", scheme="base", method="none", stage="quantize",
                  metric="weight_bytes", stat="value", value=1.0e6, unit="bytes")]
     run.write_stage_records("quantize", rec.make_records(rows, run_id="r1", study="ro"))
-    run.mark_unit("quantize", "base", {"checkpoint": str(tiny)})
+    run.units.mark(UnitKey.quantize("base"), {"checkpoint": str(tiny)})
     before = tree_digest(run.path)
     read_only(run.path)
 

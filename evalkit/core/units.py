@@ -174,13 +174,6 @@ class UnitStore:
         a resumed run re-measures only units it did not finish)."""
         atomic_write_json(self._marker(key.stage, key.encode()), info)
 
-    def _done_raw(self, stage: str, key: str) -> dict[str, Any] | None:
-        p = self._marker(stage, key)
-        return read_json(p) if p.is_file() else None
-
-    def _mark_raw(self, stage: str, key: str, info: dict[str, Any]) -> None:
-        atomic_write_json(self._marker(stage, key), info)
-
     def counts(self) -> dict[str, int]:
         """Finished units per stage (engine verdicts are not units)."""
         units = self.root / "units"

@@ -16,7 +16,7 @@ from evalkit.core.errors import StageError  # noqa: E402
 from evalkit.core.run import open_run  # noqa: E402
 from evalkit.core.units import Failure, StageResult, UnitKey  # noqa: E402
 
-REF = Path(__file__).resolve().parent.parent / "outputs" / "reference"
+REF = Path(__file__).resolve().parents[2] / "outputs" / "reference"
 
 
 def _lat(variant: str, status: str, note: str = "", workload: str = "chat"):
@@ -121,7 +121,7 @@ def test_every_cell_the_notebooks_call_is_in_the_entry_module():
     import json
     import re
 
-    nbs = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+    nbs = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
     called = {name for nb in nbs for c in json.loads(nb.read_text())["cells"]
               if c["cell_type"] == "code"
               for name in re.findall(r"\bek\.(\w+)\(", "".join(c["source"]))}

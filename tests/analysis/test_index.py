@@ -12,7 +12,7 @@ from evalkit.analysis.load import load_report
 from evalkit.analysis.summary import one_line
 from evalkit.core.run import open_run
 
-REF = Path(__file__).resolve().parent.parent / "outputs" / "reference"
+REF = Path(__file__).resolve().parents[2] / "outputs" / "reference"
 RUNS = ("hopper-llama8b-claim/r1", "hopper-gemma/r1")
 
 

@@ -210,7 +210,7 @@ def test_independent_bootstrap():
 # ---- what the scheduled-run example in the README runs
 
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "scheduled-run.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "scheduled-run.sh"
 
 
 def _fake_bin(tmp_path: Path) -> Path:

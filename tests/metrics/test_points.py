@@ -12,7 +12,7 @@ from evalkit.analysis.load import load_report
 from evalkit.metrics import points as pts
 from evalkit.stages.latency import request_samples
 
-REF = Path(__file__).resolve().parent.parent / "outputs" / "reference"
+REF = Path(__file__).resolve().parents[2] / "outputs" / "reference"
 CLAIM = REF / "hopper-llama8b-claim" / "r1"
 GRID = REF / "hopper-llama8b-grid" / "r1"
 

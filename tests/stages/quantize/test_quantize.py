@@ -179,8 +179,10 @@ def test_run_stage_records_failures_and_resume(tiny, tmp_path):
     src.write_text(json.dumps(study))
     run = create_run(cfg, src)
 
+    result = q.run_stage(cfg, run)
+    assert [f.unit.variant for f in result.failures] == ["w4a16_g96"]
     with pytest.raises(StageError, match="w4a16_g96"):
-        q.run_stage(cfg, run)
+        result.raise_for_failures()
     df = run.records()
     assert set(df["stage"]) == {"quantize"}
     assert set(df["variant"]) == {"base", "w8a8", "w4a16_g96"}
@@ -211,7 +213,7 @@ def test_run_stage_records_failures_and_resume(tiny, tmp_path):
 
     # resume: finished units are skipped, the failed one is tried again
     log_before = (run.path / "logs" / "run.log").read_text()
-    df2 = q.run_stage(cfg, run, raise_on_failure=False)
+    df2 = q.run_stage(cfg, run).records
     log = (run.path / "logs" / "run.log").read_text()[len(log_before):]
     assert "skipped w8a8 (done)" in log and "skipped base (done)" in log
     assert "w4a16_g96 FAILED" in log
@@ -221,7 +223,7 @@ def test_run_stage_records_failures_and_resume(tiny, tmp_path):
     # key, with a log line, instead of a "done" unit pointing at nothing
     shutil.rmtree(raw["checkpoint"])
     log_before = (run.path / "logs" / "run.log").read_text()
-    q.run_stage(cfg, run, raise_on_failure=False)
+    q.run_stage(cfg, run)
     log = (run.path / "logs" / "run.log").read_text()[len(log_before):]
     assert f"w8a8 was done but its checkpoint {raw['checkpoint']} is gone" in log
     assert "skipped base (done)" in log

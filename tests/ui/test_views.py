@@ -11,7 +11,7 @@ from evalkit.core.run import open_run
 from evalkit.metrics import points as pts
 from evalkit.ui import views
 
-REF = Path(__file__).resolve().parent.parent / "outputs" / "reference"
+REF = Path(__file__).resolve().parents[2] / "outputs" / "reference"
 CLAIM_RUN = REF / "hopper-llama8b-claim" / "r1"
 
 

@@ -221,7 +221,7 @@ def test_figures_are_pure_and_complete():
 
 # ---- real Hopper runs (outputs/reference/) --------------------------------------------------
 
-REF_GEMMA = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-gemma/r1"
+REF_GEMMA = Path(__file__).resolve().parents[2] / "outputs/reference/hopper-gemma/r1"
 
 
 def test_activation_mismatch_names_the_other_scheme():
@@ -275,7 +275,7 @@ def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
     assert len(cav) == 1 and cav[0].startswith("w4a8_int8: vLLM ran W4A8-INT8")
 
 
-REF_70B = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-llama70b-8bit/r1"
+REF_70B = Path(__file__).resolve().parents[2] / "outputs/reference/hopper-llama70b-8bit/r1"
 
 
 def test_roofline_view_reads_the_per_point_percentages():
@@ -298,7 +298,7 @@ def test_roofline_view_reads_the_per_point_percentages():
         1.84 * t.loc["w4a16", "roofline_tpot_ms"], rel=0.05)
 
 
-REF_8B_GRID = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-llama8b-grid/r1"
+REF_8B_GRID = Path(__file__).resolve().parents[2] / "outputs/reference/hopper-llama8b-grid/r1"
 
 
 def test_roofline_view_leaves_out_staggered_server_batches():

@@ -17,7 +17,7 @@ from evalkit.metrics import roofline as R
 from evalkit.metrics import validity as V
 from evalkit.stages import latency as L
 
-LLAMA_8B = json.loads((Path(__file__).parents[1] / "evalkit/assets/presets/llama-3.1-8b/config.json")
+LLAMA_8B = json.loads((Path(__file__).parents[2] / "evalkit/assets/presets/llama-3.1-8b/config.json")
                       .read_text())
 H200 = "NVIDIA H200"
 

