@@ -27,7 +27,7 @@ NOTEBOOKS = {
                "model, scheme, method and calibration, so a rerun reuses them). Records per "
                "variant: wall time, checkpoint size, bytes of weights, the `quantization_config`."),
         ("params", PARAMS),
-        ("code", "import evalkit.ui.notebook as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"quantize\")"),
+        ("code", "import evalkit.ui.cells.quantize as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"quantize\")"),
         ("code", "ek.show_study(ctx)"),
         ("code", "model = ek.resolve_model(ctx)"),
         ("code", "result = ek.quantize(ctx)"),
@@ -41,7 +41,7 @@ NOTEBOOKS = {
                "backend. Deltas against base are paired (same documents), with 95% "
                "paired-bootstrap intervals and McNemar p-values."),
         ("params", PARAMS),
-        ("code", "import evalkit.ui.notebook as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"accuracy\")"),
+        ("code", "import evalkit.ui.cells.evaluate as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"accuracy\")"),
         ("code", "result = ek.accuracy(ctx)"),
         ("code", "ek.show_accuracy(result)"),
         ("code", "ek.plot_accuracy(result)"),
@@ -55,7 +55,7 @@ NOTEBOOKS = {
                "definitions; the server's `/metrics` histograms are read before and after each "
                "point as a cross-check."),
         ("params", PARAMS),
-        ("code", "import evalkit.ui.notebook as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"latency\")"),
+        ("code", "import evalkit.ui.cells.evaluate as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"latency\")"),
         ("code", "result = ek.latency(ctx)"),
         ("code", "ek.show_latency(result)"),
         ("code", "ek.plot_latency(result, metric=\"ttft_ms\")"),
@@ -64,7 +64,7 @@ NOTEBOOKS = {
     ]),
     "04_report": ("evalkit-eval", [
         ("params", PARAMS),
-        ("code", "import evalkit.ui.notebook as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"report\")\nreport = ek.build_report(ctx)"),
+        ("code", "import evalkit.ui.cells.report as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"report\")\nreport = ek.build_report(ctx)"),
         ("code", "ek.show_header(report)"),
         ("code", "ek.show_answer(report)"),
         ("code", "ek.show_context(report)"),
@@ -88,7 +88,7 @@ NOTEBOOKS = {
     ]),
     "05_summary": ("evalkit-eval", [
         ("params", SUMMARY_PARAMS),
-        ("code", "import evalkit.ui.notebook as ek\n\nsummary = ek.open_summary(runs, page)"),
+        ("code", "import evalkit.ui.cells.summary as ek\n\nsummary = ek.open_summary(runs, page)"),
         ("code", "ek.show_summary_header(summary)"),
         ("code", "ek.show_summary_answer(summary)"),
         ("code", "ek.plot_summary_gains(summary)"),

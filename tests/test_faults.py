@@ -441,7 +441,7 @@ def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
     assert run.units.done(UnitKey.accuracy("base", "arc_easy"))
     assert run.units.done(UnitKey.accuracy("base", "arc_challenge")) is None
     # as notebook 02 runs it: failed units are data, the tables render, then the stage fails
-    from evalkit.ui import notebook as ek
+    from evalkit.ui.cells import evaluate as ek
 
     run2 = create_run(cfg, study, "r2")
     res2 = acc.run_stage(cfg, run2, use_cache=False)

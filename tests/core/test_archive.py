@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_compare import _correct, _ttft, make_run
+from fake_runs import _correct, _ttft, make_run
 
 from evalkit.analysis import compare as cmp
 from evalkit.analysis.index import write_index

@@ -114,7 +114,7 @@ def test_percentile_rows_nan_not_zero():
 
 def test_check_stage_names_failed_units_where_task_is_missing():
     from evalkit.core.errors import StageError
-    from evalkit.ui.notebook import check_stage
+    from evalkit.ui.cells.stage import check_stage
 
     df = rec.make_records(
         [dict(variant="w4a16", scheme="w4a16", stage="latency", metric="tpot_ms", stat="mean",

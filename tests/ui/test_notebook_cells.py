@@ -1,4 +1,4 @@
-"""The stage cells of the notebooks (evalkit.ui.notebook) on records and stage results."""
+"""The cells of the notebooks (evalkit.ui.cells) on records and stage results."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-import evalkit.ui.notebook as ek  # noqa: E402
+import evalkit.ui.cells.evaluate as ek  # noqa: E402
 from evalkit.core import records as rec  # noqa: E402
 from evalkit.core.errors import StageError  # noqa: E402
 from evalkit.core.run import open_run  # noqa: E402
 from evalkit.core.units import Failure, StageResult, UnitKey  # noqa: E402
+from evalkit.ui import figures  # noqa: E402
+from evalkit.ui.cells import quantize as qcells  # noqa: E402
+from evalkit.ui.cells.stage import StageContext  # noqa: E402
 
 REF = Path(__file__).resolve().parents[2] / "outputs" / "reference"
 
@@ -34,13 +37,13 @@ def _key(variant: str) -> UnitKey:
 def ctx():
     run = open_run(REF / "hopper-llama8b-claim" / "r1")
     cfg = run.config()
-    return ek.StageContext(cfg, run, "latency")
+    return StageContext(cfg, run, "latency")
 
 
 def _strict(ctx):
     cfg = ctx.cfg.model_copy(update={"latency": ctx.cfg.latency.model_copy(
         update={"unsupported": "error"})})
-    return ek.StageContext(cfg, ctx.run, "latency")
+    return StageContext(cfg, ctx.run, "latency")
 
 
 def _result(*rows, failures=()):
@@ -90,13 +93,13 @@ def test_show_cells_return_displayable_objects(ctx):
     assert list(shown.data.columns[:4]) == ["variant", "mode", "workload", "concurrency"]
     empty = ek.show_accuracy(res)
     assert "accuracy was not measured" in empty._repr_markdown_()
-    assert "_no variants_" in ek.show_quantize(StageResult("quantize",
+    assert "_no variants_" in qcells.show_quantize(StageResult("quantize",
                                                             rec.empty_records()))._repr_markdown_()
 
 
 def test_plot_latency_is_a_figure_with_its_legend(ctx):
     fig = ek.plot_latency(StageResult("latency", ctx.run.records()), metric="ttft_ms")
-    assert isinstance(fig, ek.Figure)
+    assert isinstance(fig, figures.Figure)
     assert fig.name == "ttft_ms-curves"
     assert set(fig.legend) >= {"w4a16", "w4a8_fp8"}
     out = fig._repr_html_()
@@ -113,18 +116,25 @@ def test_legend_entries_deduplicates_across_panels():
         ax.legend()
     axes[1].plot([0, 1], [0.5, 0.5], label="c")
     axes[1].legend()
-    assert ek.legend_entries(fig) == ["a", "b", "c"]
+    assert figures.legend_entries(fig) == ["a", "b", "c"]
     plt.close(fig)
 
 
-def test_every_cell_the_notebooks_call_is_in_the_entry_module():
+def test_every_cell_a_notebook_calls_is_in_its_cells_module():
+    import importlib
     import json
     import re
 
     nbs = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
-    called = {name for nb in nbs for c in json.loads(nb.read_text())["cells"]
-              if c["cell_type"] == "code"
-              for name in re.findall(r"\bek\.(\w+)\(", "".join(c["source"]))}
-    assert {"open_stage", "check_stage", "show_header", "open_summary"} <= called
-    missing = [n for n in sorted(called) if not callable(getattr(ek, n, None))]
-    assert missing == []
+    assert len(nbs) == 5
+    seen = set()
+    for nb in nbs:
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"]
+                         if c["cell_type"] == "code")
+        mod = re.search(r"^import (evalkit\.ui\.cells\.\w+) as ek$", code, re.M)
+        assert mod, f"{nb.name}: no 'import evalkit.ui.cells.X as ek'"
+        cells = importlib.import_module(mod.group(1))
+        called = set(re.findall(r"\bek\.(\w+)\(", code))
+        seen |= called
+        assert [n for n in sorted(called) if not callable(getattr(cells, n, None))] == [], nb.name
+    assert {"open_stage", "check_stage", "show_header", "open_summary"} <= seen

@@ -1,5 +1,4 @@
-"""The cells of notebook 05 (the cross-run summary page). Re-exported by
-:mod:`evalkit.ui.notebook`."""
+"""The cells of notebook 05 (the cross-run summary page)."""
 
 from __future__ import annotations
 
@@ -13,6 +12,17 @@ from evalkit.metrics import points
 from evalkit.ui.display import collapsed, html_block, md
 from evalkit.ui.figures import shown
 from evalkit.ui.views import REGIME_LABELS
+
+__all__ = [
+    "SummaryContext",
+    "open_summary",
+    "plot_summary_gains",
+    "show_summary_answer",
+    "show_summary_definitions",
+    "show_summary_header",
+    "show_summary_runs",
+    "show_summary_table",
+]
 
 
 @dataclass

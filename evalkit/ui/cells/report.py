@@ -1,5 +1,5 @@
 """The cells of notebook 04 (the report): one function per cell, each returning what Jupyter
-renders (and displaying what comes before it). Re-exported by :mod:`evalkit.ui.notebook`."""
+renders (and displaying what comes before it)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,32 @@ from evalkit.analysis import report as rp
 from evalkit.analysis.load import load_report
 from evalkit.stages import accuracy as acc
 from evalkit.ui import views
+from evalkit.ui.cells.evaluate import plot_accuracy
+from evalkit.ui.cells.stage import StageContext, open_stage
 from evalkit.ui.display import collapsed, display, md, table
 from evalkit.ui.figures import shown
-from evalkit.ui.stage_context import StageContext
+
+__all__ = [
+    "build_report",
+    "open_stage",
+    "plot_accuracy",
+    "plot_load_curves",
+    "plot_quality_vs_speed",
+    "plot_throughput",
+    "show_accuracy_detail",
+    "show_answer",
+    "show_changes",
+    "show_claims",
+    "show_context",
+    "show_crosscheck",
+    "show_environment",
+    "show_goodput",
+    "show_header",
+    "show_headline",
+    "show_invalid",
+    "show_points",
+    "show_roofline",
+]
 
 
 def build_report(ctx: StageContext) -> rp.Report:
