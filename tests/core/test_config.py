@@ -13,7 +13,7 @@ from evalkit.core.errors import ConfigError
 from evalkit.preflight import load_study
 from evalkit.ui.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _good() -> dict:
