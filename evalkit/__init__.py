@@ -1,8 +1,11 @@
 """evalkit: quality-versus-speed evaluation of quantized LLMs.
 
 Stages: :mod:`evalkit.stages.quantize` (llm-compressor), :mod:`evalkit.stages.accuracy`
-(lm-eval), :mod:`evalkit.stages.latency` (vLLM), :mod:`evalkit.analysis.report` (join and plots); the
-notebooks in ``notebooks/`` call them, :mod:`evalkit.runner` executes the notebooks.
+(lm-eval), :mod:`evalkit.stages.latency` (vLLM), each with ``run_stage(cfg, run) ->
+StageResult``; :mod:`evalkit.analysis` joins and plots; the notebooks in ``notebooks/`` call
+the cells of :mod:`evalkit.ui.cells`, and :mod:`evalkit.runner` executes them. Shared parts:
+:mod:`evalkit.core`, :mod:`evalkit.metrics` (pure), :mod:`evalkit.assets`,
+:mod:`evalkit.engine`.
 """
 
 from evalkit.core.config import StudyConfig
