@@ -21,7 +21,14 @@ from evalkit.assets.presets import (
     preset_config,
     preset_tokenizer_dir,
 )
-from evalkit.assets.resolved import ASSET_FILE, CONVERTER_VERSION, ResolvedModel, _file_sha256_cached, _say
+from evalkit.assets.resolved import (
+    ASSET_FILE,
+    CHECKPOINT_DTYPE,
+    CONVERTER_VERSION,
+    ResolvedModel,
+    _file_sha256_cached,
+    _say,
+)
 from evalkit.core.cache import cache_dir
 from evalkit.core.config import ModelSpec
 from evalkit.core.errors import ConfigError
@@ -30,6 +37,7 @@ from evalkit.core.io import read_json, sha256_file
 #: the assets API (the other modules of the package are its parts)
 __all__ = [
     "ASSET_FILE",
+    "CHECKPOINT_DTYPE",
     "CONVERTER_VERSION",
     "PACKAGED_MODELS",
     "PRESETS_DIR",
