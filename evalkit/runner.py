@@ -26,6 +26,7 @@ from evalkit.core.notebooks import (  # noqa: F401 -- REPO_ROOT, render_html: re
     REPO_ROOT,
     NotebookFailed,
     execute_notebook,
+    interrupt_kernels,
     notebook_kernel,
     render_html,
 )
@@ -54,16 +55,20 @@ def stage_names() -> list[str]:
 
 @contextmanager
 def _signals_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so papermill stops the kernel and we clean up."""
+    """SIGINT and SIGTERM: interrupt the running notebook kernel at once (its cell stops in
+    the unit it is in; finished units stay marked), then KeyboardInterrupt here, so papermill
+    shuts the kernel down and the run records the stage as interrupted."""
 
     def handler(signum: int, _frame: object) -> None:
+        interrupt_kernels()
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def execute_stage(run: Run, stage: Stage, *, progress: bool = True) -> Path:

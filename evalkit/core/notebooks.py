@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,65 @@ def execute_notebook(src: Path, out: Path, *, parameters: Mapping[str, Any], cwd
                             request_save_on_cell_execute=save_every_cell, cwd=str(cwd))
     except pm.PapermillExecutionError as exc:
         raise NotebookFailed(exc.exec_count, exc.ename, exc.evalue or "") from None
+    except KeyboardInterrupt:
+        _reap_kernels()
+        raise
+
+
+#: how long an interrupted kernel gets to unwind its cell (a stage stops its vLLM servers
+#: on the way out) before it is killed
+KERNEL_GRACE_S = 60.0
+
+
+def _kernels() -> list[Any]:
+    """This process's notebook kernels: its children running ``ipykernel_launcher``."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children():
+        try:
+            if any("ipykernel" in part for part in p.cmdline()):
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def interrupt_kernels() -> None:
+    """Send SIGINT to the running notebook kernels, as Jupyter's interrupt does.
+
+    jupyter_client starts each kernel in a session of its own, so a signal to this process
+    never reaches the kernel; papermill's own shutdown interrupts it only after it has
+    unwound here, which leaves the running cell time to finish (and mark done) the unit it
+    is in. Called from the runner's signal handler, so the cell stops at once.
+    """
+    for p in _kernels():
+        try:
+            os.killpg(p.pid, signal.SIGINT)  # the kernel leads its process group
+        except OSError:
+            try:
+                os.kill(p.pid, signal.SIGINT)
+            except OSError:
+                continue
+
+
+def _reap_kernels() -> None:
+    """After an interrupt: wait for the kernels to finish unwinding, kill what is left.
+
+    A kernel that outlived ``evalkit run`` would go on measuring into the run directory
+    (and hold the run's output files open) after the run said it stopped.
+    """
+    import psutil
+
+    alive = _kernels()
+    if not alive:
+        return
+    _, alive = psutil.wait_procs(alive, timeout=KERNEL_GRACE_S)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
 
 
 def render_html(notebook: Path, out_dir: Path) -> tuple[Path, Path]:

@@ -116,15 +116,35 @@ def run_offline(
     return list(read_json(out_path)["rows"])
 
 
+def shutdown_llm(llm: Any) -> None:
+    """Stop an in-process ``vllm.LLM``'s engine-core process now.
+
+    Left to interpreter exit, the engine core is a non-daemon multiprocessing child, and
+    whether vLLM's finalizer stops it before :mod:`multiprocessing` joins it depends on the
+    order the two registered their exit hooks: when the join comes first, the process never
+    exits.
+    """
+    llm.llm_engine.engine_core.shutdown()
+
+
 def _offline_child(spec_path: Path) -> None:
     """Body of ``python -m evalkit.engine offline``: runs inside the child process."""
-    from vllm import LLM, SamplingParams  # noqa: PLC0415
-    from vllm.inputs import TokensPrompt  # noqa: PLC0415
+    from vllm import LLM  # noqa: PLC0415
 
     spec = read_json(spec_path)
     t0 = time.perf_counter()
     llm = LLM(model=spec["model"], seed=spec["seed"], **spec["engine_kwargs"])
-    startup_s = time.perf_counter() - t0
+    try:
+        _offline_points(llm, spec, time.perf_counter() - t0)
+    finally:
+        shutdown_llm(llm)
+
+
+def _offline_points(llm: Any, spec: dict[str, Any], startup_s: float) -> None:
+    """The timed batches of :func:`_offline_child`, written to ``spec["out"]``."""
+    from vllm import SamplingParams  # noqa: PLC0415
+    from vllm.inputs import TokensPrompt  # noqa: PLC0415
+
     vocab = llm.get_tokenizer().vocab_size
     rng = np.random.default_rng(spec["seed"])
     # Ids from the lower part of the vocabulary avoid special/added tokens at the end,

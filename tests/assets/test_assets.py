@@ -23,6 +23,7 @@ from evalkit.assets import resolved
 from evalkit.core.cache import cache_dir
 from evalkit.core.config import ModelSpec
 from evalkit.core.errors import AssetError, ConfigError
+from evalkit.engine.offline import shutdown_llm
 
 REQUIRED_PRESETS = ("llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "qwen3-30b-a3b")
 
@@ -316,7 +317,10 @@ def test_gemma_generates_english_in_vllm(gemma):
     # 0.2, not 0.1: Gemma's 262144-entry vocabulary leaves no KV room in 10% of 24 GB.
     llm = vllm.LLM(gemma.path, dtype="bfloat16", enforce_eager=True,
                    gpu_memory_utilization=0.2, max_model_len=1024)
-    out = llm.generate(["The capital of France is"],
-                       vllm.SamplingParams(temperature=0.0, max_tokens=24))
+    try:
+        out = llm.generate(["The capital of France is"],
+                           vllm.SamplingParams(temperature=0.0, max_tokens=24))
+    finally:
+        shutdown_llm(llm)  # else pytest can wait forever at exit for the engine-core process
     text = out[0].outputs[0].text
     assert "Paris" in text or _english(text), text
