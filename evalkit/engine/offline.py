@@ -122,9 +122,11 @@ def shutdown_llm(llm: Any) -> None:
     Left to interpreter exit, the engine core is a non-daemon multiprocessing child, and
     whether vLLM's finalizer stops it before :mod:`multiprocessing` joins it depends on the
     order the two registered their exit hooks: when the join comes first, the process never
-    exits.
+    exits. A vLLM without that client (no ``engine_core.shutdown``) is left to its own exit.
     """
-    llm.llm_engine.engine_core.shutdown()
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if callable(getattr(core, "shutdown", None)):
+        core.shutdown()
 
 
 def _offline_child(spec_path: Path) -> None:
