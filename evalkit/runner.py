@@ -54,12 +54,17 @@ def stage_names() -> list[str]:
 
 
 @contextmanager
-def _signals_as_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM: interrupt the running notebook kernel at once (its cell stops in
-    the unit it is in; finished units stay marked), then KeyboardInterrupt here, so papermill
-    shuts the kernel down and the run records the stage as interrupted."""
+def _signals_as_interrupt(run: Run) -> Iterator[None]:
+    """SIGINT and SIGTERM: tell the kernels to mark no further unit done, interrupt the
+    running kernel at once (its cell stops in the unit it is in; finished units stay marked),
+    then KeyboardInterrupt here, so papermill shuts the kernel down and the run records the
+    stage as interrupted."""
 
     def handler(signum: int, _frame: object) -> None:
+        try:
+            run.units.request_stop(f"signal {signum}")
+        except (OSError, RunDirError):
+            pass  # a run directory that cannot be written: the interrupt alone must do
         interrupt_kernels()
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -157,7 +162,8 @@ def run_study(
             run = _open_for_resume(cfg, config_path, resume, stack)
         else:
             run = create_run(cfg, Path(config_path), run_id, hold_lock=stack)
-        stack.enter_context(_signals_as_interrupt())
+        run.units.clear_stop()
+        stack.enter_context(_signals_as_interrupt(run))
         run.log(f"run {run.run_id} of study {cfg.study}: {run.path}")
         if resume is not None:
             _log_resume(run)

@@ -21,7 +21,9 @@ the records with ``status="failed"``; the caller decides when to raise
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +151,10 @@ def _safe(key: str) -> str:
     return clean
 
 
+#: written by the runner when it is stopped (:meth:`UnitStore.request_stop`)
+STOP_FILE = "stop-requested.json"
+
+
 class UnitStore:
     """The run's memory of finished work: unit markers, engine verdicts, stage states."""
 
@@ -171,8 +177,42 @@ class UnitStore:
 
     def mark(self, key: UnitKey, info: dict[str, Any]) -> None:
         """Remember a finished unit (atomically; a later mark of the same unit replaces it:
-        a resumed run re-measures only units it did not finish)."""
+        a resumed run re-measures only units it did not finish).
+
+        Raises:
+            KeyboardInterrupt: ``evalkit run`` was stopped (:meth:`request_stop`) while this
+                unit ran in one of its kernels; the unit is not marked, a resume measures it.
+        """
+        stop = self._stop_request()
+        if stop is not None:
+            raise KeyboardInterrupt(f"{key.encode()} finished after the run was stopped "
+                                    f"({stop}); not marked done")
         atomic_write_json(self._marker(key.stage, key.encode()), info)
+
+    # ---- a stop asked by the runner (SIGINT/SIGTERM), seen by its notebook kernels
+    def request_stop(self, reason: str) -> None:
+        """Ask this process's notebook kernels to mark no further unit done.
+
+        The interrupt sent to a kernel can come too late to stop the unit it is in (the
+        kernel is in a session of its own and papermill interrupts it only while shutting it
+        down); this marker is read before every :meth:`mark`. Only kernels whose parent is
+        this process honour it, so a notebook opened later by hand is not affected.
+        """
+        atomic_write_json(self.root / STOP_FILE, {"pid": os.getpid(), "reason": reason})
+
+    def clear_stop(self) -> None:
+        """Forget a stop request (a new ``evalkit run`` on this run starts)."""
+        p = self.root / STOP_FILE
+        if p.is_file():
+            p.unlink()
+
+    def _stop_request(self) -> str | None:
+        p = self.root / STOP_FILE
+        try:
+            req = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return str(req.get("reason", "stopped")) if req.get("pid") == os.getppid() else None
 
     def counts(self) -> dict[str, int]:
         """Finished units per stage (engine verdicts are not units)."""

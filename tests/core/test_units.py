@@ -70,3 +70,30 @@ def test_stage_result_raises_only_when_asked():
     assert res.failed == [failed] and res.unsupported == [unsup]
     with pytest.raises(StageError, match=r"accuracy stage: 1 unit\(s\).*fp8/arc_easy: server died"):
         res.raise_for_failures()
+
+
+def test_stop_request_refuses_marks_only_in_the_runner_kernels(tmp_path):
+    # The runner writes the request; its kernels (its child processes) then mark nothing,
+    # while any other process (here: this one, or a notebook opened later) is unaffected.
+    import subprocess
+    import sys
+
+    store = UnitStore(tmp_path)
+    store.request_stop("signal 15")
+    child = ("import sys; from evalkit.core.units import UnitKey, UnitStore\n"
+             "try:\n"
+             f"    UnitStore({str(tmp_path)!r}).mark(UnitKey.quantize('w8a8'), {{}})\n"
+             "except KeyboardInterrupt as exc:\n"
+             "    print(exc); sys.exit(7)\n")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 7, proc.stderr
+    assert "after the run was stopped (signal 15)" in proc.stdout
+    assert store.done(UnitKey.quantize("w8a8")) is None
+    store.mark(UnitKey.quantize("base"), {"checkpoint": "x"})  # not a child: marked
+    assert store.done(UnitKey.quantize("base")) == {"checkpoint": "x"}
+    store.clear_stop()
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert store.done(UnitKey.quantize("w8a8")) == {}
