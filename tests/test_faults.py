@@ -530,8 +530,11 @@ def test_read_only_output_dir(tmp_path, tiny, read_only, fault_table):
 def test_interrupt_between_and_inside_stages(tmp_path, tiny, _mark_children, fault_table):
     study = write_study(
         tmp_path, "intr", tiny,
-        latency={"workloads": [{"name": "chat", "input_len": 16, "output_len": 16}],
-                 "concurrency": [1, 2], "num_prompts": 2, "prompts_per_concurrency": 1,
+        # Points long enough (8 requests of 200 tokens: seconds on this model) that the
+        # SIGTERM sent once c1 is logged lands inside c2: with 2 requests of 16 tokens a
+        # warm client measured c2 in 0.1 s, before the signal was sent.
+        latency={"workloads": [{"name": "chat", "input_len": 16, "output_len": 200}],
+                 "concurrency": [1, 2], "num_prompts": 8, "prompts_per_concurrency": 4,
                  "warmups": 0})
     run_dir = tmp_path / "out/intr/r1"
     log = run_dir / "logs/run.log"
