@@ -69,7 +69,7 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
     if len(invalid):
         points = df[(df["stage"] == "latency") & df["mode"].isin(["server", "offline"])
                     & (df["metric"] == "ttft_ms")].drop_duplicates(
-                        ["variant", "mode", "workload", "concurrency"])
+                        ["variant", "mode", "workload", "concurrency", "request_rate"])
         hits = df[(df["stage"] == "latency") & (df["metric"] == "prefix_cache_hit_rate")]
         why = "; ".join(f"{c}: {n}" for c, n in val.invalid_counts(df).items())
         span = (f" (prompt-token cache hit rates {hits['value'].min():.0%} to "
@@ -84,7 +84,8 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
         base=cfg.base_variant.name if cfg.base_variant else "base",
         previous_run=previous, changes=changed, samples=request_samples(run.path), mode=mode,
         gpus_per_engine=cfg.engine.tensor_parallel_size if cfg.engine.device == "cuda" else 0,
-        slo=cfg.report.slo.limits(),
+        slo=cfg.report.slo.limits(), slo_percentile=cfg.report.slo.percentile,
+        cost_per_gpu_hour_usd=cfg.report.cost_per_gpu_hour_usd, run_path=run.path,
         claim_caveat=("the engine ran eager (no CUDA graphs, no torch.compile): not the "
                       "serving setup a speed claim is about" if cfg.engine.device == "cuda"
                       and cfg.engine.enforce_eager else None),

@@ -1,10 +1,12 @@
-"""The serving curves: latency against load with interval bands, throughput against latency,
-goodput at stated SLOs, and the per-regime gains of a summary.
+"""The serving curves: latency against load with interval bands, latency against offered
+arrival rate with the SLO, throughput against latency, goodput at stated SLOs, and the
+per-regime gains of a summary.
 
 Pure functions of the tables in :mod:`evalkit.metrics.points`; each returns a matplotlib figure and
 never saves or shows it. Every figure marks the points a reader should weigh differently:
 invalid points (a grey cross, left out of every line), single-trial points (hollow markers)
-and points measured on another host than the run's main one (square markers).
+and points measured on another host than the run's main one (square markers); rate points
+also mark saturated rates (a red x: the queue grew, not sustainable).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 INVALID_LABEL = "invalid (left out)"
 SINGLE_LABEL = "single trial"
 OTHER_HOST_LABEL = "other host"
+SATURATED_LABEL = "saturated (not sustainable)"
 METRIC_LABELS = {"ttft_ms": "TTFT p50 (ms)", "tpot_ms": "TPOT p50 (ms)",
                  "e2el_ms": "E2E latency p50 (ms)"}
 
@@ -63,10 +66,26 @@ def _dedupe_legend(ax) -> None:
         ax.legend(list(seen.values()), list(seen), loc="best", fontsize=8)
 
 
+#: x-axis words of a concurrency point by its load pattern (``load`` of the points table).
+LOAD_AXIS = {"burst": "burst: c identical requests in flight (closed loop)",
+             "closed": "closed loop: c requests in flight (lengths vary)",
+             "batch": "batch size"}
+
+
+def _load_xlabel(sub: pd.DataFrame, mode: str) -> str:
+    """The x label of one panel: its points' load pattern(s) in words."""
+    loads = list(pd.unique(sub["load"].dropna())) if "load" in sub else []
+    if not loads:
+        return "requests in flight" if mode == "server" else "batch size"
+    return "; ".join(LOAD_AXIS.get(x, f"{x}: c in flight") for x in loads)
+
+
 def plot_metric_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms", mode: str = "server"):
     """p50 of ``metric`` against concurrency (server) or batch size (offline), one line per
     variant with its band (server: the 95% bootstrap interval of the p50; offline: the range
-    over iterations), one panel per workload."""
+    over iterations), one panel per workload. The x label names the points' load pattern
+    (``load``: burst of identical requests or closed loop). Concurrency points only: pass
+    no rate-sweep points (they are :func:`plot_rate_curves`')."""
     import matplotlib.pyplot as plt
 
     _style()
@@ -98,12 +117,94 @@ def plot_metric_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms", mode: 
         _load_axis(ax, sub["concurrency"])
         ax.set_title(f"{wl} (in {sub['input_len'].iloc[0]} / out {sub['output_len'].iloc[0]} "
                      "tokens)")
-        ax.set_xlabel("requests in flight" if mode == "server" else "batch size")
+        ax.set_xlabel(_load_xlabel(sub, mode), fontsize=9)
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         _dedupe_legend(ax)
     band = ("95% bootstrap interval of the p50" if mode == "server"
             else "range over timed iterations")
     fig.suptitle(f"{short.upper()} against load ({mode}; band: {band})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rate_curves(rates: pd.DataFrame, *, metric: str = "ttft_ms",
+                     slo_ms: float | None = None, percentile: float = 90.0):
+    """p50 (solid) and p90 (dashed) of ``metric`` against the offered arrival rate, one colour
+    per variant with the 95% bootstrap interval of each as a band, one panel per workload.
+
+    Lines join the sustainable valid points; a saturated point (its queue grew through the
+    window: latencies depend on how long the trial ran) is a red x at its p50 and p90,
+    labelled; an invalid point is a grey cross. ``slo_ms`` draws the SLO limit that the
+    ``percentile`` must meet as a horizontal line.
+
+    Args:
+        rates: :func:`evalkit.analysis.capacity.rate_points`.
+        metric: ``ttft_ms``, ``tpot_ms`` or ``e2el_ms``.
+        slo_ms: the limit on ``metric`` (None: no line).
+        percentile: the percentile the limit applies to (for the line's label).
+    """
+    import matplotlib.pyplot as plt
+
+    _style()
+    short = metric.removesuffix("_ms")
+    workloads = list(pd.unique(rates["workload"])) or ["(none)"]
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5.6 * len(workloads), 4.3),
+                             squeeze=False)
+    colors = _colors(rates)
+    for ax, wl in zip(axes[0], workloads, strict=True):
+        sub = rates[rates["workload"] == wl].sort_values("offered_rate_req_s")
+        if sub.empty:
+            ax.text(0.5, 0.5, "no rate sweep measured", ha="center", va="center",
+                    transform=ax.transAxes)
+            continue
+        ys = []
+        for variant, v in sub.groupby("variant", sort=False):
+            c = colors[variant]
+            ok = v[(v["status"] == "ok") & ~v["saturated"].astype(bool)]
+            for q, ls in (("p50", "-"), ("p90", "--")):
+                y, lo, hi = f"{short}_{q}_ms", f"{short}_{q}_lo", f"{short}_{q}_hi"
+                ax.plot(ok["offered_rate_req_s"], ok[y], ls=ls, marker="o", ms=4, color=c,
+                        label=f"{variant} {q}")
+                if ok[[lo, hi]].notna().all(axis=1).any():
+                    ax.fill_between(ok["offered_rate_req_s"], ok[lo], ok[hi], color=c,
+                                    alpha=0.15, lw=0)
+                ys += list(v[y].dropna())
+            _disclose(ax, ok, "offered_rate_req_s", f"{short}_p50_ms", c)
+            sat = v[v["saturated"].astype(bool) & (v["status"] == "ok")]
+            for q, ls in (("p50", "-"), ("p90", "--")):
+                if len(sat):
+                    y = f"{short}_{q}_ms"
+                    # a thin trace from the last sustainable rate says whose red x it is
+                    trace = pd.concat([ok.tail(1), sat.head(1)])
+                    ax.plot(trace["offered_rate_req_s"], trace[y], ls=ls, lw=0.8, alpha=0.5,
+                            color=c, label="_nolegend_")
+                    ax.scatter(sat["offered_rate_req_s"], sat[y], marker="x", color="red", s=60,
+                               zorder=5, label=SATURATED_LABEL)
+            for r in sat.itertuples():
+                ax.annotate(f"{variant}: saturated",
+                            (r.offered_rate_req_s, getattr(r, f"{short}_p90_ms")),
+                            textcoords="offset points", xytext=(-4, 6), ha="right", fontsize=7,
+                            color="red")
+            bad = v[v["status"] != "ok"]
+            if len(bad):
+                ax.scatter(bad["offered_rate_req_s"], bad[f"{short}_p50_ms"], marker="x",
+                           color="grey", s=50, zorder=4, label=INVALID_LABEL)
+        if slo_ms is not None:
+            ax.axhline(slo_ms, color="black", ls=":", lw=1.2,
+                       label=f"SLO: p{percentile:g} {short.upper()} ≤ {slo_ms:g} ms")
+            ys.append(slo_ms)
+        ys = [y for y in ys if y > 0 and np.isfinite(y)]
+        if ys and max(ys) / min(ys) > 30:  # a saturated point's latency dwarfs the rest
+            ax.set_yscale("log")
+        loads = ", ".join(sorted({"Poisson" if x == "poisson" else str(x)
+                                  for x in sub["load"].dropna()})) or "Poisson"
+        ax.set_title(f"{wl} (in {sub['input_len'].iloc[0]} / out {sub['output_len'].iloc[0]} "
+                     "tokens)")
+        ax.set_xlabel(f"offered rate (req/s, {loads} arrivals)")
+        ax.set_ylabel(f"{short.upper()} (ms)")
+        _dedupe_legend(ax)
+    fig.suptitle(f"{short.upper()} against offered rate (p50 solid, p90 dashed; band: 95% "
+                 "bootstrap interval; steady-state window)", fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -15,10 +15,13 @@ Definitions used throughout (stated in every caption):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from evalkit.analysis import capacity as cap
 from evalkit.analysis.claims import VERDICTS, claim_check, claim_summary, claim_verdict
 from evalkit.analysis.quality import PRIMARY_METRICS, accuracy_wide, primary_metric, quality_per_variant
 from evalkit.analysis.report_figures import (
@@ -79,8 +82,30 @@ class Report:
     slo: dict[str, float] = field(default_factory=dict)
     #: why the run's claims do not apply beyond its hardware (e.g. an eager GPU engine).
     claim_caveat: str | None = None
+    #: percentile of TTFT and TPOT that capacity at the SLO holds to the limits (``slo``).
+    slo_percentile: float = 90.0
+    #: price of a GPU-hour for the cost per million output tokens at capacity (None: none).
+    cost_per_gpu_hour_usd: float | None = None
+    #: the run directory (its raw capacity files hold the bootstrap draws of capacity).
+    run_path: Path | None = None
     _points: pd.DataFrame | None = field(default=None, repr=False)
     _gains: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
+    _capacity: pd.DataFrame | None = field(default=None, repr=False)
+    _rates: pd.DataFrame | None = field(default=None, repr=False)
+
+    def point_records(self) -> pd.DataFrame:
+        """The records without rate-sweep points (:func:`evalkit.analysis.capacity.rate_rows`):
+        their concurrency is a client cap, not a load level, and would otherwise join the
+        concurrency point that shares it."""
+        return self.records[~cap.rate_rows(self.records).to_numpy()]
+
+    def point_samples(self) -> pd.DataFrame | None:
+        """Per-request values of the concurrency points only (none of a rate point's)."""
+        s = self.samples
+        if s is None or s.empty or "request_rate" not in s:
+            return s
+        rate = pd.to_numeric(s["request_rate"], errors="coerce").to_numpy(dtype=float)
+        return s[~(np.isfinite(rate) & (s["mode"] == "server").to_numpy())]
 
     def table(self) -> pd.DataFrame:
         if self.workload is None or self.concurrency is None:
@@ -89,11 +114,35 @@ class Report:
                              reference=self.reference, base=self.base, mode=self.mode)
 
     def points(self) -> pd.DataFrame:
-        """:func:`evalkit.metrics.points.latency_points` of the run (computed once)."""
+        """:func:`evalkit.metrics.points.latency_points` of the run's concurrency points, with
+        each point's ``load`` pattern (:func:`evalkit.analysis.capacity.point_loads`);
+        computed once. Rate-sweep points are in :meth:`rates`."""
         if self._points is None:
-            self._points = pts.latency_points(self.records, gpus_per_engine=self.gpus_per_engine,
-                                              samples=self.samples)
+            p = pts.latency_points(self.point_records(), gpus_per_engine=self.gpus_per_engine,
+                                   samples=self.point_samples())
+            loads = cap.point_loads(self.records)
+            p = p.drop(columns=["load"], errors="ignore").merge(
+                loads, on=["variant", "mode", "workload", "concurrency"], how="left")
+            p["load"] = [cap.load_of(m, x, None) for m, x in zip(
+                p["mode"], p["load"].astype("object").where(p["load"].notna(), None),
+                strict=True)]
+            self._points = p
         return self._points
+
+    def rates(self) -> pd.DataFrame:
+        """:func:`evalkit.analysis.capacity.rate_points` of the run (computed once)."""
+        if self._rates is None:
+            self._rates = cap.rate_points(self.records)
+        return self._rates
+
+    def capacity(self) -> pd.DataFrame:
+        """:func:`evalkit.analysis.capacity.capacity_table` of the run, gains against
+        ``reference`` (else ``base``); computed once. Empty without rate sweeps."""
+        if self._capacity is None:
+            self._capacity = cap.capacity_table(
+                self.records, self.run_path, self.reference, self.cost_per_gpu_hour_usd,
+                base=self.base, slo=self.slo, percentile=self.slo_percentile)
+        return self._capacity
 
     def comparisons(self) -> list[tuple[str, str]]:
         """(variant, reference) pairs the answer speaks of: every other variant with latency
@@ -111,8 +160,8 @@ class Report:
         answer, the regime table, the summary and the index all read it)."""
         key = (variant, reference)
         if key not in self._gains:
-            self._gains[key] = pts.point_gains(self.points(), self.samples, variant=variant,
-                                               reference=reference)
+            self._gains[key] = pts.point_gains(self.points(), self.point_samples(),
+                                               variant=variant, reference=reference)
         return self._gains[key]
 
     def caption(self, what: str) -> str:
@@ -125,8 +174,8 @@ class Report:
                 "95% paired-bootstrap CI.")
 
     def claims_checked(self) -> pd.DataFrame:
-        checks = claim_check(self.records, list(self.claims), hardware=self.hardware,
-                             samples=self.samples)
+        checks = claim_check(self.point_records(), list(self.claims), hardware=self.hardware,
+                             samples=self.point_samples())
         if self.claim_caveat and len(checks):
             checks["applies"] = False
             checks["note"] = [f"{n}; {self.claim_caveat}" if isinstance(n, str) and n else

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from evalkit.analysis.capacity import rate_rows
 from evalkit.analysis.plots import _style
 from evalkit.analysis.quality import _ok, accuracy_wide
 from evalkit.analysis.speed import pareto_frontier
@@ -78,11 +79,13 @@ def plot_speed_gains(table: pd.DataFrame, *, gain_cols: list[str], caption: str 
 
 def plot_latency_curves(df: pd.DataFrame, *, metric: str = "tpot_ms", stat: str = "p50",
                         mode: str = "server", caption: str = ""):
-    """Latency vs concurrency, one line per variant, one panel per workload."""
+    """Latency vs concurrency, one line per variant, one panel per workload (concurrency
+    points only: a rate-sweep point's concurrency is a client cap, not a load level)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     _style()
+    df = df[~rate_rows(df).to_numpy()]
     lat = _ok(df[(df["stage"] == "latency") & (df["mode"] == mode) & (df["metric"] == metric)
                  & (df["stat"] == stat)]).copy()
     workloads = list(pd.unique(lat["workload"].dropna())) or ["(none)"]

@@ -1,5 +1,9 @@
 """Latency points of the headline: one point's figures per variant, speed gains against a
-reference, the Pareto frontier, the joined quality x speed table and the default point."""
+reference, the Pareto frontier, the joined quality x speed table and the default point.
+
+Concurrency points only: a rate-sweep point's concurrency is a client cap that the sweep's
+throughput point shares (:func:`evalkit.analysis.capacity.rate_rows`), so it is left out
+here."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from evalkit.analysis.capacity import rate_rows
 from evalkit.analysis.quality import _ok, quality_per_variant
 
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
@@ -16,6 +21,7 @@ LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
 def latency_point(df: pd.DataFrame, *, workload: str, concurrency: int, stat: str = "p50",
                   mode: str = "server") -> pd.DataFrame:
     """Per variant, TTFT/TPOT/ITL/E2E at one workload and concurrency (one stat)."""
+    df = df[~rate_rows(df).to_numpy()]
     lat = df[(df["stage"] == "latency") & (df["mode"] == mode) & (df["workload"] == workload)
              & (df["concurrency"] == concurrency) & (df["stat"] == stat)
              & (df["metric"].isin(LATENCY_METRICS))]
@@ -77,8 +83,10 @@ def quality_speed(df: pd.DataFrame, *, workload: str, concurrency: int,
         if not point.empty:
             out = out.merge(gains(point, ref), on="variant", how="left")
     status = latency_status(df)
-    bad = df[(df["stage"] == "latency") & (df["mode"] == mode) & (df["workload"] == workload)
-             & (df["concurrency"] == concurrency) & (df["status"] == "invalid")]
+    points = df[~rate_rows(df).to_numpy()]
+    bad = points[(points["stage"] == "latency") & (points["mode"] == mode)
+                 & (points["workload"] == workload) & (points["concurrency"] == concurrency)
+                 & (points["status"] == "invalid")]
     bad_at = dict(zip(bad["variant"], bad["note"], strict=False))
     out["latency_status"] = [
         ("invalid here: " + str(bad_at[v]).split(";")[0].removeprefix("INVALID: "))
@@ -112,6 +120,7 @@ def default_point(df: pd.DataFrame, workload: str | None, concurrency: int | Non
     """The headline workload, concurrency and mode: server points as configured (else the
     first workload and its highest concurrency); a run without valid server points falls
     back to its offline batches (the configured workload, its largest batch)."""
+    df = df[~rate_rows(df).to_numpy()]
     lat = _ok(df[(df["stage"] == "latency") & df["workload"].notna()
                  & df["metric"].isin(LATENCY_METRICS)])
     for mode in ("server", "offline"):

@@ -19,10 +19,12 @@ import pandas as pd
 from evalkit.core.errors import EvalkitError
 from evalkit.core.io import atomic_write_bytes
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.3"
 #: Versions this code reads: 1.1 added the ``invalid`` status (a latency point whose
-#: validity checks failed, see evalkit.metrics.validity); 1.0 records are a subset of it.
-READABLE_VERSIONS = ("1.0", "1.1")
+#: validity checks failed, see evalkit.metrics.validity); 1.2 made ``mode`` a latency column;
+#: 1.3 added ``load`` (a server point's load pattern) and the ``capacity`` mode. Older files
+#: are read as 1.3 (``load`` empty).
+READABLE_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 
 #: column -> (dtype, description). Order is the on-disk column order.
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -37,7 +39,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "task": ("string", "lm-eval task (accuracy rows), else empty"),
     "workload": ("string", "latency workload name, else empty"),
     "mode": ("string", "how a latency row was measured: server | offline | server-metrics | "
-             "startup | roofline; empty on other stages (the engine is in backend)"),
+             "startup | roofline | capacity; empty on other stages (the engine is in backend)"),
+    "load": ("string", "load pattern of a server point: burst (closed loop, identical "
+             "requests) | closed (closed loop, lengths vary) | poisson | gamma (arrivals at "
+             "request_rate); offline points: batch; else empty"),
     "metric": ("string", "metric name, unit in the name where it has one (ttft_ms)"),
     "stat": ("string", "value | stderr | mean | p50 | p90 | p99 | ci_low | ci_high | "
               "p50_ci_low | p50_ci_high | trial_spread_pct | ..."),
@@ -122,6 +127,9 @@ def read_records(path: str | os.PathLike[str]) -> pd.DataFrame:
     old = df["schema_version"].isin(("1.0", "1.1")) & (df["stage"] == "accuracy")
     if old.any():  # 1.2: mode is a latency column; the backend stays in "backend"
         df["mode"] = df["mode"].astype("string").mask(old.to_numpy(), pd.NA)
+    if "load" not in df.columns:  # before 1.3
+        df.insert(list(COLUMNS).index("load"), "load", pd.Series(pd.NA, index=df.index,
+                                                                 dtype="string"))
     return df
 
 
@@ -148,7 +156,7 @@ def load_runs(*run_dirs: str | os.PathLike[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-KEY = ["run_id", "variant", "stage", "task", "workload", "mode", "metric", "stat",
+KEY = ["run_id", "variant", "stage", "task", "workload", "mode", "load", "metric", "stat",
        "concurrency", "request_rate", "input_len", "output_len"]
 
 

@@ -19,6 +19,7 @@ from pydantic import (
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.schemes import SCHEMES, get_scheme
+from evalkit.core.traffic import Lengths, TrafficSpec
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PosInt = Annotated[int, Field(gt=0)]
@@ -182,6 +183,21 @@ class Workload(_Model):
         "batch_sizes, else this workload's concurrency levels); an empty list measures the "
         "workload in server mode only.",
     )
+    input: Lengths = Field(default_factory=Lengths,
+                           description="how prompt lengths vary around input_len.")
+    output: Lengths = Field(default_factory=Lengths,
+                            description="how output lengths vary around output_len.")
+
+    @property
+    def lengths_vary(self) -> bool:
+        """Whether the workload's requests differ in length (a mix, not one shape)."""
+        return self.input.varies or self.output.varies
+
+    @model_validator(mode="after")
+    def _mix(self) -> Workload:
+        if self.output.dist == "empirical" and self.output.source != "chat":
+            raise ValueError("output lengths: empirical takes source: chat (GSM8K solutions)")
+        return self
 
 
 class LatencySpec(_Model):
@@ -241,6 +257,9 @@ class LatencySpec(_Model):
         "output token + 1 per 100 prompt tokens). A point that times out ends its server's "
         "sweep: the remaining points are recorded as not measured, with this setting named.",
     )
+    traffic: TrafficSpec | None = Field(
+        None, description="rate sweep per workload: requests arriving over time at rising "
+        "rates, steady-state windows, capacity at the SLO (None: none; server mode only).")
 
     @field_validator("request_rate")
     @classmethod
@@ -248,6 +267,30 @@ class LatencySpec(_Model):
         if any(not (r > 0) for r in v):
             raise ValueError("request rates must be > 0 (use inf for all-at-once)")
         return v
+
+    @model_validator(mode="after")
+    def _traffic(self) -> LatencySpec:
+        names = [w.name for w in self.workloads]
+        if self.traffic is not None:
+            if "server" not in self.modes:
+                raise ValueError("traffic (a rate sweep) needs modes to include server")
+            for n in self.traffic.workloads or ():
+                if n not in names:
+                    raise ValueError(f"traffic.workloads: '{n}' is not a workload ({names})")
+        if "offline" in self.modes:
+            mixed = [w.name for w in self.workloads if w.lengths_vary
+                     and self.levels(w, "offline")]
+            if mixed:
+                raise ValueError(f"workloads {mixed} vary in length: offline batches measure "
+                                 "one shape; give them batch_sizes: [] (server mode only)")
+        return self
+
+    def traffic_workloads(self) -> tuple[Workload, ...]:
+        """Workloads that get a rate sweep (none without a traffic section)."""
+        if self.traffic is None:
+            return ()
+        want = self.traffic.workloads
+        return tuple(w for w in self.workloads if want is None or w.name in want)
 
     def levels(self, workload: Workload, mode: str = "server") -> tuple[int, ...]:
         """Concurrency levels (server) / batch sizes (offline) measured for ``workload``."""
@@ -392,12 +435,16 @@ class SloSpec(_Model):
     """Per-request service-level objectives for goodput (a request is good when it meets
     every limit given)."""
 
+    percentile: float = Field(
+        90.0, gt=0, lt=100, description="capacity at SLO: the percentile of TTFT and TPOT "
+        "that must meet the limits (failed requests count as missing them).")
     ttft_ms: float | None = Field(1000.0, gt=0, description="time to first token, at most (ms).")
     tpot_ms: float | None = Field(50.0, gt=0, description="time per output token, at most (ms).")
     e2el_ms: float | None = Field(None, gt=0, description="end-to-end latency, at most (ms).")
 
     def limits(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.model_dump().items() if v is not None}
+        return {k: float(v) for k, v in self.model_dump().items()
+                if v is not None and k != "percentile"}
 
 
 class ReportSpec(_Model):
@@ -411,3 +458,6 @@ class ReportSpec(_Model):
     workload: str | None = Field(None, description="workload for the headline (default first).")
     concurrency: PosInt | None = Field(None, description="concurrency for the headline.")
     title: str | None = Field(None, description="report title (default from study and model).")
+    cost_per_gpu_hour_usd: float | None = Field(
+        None, gt=0, description="price of one GPU-hour (on a CPU: of the machine-hour) for "
+        "the cost per million output tokens at capacity (None: no cost figures).")

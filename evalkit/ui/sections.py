@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from evalkit.analysis import capacity as cap
 from evalkit.analysis import compare as cmp
 from evalkit.analysis import report as rp
 from evalkit.core.environment import machine_id
@@ -18,8 +19,10 @@ from evalkit.metrics import points as pts
 from evalkit.metrics import validity as val
 
 POINT_LABELS = {
-    "variant": "variant", "mode": "mode", "workload": "workload", "concurrency": "load",
-    "regime": "regime", "ttft_ms": "TTFT p50 (ms)", "ttft_lo": "TTFT low", "ttft_hi": "TTFT high",
+    "variant": "variant", "mode": "mode", "workload": "workload", "load_text": "load",
+    "offered_rate_req_s": "offered req/s", "achieved_rate_req_s": "achieved req/s",
+    "failed_requests": "failed requests", "regime": "regime", "ttft_ms": "TTFT p50 (ms)",
+    "ttft_lo": "TTFT low", "ttft_hi": "TTFT high",
     "tpot_ms": "TPOT p50 (ms)", "tpot_lo": "TPOT low", "tpot_hi": "TPOT high",
     "e2el_ms": "E2E p50 (ms)", "output_throughput_tok_s": "output tok/s",
     "output_tok_s_per_gpu": "output tok/s per GPU", "trials": "trials",
@@ -34,6 +37,10 @@ def disclosure(p: pd.DataFrame) -> pd.Series:
         marks = []
         if row["status"] != "ok":
             marks.append(f"{row['status'].upper()}: {row['note']}")
+        sat = row.get("saturated")
+        if isinstance(sat, (bool, np.bool_)) and sat:
+            marks.append(f"SATURATED: {row['saturated_note']}" if row.get("saturated_note")
+                         else "SATURATED")
         if row["single_trial"] and row["mode"] == "server":
             marks.append("single trial")
         if row["other_host"]:
@@ -43,17 +50,48 @@ def disclosure(p: pd.DataFrame) -> pd.Series:
     return p.apply(one, axis=1) if len(p) else pd.Series(dtype=str)
 
 
+def rate_rows_as_points(r: rp.Report) -> pd.DataFrame:
+    """The run's rate points (:meth:`evalkit.analysis.report.Report.rates`) in the columns of
+    its concurrency points (p50 figures and their bands), with offered and achieved rate."""
+    rates = r.rates()
+    if rates.empty:
+        return pd.DataFrame()
+    out = rates.assign(
+        mode="server", ttft_ms=rates["ttft_p50_ms"], ttft_lo=rates["ttft_p50_lo"],
+        ttft_hi=rates["ttft_p50_hi"], tpot_ms=rates["tpot_p50_ms"], tpot_lo=rates["tpot_p50_lo"],
+        tpot_hi=rates["tpot_p50_hi"], e2el_ms=rates["e2el_p50_ms"],
+        output_tok_s_per_gpu=(rates["output_throughput_tok_s"] / r.gpus_per_engine
+                              if r.gpus_per_engine else np.nan))
+    return out
+
+
 def points_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
-    """Every latency point with its band, throughput, floors and disclosure marks."""
+    """Every latency point with its load pattern, band, throughput, floors and disclosure
+    marks; rate points with their offered and achieved rate and failed requests."""
     p = r.points().copy()
-    if p.empty:
+    rates = rate_rows_as_points(r)
+    if p.empty and rates.empty:
         return "No latency point was measured.", p
-    p["disclosure"] = disclosure(p)
+    if len(p):
+        p["load_text"] = [cap.load_text(x, c) for x, c in zip(p["load"], p["concurrency"],
+                                                              strict=True)]
+        p["disclosure"] = disclosure(p)
+    if len(rates):
+        rates["disclosure"] = disclosure(rates)
+        p = pd.concat([x for x in (p, rates) if len(x)], ignore_index=True)
     cols = [c for c in POINT_LABELS if c in p]
-    return (f"All {len(p)} latency points (load: requests in flight for server, batch size for "
-            "offline; low/high: the 95% bootstrap interval of a server point's p50, the range "
-            "over iterations of an offline point; *floor %*: the physical floor as % of the "
-            "measured figure; *marks*: invalid, single-trial and other-host points).",
+    n_rate = len(rates)
+    split = f" ({len(p) - n_rate} at a concurrency, {n_rate} at an offered rate)" if n_rate \
+        else ""
+    rate_words = ("; *offered/achieved req/s*: a rate point's arrival rate and the completions "
+                  "per second in its steady-state window, *failed requests* there; SATURATED: "
+                  "its queue grew, not sustainable" if n_rate else "")
+    return (f"All {len(p)} latency points{split} (load: burst of c identical requests or closed "
+            "loop with c in flight for server points, Poisson/gamma arrivals at an offered "
+            "rate for rate points, batch size for offline; low/high: the 95% bootstrap "
+            "interval of a server point's p50, the range over iterations of an offline point; "
+            "*floor %*: the physical floor as % of the measured figure; *marks*: invalid, "
+            f"single-trial and other-host points{rate_words}).",
             p[cols].rename(columns=POINT_LABELS))
 
 
@@ -62,7 +100,7 @@ def goodput(r: rp.Report) -> tuple[str, pd.DataFrame]:
     rows; :data:`GOODPUT_LABELS` names their columns for display)."""
     if not r.slo:
         return ("## Goodput\n\nThe study states no SLO (`report.slo`).", pd.DataFrame())
-    good = pts.goodput(r.points(), r.samples, r.slo)
+    good = pts.goodput(r.points(), r.point_samples(), r.slo)
     limits = " and ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in r.slo.items())
     if good.empty:
         return (f"## Goodput\n\nSLO: {limits}. No server point with per-request data.",
@@ -129,6 +167,9 @@ def invalid_points(r: rp.Report) -> tuple[str, pd.DataFrame]:
 def crosscheck(r: rp.Report) -> tuple[str, pd.DataFrame]:
     """Client-side (bench serve per-request data) vs server-side (/metrics) figures."""
     df = r.records
+    # rate points (client rows and their scrape) share the throughput point's concurrency
+    rate = pd.to_numeric(df["request_rate"], errors="coerce").to_numpy(dtype=float)
+    df = df[~np.isfinite(rate)]
     lat = df[(df["stage"] == "latency") & (df["status"] == "ok") & (df["stat"] == "mean")
              & (df["metric"].isin(["ttft_ms", "tpot_ms", "e2el_ms"]))]
     client = lat[lat["mode"] == "server"]

@@ -8,6 +8,8 @@ DataFrames into cells of the rendered HTML.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from evalkit.analysis import report as rp
@@ -64,10 +66,104 @@ def _quality_texts(r: rp.Report) -> dict[str, str]:
             for row in q.itertuples()}
 
 
+def _num(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.3g}"
+
+
+def _interval(lo: float, hi: float, fmt: str = "{:.3g}") -> str:
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return ""
+    return f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def _capacity_cell(row: pd.Series, col: str) -> str:
+    """Capacity with its interval; censored: at least the top rate, or below the lowest."""
+    if row["status"] != "ok":
+        return f"{row['status']}: {row['capacity_note']}" if row["capacity_note"] \
+            else str(row["status"])
+    if row["censored"] == "below":
+        return "below the lowest rate"
+    if row["censored"] == "above":  # the top rate: its interval says nothing more
+        return f"≥ {_num(row[col])}"
+    return _num(row[col]) + _interval(row[f"{col}_lo"], row[f"{col}_hi"])
+
+
+def _gain_cell(row: pd.Series) -> str:
+    if row["gain_note"] == "reference":
+        return "reference"
+    g = row["gain_pct"]
+    if math.isnan(g):
+        return "n/a"
+    text = f"{g:+.0f}%" + _interval(row["gain_lo"], row["gain_hi"], "{:+.0f}%")
+    if row["gain_note"].startswith("a lower bound"):
+        return f"≥ {text}"
+    if row["gain_note"].startswith("an upper bound"):
+        return f"≤ {text}"
+    return text
+
+
+def _scheme(variant: str, scheme: str) -> str:
+    label = SCHEMES[scheme].label if scheme in SCHEMES else scheme
+    return f"`{variant}` ({label})" if label and label.lower() != variant.lower() else f"`{variant}`"
+
+
+def capacity_markdown(r: rp.Report) -> str:
+    """The capacity-at-SLO table (scheme x traffic mix) and the sentence that defines it, as
+    Markdown; empty when the run measured no rate sweep."""
+    t = r.capacity()
+    if t.empty:
+        return ""
+    ref = str(t["reference"].iloc[0])
+    per_gpu = t["req_s_per_gpu"].notna().any()
+    col = "req_s_per_gpu" if per_gpu else "req_s"
+    head = ["scheme", "traffic mix",
+            "req/s per GPU at SLO [95% CI]" if per_gpu else "req/s at SLO, one engine [95% CI]",
+            f"gain vs `{ref}` [95% CI]"]
+    cost = t["cost_usd_per_m_tokens"].notna().any()
+    if cost:
+        head.append("$ per M output tokens [95% CI]")
+    head.append("J per output token")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in t.iterrows():
+        mix = row["workload"] if row["load"] == "poisson" else f"{row['workload']} ({row['load']})"
+        cells = [_scheme(row["variant"], row["scheme"]), mix, _capacity_cell(row, col),
+                 _gain_cell(row)]
+        if cost:
+            cells.append(_num(row["cost_usd_per_m_tokens"])
+                         + _interval(row["cost_lo"], row["cost_hi"]))
+        cells.append(_num(row["energy_j_per_token"]) if not math.isnan(row["energy_j_per_token"])
+                     else row["energy_note"].removeprefix("at the highest rate that met the SLO: ")
+                     or "not measured")
+        lines.append("| " + " | ".join(cells) + " |")
+    loads = sorted(set(t["load"]))
+    arrivals = " or ".join("Poisson" if x == "poisson" else f"{x}" for x in loads)
+    slo = "; ".join(dict.fromkeys(t["slo"]))
+    price = (f" at ${r.cost_per_gpu_hour_usd:g} per GPU-hour" if r.cost_per_gpu_hour_usd
+             else "")
+    money = (f"; cost per million output tokens at capacity{price}" if cost else
+             "; no cost (the study sets no `report.cost_per_gpu_hour_usd`)")
+    bounds = []
+    if (t["censored"] == "above").any():
+        bounds.append("≥: every rate measured met the SLO (the top rate is shown)")
+    if (t["gain_note"].str.startswith(("a lower bound", "an upper bound"))).any():
+        bounds.append("a gain with ≥/≤ is a bound")
+    lines += ["", f"*Capacity at SLO* = the highest sustainable {arrivals} arrival rate"
+              f"{' (per GPU)' if per_gpu else ''} whose {slo}; from a rate sweep (requests "
+              "arriving at rising offered rates, statistics over each rate's steady-state window); "
+              "saturated rates (the queue grew through the window) are not sustainable. "
+              f"Gain = (variant / `{ref}` − 1) × 100, 95% interval from paired bootstrap draws"
+              f"{money}" + (f"; {'; '.join(bounds)}" if bounds else "") + "."]
+    return "\n".join(lines)
+
+
 def answer_markdown(r: rp.Report) -> str:
-    """The first screen's answer: a sentence per comparison over all its points, then, for
-    the first comparison, a recommendation per workload regime with its conditions."""
+    """The first screen's answer: the capacity at SLO per scheme and traffic mix (when the
+    run measured rate sweeps), a sentence per comparison over all its points, then, for the
+    first comparison, a recommendation per workload regime with its conditions."""
     lines = ["## Answer", ""]
+    capacity = capacity_markdown(r)
+    if capacity:
+        lines += [capacity, ""]
     pairs = r.comparisons()
     quality = _quality_texts(r)
     if not pairs:
@@ -93,6 +189,40 @@ def answer_markdown(r: rp.Report) -> str:
             lines.append(f"- Quality of `{v}`: {text}.")
     lines += ["", "Regimes: " + "; ".join(f"*{k}*: {d}" for k, d in pts.REGIMES.items()) + "."]
     return "\n".join(lines)
+
+
+RATE_LABELS = {
+    "variant": "variant", "workload": "traffic mix", "load_text": "load",
+    "offered_rate_req_s": "offered req/s", "arrival_rate_req_s": "arrivals req/s (window)",
+    "achieved_rate_req_s": "achieved req/s", "failed_requests": "failed requests",
+    "window_requests": "window requests", "saturated": "saturated",
+    "ttft_p50_ms": "TTFT p50 (ms)", "ttft_p90_ms": "TTFT p90 (ms)", "ttft_p90_lo": "TTFT p90 low",
+    "ttft_p90_hi": "TTFT p90 high", "tpot_p50_ms": "TPOT p50 (ms)",
+    "tpot_p90_ms": "TPOT p90 (ms)", "tpot_p90_lo": "TPOT p90 low",
+    "tpot_p90_hi": "TPOT p90 high", "output_throughput_tok_s": "output tok/s",
+    "energy_j_per_output_token": "J per output token", "trials": "trials",
+    "disclosure": "marks",
+}
+
+
+def rate_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
+    """Every rate point: offered against achieved rate, failed requests, saturation and the
+    p90 latencies the SLO is checked on, with their intervals."""
+    t = r.rates().copy()
+    if t.empty:
+        return "No rate sweep was measured in this run.", pd.DataFrame()
+    t["saturated"] = ["yes: " + n if s and n else "yes" if s else "no"
+                      for s, n in zip(t["saturated"], t["saturated_note"], strict=True)]
+    t["disclosure"] = [f"{st.upper()}: {n}" if st != "ok" else "" for st, n in
+                       zip(t["status"], t["note"], strict=True)]
+    windows = "; ".join(dict.fromkeys(n for n in t["window_note"] if n))
+    return (f"{len(t)} rate points (requests arriving at the offered rate; every figure from "
+            "the steady-state window of the trial"
+            + (f": {windows}" if windows else "") + "). *achieved*: completions per second in "
+            "the window, below the arrivals when the queue grows; *saturated*: not "
+            "sustainable, its latencies depend on how long the trial ran; low/high: 95% "
+            "bootstrap interval.", t[[c for c in RATE_LABELS if c in t]].rename(
+                columns=RATE_LABELS))
 
 
 REGIME_LABELS = {"regime": "regime", "points": "points", "ttft_gain": "TTFT reduction (%)",

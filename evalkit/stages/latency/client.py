@@ -36,20 +36,42 @@ def prompt_seed(seed: int, workload: str, concurrency: int, request_rate: float,
 
 def bench_command(
     *, base_url: str, served_model_name: str, tokenizer: str | Path, workload: Workload,
-    concurrency: int, request_rate: float, num_prompts: int, seed: int, result_dir: Path,
-    result_filename: str, trust_remote_code: bool = False,
+    concurrency: int | None, request_rate: float, num_prompts: int, seed: int,
+    result_dir: Path, result_filename: str, trust_remote_code: bool = False,
+    dataset_path: Path | None = None, burstiness: float = 1.0,
 ) -> list[str]:
-    """The arguments of ``vllm bench serve`` for one point (vLLM's own flags, unchanged)."""
+    """The arguments of ``vllm bench serve`` for one trial of a point (vLLM's own flags).
+
+    Fixed lengths use vLLM's ``random`` dataset with ``--random-range-ratio 0``; a workload
+    whose prompt and output lengths are both uniform with one ratio uses the same dataset
+    with that ratio. Any other mix (lognormal, empirical, or one side fixed) is written by
+    evalkit as a JSONL file (:mod:`evalkit.assets.mixes`) and read by vLLM's ``custom``
+    dataset with per-request output lengths (``dataset_path``): vLLM's random dataset draws
+    uniform lengths only. ``concurrency`` None sends without a client-side cap.
+    """
     cmd = [
         "--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions",
         "--model", served_model_name, "--tokenizer", str(tokenizer),
-        "--dataset-name", "random",
-        "--random-input-len", str(workload.input_len),
-        "--random-output-len", str(workload.output_len),
-        "--random-range-ratio", "0",
-        "--num-prompts", str(num_prompts),
-        "--max-concurrency", str(concurrency),
-        "--request-rate", "inf" if math.isinf(request_rate) else repr(float(request_rate)),
+    ]
+    if dataset_path is not None:
+        cmd += ["--dataset-name", "custom", "--dataset-path", str(dataset_path),
+                "--custom-output-len", "-1", "--skip-chat-template", "--disable-shuffle"]
+    else:
+        ratio = vllm_range_ratio(workload)
+        if ratio is None:
+            raise EngineError(f"workload {workload.name}: its length mix needs a prompt file "
+                              "(vLLM's random dataset draws uniform lengths only)")
+        cmd += ["--dataset-name", "random",
+                "--random-input-len", str(workload.input_len),
+                "--random-output-len", str(workload.output_len),
+                "--random-range-ratio", repr(ratio)]
+    cmd += ["--num-prompts", str(num_prompts)]
+    if concurrency is not None:
+        cmd += ["--max-concurrency", str(concurrency)]
+    cmd += ["--request-rate", "inf" if math.isinf(request_rate) else repr(float(request_rate))]
+    if not math.isinf(request_rate) and burstiness != 1.0:
+        cmd += ["--burstiness", repr(float(burstiness))]
+    cmd += [
         "--ignore-eos",
         # Warm-up requests are sent by evalkit before the /metrics scrape, so the server's
         # histograms hold exactly the measured requests.
@@ -65,6 +87,18 @@ def bench_command(
     if trust_remote_code:
         cmd.append("--trust-remote-code")
     return cmd
+
+
+def vllm_range_ratio(workload: Workload) -> float | None:
+    """The ``--random-range-ratio`` that draws the workload's lengths with vLLM's own random
+    dataset: 0 for fixed lengths, r when both sides are uniform with ratio r; None when the
+    mix needs an evalkit prompt file."""
+    i, o = workload.input, workload.output
+    if i.dist == "fixed" and o.dist == "fixed":
+        return 0.0
+    if i.dist == o.dist == "uniform" and i.range_ratio == o.range_ratio:
+        return float(i.range_ratio or 0.0)
+    return None
 
 
 def warm_up(base_url: str, served_model_name: str, workload: Workload, n: int, *,

@@ -14,17 +14,14 @@ from evalkit.core import records as rec
 from evalkit.core.errors import StageError
 from evalkit.core.io import json_exists, read_json
 from evalkit.core.run import Run
-from evalkit.metrics.latency import (
-    interval_rows,
-    offline_rows,
-    point_rows,
-    pool_metrics,
-    server_metric_rows,
-)
-from evalkit.metrics.raw import STAGE, load_trials, offline_iters, point_stem
+from evalkit.metrics.latency import offline_rows
+from evalkit.metrics.raw import STAGE, offline_iters, point_stem, trial_files
 from evalkit.metrics.roofline import (
     gpu_bandwidth_gbps,
 )
+from evalkit.stages.latency.derive import server_point_records
+from evalkit.stages.latency.points import rate_points
+from evalkit.stages.latency.rates import RateSweep, capacity_key, load_point_data
 from evalkit.stages.latency.sweep import _Stage
 
 
@@ -80,27 +77,29 @@ def rebuild_records(run: Run) -> pd.DataFrame:
         first = pts.iloc[0]
         v = variants[str(first["variant"])]
         vdir = unit.parent.parent
-        fields = {k: first[k] for k in ("mode", "workload", "concurrency", "request_rate",
-                                         "input_len", "output_len")}
+        fields = {k: first[k] for k in ("mode", "load", "workload", "concurrency",
+                                         "request_rate", "input_len", "output_len")}
         common = {k: first[k] for k in ident}
         if first["mode"] == "server":
             name = point_stem(first["workload"], first["concurrency"], first["request_rate"])
-            trials = load_trials(vdir, name)
-            if not trials:
+            files = trial_files(vdir, name)
+            if not files:
                 continue
-            m = pool_metrics(trials)
-            rows = point_rows(m, **fields) + interval_rows(m, seed=cfg.latency.seed if cfg.latency
-                                                           else 0, **fields)
+            details = [read_json(f.with_suffix("") if f.suffix == ".gz" else f) for f in files]
             summary_file = vdir / f"{name}.summary.json"
             summary = read_json(summary_file) if json_exists(summary_file) else {}
+            if pd.isna(fields["load"]):  # before 1.3: server points were closed loops
+                fields["load"] = summary.get("load") or "burst"
+            data = server_point_records(details, fields, summary=summary,
+                                        seed=cfg.latency.seed if cfg.latency else 0)
             delta = summary.get("server_metrics")
-            if delta:
-                srows = server_metric_rows(delta, **{**fields, "mode": "server-metrics"})
-                for x in srows:
-                    x["backend"] = "vllm-server"
-                rows += srows
-            new = rec.make_records(rows, **{"backend": first["backend"], **common})
-            new = st.guard(v, new, server_delta=delta or {}, prefix_caching=caching)
+            wl = next((w for w in (cfg.latency.workloads if cfg.latency else ())
+                       if w.name == first["workload"]), None)
+            new = rec.make_records(data.rows, **{"backend": first["backend"], **common})
+            new = st.guard(v, new, server_delta=delta or {}, prefix_caching=caching,
+                           jit=summary.get("jit_events") or (),
+                           floor_input_len=data.min_prompt_len
+                           if wl is not None and wl.lengths_vary else None)
         else:
             off = vdir / "offline.json"
             if off not in offline_rows_of:
@@ -109,11 +108,14 @@ def rebuild_records(run: Run) -> pd.DataFrame:
                                 first["output_len"])
             if not its:
                 continue
+            if pd.isna(fields["load"]):
+                fields["load"] = "batch"
             new = rec.make_records(offline_rows(its, **fields),
                                    **{"backend": first["backend"], **common})
             new = st.guard(v, new, offline_iters=its, prefix_caching=caching)
         rec.write_records(new, unit)
         frames.append(new)
+    frames += _capacities(st, cfg)
     df = rec.combine(frames)
     # roofline rows again, for the hardware the points were measured on
     st.frames = [df[~df["metric"].isin(["roofline_tpot_ms", "tpot_pct_of_roofline"])]]
@@ -123,3 +125,24 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     run.write_stage_records(STAGE, df)
     run.log(f"latency: rebuilt {len(frames) - 1} point(s) from raw per-request data")
     return df
+
+
+def _capacities(st: _Stage, cfg: Any) -> list[pd.DataFrame]:
+    """Capacity at the SLO again, for every finished rate sweep, from the rebuilt points."""
+    if cfg.latency is None or cfg.latency.traffic is None:
+        return []
+    sweep = RateSweep(st)
+    st.frames = []
+    for v in cfg.variants:
+        for w in cfg.latency.traffic_workloads():
+            if not st.run.units.done(capacity_key(v.name, w.name)):
+                continue
+            measured = []
+            for p in rate_points(cfg.latency, w, sweep.known_rates(w) or []):
+                data = load_point_data(st, st.raw / v.name, p) if st.run.units.done(
+                    p.key(v.name)) else None
+                if data is not None:
+                    measured.append((p, data))
+            sweep.write_capacity(v, w, measured)
+    return list(st.frames)
+

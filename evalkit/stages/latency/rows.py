@@ -122,7 +122,8 @@ def floor_model(cfg: StudyConfig, v: Variant, ckpt: Path | None, *, hardware: st
 
 def guard_records(df: pd.DataFrame, floors: val.FloorModel, *, prefix_caching: bool,
                   server_delta: Mapping[str, Any] | None = None,
-                  offline_iters: Sequence[Mapping[str, Any]] | None = None) -> pd.DataFrame:
+                  offline_iters: Sequence[Mapping[str, Any]] | None = None,
+                  jit: Sequence[str] = (), floor_input_len: int | None = None) -> pd.DataFrame:
     """A point's records with the validity rows and marks of :func:`validity.guard_point`
     (cache hit rate from the ``/metrics`` delta, or offline from vLLM's per-request counts)."""
     if offline_iters is not None:
@@ -132,7 +133,8 @@ def guard_records(df: pd.DataFrame, floors: val.FloorModel, *, prefix_caching: b
     else:
         hit, tokens, source = math.nan, None, "latency.scrape_metrics is off"
     return val.guard_point(df, floors=floors, hit_rate=hit, prompt_tokens=tokens,
-                           hit_source=source, prefix_caching=prefix_caching)
+                           hit_source=source, prefix_caching=prefix_caching, jit=jit,
+                           floor_input_len=floor_input_len)
 
 
 def stat_of(rows: Iterable[Mapping[str, Any]], metric: str, stat: str) -> float:

@@ -16,7 +16,9 @@ from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.core.io import atomic_write_json
 from evalkit.core.schemes import activation_mismatch
 from evalkit.metrics.raw import STAGE
+from evalkit.stages.latency.derive import PointData
 from evalkit.stages.latency.points import Point
+from evalkit.stages.latency.rates import RateSweep
 from evalkit.stages.latency.rows import startup_records, vocab_size
 from evalkit.stages.latency.sweep import _Stage
 from evalkit.stages.latency.trials import measure_point
@@ -57,7 +59,9 @@ class ServerSweep:
         st = self.st
         todo = st.todo(v, "server", bar)
         startup_file = st.raw / v.name / "startup.parquet"
-        if not todo:
+        sweep = RateSweep(st)
+        if not todo and not sweep.pending(v):
+            sweep.reuse_done(v, bar)
             if startup_file.is_file():
                 st.frames.append(rec.read_records(startup_file))
             return None
@@ -68,7 +72,8 @@ class ServerSweep:
                          f"{known['stage']}): {known['reason']}")
             kind = "unsupported" if known["status"] == "unsupported" else "failed"
             st.status_rows(v, "server", kind, known["reason"])
-            bar.update(len(todo))
+            sweep.status(v, kind, known["reason"])
+            bar.update(len(todo) + self.rate_total())
             return None
         tokenizer = st.tokenizer_for(ckpt)
         session = VariantSession.open(
@@ -101,7 +106,13 @@ class ServerSweep:
             first = str(exc).splitlines()[0]
             self.run.log(f"latency: {v.name} server failed: {first}")
             self.st.status_rows(v, "server", "failed", str(exc), first)
-        bar.update(len(todo))
+        RateSweep(self.st).status(v, "unsupported" if isinstance(exc, UnsupportedSchemeError)
+                                  else "failed", str(exc).splitlines()[0])
+        bar.update(len(todo) + self.rate_total())
+
+    def rate_total(self) -> int:
+        """Rate points all of one variant's sweeps plan (for progress bars)."""
+        return RateSweep(self.st).total()
 
     def measure(self, session: VariantSession, todo: list[Point], bar: Any) -> None:
         """Run the server-mode points ``todo`` of the session's variant on its running server
@@ -129,9 +140,23 @@ class ServerSweep:
                 if stop is None:
                     restarted = True
                 elif stop:
-                    bar.update(stop)
-                    break
+                    bar.update(stop + self.rate_total())
+                    return
             bar.update(1)
+        if st.lat.traffic is None:
+            return
+
+        def rate_point(p: Point) -> PointData | None:
+            if not session.alive():
+                st.point_failed(v, p, "not measured: the vLLM server is not running")
+                return None
+            try:
+                return self.server_point(session, tokenizer, vdir, p, vocab)
+            except EngineError as exc:
+                self._failed_point(session, p, exc, [], True)
+                return None
+
+        RateSweep(st).run_all(v, rate_point, bar)
 
     def _failed_point(self, session: VariantSession, p: Point, exc: EngineError,
                       rest: list[Point], restarted: bool) -> int | None:
@@ -181,9 +206,9 @@ class ServerSweep:
         return True
 
     def server_point(self, session: VariantSession, tokenizer: Path, vdir: Path, p: Point,
-                     vocab: int) -> None:
+                     vocab: int) -> PointData:
         """One server point (:func:`evalkit.stages.latency.trials.measure_point`)."""
-        measure_point(self.st, session, tokenizer, vdir, p, vocab)
+        return measure_point(self.st, session, tokenizer, vdir, p, vocab)
 
     def write_provenance(self, session: VariantSession) -> dict[str, Any]:
         st, v, server = self.st, session.variant, session.server

@@ -16,6 +16,7 @@ from evalkit.core.run import Run
 from evalkit.core.units import StageResult
 from evalkit.metrics.raw import STAGE
 from evalkit.stages.latency.offline import measure_offline
+from evalkit.stages.latency.rates import RateSweep
 from evalkit.stages.latency.servers import ServerSweep
 from evalkit.stages.latency.sweep import _Stage
 from evalkit.stages.serving import VariantSession
@@ -40,11 +41,13 @@ def measure_on(cfg: StudyConfig, run: Run, session: VariantSession) -> None:
     if st.cpu_skip_reason(variant):
         return  # the latency stage records why, without measuring
     todo = st.pending(variant)
-    if not todo:
+    sweep = RateSweep(st)
+    if not todo and not sweep.pending(variant):
         return
     run.log(f"latency: measuring {variant.name} on the accuracy stage's server "
             f"({len(todo)} points)")
-    with tqdm(total=len(todo), desc=f"latency {variant.name}", unit="point") as bar:
+    total = len(todo) + sweep.total()
+    with tqdm(total=total, desc=f"latency {variant.name}", unit="point") as bar:
         ServerSweep(st).measure(session, todo, bar)
 
 
@@ -73,7 +76,8 @@ def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | N
     st = _Stage(cfg, run, checkpoints, resolved)
     lat: LatencySpec = st.lat
     modes = [m for m in ("server", "offline") if m in lat.modes]
-    total = sum(len(st.points(m)) for m in modes) * len(cfg.variants)
+    rate_pts = RateSweep(st).total()
+    total = (sum(len(st.points(m)) for m in modes) + rate_pts) * len(cfg.variants)
     run.log(f"latency: {len(cfg.variants)} variants x {total // max(1, len(cfg.variants))} "
             f"points on {st.hardware}")
     t0 = time.monotonic()
@@ -108,7 +112,8 @@ def _group(st: _Stage, variants: list[Variant], modes: list[str], bar: Any
             st.run.log(f"latency: {v.name} {why}")
             for mode in modes:
                 st.status_rows(v, mode, "unsupported", why)
-            bar.update(sum(len(st.points(m)) for m in modes))
+            RateSweep(st).status(v, "unsupported", why)
+            bar.update(sum(len(st.points(m)) for m in modes) + RateSweep(st).total())
             continue
         try:
             group.append((v, st.checkpoint(v)))
@@ -116,7 +121,8 @@ def _group(st: _Stage, variants: list[Variant], modes: list[str], bar: Any
             st.run.log(f"latency: {v.name} FAILED, no checkpoint: {exc}")
             for mode in modes:
                 st.status_rows(v, mode, "failed", str(exc))
-            bar.update(sum(len(st.points(m)) for m in modes))
+            RateSweep(st).status(v, "failed", str(exc))
+            bar.update(sum(len(st.points(m)) for m in modes) + RateSweep(st).total())
     return group
 
 

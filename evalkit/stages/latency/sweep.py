@@ -23,7 +23,8 @@ from evalkit.core.units import Failure, FailureKind, UnitKey
 from evalkit.metrics import validity as val
 from evalkit.metrics.raw import STAGE
 from evalkit.metrics.roofline import memory_bandwidth
-from evalkit.stages.latency.points import Point, sweep_points
+from evalkit.engine.energy import EnergyMeter
+from evalkit.stages.latency.points import Point, anchor_points, sweep_points
 from evalkit.stages.latency.rows import (
     Bandwidth,
     floor_model,
@@ -57,6 +58,8 @@ class _Stage:
         self.quant_weight_bytes = self._quantize_weight_bytes()
         self.trials = self.lat.trials_for(cfg.engine.device)
         self._floors: dict[str, val.FloorModel] = {}
+        self._tokenizers: dict[Path, Any] = {}
+        self._grid = set(sweep_points(self.lat, "server")) - set(anchor_points(self.lat))
 
     # ---- variants
     def checkpoint(self, v: Variant) -> Path:
@@ -90,6 +93,39 @@ class _Stage:
     # ---- points and units
     def points(self, mode: str) -> list[Point]:
         return sweep_points(self.lat, mode)
+
+    def trials_for(self, p: Point) -> int:
+        """Trials of point ``p`` (a rate point: ``traffic.trials`` when set)."""
+        t = self.lat.traffic
+        if p.is_rate and t is not None and t.trials is not None:
+            return t.trials
+        return self.trials
+
+    def requests_for(self, p: Point, trials: int) -> int:
+        """Requests one trial of ``p`` sends: a rate point ``rate x traffic.duration_s``, a rate
+        sweep's anchors ``traffic.sync_requests`` / ``throughput_n()``, a grid point
+        ``latency.prompts_per_trial``."""
+        t = self.lat.traffic
+        if t is not None and p not in self._grid:
+            if p.is_rate:
+                return t.requests_at(p.request_rate)
+            if p.concurrency == 1:
+                return t.sync_requests
+            return max(t.throughput_n(), p.concurrency)
+        return self.lat.prompts_per_trial(p.concurrency, trials)
+
+    def energy_meter(self) -> EnergyMeter:
+        """A board-energy meter for this study's engines (NaN readings on a CPU)."""
+        return EnergyMeter.open(self.cfg.engine.device, self.cfg.engine.tensor_parallel_size)
+
+    def hf_tokenizer(self, path: Path) -> Any:
+        """The tokenizer at ``path`` (loaded once), for writing a mix's prompts."""
+        if path not in self._tokenizers:
+            from transformers import AutoTokenizer  # noqa: PLC0415 -- heavy, only for mixes
+
+            self._tokenizers[path] = AutoTokenizer.from_pretrained(
+                str(path), trust_remote_code=self.cfg.model.trust_remote_code)
+        return self._tokenizers[path]
 
     def save_unit(self, v: Variant, key: UnitKey, df: pd.DataFrame, status: str) -> None:
         p = rec.write_records(df, self.run.units.unit_records_path(key))
@@ -172,7 +208,8 @@ class _Stage:
 
     def guard(self, v: Variant, df: pd.DataFrame, *, server_delta: Mapping[str, Any] | None = None,
               offline_iters: Sequence[Mapping[str, Any]] | None = None,
-              prefix_caching: bool | None = None) -> pd.DataFrame:
+              prefix_caching: bool | None = None, jit: Sequence[str] = (),
+              floor_input_len: int | None = None) -> pd.DataFrame:
         """A point's records with the validity rows and marks (:func:`rows.guard_records`)."""
         if v.name not in self._floors:
             self._floors[v.name] = floor_model(
@@ -180,7 +217,8 @@ class _Stage:
                 bandwidth=self.bandwidth_now(), quant_weight_bytes=self.quant_weight_bytes)
         caching = self.cfg.engine.prefix_caching if prefix_caching is None else prefix_caching
         return guard_records(df, self._floors[v.name], prefix_caching=caching,
-                             server_delta=server_delta, offline_iters=offline_iters)
+                             server_delta=server_delta, offline_iters=offline_iters, jit=jit,
+                             floor_input_len=floor_input_len)
 
     def _ckpt_for_floors(self, v: Variant) -> Path | None:
         try:

@@ -1,40 +1,76 @@
 """One server-mode point on a running server: warm-up, ``trials`` runs of vLLM's benchmark
-client, the ``/metrics`` delta around them, pooled and guarded records, the point's summary."""
+client (each with prompts of its own, a mix's prompts written for vLLM's custom dataset),
+the board energy and the ``/metrics`` delta around them, the server log checked for kernel
+JIT compilations, then the point's records derived from the raw files
+(:func:`evalkit.stages.latency.derive.server_point_records`) and guarded."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from evalkit import engine as eng
+from evalkit.assets import mixes
 from evalkit.core import records as rec
 from evalkit.core.errors import EngineError
 from evalkit.core.io import atomic_write_json, read_json
 from evalkit.metrics import validity as val
-from evalkit.metrics.latency import (
-    bench_summary,
-    interval_rows,
-    per_request_metrics,
-    point_rows,
-    pool_metrics,
-    server_metric_rows,
-)
+from evalkit.metrics.latency import bench_summary
 from evalkit.metrics.raw import trial_files
-from evalkit.stages.latency.client import bench_command, prompt_seed, run_bench, warm_up
+from evalkit.stages.latency.client import (
+    bench_command,
+    prompt_seed,
+    run_bench,
+    vllm_range_ratio,
+    warm_up,
+)
+from evalkit.stages.latency.derive import PointData, server_point_records
 from evalkit.stages.latency.points import Point
 from evalkit.stages.latency.rows import stat_of
 from evalkit.stages.latency.sweep import _Stage
 from evalkit.stages.serving import VariantSession
 
 
-def measure_point(st: _Stage, session: VariantSession, tokenizer: Path, vdir: Path, p: Point,
-                  vocab: int) -> None:
-    """One server point: warm-up, ``trials`` runs of vLLM's client, pooled records.
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
-    The warm-up and every trial send prompts of their own (:func:`prompt_seed`); the
-    ``/metrics`` scrape brackets the trials only, so its counters (the cache hit rate
-    among them) cover exactly the timed requests.
+
+def _log_since(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _warmups(st: _Stage, p: Point, n: int) -> int:
+    lat = st.lat
+    if not lat.warmups:
+        return 0
+    if p.is_rate:
+        # arrivals at a rate meet every batch size up to what the rate builds: a warm-up
+        # wave of a quarter of a trial (at most 32) covers the small and middle shapes
+        return max(lat.warmups, min(n // 4, 32))
+    # At least one full wave at the point's concurrency: with fewer, the first timed trial
+    # meets batch shapes the engine has not run yet (on the 8B claim run, trial 1 at
+    # chat x 64 was 16-19% slower than trials 2-3 after two warm-up requests).
+    return max(lat.warmups, p.concurrency)
+
+
+def measure_point(st: _Stage, session: VariantSession, tokenizer: Path, vdir: Path, p: Point,
+                  vocab: int) -> PointData:
+    """One server point: warm-up, trials of vLLM's client, records from the raw files.
+
+    The warm-up and every trial send prompts of their own (:func:`prompt_seed`; a mix's
+    prompts also start with a line naming the point and trial, so no two share a cached
+    block); the ``/metrics`` scrape and the energy counter bracket the trials only, so the
+    cache hit rate and joules cover exactly the timed requests.
     """
     v, lat = session.variant, st.lat
     key = p.key(v.name)
@@ -44,63 +80,97 @@ def measure_point(st: _Stage, session: VariantSession, tokenizer: Path, vdir: Pa
         # Left by an interrupted attempt whose unit was never marked done.
         st.run.log(f"latency: replacing unfinished result {old}")
         old.unlink()
-    n = lat.prompts_per_trial(c, st.trials)
-    # At least one full wave at the point's concurrency: with fewer, the first timed trial
-    # meets batch shapes the engine has not run yet (on the 8B claim run, trial 1 at
-    # chat x 64 was 16-19% slower than trials 2-3 after two warm-up requests).
-    n_warm = max(lat.warmups, c) if lat.warmups else 0
-    warm_up(session.base_url, v.name, w, n_warm, concurrency=c, vocab_size=vocab,
-            seed=prompt_seed(lat.seed, w.name, c, r, 0, "warmup"),
+    trials = st.trials_for(p)
+    n = st.requests_for(p, trials)
+    warm_up(session.base_url, v.name, w, _warmups(st, p, n), concurrency=min(c, 64),
+            vocab_size=vocab, seed=prompt_seed(lat.seed, w.name, c, r, 0, "warmup"),
             timeout_s=lat.request_timeout_for(w))
+    needs_file = vllm_range_ratio(w) is None
+    meter = st.energy_meter()
+    log_from = _log_size(session.log_path)
     before = eng.scrape_metrics(session.base_url) if lat.scrape_metrics else None
-    per_trial, commands, summaries = [], [], []
+    details, commands, summaries, energy = [], [], [], []
     t0 = time.monotonic()
-    for t in range(st.trials):
+    per_request = lat.request_timeout_for(w)
+    waves = -(-n // c)
+    limit = 60.0 + per_request * waves + (n / r if p.is_rate else 0.0)
+    for t in range(trials):
         result = vdir / f"{name}_t{t}.json"
+        seed = prompt_seed(lat.seed, w.name, c, r, t)
+        dataset = None
+        if needs_file:
+            reqs = mixes.build_requests(w, n, seed=seed, tokenizer=st.hf_tokenizer(tokenizer),
+                                        nonce=f"{name}-t{t}")
+            dataset = mixes.write_jsonl(reqs, vdir / f"{name}_t{t}.prompts.jsonl")
         cmd = bench_command(
             base_url=session.base_url, served_model_name=v.name, tokenizer=tokenizer,
-            workload=w, concurrency=c, request_rate=r, num_prompts=n,
-            seed=prompt_seed(lat.seed, w.name, c, r, t), result_dir=vdir,
-            result_filename=result.name, trust_remote_code=st.cfg.model.trust_remote_code)
-        per_request = lat.request_timeout_for(w)
-        run_bench(cmd, log_path=vdir / f"{name}.bench.log",
-                  timeout_s=60.0 + per_request * -(-n // c),
-                  hint=f" ({-(-n // c)} waves x latency.request_timeout_s {per_request:.0f} s "
+            workload=w, concurrency=c, request_rate=r, num_prompts=n, seed=seed,
+            result_dir=vdir, result_filename=result.name,
+            trust_remote_code=st.cfg.model.trust_remote_code, dataset_path=dataset,
+            burstiness=p.burstiness)
+        meter.start()
+        run_bench(cmd, log_path=vdir / f"{name}.bench.log", timeout_s=limit,
+                  hint=f" ({waves} waves x latency.request_timeout_s {per_request:.0f} s "
                        "+ 60; raise it, or leave this scheme out on this hardware)")
+        reading = meter.stop()
+        energy.append({"joules": reading.joules, "seconds": reading.seconds,
+                       "note": reading.note})
         if not session.alive():
             # The client records refused connections as failed requests and returns: a
             # point measured against a dead server is a failed point, not data.
             raise EngineError(f"vLLM server died during this point "
                               f"({session.exit_description()})")
         detail = read_json(result)
-        per_trial.append(per_request_metrics(detail))
+        details.append(detail)
         commands.append(["vllm", "bench", "serve", *cmd])
         summaries.append(bench_summary(detail))
     wall = time.monotonic() - t0
     after = eng.scrape_metrics(session.base_url) if lat.scrape_metrics else None
-    m = pool_metrics(per_trial)
-    fields = p.fields()
-    rows = point_rows(m, **fields) + interval_rows(m, seed=lat.seed, **fields)
+    time.sleep(0.2)  # the server's last log lines of the window reach its file
+    jit = eng.jit_events(_log_since(session.log_path, log_from))
     summary: dict[str, Any] = {
-        "key": key.encode(), "trials": st.trials, "requests_per_trial": n,
-        "bench_commands": commands, "bench_wall_s": wall, "bench": summaries,
-        "evalkit": {f"{x['stat']}_{x['metric']}": x["value"] for x in rows},
+        "key": key.encode(), "trials": trials, "requests_per_trial": n,
+        "load": p.load, "bench_commands": commands, "bench_wall_s": wall, "bench": summaries,
+        "energy": energy, "jit_events": jit,
     }
+    if p.is_rate and lat.traffic is not None:
+        t_ = lat.traffic
+        summary.update(offered_rate=r, burstiness=p.burstiness,
+                       window={"warmup_pct": t_.warmup_pct, "cooldown_pct": t_.cooldown_pct,
+                               "by": t_.window_by})
     delta = None
     if before is not None and after is not None:
         delta = eng.metrics_delta(before, after)
-        srows = server_metric_rows(delta, **{**fields, "mode": "server-metrics"})
-        for x in srows:
-            x["backend"] = "vllm-server"
-        rows += srows
         summary["server_metrics"] = delta
-    df = st.guard(v, rec.make_records(rows, **st.common(v)), server_delta=delta)
+    data = server_point_records(details, p.fields(), summary=summary, seed=lat.seed)
+    summary["evalkit"] = {f"{x['stat']}_{x['metric']}": x["value"] for x in data.rows
+                          if x.get("mode") != "server-metrics"}
+    summary["saturated"], summary["saturation_reason"] = data.saturated, data.reason
+    df = st.guard(v, rec.make_records(data.rows, **st.common(v)), server_delta=delta,
+                  jit=jit, floor_input_len=data.min_prompt_len if w.lengths_vary else None)
     atomic_write_json(vdir / f"{name}.summary.json", summary)
     st.save_unit(v, key, df, "ok")
+    rows = data.rows
     hit = stat_of(df.to_dict("records"), "prefix_cache_hit_rate", "value")
     bad = val.invalid_summary(df)
+    rate = f" at {r:g} req/s ({p.load})" if p.is_rate else ""
     st.run.log(
-        f"latency: {key.encode()}: {m['completed']} ok, {m['failed']} failed ({st.trials} "
-        f"trial(s)); TTFT p50 {stat_of(rows, 'ttft_ms', 'p50'):.1f} ms, TPOT p50 "
+        f"latency: {key.encode()}{rate}: {data.completed} ok, {data.failed} failed ({trials} "
+        f"trial(s)); TTFT p50 {stat_of(rows, 'ttft_ms', 'p50'):.1f} ms, p90 "
+        f"{stat_of(rows, 'ttft_ms', 'p90'):.1f} ms, TPOT p50 "
         f"{stat_of(rows, 'tpot_ms', 'p50'):.2f} ms, prefix-cache hits {hit:.1%} ({wall:.1f} s)"
+        + (f"; SATURATED: {data.reason}" if data.saturated else "")
         + (f"; INVALID: {bad['reason'].iloc[0]}" if len(bad) else ""))
+    return data
+
+
+def offered(p: Point) -> str:
+    """How a point loads the server, in words (for logs and tables)."""
+    if p.mode == "offline":
+        return f"offline batch of {p.concurrency}"
+    if p.is_rate:
+        kind = "Poisson" if p.burstiness == 1.0 else f"gamma (burstiness {p.burstiness:g})"
+        return f"{kind} arrivals at {p.request_rate:g} req/s, at most {p.concurrency} in flight"
+    if math.isinf(p.request_rate) and not p.workload.lengths_vary:
+        return f"burst of {p.concurrency} identical requests (closed loop)"
+    return f"closed loop, {p.concurrency} in flight"

@@ -21,6 +21,7 @@ __all__ = [
     "plot_accuracy",
     "plot_load_curves",
     "plot_quality_vs_speed",
+    "plot_rate_curves",
     "plot_throughput",
     "show_accuracy_detail",
     "show_answer",
@@ -34,6 +35,7 @@ __all__ = [
     "show_headline",
     "show_invalid",
     "show_points",
+    "show_rate_points",
     "show_roofline",
 ]
 
@@ -47,7 +49,8 @@ def show_header(report: rp.Report):
 
 
 def show_answer(report: rp.Report):
-    """The first screen: a verdict over all points and a recommendation per regime."""
+    """The first screen: capacity at the SLO per scheme and traffic mix (runs with rate
+    sweeps), a verdict over all points and a recommendation per regime."""
     display(md(views.answer_markdown(report)))
     text, t = views.regime_table(report)
     if t.empty:
@@ -58,6 +61,30 @@ def show_answer(report: rp.Report):
 
 def show_context(report: rp.Report):
     return md(views.context_markdown(report))
+
+
+def plot_rate_curves(report: rp.Report, metric: str = "ttft_ms"):
+    """TTFT or TPOT against the offered arrival rate of the rate sweeps, with the SLO."""
+    rates = report.rates()
+    short = metric.removesuffix("_ms").upper()
+    if rates.empty:
+        return md(f"_no rate sweep in this run: no {short} against offered rate_")
+    limit = report.slo.get(metric)
+    pct = f"p{report.slo_percentile:g}"
+    slo = (f"dotted line: the SLO limit on the {pct} ({limit:g} ms); " if limit is not None
+           else "")
+    return shown(plots.plot_rate_curves(rates, metric=metric, slo_ms=limit,
+                                        percentile=report.slo_percentile),
+                 f"{metric}-vs-rate",
+                 f"p50 (solid) and p90 (dashed) {short} against the offered arrival rate, over "
+                 "each rate's steady-state window; bands: 95% bootstrap intervals; " + slo
+                 + "red x: saturated rates (the queue grew: not sustainable, left out of the "
+                 "lines); grey crosses: invalid points; hollow markers: single-trial points.")
+
+
+def show_rate_points(report: rp.Report):
+    text, t = views.rate_table(report)
+    return collapsed("Rate points: offered against achieved", text, t, "{:.3g}")
 
 
 def plot_load_curves(report: rp.Report, metric: str = "ttft_ms"):
@@ -75,9 +102,11 @@ def _figure_of_load(p: pd.DataFrame, metric: str, mode: str):
     what = "requests in flight" if mode == "server" else "offline batch size"
     return shown(plots.plot_metric_vs_load(p, metric=metric, mode=mode),
                  f"{metric}-vs-load-{mode}",
-                 f"p50 {metric.removesuffix('_ms').upper()} against {what}; grey crosses: "
-                 "invalid points (left out of the lines); hollow markers: single-trial points; "
-                 "squares: points measured on another host.")
+                 f"p50 {metric.removesuffix('_ms').upper()} against {what} (the axis names "
+                 "the load pattern: a burst of identical requests or a closed loop); grey "
+                 "crosses: invalid points (left out of the lines); hollow markers: "
+                 "single-trial points; squares: points measured on another host. Rate-sweep "
+                 "points are in the rate curves.")
 
 
 def plot_throughput(report: rp.Report):

@@ -1,0 +1,175 @@
+"""The study file's traffic settings: how a workload's request lengths vary (:class:`Lengths`)
+and the rate sweep that measures capacity at an SLO (:class:`TrafficSpec`).
+
+A workload with fixed lengths under closed-loop concurrency is a burst: its requests start and
+finish together, wave after wave. Production traffic has a length distribution and arrivals
+over time; these sections describe that load, and every measured point carries its label
+(:func:`load_label`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PosInt = Annotated[int, Field(gt=0)]
+
+#: Where empirical lengths come from: natural token lengths of the offline task pack's text.
+#: chat: one question with its choices per prompt (ARC, PIQA, HellaSwag, SciQ, CSQA);
+#: rag: several retrieved-style passages (BoolQ) with a question after them.
+#: As an output source, both take the natural lengths of GSM8K reference solutions (chat).
+EMPIRICAL_SOURCES = ("chat", "rag")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Lengths(_Model):
+    """How one side of a workload's requests (prompt or output) varies in length.
+
+    The workload's ``input_len`` / ``output_len`` is the centre: every request's length when
+    ``fixed``, the middle of the range when ``uniform``, the mean when ``lognormal``; with
+    ``empirical`` lengths it is a label only (the lengths are those of real text).
+    """
+
+    dist: Literal["fixed", "uniform", "lognormal", "empirical"] = Field(
+        "fixed",
+        description="fixed: every request the same length (a burst under closed-loop load); "
+        "uniform: within +-range_ratio of the centre (vLLM's --random-range-ratio); "
+        "lognormal: mean = the centre, sd given, clipped to min/max; empirical: the natural "
+        "token lengths of real text (source), clipped to min/max.",
+    )
+    range_ratio: float | None = Field(
+        None, gt=0, lt=1, description="uniform: lengths in [centre x (1 - r), centre x (1 + r)].")
+    sd: float | None = Field(None, gt=0, description="lognormal: standard deviation in tokens.")
+    min: PosInt | None = Field(None, description="lognormal/empirical: shortest length kept "
+                               "(shorter draws are clipped up to it).")
+    max: PosInt | None = Field(None, description="lognormal/empirical: longest length kept "
+                               "(longer draws are clipped down to it).")
+    source: Literal["chat", "rag"] | None = Field(
+        None, description="empirical: chat (task-pack questions; as output: GSM8K solution "
+        "lengths) or rag (several task-pack passages and a question).")
+
+    @model_validator(mode="after")
+    def _fields(self) -> Lengths:
+        need = {"uniform": ("range_ratio",), "lognormal": ("sd",), "empirical": ("source",)}
+        allowed = {"fixed": (), "uniform": ("range_ratio",), "lognormal": ("sd", "min", "max"),
+                   "empirical": ("source", "min", "max")}[self.dist]
+        for f in need.get(self.dist, ()):
+            if getattr(self, f) is None:
+                raise ValueError(f"dist: {self.dist} needs '{f}'")
+        extra = [f for f in ("range_ratio", "sd", "min", "max", "source")
+                 if getattr(self, f) is not None and f not in allowed]
+        if extra:
+            raise ValueError(f"dist: {self.dist} takes no {', '.join(extra)} (it takes: "
+                             f"{', '.join(allowed) or 'nothing else'})")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) > max ({self.max})")
+        return self
+
+    @property
+    def varies(self) -> bool:
+        """Whether requests differ in length."""
+        return self.dist != "fixed"
+
+
+class TrafficSpec(_Model):
+    """A rate sweep per workload, the way GuideLLM's ``sweep`` profile works.
+
+    For every variant: a synchronous point (one request in flight), a throughput point (all
+    requests at once: the saturation rate), then requests arriving at ``rates`` (Poisson, or
+    gamma with ``burstiness`` < 1) from low to high, stopping after the first rate whose
+    steady-state window shows a growing queue. Capacity at the SLO is read between the rates.
+    """
+
+    workloads: tuple[str, ...] | None = Field(
+        None, min_length=1, description="workloads that get a rate sweep (default: all).")
+    rates: tuple[float, ...] | None = Field(
+        None, min_length=1,
+        description="arrival rates in req/s; None: num_rates rates spread between the "
+        "synchronous rate and headroom x the saturation rate of the study's first variant "
+        "measured (every variant then runs the same rates, with the same prompts).")
+    num_rates: PosInt = Field(4, le=12, description="rates of an automatic sweep.")
+    headroom: float = Field(
+        1.3, ge=1, le=4,
+        description="automatic sweep: the top rate is this x the first variant's saturation "
+        "rate (a faster variant then still meets a rate it cannot sustain).")
+    burstiness: float = Field(
+        1.0, gt=0, description="arrival process: 1 = Poisson; < 1 burstier (gamma "
+        "inter-arrival times, vLLM's --burstiness); > 1 more regular.")
+    duration_s: float = Field(
+        30.0, gt=0, description="sending span of one rate point's trial: requests = rate x "
+        "duration_s (at least min_requests).")
+    min_requests: PosInt = Field(24, description="fewest requests of one rate point's trial.")
+    max_requests: PosInt = Field(2000, description="most requests of one rate point's trial.")
+    sync_requests: PosInt = Field(8, description="requests of the synchronous point's trial.")
+    throughput_requests: PosInt | None = Field(
+        None, description="requests of the throughput point's trial, all sent at once "
+        "(None: 4 x max_concurrency, at least min_requests).")
+    max_concurrency: PosInt = Field(
+        256, description="client-side cap on requests in flight at a rate point and the "
+        "throughput point's concurrency (vLLM's --max-concurrency).")
+    warmup_pct: float = Field(
+        10.0, ge=0, lt=50, description="leading share of a trial left out of its steady-state "
+        "window (by request count or by sending time, see window_by).")
+    cooldown_pct: float = Field(
+        10.0, ge=0, lt=50, description="trailing share of a trial left out of its window.")
+    window_by: Literal["requests", "time"] = Field(
+        "requests", description="requests: the first/last shares of requests in sending "
+        "order; time: requests sent in the first/last shares of the sending span.")
+    trials: PosInt | None = Field(
+        None, description="trials per rate point (None: latency.trials' default).")
+
+    @model_validator(mode="after")
+    def _rates(self) -> TrafficSpec:
+        if self.rates is not None:
+            if any(not (r > 0) or math.isinf(r) for r in self.rates):
+                raise ValueError("traffic.rates must be finite and > 0 (req/s)")
+            if list(self.rates) != sorted(set(self.rates)):
+                raise ValueError("traffic.rates must be increasing, without repeats")
+        if self.warmup_pct + self.cooldown_pct >= 80:
+            raise ValueError("warmup_pct + cooldown_pct leave under 20% of a trial to measure")
+        return self
+
+    def requests_at(self, rate: float) -> int:
+        """Requests of one trial at ``rate``."""
+        return int(min(self.max_requests, max(self.min_requests,
+                                              math.ceil(rate * self.duration_s))))
+
+    def throughput_n(self) -> int:
+        """Requests of the throughput point's trial."""
+        if self.throughput_requests is not None:
+            return self.throughput_requests
+        return max(self.min_requests, 4 * self.max_concurrency)
+
+
+def load_label(request_rate: float, *, lengths_vary: bool, burstiness: float = 1.0) -> str:
+    """The load pattern of a server point, as records and figures label it.
+
+    ``burst``: closed loop over identical requests (they start and finish together, wave
+    after wave); ``closed``: closed loop with varying lengths (c in flight); ``poisson`` /
+    ``gamma``: requests arriving at a rate.
+    """
+    if math.isinf(request_rate):
+        return "closed" if lengths_vary else "burst"
+    return "poisson" if burstiness == 1.0 else "gamma"
+
+
+def auto_rates(sync_rate: float, saturation_rate: float, n: int, headroom: float) -> list[float]:
+    """``n`` rates spread evenly above ``sync_rate`` up to ``headroom x saturation_rate``
+    (3 significant digits, increasing, no repeats)."""
+    lo, hi = float(sync_rate), float(saturation_rate) * headroom
+    if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"cannot spread rates between {lo} and {hi} req/s")
+    if hi <= lo:
+        hi = lo * 2
+    step = (hi - lo) / n
+    out: list[float] = []
+    for i in range(1, n + 1):
+        r = float(f"{lo + step * i:.3g}")
+        if r > 0 and (not out or r > out[-1]):
+            out.append(r)
+    return out

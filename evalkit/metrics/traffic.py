@@ -1,0 +1,392 @@
+"""Rate sweeps, pure: steady-state window, over-saturation, capacity at an SLO, and cost.
+
+A rate point loads the server with requests arriving at an offered rate (Poisson); per request
+we know its send time, TTFT, TPOT, E2E latency and whether it failed.
+
+* The steady-state window (:func:`steady_window`) leaves out the warm-up (the queue fills)
+  and the cool-down (it drains).
+* A point is saturated (:func:`flow`) when its queue grows through the window. Its latency
+  percentiles then depend on how long the trial ran, not on the rate, so a saturated point
+  never counts as meeting an SLO.
+* Capacity at an SLO (:func:`capacity_at_slo`) is the highest offered rate whose p90 TTFT and
+  p90 TPOT (and E2E, if limited) meet their limits: ``margin = max_m pct(m) / limit(m)``,
+  linearly interpolated in rate where it first crosses 1, with a percentile bootstrap
+  interval over requests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from evalkit.core.errors import StageError
+
+#: Saturated when the achieved completion rate is below this fraction of the arrival rate:
+#: the server completes requests slower than they arrive, so the queue grows. With few
+#: requests the two rates are noisy (each a count of about Poisson variance), so the fraction
+#: is lowered to ``1 - 2 x sqrt(2 / k)`` when that is smaller (k: ok window requests): two
+#: standard deviations of the ratio of two rate estimates of k events.
+ACHIEVED_MIN = 0.9
+#: Saturated when the median TTFT of the window's last third of (ok) requests exceeds this
+#: multiple of the first third's: waiting time grows with the queue.
+TTFT_GROWTH = 2.0
+#: ...and the growth is also larger than this many ms (a 2x growth of a 10 ms TTFT is noise).
+TTFT_GROWTH_MIN_MS = 50.0
+#: The TTFT test needs at least this many ok requests in the window (two per third).
+TTFT_GROWTH_MIN_REQUESTS = 6
+#: Saturated when more than this percentage of the window's requests failed.
+FAILED_MAX_PCT = 5.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """The steady-state window of one trial."""
+
+    mask: np.ndarray  #: bool per request (input order): inside the window
+    start_s: float  #: first send inside the window, seconds from the trial's first send
+    end_s: float  #: last send inside the window, same origin
+    n: int  #: requests inside
+    how: str  #: how it was cut, in words
+
+
+def steady_window(start_s: Sequence[float], *, warmup_pct: float, cooldown_pct: float,
+                  by: Literal["requests", "time"]) -> Window:
+    """The requests of a trial's steady state.
+
+    by ``"requests"``: drop the first ``floor(n * warmup / 100)`` and the last
+    ``floor(n * cooldown / 100)`` requests in sending order. By ``"time"``: with
+    ``span = last send - first send``, keep requests sent in
+    ``[first + span * warmup / 100, last - span * cooldown / 100]``. At least one request is
+    always kept: an empty window keeps the middle request by sending order.
+
+    Args:
+        start_s: send time per request, any origin and order (the mask follows the input).
+        warmup_pct, cooldown_pct: shares left out at the start and the end, in [0, 100).
+        by: cut by request count or by sending time.
+    """
+    t = np.asarray(start_s, dtype=float).ravel()
+    n = t.size
+    if n == 0 or not np.isfinite(t).all():
+        raise StageError(f"steady window needs finite send times, got {n} value(s)")
+    if not (0 <= warmup_pct < 100 and 0 <= cooldown_pct < 100):
+        raise StageError(f"warm-up/cool-down must be in [0, 100) %: {warmup_pct}, {cooldown_pct}")
+    order = np.argsort(t, kind="stable")
+    ts = t[order]
+    span = ts[-1] - ts[0]
+    if by == "requests":
+        keep = np.zeros(n, dtype=bool)
+        keep[math.floor(n * warmup_pct / 100):n - math.floor(n * cooldown_pct / 100)] = True
+    elif by == "time":
+        keep = (ts >= ts[0] + span * warmup_pct / 100) & (ts <= ts[-1] - span * cooldown_pct / 100)
+    else:
+        raise StageError(f"steady window by {by!r}: use 'requests' or 'time'")
+    if empty := not keep.any():
+        keep[(n - 1) // 2] = True
+    mask = np.zeros(n, dtype=bool)
+    mask[order] = keep
+    idx = np.flatnonzero(keep)
+    start, end = float(ts[idx[0]] - ts[0]), float(ts[idx[-1]] - ts[0])
+    label = f"{warmup_pct:g}% warm-up, {cooldown_pct:g}% cool-down left out"
+    if by == "requests":
+        how = f"requests {idx[0]}..{idx[-1]} of {n} by sending order ({label})"  # 0-based
+    else:
+        how = (f"{idx.size} of {n} requests sent {start:.4g}..{end:.4g} s of a {span:.4g} s "
+               f"sending span ({label})")
+    if empty:
+        how += "; the window was empty, the middle request is kept"
+    return Window(mask=mask, start_s=start, end_s=end, n=int(idx.size), how=how)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Arrivals against completions inside a window, and whether the queue grows."""
+
+    arrival_rate_req_s: float  #: (n - 1) / sending span of the window; NaN if n < 2 or span 0
+    achieved_rate_req_s: float  #: (ok - 1) / completion span of the window's ok requests
+    failed: int  #: failed requests inside the window
+    saturated: bool
+    reason: str  #: '' when not saturated, else why (with the numbers)
+
+
+def _rate(times: np.ndarray) -> float:
+    times = times[np.isfinite(times)]
+    span = float(times.max() - times.min()) if times.size else 0.0
+    return (times.size - 1) / span if times.size >= 2 and span > 0 else math.nan
+
+
+def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[float],
+         ok: Sequence[bool], window: Window, offered_rate: float | None = None) -> Flow:
+    """Arrival and completion rates of a window, and the saturation verdict.
+
+    Both rates count intervals over a span: ``arrival = (n - 1) / (last send - first send)``
+    over the window's requests, ``achieved = (k - 1) / (last completion - first completion)``
+    over its ``k`` ok ones (completion = send + latency). A stable stream completes as fast as
+    it arrives whatever the latency; a growing queue completes at the service rate. (Dividing
+    by ``last completion - first send`` would add a latency to the span and call a stable
+    stream with long latencies saturated.)
+
+    Saturated if any of: ``achieved < min(ACHIEVED_MIN, 1 - 2 sqrt(2/k)) x arrival``
+    (the noise allowance for k ok requests); more than ``FAILED_MAX_PCT``
+    % of the window failed; TTFT grows: with at least ``TTFT_GROWTH_MIN_REQUESTS`` ok
+    requests split in sending-order thirds, ``median(last) > TTFT_GROWTH x median(first)``
+    and ``median(last) - median(first) > TTFT_GROWTH_MIN_MS``.
+
+    Args:
+        start_s, latency_s, ttft_s, ok: per request, seconds, the window's input order;
+            latency and TTFT may be NaN for failed requests.
+        window: from :func:`steady_window` on the same requests.
+        offered_rate: the rate the client was asked for (req/s). Send times are taken when
+            a request leaves the client, after its in-flight cap: when the server cannot keep
+            up and the cap is reached, requests wait in the client and the window's arrival
+            rate falls below the offered one. Saturated then too, when the arrival rate is
+            under ``min(ACHIEVED_MIN, 1 - 3 / sqrt(n)) x offered`` (3 standard deviations of
+            a Poisson count of n arrivals).
+    """
+    m = np.asarray(window.mask, dtype=bool)
+    cols = [np.asarray(c, dtype=float).ravel() for c in (start_s, latency_s, ttft_s)]
+    good = np.asarray(ok, dtype=bool).ravel()
+    if any(c.size != m.size for c in (*cols, good)):
+        raise StageError(f"flow needs one value per request of the window ({m.size}), got "
+                         f"{[c.size for c in (*cols, good)]}")
+    order = np.argsort(cols[0], kind="stable")
+    keep = m[order]
+    send, lat, ttft, good = (c[order][keep] for c in (*cols, good))
+    arrival = _rate(send)
+    achieved = _rate(send[good] + lat[good])
+    failed = int((~good).sum())
+    reasons = []
+    n = int(send.size)
+    if offered_rate is not None and n >= 2 and math.isfinite(arrival):
+        cut_in = min(ACHIEVED_MIN, 1.0 - 3.0 / math.sqrt(n))
+        if arrival < cut_in * offered_rate:
+            reasons.append(f"requests left the client at {arrival:.3g} req/s < {cut_in:.2g} "
+                           f"x offered {offered_rate:.3g} req/s (they waited for the in-flight "
+                           "cap or the client)")
+    k = int(good.sum())
+    cut = min(ACHIEVED_MIN, 1.0 - 2.0 * math.sqrt(2.0 / k)) if k else ACHIEVED_MIN
+    if achieved < cut * arrival:
+        reasons.append(f"achieved {achieved:.3g} req/s < {cut:.2g} x arrival "
+                       f"{arrival:.3g} req/s")
+    if send.size and failed / send.size * 100 > FAILED_MAX_PCT:
+        reasons.append(f"{failed} of {send.size} window requests failed "
+                       f"({failed / send.size:.1%} > {FAILED_MAX_PCT:g}%)")
+    tt = ttft[good & np.isfinite(ttft)]
+    if tt.size >= TTFT_GROWTH_MIN_REQUESTS:
+        k = tt.size // 3
+        first, last = float(np.median(tt[:k])), float(np.median(tt[-k:]))
+        if last > TTFT_GROWTH * first and (last - first) * 1e3 > TTFT_GROWTH_MIN_MS:
+            reasons.append(f"median TTFT grows from {first * 1e3:.4g} ms (first third) to "
+                           f"{last * 1e3:.4g} ms (last third)")
+    return Flow(arrival_rate_req_s=arrival, achieved_rate_req_s=achieved, failed=failed,
+                saturated=bool(reasons), reason="; ".join(reasons))
+
+
+def slo_values(values: Sequence[float], ok: Sequence[bool]) -> np.ndarray:
+    """Per-request values with ``+inf`` for failed requests: a failure misses every SLO."""
+    v, good = np.asarray(values, dtype=float).ravel(), np.asarray(ok, dtype=bool).ravel()
+    if v.size != good.size:
+        raise StageError(f"slo_values: {v.size} values for {good.size} ok flags")
+    return np.where(good, v, np.inf)
+
+
+def _percentile(x: np.ndarray, q: float) -> np.ndarray:
+    """Linear-interpolated percentile along the last axis (numpy's default), inf-safe.
+
+    ``np.percentile`` returns NaN as soon as the sample holds an inf; here a percentile that
+    falls on or interpolates towards an inf is inf, one on finite values is unchanged.
+    """
+    s = np.sort(x, axis=-1)
+    h = (s.shape[-1] - 1) * q / 100
+    lo, frac = math.floor(h), h - math.floor(h)
+    a, b = s[..., lo], s[..., min(lo + 1, s.shape[-1] - 1)]
+    if frac == 0:
+        return a
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isinf(b), np.inf, a + (b - a) * frac)
+
+
+def _pooled(samples: Mapping[str, Sequence[Sequence[float]]], limits: Mapping[str, float]
+            ) -> dict[str, list[np.ndarray]]:
+    out = {}
+    for metric, limit in limits.items():
+        if not limit > 0:
+            raise StageError(f"SLO limit of {metric} must be > 0, got {limit}")
+        parts = [np.asarray(p, dtype=float).ravel() for p in samples.get(metric, ())]
+        parts = [p[~np.isnan(p)] for p in parts]
+        if any(p.size for p in parts):
+            out[metric] = [p for p in parts if p.size]
+    if not out:
+        raise StageError(f"no values for any SLO metric {sorted(limits)} (have "
+                         f"{sorted(samples)})")
+    return out
+
+
+def slo_margin(samples: Mapping[str, Sequence[Sequence[float]]], limits: Mapping[str, float],
+               percentile: float) -> float:
+    """``max_m percentile(pooled values of m) / limit(m)`` over the limited metrics present.
+
+    <= 1 meets every limit. Infs (failed requests) take part: a percentile that falls on one
+    is inf. NaN values (TPOT of 1-token outputs) are dropped; metrics limited but not in
+    ``samples`` are ignored, and none present is an error.
+    """
+    pooled = _pooled(samples, limits)
+    return max(float(_percentile(np.concatenate(p), percentile)) / limits[m]
+               for m, p in pooled.items())
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """One offered rate of a sweep: its saturation verdict and its window values in ms."""
+
+    rate: float  #: offered rate, req/s (finite, > 0)
+    saturated: bool
+    samples: Mapping[str, Sequence[Sequence[float]]]  #: metric -> per-trial values (+inf failed)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Capacity at an SLO, req/s, with its bootstrap interval and draws."""
+
+    value: float  #: NaN when below the lowest rate
+    ci_low: float
+    ci_high: float
+    censored: Literal["none", "above", "below"]  #: above: capacity >= top rate (value = top)
+    passing: tuple[float, ...]  #: rates that met the SLO (not saturated, all limits met)
+    first_failing: float | None
+    draws: np.ndarray  #: bootstrap draws (NaN = below the lowest rate), paired by index
+    note: str  #: how it was read, one sentence
+
+
+def _crossing(rates: np.ndarray, sat: np.ndarray, margins: np.ndarray) -> np.ndarray:
+    """Capacity per row of ``margins`` (draws x points); NaN below the lowest rate."""
+    passes = ~sat & (margins <= 1)
+    f = np.where(passes.all(axis=1), rates.size, np.argmin(passes, axis=1))
+    out = np.full(margins.shape[0], rates[-1])
+    mid = (f > 0) & (f < rates.size)
+    out[f == 0] = np.nan
+    i = f[mid]
+    m_lo, m_hi = margins[mid, i - 1], margins[mid, i]
+    r_lo, r_hi = rates[i - 1], rates[i]
+    with np.errstate(invalid="ignore"):
+        interp = r_lo + (1 - m_lo) * (r_hi - r_lo) / (m_hi - m_lo)
+    out[mid] = np.where(sat[i] | np.isinf(m_hi), r_lo, interp)
+    return out
+
+
+def _misses(point: RatePoint, limits: Mapping[str, float], q: float) -> str:
+    """The limits a point misses, in words ("p90 TTFT 1450 ms > 1000 ms"), or "saturated"."""
+    vals = {m: float(_percentile(np.concatenate(p), q)) for m, p in
+            _pooled(point.samples, limits).items()}
+    return ", ".join(f"p{q:g} {m.removesuffix('_ms').upper()} {v:.4g} ms > {limits[m]:.4g} ms"
+                     for m, v in vals.items() if v > limits[m]) or "saturated"
+
+
+def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
+                    percentile: float = 90.0, resamples: int = 1000, confidence: float = 0.95,
+                    seed: int = 0) -> Capacity:
+    """Highest offered rate whose ``percentile`` of each limited metric meets its limit.
+
+    A point passes when it is not saturated and its :func:`slo_margin` is <= 1. Walking up
+    the sorted rates, the first failing rate ends the search (higher rates are ignored, even
+    if they pass). Capacity is read between the last passing rate ``r0`` (margin ``m0``) and
+    the first failing ``r1`` (``m1``) by linear interpolation, ``r0 + (1 - m0) (r1 - r0) /
+    (m1 - m0)``; when ``r1`` is saturated or its margin is inf (it falls on failed requests)
+    nothing above the last sustainable rate is claimed and capacity is ``r0``. Censored
+    ``above`` (every rate passes): value = top rate. ``below`` (the lowest rate fails): NaN.
+
+    Interval: percentile bootstrap. Each resample redraws every point's per-trial values with
+    replacement within each trial, recomputes the margins and the crossing (saturation flags
+    stay as measured). Draws below the lowest rate are NaN and count as 0 req/s in the
+    quantiles; draws above count as the top rate.
+    """
+    if not points or resamples < 1 or not 0 < confidence < 1 or not 0 <= percentile <= 100:
+        raise StageError(f"capacity at SLO: {len(points)} rate point(s), resamples {resamples}, "
+                         f"confidence {confidence}, percentile {percentile}")
+    pts = sorted(points, key=lambda p: p.rate)
+    rates = np.asarray([p.rate for p in pts], dtype=float)
+    if not (np.isfinite(rates).all() and (rates > 0).all() and (np.diff(rates) > 0).all()):
+        raise StageError(f"rates must be finite, > 0 and distinct, got {rates.tolist()}")
+    sat = np.asarray([bool(p.saturated) for p in pts])
+    margins = np.asarray([slo_margin(p.samples, limits, percentile) for p in pts])
+    value = float(_crossing(rates, sat, margins[None, :])[0])
+    passes = ~sat & (margins <= 1)
+    passing = tuple(float(r) for r in rates[passes])
+    f = int(np.argmin(passes)) if not passes.all() else None
+    rng = np.random.default_rng(seed)
+    boot = np.empty((resamples, rates.size))
+    for j, p in enumerate(pts):
+        per_metric = []
+        for m, parts in _pooled(p.samples, limits).items():
+            b = np.concatenate([x[rng.integers(0, x.size, size=(resamples, x.size))]
+                                for x in parts], axis=1)
+            per_metric.append(_percentile(b, percentile) / limits[m])
+        boot[:, j] = np.max(per_metric, axis=0)
+    draws = _crossing(rates, sat, boot)
+    alpha = 1 - confidence
+    lo, hi = np.quantile(np.nan_to_num(draws, nan=0.0), [alpha / 2, 1 - alpha / 2])
+    censored = "above" if f is None else "below" if f == 0 else "none"
+    if f is None:
+        note = (f"every rate met the p{percentile:g} limits (up to {rates[-1]:g} req/s): "
+                f"capacity is at least the top rate measured")
+    elif f == 0:
+        lo = hi = math.nan
+        note = (f"the lowest rate {rates[0]:g} req/s already fails "
+                f"({'saturated' if sat[0] else _misses(pts[0], limits, percentile)}): "
+                f"capacity is below the lowest rate measured")
+    else:
+        r0, r1 = rates[f - 1], rates[f]
+        if sat[f] or math.isinf(margins[f]):
+            why = "is saturated" if sat[f] else f"has {_misses(pts[f], limits, percentile)}"
+            note = (f"last passing rate {r0:g} req/s: {r1:g} req/s {why}, not sustainable, so "
+                    f"nothing above {r0:g} req/s is claimed")
+        else:
+            note = (f"interpolated between {r0:g} (meets p{percentile:g} limits) and {r1:g} "
+                    f"req/s ({_misses(pts[f], limits, percentile)})")
+        if above := [f"{r:g}" for r in passing if r > r1]:
+            note += f"; higher rates {', '.join(above)} req/s pass again but are ignored"
+    return Capacity(value=value, ci_low=float(lo), ci_high=float(hi), censored=censored,
+                    passing=passing, first_failing=None if f is None else float(rates[f]),
+                    draws=draws, note=note)
+
+
+def capacity_gain(variant: Capacity, reference: Capacity, *, confidence: float = 0.95
+                  ) -> tuple[float, float, float]:
+    """``(gain_pct, lo, hi)``: ``(variant / reference - 1) x 100`` with a bootstrap interval.
+
+    The two capacities' draws are independent resamples, so pairing them by index is an
+    independent bootstrap of the ratio. Draws below the lowest rate count as 0 req/s (as in
+    :func:`capacity_at_slo`); a reference draw of 0 gives an infinite gain (or none, dropped,
+    when the variant's is 0 too). NaN triple when either value is NaN or the reference is 0.
+    """
+    if math.isnan(variant.value) or math.isnan(reference.value) or reference.value == 0:
+        return math.nan, math.nan, math.nan
+    gain = (variant.value / reference.value - 1) * 100
+    v = np.nan_to_num(np.asarray(variant.draws, dtype=float), nan=0.0)
+    r = np.nan_to_num(np.asarray(reference.draws, dtype=float), nan=0.0)
+    if v.size != r.size or v.size == 0:
+        raise StageError(f"capacity gain needs as many draws on both sides: {v.size} vs {r.size}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = (v / r - 1) * 100
+    g, alpha = g[~np.isnan(g)], 1 - confidence
+    if g.size == 0:
+        return gain, math.nan, math.nan
+    return gain, float(_percentile(g, alpha * 50)), float(_percentile(g, 100 - alpha * 50))
+
+
+def cost_per_million_tokens(usd_per_gpu_hour: float, gpus: int, output_tok_s: float) -> float:
+    """USD per million output tokens: ``usd_per_gpu_hour x gpus / 3600 / output_tok_s x 1e6``.
+
+    NaN when the throughput is not > 0 (or NaN).
+    """
+    return usd_per_gpu_hour * gpus / 3600 / output_tok_s * 1e6 if output_tok_s > 0 else math.nan
+
+
+def joules_per_token(energy_j: float, output_tokens: int) -> float:
+    """Energy per output token, J: ``energy_j / output_tokens``; NaN when either is missing,
+    the energy is negative or no token was produced."""
+    ok = energy_j is not None and energy_j >= 0 and output_tokens is not None and output_tokens > 0
+    return energy_j / output_tokens if ok else math.nan

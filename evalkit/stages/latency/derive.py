@@ -1,0 +1,166 @@
+"""A server point's records derived from its raw files: the client's per-request results of
+every trial and the point's summary (steady-state window settings, energy, the server's
+``/metrics`` delta, JIT compilations logged). The measurement and ``evalkit rebuild`` both
+go through :func:`server_point_records`, so a rebuilt point is the measured point.
+
+A rate point (requests arriving at a rate) is summarised over each trial's steady-state
+window (:func:`evalkit.metrics.traffic.steady_window`); its flow (arrivals vs completions,
+saturation) is judged in the same window. Closed-loop points use every request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from evalkit.metrics import traffic as tr
+from evalkit.metrics.latency import (
+    interval_rows,
+    per_request_metrics,
+    point_rows,
+    pool_metrics,
+    request_latencies,
+    server_metric_rows,
+    window_detail,
+)
+
+#: Metrics whose per-request window values feed capacity at an SLO.
+SLO_METRICS = ("ttft_ms", "tpot_ms", "e2el_ms")
+
+
+@dataclass(frozen=True)
+class PointData:
+    """What a server point's records say, with the window samples capacity needs."""
+
+    rows: list[dict[str, Any]]
+    saturated: bool
+    reason: str
+    #: metric -> per-trial window values in ms (+inf for failed requests)
+    samples: dict[str, list[np.ndarray]]
+    completed: int
+    failed: int
+    min_prompt_len: int | None
+    #: mean output tokens of the completed requests used (the window's, for a rate point)
+    mean_output_tokens: float
+
+
+def _slo_samples(detail: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Per-request TTFT/TPOT/E2E in ms of one (windowed) trial, +inf where a request failed."""
+    errors = list(detail.get("errors") or [])
+    ok = [not e for e in errors]
+    ttft = np.asarray([t if t is not None else math.nan for t in detail.get("ttfts") or []],
+                      dtype=float) * 1e3
+    lat = np.asarray(request_latencies(detail), dtype=float) * 1e3
+    outs = np.asarray(detail.get("output_lens") or [0] * len(errors), dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(outs > 1, (lat - ttft) / (outs - 1), math.nan)
+    return {"ttft_ms": tr.slo_values(ttft, ok), "tpot_ms": tr.slo_values(tpot, ok),
+            "e2el_ms": tr.slo_values(lat, ok)}
+
+
+def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[str, Any], *,
+                         summary: Mapping[str, Any], seed: int) -> PointData:
+    """Record rows of one server point from its trials' client results.
+
+    Args:
+        details: the client's ``--save-detailed`` results, one per trial.
+        fields: the point's record columns (mode, load, workload, concurrency, ...).
+        summary: the point's summary: ``window`` (warmup_pct, cooldown_pct, by) for a rate
+            point, ``energy`` (per trial: joules, seconds, note), ``server_metrics`` (the
+            ``/metrics`` delta), ``offered_rate`` (req/s).
+        seed: bootstrap seed of the intervals.
+    """
+    window = summary.get("window")
+    rate = not math.isinf(float(fields.get("request_rate", math.inf)))
+    used, windows, flows = [], [], []
+    for d in details:
+        if rate and window and d.get("start_times"):
+            w = tr.steady_window(d["start_times"], warmup_pct=window["warmup_pct"],
+                                 cooldown_pct=window["cooldown_pct"], by=window["by"])
+            lat = request_latencies(d)
+            ok = [not e for e in d.get("errors") or []]
+            offered = float(summary.get("offered_rate", fields["request_rate"]))
+            flows.append(tr.flow(d["start_times"], lat, d.get("ttfts") or [], ok, w,
+                                 offered_rate=offered))
+            windows.append(w)
+            used.append(window_detail(d, w.mask))
+        else:
+            used.append(dict(d))
+    per_trial = [per_request_metrics(d) for d in used]
+    m = pool_metrics(per_trial)
+    rows = point_rows(m, **fields) + interval_rows(m, seed=seed, **fields)
+    saturated = any(f.saturated for f in flows)
+    reason = next((f.reason for f in flows if f.saturated), "")
+    if rate:
+        rows += _rate_rows(summary, fields, windows, flows, saturated, reason)
+    rows += _energy_rows(summary.get("energy") or [], fields, details)
+    delta = summary.get("server_metrics")
+    if delta:
+        srows = server_metric_rows(delta, **{**fields, "mode": "server-metrics"})
+        for x in srows:
+            x["backend"] = "vllm-server"
+        rows += srows
+    samples: dict[str, list[np.ndarray]] = {k: [] for k in SLO_METRICS}
+    for d in used:
+        for k, v in _slo_samples(d).items():
+            samples[k].append(v)
+    lens = [int(x) for d in used for x, e in zip(d.get("input_lens") or [],
+                                                 d.get("errors") or [], strict=False)
+            if x and not e]
+    mean_out = m["output_tokens"] / m["completed"] if m["completed"] else math.nan
+    return PointData(rows, saturated, reason, samples, m["completed"], m["failed"],
+                     min(lens) if lens else None, mean_out)
+
+
+def _rate_rows(summary: Mapping[str, Any], fields: Mapping[str, Any], windows: list[Any],
+               flows: list[Any], saturated: bool, reason: str) -> list[dict[str, Any]]:
+    def mean(xs: list[float]) -> float:
+        xs = [x for x in xs if x is not None and math.isfinite(x)]
+        return float(np.mean(xs)) if xs else math.nan
+
+    n_win = sum(w.n for w in windows)
+    how = "; ".join(f"trial {i}: {w.how}" for i, w in enumerate(windows))[:900]
+    return [
+        dict(metric="offered_rate_req_s", stat="value", unit="req/s", higher_is_better=True,
+             value=float(summary.get("offered_rate", fields["request_rate"])), **fields,
+             note=f"arrivals requested from vLLM's client (burstiness "
+                  f"{summary.get('burstiness', 1.0):g})"),
+        dict(metric="arrival_rate_req_s", stat="value", unit="req/s", higher_is_better=True,
+             value=mean([f.arrival_rate_req_s for f in flows]), n=n_win, **fields,
+             note="requests sent in the window / its sending span (mean over trials)"),
+        dict(metric="achieved_rate_req_s", stat="value", unit="req/s", higher_is_better=True,
+             value=mean([f.achieved_rate_req_s for f in flows]), n=n_win, **fields,
+             note="window requests completed / (last completion - first send) (mean over "
+                  "trials)"),
+        dict(metric="saturated", stat="value", unit="bool", higher_is_better=False,
+             value=1.0 if saturated else 0.0, n=len(flows), **fields,
+             note=reason or "queue steady through the window"),
+        dict(metric="window_requests", stat="value", unit="count", higher_is_better=True,
+             value=float(n_win), n=n_win, **fields, note=how or None),
+    ]
+
+
+def _energy_rows(energy: Sequence[Mapping[str, Any]], fields: Mapping[str, Any],
+                 details: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """J per output token over whole trials (the energy counter covers the trial, so its
+    tokens are every completed request's, not only the window's) and mean board power."""
+    joules = [float(e.get("joules", math.nan)) for e in energy]
+    secs = [float(e.get("seconds", math.nan)) for e in energy]
+    note = str(energy[0].get("note", "")) if energy else "not measured"
+    tokens = sum(int(sum(o for o, e in zip(d.get("output_lens") or [], d.get("errors") or [],
+                                           strict=False) if not e)) for d in details)
+    measured = bool(joules) and all(math.isfinite(j) for j in joules)
+    jpt = sum(joules) / tokens if measured and tokens else math.nan
+    watts = sum(joules) / sum(secs) if measured and sum(secs) > 0 else math.nan
+    return [
+        dict(metric="energy_j_per_output_token", stat="value", unit="J/token",
+             higher_is_better=False, value=jpt, n=tokens, **fields,
+             note=note if not measured else f"{sum(joules):.4g} J over {len(joules)} "
+                  f"trial(s) / {tokens} output tokens ({note})"),
+        dict(metric="power_w", stat="mean", unit="W", higher_is_better=False, value=watts,
+             n=len(joules), **fields, note=note if not measured else "board energy / trial time"),
+    ]

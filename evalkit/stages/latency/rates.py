@@ -1,0 +1,251 @@
+"""The rate sweep of one variant (GuideLLM's ``sweep`` profile on vLLM's own client): per
+rate-swept workload, requests arriving at rising rates until the first rate whose
+steady-state window shows a growing queue, then capacity at the SLO read between the rates.
+
+The synchronous and throughput anchors are ordinary server points (measured with the grid).
+Rates come from the study (``traffic.rates``) or, automatically, from the anchors of the
+first variant measured in the run (``raw/latency/traffic-rates.json``): every variant then
+runs the same rates with the same prompts, so points pair across variants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evalkit.core import records as rec
+from evalkit.core.config import Variant, Workload
+from evalkit.core.errors import EngineError
+from evalkit.core.io import atomic_write_json, json_exists, read_json
+from evalkit.core.traffic import auto_rates, load_label
+from evalkit.core.units import UnitKey
+from evalkit.metrics import traffic as tr
+from evalkit.metrics.raw import trial_files
+from evalkit.stages.latency.derive import PointData, server_point_records
+from evalkit.stages.latency.points import Point, rate_points
+from evalkit.stages.latency.sweep import _Stage
+
+RATES_FILE = "traffic-rates.json"
+
+
+def capacity_key(variant: str, workload: str) -> UnitKey:
+    """The unit of one variant x workload's capacity records."""
+    return UnitKey.latency(variant, "capacity", workload, 0, math.inf)
+
+
+def load_point_data(st: _Stage, vdir: Path, p: Point) -> PointData | None:
+    """A measured point's data again, from its raw trial files and summary (None if gone)."""
+    files = trial_files(vdir, p.stem())
+    summary_file = vdir / f"{p.stem()}.summary.json"
+    if not files or not json_exists(summary_file):
+        return None
+    details = [read_json(f.with_suffix("") if f.suffix == ".gz" else f) for f in files]
+    return server_point_records(details, p.fields(), summary=read_json(summary_file),
+                                seed=st.lat.seed)
+
+
+class RateSweep:
+    """Rate sweeps of one variant on its running server (records and failures go to ``st``)."""
+
+    def __init__(self, st: _Stage) -> None:
+        self.st, self.run = st, st.run
+
+    def pending(self, v: Variant) -> bool:
+        """Whether any of ``v``'s rate sweeps has no capacity records yet."""
+        return any(not self.run.units.done(capacity_key(v.name, w.name))
+                   for w in self.st.lat.traffic_workloads())
+
+    def reuse_done(self, v: Variant, bar: Any) -> None:
+        """Records of sweeps finished earlier in this run (and their points) into the stage."""
+        for w in self.st.lat.traffic_workloads():
+            if self.st.reuse(v, capacity_key(v.name, w.name)):
+                for p in rate_points(self.st.lat, w, self.known_rates(w) or []):
+                    self.st.reuse(v, p.key(v.name))
+                bar.update(self.planned())
+
+    def planned(self) -> int:
+        """Rate points one sweep plans (for progress bars)."""
+        t = self.st.lat.traffic
+        return 0 if t is None else len(t.rates) if t.rates else t.num_rates
+
+    def total(self) -> int:
+        """Rate points all of one variant's sweeps plan."""
+        return self.planned() * len(self.st.lat.traffic_workloads())
+
+    def status(self, v: Variant, kind: str, why: str) -> None:
+        """A variant whose sweeps cannot run: a NaN capacity record per swept workload
+        (``unsupported`` ones marked done, as :meth:`_Stage.status_rows` does)."""
+        t = self.st.lat.traffic
+        for w in self.st.lat.traffic_workloads():
+            key = capacity_key(v.name, w.name)
+            if self.run.units.done(key):
+                continue
+            df = rec.make_records([dict(
+                metric="capacity_req_s", stat="value", unit="req/s", higher_is_better=True,
+                value=math.nan, status=kind, note=why[:1000], mode="capacity",
+                load=load_label(1.0, lengths_vary=w.lengths_vary,
+                                burstiness=t.burstiness if t else 1.0),
+                workload=w.name, input_len=w.input_len, output_len=w.output_len)],
+                **self.st.common(v))
+            if kind == "unsupported":
+                self.st.save_unit(v, key, df, kind)
+            else:
+                self.st.frames.append(df)
+            self.st.fail(key, kind, why)  # type: ignore[arg-type]
+
+    # ---- rates
+    def known_rates(self, w: Workload) -> list[float] | None:
+        t = self.st.lat.traffic
+        if t is not None and t.rates:
+            return list(t.rates)
+        f = self.st.raw / RATES_FILE
+        got = read_json(f).get(w.name) if json_exists(f) else None
+        return list(got["rates"]) if got else None
+
+    def rates_for(self, v: Variant, w: Workload) -> list[float]:
+        """The sweep's rates: the study's, the run's, or spread from ``v``'s anchors."""
+        known = self.known_rates(w)
+        if known is not None:
+            return known
+        t = self.st.lat.traffic
+        assert t is not None  # noqa: S101 -- only called for rate-swept workloads
+        sync = self._throughput(v, Point("server", w, 1, math.inf))
+        sat = self._throughput(v, Point("server", w, t.max_concurrency, math.inf))
+        if not (sync > 0 and sat > 0):
+            raise EngineError(f"{w.name}: no synchronous/throughput rate measured for "
+                              f"{v.name}; the sweep's rates cannot be spread")
+        rates = auto_rates(sync, sat, t.num_rates, t.headroom)
+        f = self.st.raw / RATES_FILE
+        table = read_json(f) if json_exists(f) else {}
+        table[w.name] = {"rates": rates, "from_variant": v.name, "sync_rate_req_s": sync,
+                         "saturation_rate_req_s": sat, "headroom": t.headroom}
+        atomic_write_json(f, table)
+        self.run.log(f"latency: {w.name} rate sweep at {', '.join(f'{r:g}' for r in rates)} "
+                     f"req/s (from {v.name}: synchronous {sync:.3g}, saturation {sat:.3g} req/s"
+                     f", x{t.headroom:g})")
+        return rates
+
+    def _throughput(self, v: Variant, p: Point) -> float:
+        done = self.run.units.done(p.key(v.name))
+        if done is None:
+            return math.nan
+        df = rec.read_records(self.run.path / done["records"])
+        x = df[(df["metric"] == "request_throughput_req_s") & (df["mode"] == "server")]
+        return float(x["value"].iloc[0]) if len(x) else math.nan
+
+    # ---- the sweep
+    def run_all(self, v: Variant, measure: Callable[[Point], PointData | None], bar: Any) -> None:
+        """Every rate-swept workload of ``v``: rates up to the first saturated one, then its
+        capacity records. ``measure`` measures one point (None: it failed, already recorded)."""
+        for w in self.st.lat.traffic_workloads():
+            if self.st.reuse(v, capacity_key(v.name, w.name)):
+                bar.update(self.planned())
+                continue
+            try:
+                rates = self.rates_for(v, w)
+            except EngineError as exc:
+                self.run.log(f"latency: {v.name} {w.name} rate sweep not run: {exc}")
+                self.st.fail(capacity_key(v.name, w.name), "failed", str(exc))
+                bar.update(self.planned())
+                continue
+            measured: list[tuple[Point, PointData]] = []
+            pts = rate_points(self.st.lat, w, rates)
+            for i, p in enumerate(pts):
+                data = None
+                if self.st.reuse(v, p.key(v.name)):
+                    data = load_point_data(self.st, self.st.raw / v.name, p)
+                else:
+                    data = measure(p)
+                bar.update(1)
+                if data is None:
+                    continue
+                measured.append((p, data))
+                if data.saturated:
+                    rest = pts[i + 1:]
+                    if rest:
+                        self.run.log(f"latency: {v.name} {w.name}: saturated at "
+                                     f"{p.request_rate:g} req/s; {len(rest)} higher rate(s) "
+                                     "not measured")
+                    bar.update(len(rest))
+                    break
+            bar.update(max(0, self.planned() - len(pts)))
+            self.write_capacity(v, w, measured)
+
+    def write_capacity(self, v: Variant, w: Workload, measured: list[tuple[Point, PointData]]
+                       ) -> None:
+        """Capacity at the SLO of ``v`` under ``w``'s traffic: records and the raw draws."""
+        st, cfg = self.st, self.st.cfg
+        slo = cfg.report.slo
+        limits = {k: x for k, x in slo.limits().items() if k in ("ttft_ms", "tpot_ms",
+                                                                  "e2el_ms")}
+        valid = [(p, d) for p, d in measured if self._valid(v, p)]
+        left_out = len(measured) - len(valid)
+        load = load_label(1.0, lengths_vary=w.lengths_vary,
+                          burstiness=cfg.latency.traffic.burstiness)  # type: ignore[union-attr]
+        fields = dict(mode="capacity", load=load, workload=w.name, input_len=w.input_len,
+                      output_len=w.output_len)
+        gpus = cfg.engine.tensor_parallel_size
+        if not valid:
+            why = "no valid rate point" + (f" ({left_out} invalid)" if left_out else "")
+            df = rec.make_records([dict(metric="capacity_req_s", stat="value", unit="req/s",
+                                        higher_is_better=True, value=math.nan, status="failed",
+                                        note=why, **fields)], **st.common(v))
+            st.save_unit(v, capacity_key(v.name, w.name), df, "failed")
+            return
+        cap = tr.capacity_at_slo(
+            [tr.RatePoint(p.request_rate, d.saturated, d.samples) for p, d in valid], limits,
+            percentile=slo.percentile, seed=cfg.latency.seed)  # type: ignore[union-attr]
+        outs = [d.mean_output_tokens for _, d in valid if math.isfinite(d.mean_output_tokens)]
+        out_tok = float(np.mean(outs)) if outs else float(w.output_len)
+        note = cap.note + (f"; {left_out} invalid rate point(s) left out" if left_out else "")
+        rows: list[dict[str, Any]] = []
+        triple = (cap.value, cap.ci_low, cap.ci_high)
+        for metric, unit, scale in (("capacity_req_s", "req/s", 1.0),
+                                    ("capacity_req_s_per_gpu", "req/s", 1.0 / gpus),
+                                    ("capacity_output_tok_s_per_gpu", "tok/s", out_tok / gpus)):
+            for stat, x in zip(("value", "ci_low", "ci_high"), triple, strict=True):
+                rows.append(dict(metric=metric, stat=stat, unit=unit, higher_is_better=True,
+                                 value=x * scale, n=len(valid), **fields,
+                                 note=note if metric == "capacity_req_s" else None))
+        price = cfg.report.cost_per_gpu_hour_usd
+        if price is not None:
+            for stat, x in zip(("value", "ci_low", "ci_high"), (cap.value, cap.ci_high,
+                                                                cap.ci_low), strict=True):
+                rows.append(dict(metric="cost_usd_per_m_output_tokens", stat=stat, unit="USD",
+                                 higher_is_better=False, n=len(valid), **fields,
+                                 value=tr.cost_per_million_tokens(price, gpus, x * out_tok),
+                                 note=f"{price:g} USD per GPU-hour x {gpus} GPU(s) / output "
+                                      "tokens per hour at capacity, x 1e6"))
+        best = [d for p, d in valid if p.request_rate in cap.passing]
+        jpt = _row_value(best[-1].rows, "energy_j_per_output_token") if best else math.nan
+        jnote = next((r.get("note") for r in (best[-1].rows if best else [])
+                      if r["metric"] == "energy_j_per_output_token"), "no rate met the SLO")
+        rows.append(dict(metric="energy_j_per_output_token", stat="value", unit="J/token",
+                         higher_is_better=False, value=jpt, **fields,
+                         note=f"at the highest rate that met the SLO: {jnote}"))
+        df = rec.make_records(rows, **st.common(v))
+        atomic_write_json(st.raw / v.name / f"capacity_{w.name}.json", {
+            "value": cap.value, "ci_low": cap.ci_low, "ci_high": cap.ci_high,
+            "censored": cap.censored, "draws": [float(x) for x in cap.draws],
+            "rates": [p.request_rate for p, _ in valid], "passing": list(cap.passing),
+            "limits": limits, "percentile": slo.percentile, "note": note,
+            "output_tokens_per_request": out_tok, "gpus": gpus})
+        st.save_unit(v, capacity_key(v.name, w.name), df, "ok")
+        self.run.log(f"latency: {v.name} {w.name} capacity at SLO {cap.value:.3g} req/s "
+                     f"[{cap.ci_low:.3g}, {cap.ci_high:.3g}] ({cap.censored}): {note}")
+
+    def _valid(self, v: Variant, p: Point) -> bool:
+        done = self.run.units.done(p.key(v.name))
+        if done is None:
+            return False
+        df = rec.read_records(self.run.path / done["records"])
+        timed = df[df["metric"].isin(("ttft_ms", "tpot_ms")) & (df["mode"] == "server")]
+        return bool(len(timed)) and bool((timed["status"] == "ok").all())
+
+
+def _row_value(rows: list[dict[str, Any]], metric: str) -> float:
+    return next((float(r["value"]) for r in rows if r["metric"] == metric), math.nan)

@@ -1,0 +1,284 @@
+"""Tests for evalkit.metrics.traffic on seeded synthetic rate sweeps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from evalkit.core.errors import StageError
+from evalkit.metrics.traffic import (
+    Capacity,
+    RatePoint,
+    capacity_at_slo,
+    capacity_gain,
+    cost_per_million_tokens,
+    flow,
+    joules_per_token,
+    slo_margin,
+    slo_values,
+    steady_window,
+)
+
+LIMITS = {"ttft_ms": 1000.0, "tpot_ms": 50.0}
+
+
+def poisson_sends(n: int, rate: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.exponential(1 / rate, n))
+
+
+def fifo_queue(sends: np.ndarray, service_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """One server, first in first out: (latency, TTFT) per request, seconds."""
+    free = -math.inf
+    lat, ttft = np.empty(sends.size), np.empty(sends.size)
+    for i, t in enumerate(sends):
+        begin = max(t, free)
+        free = begin + service_s
+        ttft[i] = begin - t + 0.02
+        lat[i] = free - t
+    return lat, ttft
+
+
+def const_point(rate: float, ttft: float, tpot: float, n: int = 20, saturated: bool = False,
+                failed: int = 0) -> RatePoint:
+    """A point whose every request has the same TTFT/TPOT (p90 known exactly), 2 trials."""
+    ok = np.arange(n) >= failed
+    t = slo_values(np.full(n, ttft), ok)
+    p = slo_values(np.full(n, tpot), ok)
+    return RatePoint(rate=rate, saturated=saturated,
+                     samples={"ttft_ms": [t, t.copy()], "tpot_ms": [p, p.copy()]})
+
+
+def model_point(rate: float, n: int, seed: int, scale: float = 200.0) -> RatePoint:
+    """TTFT ~ scale x rate x lognormal(0, 0.5) ms: p90 = 379.6 x rate ms for scale 200."""
+    rng = np.random.default_rng(seed)
+    trials = [scale * rate * rng.lognormal(0, 0.5, n) for _ in range(2)]
+    tpot = [np.full(n, 10.0), np.full(n, 10.0)]
+    return RatePoint(rate=rate, saturated=False, samples={"ttft_ms": trials, "tpot_ms": tpot})
+
+
+# ---------------------------------------------------------------- steady window
+
+
+def test_window_by_requests_unsorted_input_keeps_mask_in_input_order():
+    rng = np.random.default_rng(0)
+    sends = 500.0 + np.arange(30) * 0.5
+    perm = rng.permutation(30)
+    w = steady_window(sends[perm], warmup_pct=10, cooldown_pct=10, by="requests")
+    rank = np.argsort(np.argsort(sends[perm]))
+    assert np.array_equal(w.mask, (rank >= 3) & (rank <= 26))
+    assert w.n == 24 and "requests 3..26 of 30" in w.how
+    assert w.start_s == pytest.approx(1.5) and w.end_s == pytest.approx(13.0)
+
+
+def test_window_by_time_unsorted_input():
+    rng = np.random.default_rng(1)
+    sends = 1000.0 + rng.permutation(np.arange(101.0))  # one send per second, shuffled
+    w = steady_window(sends, warmup_pct=20, cooldown_pct=10, by="time")
+    assert np.array_equal(w.mask, (sends >= 1020) & (sends <= 1090))
+    assert w.n == 71 and w.start_s == pytest.approx(20) and w.end_s == pytest.approx(90)
+
+
+def test_window_never_empty_and_rejects_bad_input():
+    w = steady_window([4.0, 0.0, 3.0, 1.0, 2.0], warmup_pct=60, cooldown_pct=50, by="requests")
+    assert w.n == 1 and w.mask.tolist() == [False, False, False, False, True]
+    assert "middle" in w.how
+    with pytest.raises(StageError):
+        steady_window([], warmup_pct=10, cooldown_pct=10, by="requests")
+    with pytest.raises(StageError):
+        steady_window([1.0, 2.0], warmup_pct=10, cooldown_pct=10, by="tokens")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- flow and saturation
+
+
+def test_stable_stream_is_not_saturated_even_with_long_latencies():
+    sends = poisson_sends(300, rate=2.0, seed=2)
+    rng = np.random.default_rng(3)
+    lat = 6.0 + rng.normal(0, 0.3, sends.size)  # many in flight, none waiting
+    ttft = 0.08 + rng.normal(0, 0.01, sends.size)
+    ok = np.ones(sends.size, bool)
+    w = steady_window(sends, warmup_pct=10, cooldown_pct=10, by="requests")
+    f = flow(sends, lat, ttft, ok, w)
+    assert not f.saturated and f.reason == "" and f.failed == 0
+    assert f.arrival_rate_req_s == pytest.approx(2.0, rel=0.2)
+    assert f.achieved_rate_req_s == pytest.approx(f.arrival_rate_req_s, rel=0.1)
+
+
+def test_growing_queue_is_saturated_with_reason():
+    sends = poisson_sends(200, rate=2.0, seed=4)
+    lat, ttft = fifo_queue(sends, service_s=0.8)  # serves 1.25 req/s < 2 arriving
+    w = steady_window(sends, warmup_pct=10, cooldown_pct=10, by="requests")
+    f = flow(sends, lat, ttft, np.ones(sends.size, bool), w)
+    assert f.saturated
+    assert f.achieved_rate_req_s == pytest.approx(1.25, rel=0.02)
+    assert "achieved" in f.reason and "median TTFT grows" in f.reason
+    # the same server below its service rate keeps up
+    slow = poisson_sends(200, rate=0.5, seed=4)
+    lat, ttft = fifo_queue(slow, service_s=0.8)
+    w = steady_window(slow, warmup_pct=10, cooldown_pct=10, by="requests")
+    assert not flow(slow, lat, ttft, np.ones(slow.size, bool), w).saturated
+
+
+def test_ttft_growth_alone_saturates_only_beyond_the_ms_floor():
+    sends = np.arange(60) * 0.5
+    lat = np.full(60, 3.0)  # completions keep pace with arrivals
+    ok = np.ones(60, bool)
+    w = steady_window(sends, warmup_pct=0, cooldown_pct=0, by="requests")
+    f = flow(sends, lat, np.linspace(0.05, 1.0, 60), ok, w)
+    assert f.saturated and f.reason.startswith("median TTFT grows")
+    assert not flow(sends, lat, np.linspace(0.010, 0.040, 60), ok, w).saturated  # < 50 ms
+
+
+def test_failed_requests_over_five_percent_saturate():
+    sends = poisson_sends(200, rate=1.0, seed=5)
+    lat, ttft = np.full(200, 2.0), np.full(200, 0.1)
+    ok = np.ones(200, bool)
+    ok[::10] = False  # 10% failed
+    lat[~ok] = ttft[~ok] = np.nan
+    w = steady_window(sends, warmup_pct=0, cooldown_pct=0, by="requests")
+    f = flow(sends, lat, ttft, ok, w)
+    assert f.saturated and f.failed == 20 and "failed" in f.reason
+    ok2 = np.ones(200, bool)
+    ok2[:4] = False  # 2%
+    f2 = flow(sends, np.full(200, 2.0), np.full(200, 0.1), ok2, w)
+    assert not f2.saturated and f2.failed == 4
+
+
+def test_flow_rejects_mismatched_lengths():
+    w = steady_window([0.0, 1.0, 2.0], warmup_pct=0, cooldown_pct=0, by="requests")
+    with pytest.raises(StageError):
+        flow([0.0, 1.0], [1.0, 1.0], [0.1, 0.1], [True, True], w)
+
+
+# ---------------------------------------------------------------- SLO values and margin
+
+
+def test_slo_values_puts_inf_on_failures():
+    v = slo_values([100.0, np.nan, 300.0], [True, False, True])
+    assert v.tolist() == [100.0, math.inf, 300.0]
+
+
+def test_slo_margin_matches_numpy_and_handles_inf():
+    rng = np.random.default_rng(6)
+    a, b = rng.gamma(2, 200, 50), rng.gamma(2, 200, 70)
+    t = rng.gamma(3, 10, 120)
+    t[:5] = np.nan  # 1-token outputs: dropped
+    m = slo_margin({"ttft_ms": [a, b], "tpot_ms": [t]}, LIMITS, 90)
+    want = max(np.percentile(np.r_[a, b], 90) / 1000, np.nanpercentile(t, 90) / 50)
+    assert m == pytest.approx(want, rel=1e-12)
+    few_fail = slo_values(np.full(100, 100.0), np.arange(100) >= 5)  # p90 on finite values
+    assert slo_margin({"ttft_ms": [few_fail]}, LIMITS, 90) == pytest.approx(0.1)
+    many_fail = slo_values(np.full(100, 100.0), np.arange(100) >= 50)  # p90 on a failure
+    assert slo_margin({"ttft_ms": [many_fail]}, LIMITS, 90) == math.inf
+    assert slo_margin({"ttft_ms": [a]}, {"ttft_ms": 1000, "e2el_ms": 10}, 50) == pytest.approx(
+        np.percentile(a, 50) / 1000)
+    with pytest.raises(StageError):
+        slo_margin({"ttft_ms": [a]}, {"e2el_ms": 1000.0}, 90)
+
+
+# ---------------------------------------------------------------- capacity at SLO
+
+
+def test_capacity_interpolates_exactly_between_last_pass_and_first_fail():
+    pts = [const_point(3, 1400, 45), const_point(1, 400, 20), const_point(2, 800, 40)]
+    cap = capacity_at_slo(pts, LIMITS, resamples=200)
+    # margins: 1 -> max(0.4, 0.4) = 0.4; 2 -> max(0.8, 0.8) = 0.8; 3 -> max(1.4, 0.9) = 1.4
+    # crossing: 2 + (1 - 0.8) x (3 - 2) / (1.4 - 0.8) = 2 + 1/3
+    assert cap.value == pytest.approx(2 + 1 / 3, rel=1e-12)
+    assert cap.censored == "none" and cap.passing == (1.0, 2.0) and cap.first_failing == 3.0
+    assert cap.ci_low == pytest.approx(cap.value) and cap.ci_high == pytest.approx(cap.value)
+    assert cap.draws.shape == (200,)
+    assert "interpolated between 2" in cap.note and "p90 TTFT 1400 ms > 1000 ms" in cap.note
+
+
+def test_capacity_ignores_rates_above_the_first_failure():
+    pts = [const_point(1, 400, 20), const_point(2, 800, 40), const_point(3, 1400, 45),
+           const_point(4, 500, 20)]
+    cap = capacity_at_slo(pts, LIMITS, resamples=50)
+    assert cap.value == pytest.approx(2 + 1 / 3) and cap.passing == (1.0, 2.0, 4.0)
+    assert "ignored" in cap.note
+
+
+def test_capacity_censored_above_and_below():
+    above = capacity_at_slo([const_point(1, 100, 10), const_point(2, 200, 20)], LIMITS,
+                            resamples=50)
+    assert above.censored == "above" and above.value == 2.0 and above.first_failing is None
+    assert above.ci_low == above.ci_high == 2.0
+    below = capacity_at_slo([const_point(1, 1100, 10), const_point(2, 1200, 20)], LIMITS,
+                            resamples=50)
+    assert below.censored == "below" and math.isnan(below.value)
+    assert math.isnan(below.ci_low) and math.isnan(below.ci_high)
+    assert np.isnan(below.draws).all() and below.passing == () and below.first_failing == 1.0
+
+
+def test_saturated_or_failing_point_caps_at_last_passing_rate():
+    # rate 3 has low latency (margin 0.5) but its queue grows: not sustainable
+    sat = capacity_at_slo([const_point(1, 400, 20), const_point(2, 800, 40),
+                           const_point(3, 500, 20, saturated=True)], LIMITS, resamples=50)
+    assert sat.value == 2.0 and sat.first_failing == 3.0 and "saturated" in sat.note
+    # rate 3 with 50% failures: p90 TTFT falls on a failure (inf): no interpolation either
+    inf = capacity_at_slo([const_point(1, 400, 20), const_point(2, 800, 40),
+                           const_point(3, 500, 20, failed=10)], LIMITS, resamples=50)
+    assert inf.value == 2.0 and "nothing above 2 req/s" in inf.note
+
+
+def test_interval_contains_value_and_narrows_with_more_requests():
+    widths = []
+    for n in (40, 1500):
+        pts = [model_point(r, n, seed=10 + r) for r in (1, 2, 3, 4)]
+        cap = capacity_at_slo(pts, LIMITS, resamples=500, seed=1)
+        assert cap.censored == "none" and 2 < cap.value < 3
+        assert cap.ci_low <= cap.value <= cap.ci_high
+        widths.append(cap.ci_high - cap.ci_low)
+    # true p90 = 379.6 x rate ms crosses 1000 ms at 2.63 req/s
+    assert cap.ci_low < 1000 / (200 * math.exp(0.5 * 1.2815516)) < cap.ci_high
+    assert widths[1] < widths[0] / 2
+
+
+def test_capacity_is_deterministic_for_a_seed():
+    pts = [model_point(r, 60, seed=20 + r) for r in (1, 2, 3, 4)]
+    a = capacity_at_slo(pts, LIMITS, resamples=300, seed=7)
+    b = capacity_at_slo(pts, LIMITS, resamples=300, seed=7)
+    c = capacity_at_slo(pts, LIMITS, resamples=300, seed=8)
+    assert np.array_equal(a.draws, b.draws) and (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+    assert not np.array_equal(a.draws, c.draws) and a.value == c.value
+
+
+def test_capacity_rejects_bad_points():
+    with pytest.raises(StageError):
+        capacity_at_slo([], LIMITS)
+    with pytest.raises(StageError):
+        capacity_at_slo([const_point(1, 1, 1), const_point(1, 2, 2)], LIMITS)  # same rate
+    with pytest.raises(StageError):
+        capacity_at_slo([const_point(0, 1, 1)], LIMITS)
+
+
+# ---------------------------------------------------------------- gain and cost
+
+
+def test_capacity_gain_sign_and_interval():
+    fast = capacity_at_slo([model_point(r, 800, seed=30 + r, scale=150) for r in (1, 2, 3, 4)],
+                           LIMITS, resamples=500, seed=1)
+    slow = capacity_at_slo([model_point(r, 800, seed=40 + r) for r in (1, 2, 3, 4)],
+                           LIMITS, resamples=500, seed=2)
+    gain, lo, hi = capacity_gain(fast, slow)
+    assert gain == pytest.approx((fast.value / slow.value - 1) * 100)
+    assert 0 < lo < gain < hi and 15 < gain < 50  # true gain 200 / 150 - 1 = 33%
+    back, blo, bhi = capacity_gain(slow, fast)
+    assert blo < back < bhi < 0
+    below = Capacity(math.nan, math.nan, math.nan, "below", (), 1.0, np.full(500, np.nan), "")
+    assert all(math.isnan(x) for x in capacity_gain(fast, below))
+    assert all(math.isnan(x) for x in capacity_gain(below, fast))
+
+
+def test_cost_and_energy_formulas():
+    # 2 GPUs at 3.6 USD/h = 0.002 USD/s; at 1000 tok/s: 2e-6 USD/token = 2 USD per million
+    assert cost_per_million_tokens(3.6, 2, 1000.0) == pytest.approx(2.0)
+    assert cost_per_million_tokens(2.0, 1, 500.0) == pytest.approx(2.0 / 3600 / 500 * 1e6)
+    assert math.isnan(cost_per_million_tokens(2.0, 1, 0.0))
+    assert math.isnan(cost_per_million_tokens(2.0, 1, math.nan))
+    assert joules_per_token(500.0, 100) == pytest.approx(5.0)
+    assert math.isnan(joules_per_token(500.0, 0)) and math.isnan(joules_per_token(math.nan, 10))
