@@ -204,7 +204,7 @@ def window_detail(detail: Mapping[str, Any], mask: Sequence[bool]) -> dict[str, 
     if not detail.get("latencies") and detail.get("ttfts") is not None:
         out["latencies"] = request_latencies(detail)
     for k in PER_REQUEST_KEYS:
-        v = detail.get(k)
+        v = out.get(k)
         if isinstance(v, list) and len(v) == len(keep):
             out[k] = [x for x, k2 in zip(v, keep, strict=True) if k2]
     starts = out.get("start_times") or []
