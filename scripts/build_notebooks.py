@@ -93,6 +93,7 @@ NOTEBOOKS = {
         ("params", SUMMARY_PARAMS),
         ("code", "import evalkit.ui.cells.summary as ek\n\nsummary = ek.open_summary(runs, page)"),
         ("code", "ek.show_summary_header(summary)"),
+        ("code", "ek.show_summary_capacity(summary)"),
         ("code", "ek.show_summary_answer(summary)"),
         ("code", "ek.plot_summary_gains(summary)"),
         ("code", "ek.show_summary_table(summary)"),

@@ -13,6 +13,10 @@ report ``html/04_report.html``. :func:`archive_run` changes, in place:
   :func:`evalkit.core.io.read_json` and :func:`evalkit.core.io.json_exists` accept either form;
 * the engine and stage logs (``logs/*.log``) and any other ``*.log`` over
   :data:`GZIP_MIN_BYTES` become ``<name>.log.gz`` (``zcat`` reads them);
+* the prompt files of request mixes (``raw/latency/<variant>/<point>_t<k>.prompts.jsonl``)
+  are deleted after their SHA-256 is recorded in the point's ``<point>.summary.json``
+  (``prompts``): evalkit writes them from the study's seed, the tokenizer and the task pack,
+  so a regeneration is checked against the digest instead of keeping megabytes of text;
 * ``run.lock`` is deleted, and so are ``report.html`` at the run root where it is a byte
   copy of ``html/04_report.html``, every ``html/*.code.html`` (the executed notebooks hold
   the code) and the other stages' ``html/NN_stage.html`` whose executed
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import filecmp
 import gzip
+import hashlib
 import os
 import zlib
 from contextlib import ExitStack
@@ -36,7 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evalkit.core.errors import ArchiveError, RunDirError
-from evalkit.core.io import atomic_write_bytes, file_lock, lock_holder, read_json
+from evalkit.core.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    file_lock,
+    json_exists,
+    lock_holder,
+    read_json,
+)
 from evalkit.core.run import REPORT_HTML
 
 #: Raw JSON and stray logs at or below this size stay as they are (readers open some of
@@ -120,6 +132,14 @@ def archive_run(path: str | os.PathLike[str], *, dry_run: bool = False) -> Archi
             removed.append(f.relative_to(run).as_posix())
             if not dry_run:
                 _unlink(f)
+        for f in sorted((run / "raw").rglob(f"*{PROMPTS_SUFFIX}*")):
+            if not f.name.endswith((PROMPTS_SUFFIX, PROMPTS_SUFFIX + ".gz")):
+                continue
+            delta -= f.stat().st_size
+            removed.append(f.relative_to(run).as_posix())
+            if not dry_run:
+                _record_prompt_digest(f)
+                _unlink(f)
         for f, log in _compressible(run):
             gz = _gz(f)
             payload = _payload(f, log=log)
@@ -185,6 +205,33 @@ def _duplicates(run: Path) -> list[Path]:
         elif f != kept_report and (run / "notebooks" / f"{f.stem}.ipynb").is_file():
             out.append(f)
     return out
+
+
+#: Name ending of a request mix's prompt file (vLLM's custom dataset), one per point trial.
+PROMPTS_SUFFIX = ".prompts.jsonl"
+
+
+def _record_prompt_digest(f: Path) -> None:
+    """Write ``f``'s SHA-256 (of its text) into its point's summary before ``f`` goes."""
+    try:
+        data = f.read_bytes()
+        if f.suffix == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ArchiveError(f"{f}: cannot read ({exc})") from None
+    name = f.name.removesuffix(".gz")
+    stem = name.removesuffix(PROMPTS_SUFFIX).rsplit("_t", 1)[0]
+    summary = f.with_name(f"{stem}.summary.json")
+    doc = read_json(summary) if json_exists(summary) else {}
+    digests = dict(doc.get("prompts") or {})
+    digest = hashlib.sha256(data).hexdigest()
+    if digests.get(name, {}).get("sha256") == digest:
+        return
+    digests[name] = {"sha256": digest, "requests": data.count(b"\n"),
+                     "note": "prompt file removed by evalkit archive; evalkit writes it again "
+                             "from the study's seed, tokenizer and task pack"}
+    doc["prompts"] = digests
+    atomic_write_json(summary, doc)
 
 
 def _compressible(run: Path) -> list[tuple[Path, bool]]:

@@ -156,7 +156,7 @@ def load_runs(*run_dirs: str | os.PathLike[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-KEY = ["run_id", "variant", "stage", "task", "workload", "mode", "load", "metric", "stat",
+KEY = ["run_id", "variant", "stage", "task", "workload", "mode", "metric", "stat",
        "concurrency", "request_rate", "input_len", "output_len"]
 
 

@@ -158,6 +158,22 @@ def load_label(request_rate: float, *, lengths_vary: bool, burstiness: float = 1
     return "poisson" if burstiness == 1.0 else "gamma"
 
 
+#: A closed loop over a request mix sends at least this many waves per trial: with one wave
+#: all its requests start together (a burst, whatever their lengths); over several, their
+#: different lengths desynchronize the waves.
+CLOSED_LOOP_WAVES = 4
+
+
+def effective_load(load: str, concurrency: int, request_rate: float,
+                   requests_per_trial: int | None) -> str:
+    """A closed-loop point that sent no more requests per trial than its concurrency was one
+    wave: all its requests started at once, so it is a ``burst`` whatever their lengths."""
+    if (load == "closed" and math.isinf(request_rate) and requests_per_trial is not None
+            and requests_per_trial <= concurrency):
+        return "burst"
+    return load
+
+
 def auto_rates(sync_rate: float, saturation_rate: float, n: int, headroom: float) -> list[float]:
     """``n`` rates spread evenly above ``sync_rate`` up to ``headroom x saturation_rate``
     (3 significant digits, increasing, no repeats)."""

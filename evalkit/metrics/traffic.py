@@ -36,8 +36,9 @@ ACHIEVED_MIN = 0.9
 TTFT_GROWTH = 2.0
 #: ...and the growth is also larger than this many ms (a 2x growth of a 10 ms TTFT is noise).
 TTFT_GROWTH_MIN_MS = 50.0
-#: The TTFT test needs at least this many ok requests in the window (two per third).
-TTFT_GROWTH_MIN_REQUESTS = 6
+#: The TTFT test needs at least this many ok requests in the window (four per third: the
+#: median of two is a single slow request, which one busy core on a CPU host produces).
+TTFT_GROWTH_MIN_REQUESTS = 12
 #: Saturated when more than this percentage of the window's requests failed.
 FAILED_MAX_PCT = 5.0
 
@@ -106,7 +107,7 @@ class Flow:
     """Arrivals against completions inside a window, and whether the queue grows."""
 
     arrival_rate_req_s: float  #: (n - 1) / sending span of the window; NaN if n < 2 or span 0
-    achieved_rate_req_s: float  #: (ok - 1) / completion span of the window's ok requests
+    achieved_rate_req_s: float  #: completions inside the window's sending span / that span
     failed: int  #: failed requests inside the window
     saturated: bool
     reason: str  #: '' when not saturated, else why (with the numbers)
@@ -122,12 +123,13 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
          ok: Sequence[bool], window: Window, offered_rate: float | None = None) -> Flow:
     """Arrival and completion rates of a window, and the saturation verdict.
 
-    Both rates count intervals over a span: ``arrival = (n - 1) / (last send - first send)``
-    over the window's requests, ``achieved = (k - 1) / (last completion - first completion)``
-    over its ``k`` ok ones (completion = send + latency). A stable stream completes as fast as
-    it arrives whatever the latency; a growing queue completes at the service rate. (Dividing
-    by ``last completion - first send`` would add a latency to the span and call a stable
-    stream with long latencies saturated.)
+    ``arrival = (n - 1) / (last send - first send)`` over the window's n requests;
+    ``achieved`` = completions (send + latency) of any of the trial's ok requests inside the
+    window's sending interval, per second of it. In a steady state as many requests finish per
+    second as arrive, whatever the latency distribution; a growing queue finishes at the
+    service rate. (A rate from the completion span of the window's own requests is biased by
+    the latency spread: with outputs of 16 to 1024 tokens, a stable stream at 90 % of its
+    saturation rate on an H100 read 0.7 x its arrival rate.)
 
     Saturated if any of: ``achieved < min(ACHIEVED_MIN, 1 - 2 sqrt(2/k)) x arrival``
     (the noise allowance for k ok requests); more than ``FAILED_MAX_PCT``
@@ -156,7 +158,14 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
     keep = m[order]
     send, lat, ttft, good = (c[order][keep] for c in (*cols, good))
     arrival = _rate(send)
-    achieved = _rate(send[good] + lat[good])
+    # completions of any of the trial's requests inside the window's sending interval: in a
+    # steady state as many finish per second as arrive, whatever the latency distribution
+    all_send, all_lat = cols[0][order], cols[1][order]
+    all_ok = np.asarray(ok, dtype=bool).ravel()[order]
+    done_at = (all_send + all_lat)[all_ok & np.isfinite(all_lat)]
+    t0, t1 = (float(send.min()), float(send.max())) if send.size else (0.0, 0.0)
+    achieved = (float(((done_at >= t0) & (done_at <= t1)).sum()) / (t1 - t0)
+                if t1 > t0 else math.nan)
     failed = int((~good).sum())
     reasons = []
     n = int(send.size)
@@ -261,11 +270,15 @@ class Capacity:
     note: str  #: how it was read, one sentence
 
 
-def _crossing(rates: np.ndarray, sat: np.ndarray, margins: np.ndarray) -> np.ndarray:
-    """Capacity per row of ``margins`` (draws x points); NaN below the lowest rate."""
+def _crossing(rates: np.ndarray, sat: np.ndarray, margins: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Capacity per row of ``margins`` (draws x points); NaN below the lowest rate. Also, per
+    row, the first failing rate where it is saturated or its margin infinite (NaN elsewhere):
+    the capacity then only lies somewhere in [last passing rate, that rate)."""
     passes = ~sat & (margins <= 1)
     f = np.where(passes.all(axis=1), rates.size, np.argmin(passes, axis=1))
     out = np.full(margins.shape[0], rates[-1])
+    upper = np.full(margins.shape[0], np.nan)
     mid = (f > 0) & (f < rates.size)
     out[f == 0] = np.nan
     i = f[mid]
@@ -273,8 +286,10 @@ def _crossing(rates: np.ndarray, sat: np.ndarray, margins: np.ndarray) -> np.nda
     r_lo, r_hi = rates[i - 1], rates[i]
     with np.errstate(invalid="ignore"):
         interp = r_lo + (1 - m_lo) * (r_hi - r_lo) / (m_hi - m_lo)
-    out[mid] = np.where(sat[i] | np.isinf(m_hi), r_lo, interp)
-    return out
+    unresolved = sat[i] | np.isinf(m_hi)
+    out[mid] = np.where(unresolved, r_lo, interp)
+    upper[mid] = np.where(unresolved, r_hi, np.nan)
+    return out, upper
 
 
 def _misses(point: RatePoint, limits: Mapping[str, float], q: float) -> str:
@@ -300,8 +315,10 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
 
     Interval: percentile bootstrap. Each resample redraws every point's per-trial values with
     replacement within each trial, recomputes the margins and the crossing (saturation flags
-    stay as measured). Draws below the lowest rate are NaN and count as 0 req/s in the
-    quantiles; draws above count as the top rate.
+    stay as measured); where the crossing meets a saturated rate ``r1``, the draw is uniform
+    in ``[r0, r1)`` (the capacity is known only to that resolution). Draws below the lowest
+    rate are NaN and count as 0 req/s in the quantiles; draws above count as the top rate.
+    The value's own end of that bracket is always inside the interval.
     """
     if not points or resamples < 1 or not 0 < confidence < 1 or not 0 <= percentile <= 100:
         raise StageError(f"capacity at SLO: {len(points)} rate point(s), resamples {resamples}, "
@@ -312,7 +329,7 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
         raise StageError(f"rates must be finite, > 0 and distinct, got {rates.tolist()}")
     sat = np.asarray([bool(p.saturated) for p in pts])
     margins = np.asarray([slo_margin(p.samples, limits, percentile) for p in pts])
-    value = float(_crossing(rates, sat, margins[None, :])[0])
+    value = float(_crossing(rates, sat, margins[None, :])[0][0])
     passes = ~sat & (margins <= 1)
     passing = tuple(float(r) for r in rates[passes])
     f = int(np.argmin(passes)) if not passes.all() else None
@@ -325,9 +342,16 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
                                 for x in parts], axis=1)
             per_metric.append(_percentile(b, percentile) / limits[m])
         boot[:, j] = np.max(per_metric, axis=0)
-    draws = _crossing(rates, sat, boot)
+    draws, upper = _crossing(rates, sat, boot)
+    # Where the first failing rate is saturated, no margin crosses 1 between the two rates:
+    # the capacity is known only to lie in [last passing, failing) -- the sweep's resolution.
+    # The value claims the lower end; the draws spread uniformly over the bracket, so the
+    # interval (and a gain between variants) carries that resolution instead of hiding it.
+    spread = np.isfinite(upper)
+    draws[spread] = rng.uniform(draws[spread], upper[spread])
     alpha = 1 - confidence
     lo, hi = np.quantile(np.nan_to_num(draws, nan=0.0), [alpha / 2, 1 - alpha / 2])
+    lo, hi = min(float(lo), value), max(float(hi), value)  # the claimed value is an end
     censored = "above" if f is None else "below" if f == 0 else "none"
     if f is None:
         note = (f"every rate met the p{percentile:g} limits (up to {rates[-1]:g} req/s): "
@@ -342,7 +366,8 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
         if sat[f] or math.isinf(margins[f]):
             why = "is saturated" if sat[f] else f"has {_misses(pts[f], limits, percentile)}"
             note = (f"last passing rate {r0:g} req/s: {r1:g} req/s {why}, not sustainable, so "
-                    f"nothing above {r0:g} req/s is claimed")
+                    f"nothing above {r0:g} req/s is claimed (capacity lies in [{r0:g}, {r1:g})"
+                    " req/s: the interval spans the rates' resolution)")
         else:
             note = (f"interpolated between {r0:g} (meets p{percentile:g} limits) and {r1:g} "
                     f"req/s ({_misses(pts[f], limits, percentile)})")

@@ -94,12 +94,14 @@ def _gain_cell(row: pd.Series) -> str:
     g = row["gain_pct"]
     if math.isnan(g):
         return "n/a"
-    text = f"{g:+.0f}%" + _interval(row["gain_lo"], row["gain_hi"], "{:+.0f}%")
-    if row["gain_note"].startswith("a lower bound"):
-        return f"≥ {text}"
-    if row["gain_note"].startswith("an upper bound"):
-        return f"≤ {text}"
-    return text
+    interval = _interval(row["gain_lo"], row["gain_hi"], "{:+.0f}%")
+    # a censored capacity makes the gain a bound: state the conservative end of its interval
+    # (the point ratio of a censored value over the reference's would claim too much)
+    if row["gain_note"].startswith("a lower bound") and not math.isnan(row["gain_lo"]):
+        return f"≥ {row['gain_lo']:+.0f}%" + interval
+    if row["gain_note"].startswith("an upper bound") and not math.isnan(row["gain_hi"]):
+        return f"≤ {row['gain_hi']:+.0f}%" + interval
+    return f"{g:+.0f}%" + interval
 
 
 def _scheme(variant: str, scheme: str) -> str:
@@ -129,7 +131,9 @@ def capacity_markdown(r: rp.Report) -> str:
         cells = [_scheme(row["variant"], row["scheme"]), mix, _capacity_cell(row, col),
                  _gain_cell(row)]
         if cost:
-            cells.append(_num(row["cost_usd_per_m_tokens"])
+            # at least the top rate -> at most its cost
+            cells.append(("≤ " if row["censored"] == "above" else "")
+                         + _num(row["cost_usd_per_m_tokens"])
                          + _interval(row["cost_lo"], row["cost_hi"]))
         cells.append(_num(row["energy_j_per_token"]) if not math.isnan(row["energy_j_per_token"])
                      else row["energy_note"].removeprefix("at the highest rate that met the SLO: ")

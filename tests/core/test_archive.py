@@ -266,3 +266,20 @@ def test_latency_records_rebuild_from_an_archived_reference_run(tmp_path):
     assert len(m) == len(ok) > 0
     pd.testing.assert_series_equal(m["value_rebuilt"], m["value"], check_names=False,
                                    rtol=1e-9)
+
+
+def test_archive_drops_mix_prompt_files_and_keeps_their_digest(tmp_path):
+    d = finished_run(tmp_path, "p")
+    vdir = d / "raw/latency/w8"
+    text = "".join(json.dumps({"prompt": f"[p-{i}]\nsome text", "output_tokens": 9}) + "\n"
+                   for i in range(50)).encode()
+    (vdir / "chat_c8_r2_t0.prompts.jsonl").write_bytes(text)
+    (vdir / "chat_c8_r2.summary.json").write_text(json.dumps({"trials": 1}))
+    r = archive_run(d)
+    assert "raw/latency/w8/chat_c8_r2_t0.prompts.jsonl" in r.removed
+    assert not list(vdir.glob("*.prompts.jsonl*"))
+    summary = read_json(vdir / "chat_c8_r2.summary.json")
+    got = summary["prompts"]["chat_c8_r2_t0.prompts.jsonl"]
+    assert got["sha256"] == hashlib.sha256(text).hexdigest() and got["requests"] == 50
+    assert summary["trials"] == 1
+    assert not archive_run(d).removed  # a second archive changes nothing

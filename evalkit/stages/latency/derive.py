@@ -95,8 +95,13 @@ def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[s
     rows = point_rows(m, **fields) + interval_rows(m, seed=seed, **fields)
     saturated = any(f.saturated for f in flows)
     reason = next((f.reason for f in flows if f.saturated), "")
+    samples: dict[str, list[np.ndarray]] = {k: [] for k in SLO_METRICS}
+    for d in used:
+        for k, v in _slo_samples(d).items():
+            samples[k].append(v)
     if rate:
         rows += _rate_rows(summary, fields, windows, flows, saturated, reason)
+        rows += _goodput_rows(summary.get("slo") or {}, samples, flows, fields)
     rows += _energy_rows(summary.get("energy") or [], fields, details)
     delta = summary.get("server_metrics")
     if delta:
@@ -104,10 +109,6 @@ def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[s
         for x in srows:
             x["backend"] = "vllm-server"
         rows += srows
-    samples: dict[str, list[np.ndarray]] = {k: [] for k in SLO_METRICS}
-    for d in used:
-        for k, v in _slo_samples(d).items():
-            samples[k].append(v)
     lens = [int(x) for d in used for x, e in zip(d.get("input_lens") or [],
                                                  d.get("errors") or [], strict=False)
             if x and not e]
@@ -134,13 +135,43 @@ def _rate_rows(summary: Mapping[str, Any], fields: Mapping[str, Any], windows: l
              note="requests sent in the window / its sending span (mean over trials)"),
         dict(metric="achieved_rate_req_s", stat="value", unit="req/s", higher_is_better=True,
              value=mean([f.achieved_rate_req_s for f in flows]), n=n_win, **fields,
-             note="window requests completed / (last completion - first send) (mean over "
+             note="completions inside the window's sending span / that span (mean over "
                   "trials)"),
         dict(metric="saturated", stat="value", unit="bool", higher_is_better=False,
              value=1.0 if saturated else 0.0, n=len(flows), **fields,
              note=reason or "queue steady through the window"),
         dict(metric="window_requests", stat="value", unit="count", higher_is_better=True,
              value=float(n_win), n=n_win, **fields, note=how or None),
+    ]
+
+
+def _goodput_rows(slo: Mapping[str, float], samples: Mapping[str, list[np.ndarray]],
+                  flows: list[Any], fields: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Goodput of a rate point: the share of its window requests meeting every SLO limit
+    (failed ones never do; an undefined TPOT of a 1-token output does not count against it)
+    x the window's achieved rate, per trial, averaged."""
+    limits = {k: float(v) for k, v in slo.items() if k in SLO_METRICS}
+    if not limits or not flows:
+        return []
+    vals, shares = [], []
+    for t, f in enumerate(flows):
+        n = len(samples["ttft_ms"][t]) if samples["ttft_ms"] else 0
+        if not n:
+            continue
+        good = np.ones(n, dtype=bool)
+        for m, lim in limits.items():
+            x = samples[m][t]
+            good &= ~(x > lim) & ~(np.isnan(x) & (m != "tpot_ms"))
+        shares.append(float(good.mean()))
+        vals.append(shares[-1] * f.achieved_rate_req_s)
+    text = ", ".join(f"{m.removesuffix('_ms').upper()} <= {v:g} ms" for m, v in limits.items())
+    return [
+        dict(metric="slo_attainment", stat="value", unit="fraction", higher_is_better=True,
+             value=float(np.mean(shares)) if shares else math.nan, **fields,
+             note=f"window requests meeting {text} (failed ones do not)"),
+        dict(metric="goodput_req_s", stat="value", unit="req/s", higher_is_better=True,
+             value=float(np.nanmean(vals)) if vals else math.nan, **fields,
+             note=f"share meeting {text} x achieved rate (mean over trials)"),
     ]
 
 

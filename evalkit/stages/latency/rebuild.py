@@ -14,6 +14,7 @@ from evalkit.core import records as rec
 from evalkit.core.errors import StageError
 from evalkit.core.io import json_exists, read_json
 from evalkit.core.run import Run
+from evalkit.core.traffic import effective_load
 from evalkit.metrics.latency import offline_rows
 from evalkit.metrics.raw import STAGE, offline_iters, point_stem, trial_files
 from evalkit.metrics.roofline import (
@@ -88,8 +89,12 @@ def rebuild_records(run: Run) -> pd.DataFrame:
             details = [read_json(f.with_suffix("") if f.suffix == ".gz" else f) for f in files]
             summary_file = vdir / f"{name}.summary.json"
             summary = read_json(summary_file) if json_exists(summary_file) else {}
+            summary.setdefault("slo", cfg.report.slo.limits())  # goodput of a rate point
             if pd.isna(fields["load"]):  # before 1.3: server points were closed loops
                 fields["load"] = summary.get("load") or "burst"
+            fields["load"] = effective_load(str(fields["load"]), int(fields["concurrency"]),
+                                            float(fields["request_rate"]),
+                                            summary.get("requests_per_trial"))
             data = server_point_records(details, fields, summary=summary,
                                         seed=cfg.latency.seed if cfg.latency else 0)
             delta = summary.get("server_metrics")

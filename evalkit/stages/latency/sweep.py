@@ -19,11 +19,12 @@ from evalkit.core.environment import hardware_label
 from evalkit.core.errors import EvalkitError, StageError
 from evalkit.core.run import Run
 from evalkit.core.schemes import SCHEMES, cpu_latency_skip_reason
+from evalkit.core.traffic import CLOSED_LOOP_WAVES
 from evalkit.core.units import Failure, FailureKind, UnitKey
+from evalkit.engine.energy import EnergyMeter
 from evalkit.metrics import validity as val
 from evalkit.metrics.raw import STAGE
 from evalkit.metrics.roofline import memory_bandwidth
-from evalkit.engine.energy import EnergyMeter
 from evalkit.stages.latency.points import Point, anchor_points, sweep_points
 from evalkit.stages.latency.rows import (
     Bandwidth,
@@ -104,7 +105,8 @@ class _Stage:
     def requests_for(self, p: Point, trials: int) -> int:
         """Requests one trial of ``p`` sends: a rate point ``rate x traffic.duration_s``, a rate
         sweep's anchors ``traffic.sync_requests`` / ``throughput_n()``, a grid point
-        ``latency.prompts_per_trial``."""
+        ``latency.prompts_per_trial`` (a mix's closed loop at least ``CLOSED_LOOP_WAVES``
+        waves)."""
         t = self.lat.traffic
         if t is not None and p not in self._grid:
             if p.is_rate:
@@ -112,7 +114,10 @@ class _Stage:
             if p.concurrency == 1:
                 return t.sync_requests
             return max(t.throughput_n(), p.concurrency)
-        return self.lat.prompts_per_trial(p.concurrency, trials)
+        n = self.lat.prompts_per_trial(p.concurrency, trials)
+        if p.workload.lengths_vary and math.isinf(p.request_rate):
+            n = max(n, CLOSED_LOOP_WAVES * p.concurrency)
+        return n
 
     def energy_meter(self) -> EnergyMeter:
         """A board-energy meter for this study's engines (NaN readings on a CPU)."""

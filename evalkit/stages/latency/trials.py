@@ -6,7 +6,7 @@ JIT compilations, then the point's records derived from the raw files
 
 from __future__ import annotations
 
-import math
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from evalkit.assets import mixes
 from evalkit.core import records as rec
 from evalkit.core.errors import EngineError
 from evalkit.core.io import atomic_write_json, read_json
+from evalkit.core.traffic import effective_load
 from evalkit.metrics import validity as val
 from evalkit.metrics.latency import bench_summary
 from evalkit.metrics.raw import trial_files
@@ -90,6 +91,7 @@ def measure_point(st: _Stage, session: VariantSession, tokenizer: Path, vdir: Pa
     log_from = _log_size(session.log_path)
     before = eng.scrape_metrics(session.base_url) if lat.scrape_metrics else None
     details, commands, summaries, energy = [], [], [], []
+    prompts: dict[str, Any] = {}
     t0 = time.monotonic()
     per_request = lat.request_timeout_for(w)
     waves = -(-n // c)
@@ -102,6 +104,8 @@ def measure_point(st: _Stage, session: VariantSession, tokenizer: Path, vdir: Pa
             reqs = mixes.build_requests(w, n, seed=seed, tokenizer=st.hf_tokenizer(tokenizer),
                                         nonce=f"{name}-t{t}")
             dataset = mixes.write_jsonl(reqs, vdir / f"{name}_t{t}.prompts.jsonl")
+            prompts[dataset.name] = {"sha256": hashlib.sha256(dataset.read_bytes()).hexdigest(),
+                                     "requests": len(reqs), **mixes.describe(reqs)}
         cmd = bench_command(
             base_url=session.base_url, served_model_name=v.name, tokenizer=tokenizer,
             workload=w, concurrency=c, request_rate=r, num_prompts=n, seed=seed,
@@ -130,19 +134,25 @@ def measure_point(st: _Stage, session: VariantSession, tokenizer: Path, vdir: Pa
     jit = eng.jit_events(_log_since(session.log_path, log_from))
     summary: dict[str, Any] = {
         "key": key.encode(), "trials": trials, "requests_per_trial": n,
-        "load": p.load, "bench_commands": commands, "bench_wall_s": wall, "bench": summaries,
+        "bench_commands": commands, "bench_wall_s": wall, "bench": summaries,
         "energy": energy, "jit_events": jit,
     }
+    if prompts:
+        summary["prompts"] = prompts
     if p.is_rate and lat.traffic is not None:
         t_ = lat.traffic
         summary.update(offered_rate=r, burstiness=p.burstiness,
+                       slo=st.cfg.report.slo.limits(),
                        window={"warmup_pct": t_.warmup_pct, "cooldown_pct": t_.cooldown_pct,
                                "by": t_.window_by})
     delta = None
     if before is not None and after is not None:
         delta = eng.metrics_delta(before, after)
         summary["server_metrics"] = delta
-    data = server_point_records(details, p.fields(), summary=summary, seed=lat.seed)
+    fields = p.fields()
+    fields["load"] = effective_load(p.load, c, r, n)
+    summary["load"] = fields["load"]
+    data = server_point_records(details, fields, summary=summary, seed=lat.seed)
     summary["evalkit"] = {f"{x['stat']}_{x['metric']}": x["value"] for x in data.rows
                           if x.get("mode") != "server-metrics"}
     summary["saturated"], summary["saturation_reason"] = data.saturated, data.reason
@@ -162,15 +172,3 @@ def measure_point(st: _Stage, session: VariantSession, tokenizer: Path, vdir: Pa
         + (f"; SATURATED: {data.reason}" if data.saturated else "")
         + (f"; INVALID: {bad['reason'].iloc[0]}" if len(bad) else ""))
     return data
-
-
-def offered(p: Point) -> str:
-    """How a point loads the server, in words (for logs and tables)."""
-    if p.mode == "offline":
-        return f"offline batch of {p.concurrency}"
-    if p.is_rate:
-        kind = "Poisson" if p.burstiness == 1.0 else f"gamma (burstiness {p.burstiness:g})"
-        return f"{kind} arrivals at {p.request_rate:g} req/s, at most {p.concurrency} in flight"
-    if math.isinf(p.request_rate) and not p.workload.lengths_vary:
-        return f"burst of {p.concurrency} identical requests (closed loop)"
-    return f"closed loop, {p.concurrency} in flight"

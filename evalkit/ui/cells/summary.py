@@ -11,13 +11,14 @@ from evalkit.analysis import summary as sm
 from evalkit.metrics import points
 from evalkit.ui.display import collapsed, html_block, md
 from evalkit.ui.figures import shown
-from evalkit.ui.views import REGIME_LABELS
+from evalkit.ui.views import REGIME_LABELS, capacity_markdown
 
 __all__ = [
     "SummaryContext",
     "open_summary",
     "plot_summary_gains",
     "show_summary_answer",
+    "show_summary_capacity",
     "show_summary_definitions",
     "show_summary_header",
     "show_summary_runs",
@@ -43,6 +44,19 @@ def show_summary_header(ctx: SummaryContext):
               f"{', '.join(models)} · hardware: {', '.join(hw)}. Built from valid latency "
               "points only (no prefix-cache hits, no figure below its physical floor); "
               "each run's own report is linked below.")
+
+
+def show_summary_capacity(ctx: SummaryContext):
+    """Capacity at the SLO of every run that measured rate sweeps, first: what a production
+    owner compares (requests/s per GPU within the SLO, per traffic mix)."""
+    parts = []
+    for s in ctx.runs:
+        table = capacity_markdown(s.report)
+        if table:
+            parts.append(f"**{s.label}** ({s.shape}, {s.report.hardware}):\n\n{table}")
+    if not parts:
+        return md("_no run measured a rate sweep: no capacity at the SLO_")
+    return md("## Capacity at the SLO under real traffic\n\n" + "\n\n".join(parts))
 
 
 def show_summary_answer(ctx: SummaryContext):

@@ -26,7 +26,7 @@ from evalkit.metrics import validity as val
 from evalkit.stages import latency as L
 from evalkit.stages.latency.client import bench_command, vllm_range_ratio
 from evalkit.stages.latency.derive import server_point_records
-from evalkit.stages.latency.points import Point, anchor_points, rate_points, sweep_points
+from evalkit.stages.latency.points import anchor_points, rate_points, sweep_points
 
 MIX = Workload(name="chat", input_len=128, output_len=32,
                input=Lengths(dist="lognormal", sd=64, min=16, max=400),
@@ -163,6 +163,20 @@ def test_rate_point_window_flow_and_energy_not_measured():
     assert [len(x) for x in data.samples["ttft_ms"]] == [80]
 
 
+def test_goodput_of_a_rate_point_counts_failed_requests_as_missing_the_slo():
+    d = _detail(60, 2.0, 0.05, fail_every=10)  # 6 of 60 fail; TTFT 10 ms, TPOT ~2.7 ms
+    summary = {**WINDOW, "offered_rate": 2.0, "slo": {"ttft_ms": 1000.0, "tpot_ms": 50.0}}
+    data = server_point_records([d], {**FIELDS, "request_rate": 2.0}, summary=summary, seed=0)
+    share = _value(data.rows, "slo_attainment")
+    n_win, failed = _value(data.rows, "window_requests"), _value(data.rows, "failed_requests")
+    assert share == pytest.approx((n_win - failed) / n_win)
+    assert _value(data.rows, "goodput_req_s") == pytest.approx(
+        share * _value(data.rows, "achieved_rate_req_s"))
+    strict = {**summary, "slo": {"ttft_ms": 5.0}}  # nobody meets 5 ms
+    data = server_point_records([d], {**FIELDS, "request_rate": 2.0}, summary=strict, seed=0)
+    assert _value(data.rows, "goodput_req_s") == 0.0
+
+
 def test_overloaded_rate_point_is_saturated():
     d = _detail(100, 4.0, 0.4)  # 2.5 req/s of service for 4 req/s of arrivals
     data = server_point_records([d], FIELDS, summary=WINDOW, seed=0)
@@ -216,6 +230,13 @@ def _gemma():
     return assets.resolve_model(ModelSpec(source="packaged", name="gemma3-270m"))
 
 
+def detail_tok(path):
+    """The model's tokenizer (vLLM counts a prompt's tokens with it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
 @pytest.mark.slow
 def test_real_rate_sweep_on_cpu(tmp_path):
     """Lognormal mix, three Poisson rates with a saturated top rate, capacity at the SLO with
@@ -232,11 +253,12 @@ def test_real_rate_sweep_on_cpu(tmp_path):
                  "input": {"dist": "lognormal", "sd": 48, "min": 16, "max": 300},
                  "output": {"dist": "lognormal", "sd": 6, "min": 2, "max": 32},
                  "concurrency": [1]},
-                {"name": "overlong", "input_len": 600, "output_len": 4, "concurrency": [2]}],
+                {"name": "overlong", "input_len": 480, "output_len": 4, "concurrency": [2],
+                 "input": {"dist": "lognormal", "sd": 150, "min": 16, "max": 900}}],
             "concurrency": [1], "num_prompts": 4, "prompts_per_concurrency": 2,
             "warmups": 1, "trials": 1,
-            "traffic": {"workloads": ["chat"], "rates": [0.5, 1.0, 400.0], "duration_s": 8,
-                        "min_requests": 8, "max_requests": 160, "sync_requests": 3,
+            "traffic": {"workloads": ["chat"], "rates": [0.3, 0.6, 400.0], "duration_s": 8,
+                        "min_requests": 12, "max_requests": 160, "sync_requests": 3,
                         "throughput_requests": 8, "max_concurrency": 8}},
         "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.2, "max_model_len": 512},
         "report": {"slo": {"ttft_ms": 5000, "tpot_ms": 500}, "cost_per_gpu_hour_usd": 1.0},
@@ -247,26 +269,39 @@ def test_real_rate_sweep_on_cpu(tmp_path):
     result = L.run_stage(cfg, run, checkpoints={"base": model.path}, resolved=model)
     df = result.records
     # lengths drawn per request: the prompts differ in length, the same file for a rerun
-    detail = json.loads((run.path / "raw/latency/base/chat_c8_r1_t0.json").read_text())
+    detail = json.loads((run.path / "raw/latency/base/chat_c8_r0.3_t0.json").read_text())
     assert len(set(detail["input_lens"])) > 3 and len(set(detail["output_lens"])) > 2
     pts = df[(df["mode"] == "server") & (df.workload == "chat")]
     sat = pts[pts.metric == "saturated"].set_index("request_rate")["value"]
-    assert sat.to_dict() == {0.5: 0.0, 1.0: 0.0, 400.0: 1.0}, pts[pts.metric == "saturated"].note
-    assert set(pts[pts.metric == "ttft_ms"].load) == {"closed", "poisson"}
+    assert sat.to_dict() == {0.3: 0.0, 0.6: 0.0, 400.0: 1.0}, pts[pts.metric == "saturated"].note
+    # one request in flight over 3 requests: a closed loop; the throughput point's 8 requests
+    # at concurrency 8 are one wave: a burst, whatever their lengths; arrivals at a rate
+    loads = pts[pts.metric == "ttft_ms"].groupby(["concurrency", "request_rate"]).load.first()
+    assert loads[(1, math.inf)] == "closed" and loads[(8, math.inf)] == "burst"
+    assert {loads[(8, r)] for r in (0.3, 0.6, 400.0)} == {"poisson"}
     offered = pts[pts.metric == "offered_rate_req_s"].set_index("request_rate")["value"]
     achieved = pts[pts.metric == "achieved_rate_req_s"].set_index("request_rate")["value"]
     assert achieved[400.0] < 0.5 * offered[400.0]
     cap = df[(df["mode"] == "capacity") & (df.metric == "capacity_req_s")].set_index("stat")
     lo, v, hi = (float(cap.value[s]) for s in ("ci_low", "value", "ci_high"))
-    assert 1.0 <= v <= 400.0 and lo <= v <= hi, cap.note["value"]
+    assert 0.6 <= v <= 400.0 and lo <= v <= hi, cap.note["value"]
     draws = json.loads((run.path / "raw/latency/base/capacity_chat.json").read_text())["draws"]
     assert len(draws) == 1000
     cost = df[(df.metric == "cost_usd_per_m_output_tokens") & (df.stat == "value")]
     assert float(cost.value.iloc[0]) > 0
-    # every request of the overlong workload was refused by the server: counted, not dropped
+    # the overlong mix's prompts past the context are refused by the server: every one is
+    # counted, none dropped, and the percentiles say how many they leave out
     bad = df[(df.workload == "overlong") & (df["mode"] == "server")]
-    assert float(bad[bad.metric == "failed_requests"].value.iloc[0]) == 4
-    assert math.isnan(float(bad[(bad.metric == "ttft_ms") & (bad.stat == "p50")].value.iloc[0]))
+    lens = [json.loads(x)["prompt"] for x in (run.path / "raw/latency/base/overlong_c2_rinf"
+                                               "_t0.prompts.jsonl").read_text().splitlines()]
+    ids = [len(detail_tok(model.path)(p).input_ids) for p in lens]
+    too_long = (sum(n > 512 for n in ids), sum(n + 4 > 512 for n in ids))
+    failed = float(bad[bad.metric == "failed_requests"].value.iloc[0])
+    assert too_long[1] > 0 and too_long[0] <= failed <= too_long[1], (failed, too_long)
+    p50 = bad[(bad.metric == "ttft_ms") & (bad.stat == "p50")]
+    assert f"{int(failed)} failed request(s) not in these percentiles" in p50.note.iloc[0]
+    ok = float(bad[bad.metric == "completed_requests"].value.iloc[0])
+    assert ok + failed == len(ids)
     # the rebuilt records give the same capacity
     import yaml
 
