@@ -57,6 +57,24 @@ def _load_axis(ax, loads: pd.Series) -> None:
     ax.minorticks_off()
 
 
+def _workload_panels(df: pd.DataFrame, sort_by: str, empty: str):
+    """A figure with one panel per workload of ``df``, and (axis, workload, its rows sorted
+    by ``sort_by``) for every panel with data (an empty panel says ``empty``)."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- heavy, only when drawing
+
+    workloads = list(pd.unique(df["workload"])) or ["(none)"]
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5.6 * len(workloads), 4.3),
+                             squeeze=False)
+    panels = []
+    for ax, wl in zip(axes[0], workloads, strict=True):
+        sub = df[df["workload"] == wl].sort_values(sort_by)
+        if sub.empty:
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+        else:
+            panels.append((ax, wl, sub))
+    return fig, panels
+
+
 def _dedupe_legend(ax) -> None:
     handles, labels = ax.get_legend_handles_labels()
     seen: dict[str, object] = {}
@@ -86,21 +104,13 @@ def plot_metric_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms", mode: 
     over iterations), one panel per workload. The x label names the points' load pattern
     (``load``: burst of identical requests or closed loop). Concurrency points only: pass
     no rate-sweep points (they are :func:`plot_rate_curves`')."""
-    import matplotlib.pyplot as plt
 
     _style()
     pts = points[points["mode"] == mode]
-    workloads = list(pd.unique(pts["workload"])) or ["(none)"]
-    fig, axes = plt.subplots(1, len(workloads), figsize=(5.6 * len(workloads), 4.3),
-                             squeeze=False)
     short = metric.removesuffix("_ms")
     colors = _colors(points)
-    for ax, wl in zip(axes[0], workloads, strict=True):
-        sub = pts[pts["workload"] == wl].sort_values("concurrency")
-        if sub.empty:
-            ax.text(0.5, 0.5, "no latency measured", ha="center", va="center",
-                    transform=ax.transAxes)
-            continue
+    fig, panels = _workload_panels(pts, "concurrency", "no latency measured")
+    for ax, wl, sub in panels:
         for variant, v in sub.groupby("variant", sort=False):
             c = colors[variant]
             ok = v[v["status"] == "ok"]
@@ -143,20 +153,12 @@ def plot_rate_curves(rates: pd.DataFrame, *, metric: str = "ttft_ms",
         slo_ms: the limit on ``metric`` (None: no line).
         percentile: the percentile the limit applies to (for the line's label).
     """
-    import matplotlib.pyplot as plt
 
     _style()
     short = metric.removesuffix("_ms")
-    workloads = list(pd.unique(rates["workload"])) or ["(none)"]
-    fig, axes = plt.subplots(1, len(workloads), figsize=(5.6 * len(workloads), 4.3),
-                             squeeze=False)
     colors = _colors(rates)
-    for ax, wl in zip(axes[0], workloads, strict=True):
-        sub = rates[rates["workload"] == wl].sort_values("offered_rate_req_s")
-        if sub.empty:
-            ax.text(0.5, 0.5, "no rate sweep measured", ha="center", va="center",
-                    transform=ax.transAxes)
-            continue
+    fig, panels = _workload_panels(rates, "offered_rate_req_s", "no rate sweep measured")
+    for ax, wl, sub in panels:
         ys = []
         for variant, v in sub.groupby("variant", sort=False):
             c = colors[variant]

@@ -40,7 +40,12 @@ Modules:
 - :mod:`~evalkit.stages.latency.points`: :class:`Point` and the points of a sweep;
 - :mod:`~evalkit.stages.latency.servers`: server mode (:class:`ServerSweep`: start, wait,
   measure, restart, provenance);
-- :mod:`~evalkit.stages.latency.trials`: one server point (warm-up, trials, ``/metrics``);
+- :mod:`~evalkit.stages.latency.trials`: one server point (warm-up, trials, ``/metrics``,
+  energy, JIT compilations in the server log);
+- :mod:`~evalkit.stages.latency.derive`: a server point's records from its raw files (the
+  steady-state window of a rate point), shared with rebuild;
+- :mod:`~evalkit.stages.latency.rates`: the rate sweep of a variant and its capacity at the
+  SLO;
 - :mod:`~evalkit.stages.latency.offline`: offline mode;
 - :mod:`~evalkit.stages.latency.rows`: records that are built, not measured (failed points,
   engine start, roofline, floors and validity marks);

@@ -76,11 +76,13 @@ class RateSweep:
         """Rate points all of one variant's sweeps plan."""
         return self.planned() * len(self.st.lat.traffic_workloads())
 
-    def status(self, v: Variant, kind: str, why: str) -> None:
-        """A variant whose sweeps cannot run: a NaN capacity record per swept workload
-        (``unsupported`` ones marked done, as :meth:`_Stage.status_rows` does)."""
+    def status(self, v: Variant, kind: str, why: str,
+               workloads: tuple[Workload, ...] | None = None) -> None:
+        """A variant whose sweeps (of ``workloads``, default all) cannot run: a NaN capacity
+        record per swept workload (``unsupported`` ones marked done, as
+        :meth:`_Stage.status_rows` does)."""
         t = self.st.lat.traffic
-        for w in self.st.lat.traffic_workloads():
+        for w in workloads if workloads is not None else self.st.lat.traffic_workloads():
             key = capacity_key(v.name, w.name)
             if self.run.units.done(key):
                 continue
@@ -112,7 +114,8 @@ class RateSweep:
         if known is not None:
             return known
         t = self.st.lat.traffic
-        assert t is not None  # noqa: S101 -- only called for rate-swept workloads
+        if t is None:
+            raise EngineError(f"{w.name}: the study has no traffic section to sweep")
         sync = self._throughput(v, Point("server", w, 1, math.inf))
         sat = self._throughput(v, Point("server", w, t.max_concurrency, math.inf))
         if not (sync > 0 and sat > 0):
@@ -149,7 +152,7 @@ class RateSweep:
                 rates = self.rates_for(v, w)
             except EngineError as exc:
                 self.run.log(f"latency: {v.name} {w.name} rate sweep not run: {exc}")
-                self.st.fail(capacity_key(v.name, w.name), "failed", str(exc))
+                self.status(v, "failed", str(exc), (w,))
                 bar.update(self.planned())
                 continue
             measured: list[tuple[Point, PointData]] = []

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,15 @@ def _log_since(path: Path, offset: int) -> str:
             return fh.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def _healthy(base_url: str) -> bool:
+    """Whether the server answers ``/health`` with 200 (vLLM's engine-alive check)."""
+    try:
+        with urllib.request.urlopen(base_url + "/health", timeout=10) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _warmups(st: _Stage, p: Point, n: int) -> int:
@@ -125,6 +136,11 @@ def measure_point(st: _Stage, session: VariantSession, tokenizer: Path, vdir: Pa
             raise EngineError(f"vLLM server died during this point "
                               f"({session.exit_description()})")
         detail = read_json(result)
+        if any(detail.get("errors") or []) and not _healthy(session.base_url):
+            # The engine core died while its API server still answered (every request a 500):
+            # these failures say the server is gone, not how the scheme serves.
+            raise EngineError("vLLM server stopped answering /health during this point "
+                              f"({sum(map(bool, detail['errors']))} request(s) failed)")
         details.append(detail)
         commands.append(["vllm", "bench", "serve", *cmd])
         summaries.append(bench_summary(detail))
