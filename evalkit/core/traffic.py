@@ -16,12 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PosInt = Annotated[int, Field(gt=0)]
 
-#: Where empirical lengths come from: natural token lengths of the offline task pack's text.
-#: chat: one question with its choices per prompt (ARC, PIQA, HellaSwag, SciQ, CSQA);
-#: rag: several retrieved-style passages (BoolQ) with a question after them.
-#: As an output source, both take the natural lengths of GSM8K reference solutions (chat).
-EMPIRICAL_SOURCES = ("chat", "rag")
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -50,8 +44,9 @@ class Lengths(_Model):
     max: PosInt | None = Field(None, description="lognormal/empirical: longest length kept "
                                "(longer draws are clipped down to it).")
     source: Literal["chat", "rag"] | None = Field(
-        None, description="empirical: chat (task-pack questions; as output: GSM8K solution "
-        "lengths) or rag (several task-pack passages and a question).")
+        None, description="empirical: chat (one task-pack question with its choices: ARC, "
+        "HellaSwag, PIQA, WinoGrande, BoolQ; as output: GSM8K solution lengths) or rag (3-8 "
+        "BoolQ passages and a question; input only).")
 
     @model_validator(mode="after")
     def _fields(self) -> Lengths:

@@ -94,7 +94,7 @@ def measure_point(st: _Stage, session: VariantSession, tokenizer: Path, vdir: Pa
         old.unlink()
     trials = st.trials_for(p)
     n = st.requests_for(p, trials)
-    warm_up(session.base_url, v.name, w, _warmups(st, p, n), concurrency=min(c, 64),
+    warm_up(session.base_url, v.name, w, _warmups(st, p, n), concurrency=c,
             vocab_size=vocab, seed=prompt_seed(lat.seed, w.name, c, r, 0, "warmup"),
             timeout_s=lat.request_timeout_for(w))
     needs_file = vllm_range_ratio(w) is None
