@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from evalkit.core.io import read_json
+from evalkit.metrics import traffic as tr
 from evalkit.metrics.points import main_hardware
 
 #: latency statistics of a rate point kept by :func:`rate_points`.
@@ -221,52 +222,23 @@ def read_capacity_files(run_path: str | os.PathLike[str] | None) -> dict[tuple[s
     return out
 
 
-def _quantile(x: np.ndarray, q: float) -> float:
-    """Linear-interpolated quantile (numpy's default) that keeps +inf where it falls on it
-    (``np.quantile`` gives NaN between two infs)."""
-    s = np.sort(x)
-    h = (s.size - 1) * q
-    lo = math.floor(h)
-    a, b = s[lo], s[min(lo + 1, s.size - 1)]
-    if h == lo or a == b:
-        return float(a)
-    return math.inf if math.isinf(b) else float(a + (b - a) * (h - lo))
-
-
 def capacity_gain(value: float, ref_value: float, draws: Any, ref_draws: Any, *,
                   confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(gain_pct, lo, hi)``: the capacity gain ``(value / ref_value - 1) x 100`` and its
-    percentile interval over the index-paired bootstrap draws ``(d_i / ref_d_i - 1) x 100``.
-
-    Each capacity's draws are independent resamples of its own requests, so pairing them by
-    index bootstraps the ratio. A draw below the lowest rate (NaN) counts as 0 req/s; a
-    reference draw of 0 gives +inf (0 / 0 is dropped). The gain is NaN when either value is
-    NaN or the reference is 0; the interval is NaN without draws or when their counts differ.
-    """
-    if math.isnan(value) or math.isnan(ref_value) or ref_value == 0:
-        return math.nan, math.nan, math.nan
-    gain = (value / ref_value - 1) * 100
-    v = np.nan_to_num(np.asarray(draws if draws is not None else [], dtype=float), nan=0.0)
-    r = np.nan_to_num(np.asarray(ref_draws if ref_draws is not None else [], dtype=float),
-                      nan=0.0)
-    if v.size == 0 or v.size != r.size:
-        return gain, math.nan, math.nan
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g = (v / r - 1) * 100
-    g = g[~np.isnan(g)]
-    if g.size == 0:
-        return gain, math.nan, math.nan
-    alpha = 1 - confidence
-    return gain, _quantile(g, alpha / 2), _quantile(g, 1 - alpha / 2)
+    """``(gain_pct, lo, hi)`` from two capacities' values and the bootstrap draws of their
+    raw files (:func:`evalkit.metrics.traffic.gain_from_draws`); the interval is NaN when a
+    side has no draws or their counts differ (a file from another sweep)."""
+    v = list(draws) if draws is not None else []
+    r = list(ref_draws) if ref_draws is not None else []
+    if len(v) != len(r):
+        v = r = []
+    return tr.gain_from_draws(value, ref_value, v, r, confidence=confidence)
 
 
 def cost_per_million_tokens(usd_per_gpu_hour: float, output_tok_s_per_gpu: float) -> float:
-    """USD per million output tokens at a throughput: ``usd_per_gpu_hour / 3600 /
-    output_tok_s_per_gpu x 1e6`` (the GPUs of an engine cancel out per GPU); NaN when the
-    throughput is not > 0."""
-    if not output_tok_s_per_gpu > 0:
-        return math.nan
-    return usd_per_gpu_hour / 3600 / output_tok_s_per_gpu * 1e6
+    """USD per million output tokens at a per-GPU throughput
+    (:func:`evalkit.metrics.traffic.cost_per_million_tokens` of one GPU: the GPUs of an
+    engine cancel out per GPU); NaN when the throughput is not > 0."""
+    return tr.cost_per_million_tokens(usd_per_gpu_hour, 1, output_tok_s_per_gpu)
 
 
 def slo_statement(limits: Mapping[str, float], percentile: float = 90.0) -> str:

@@ -386,21 +386,24 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
                     draws=draws, note=note)
 
 
-def capacity_gain(variant: Capacity, reference: Capacity, *, confidence: float = 0.95
-                  ) -> tuple[float, float, float]:
-    """``(gain_pct, lo, hi)``: ``(variant / reference - 1) x 100`` with a bootstrap interval.
+def gain_from_draws(value: float, ref_value: float, draws: Sequence[float],
+                    ref_draws: Sequence[float], *, confidence: float = 0.95
+                    ) -> tuple[float, float, float]:
+    """``(gain_pct, lo, hi)``: ``(value / ref_value - 1) x 100`` with the percentile interval
+    of the index-paired draw ratios ``(d_i / ref_d_i - 1) x 100``.
 
-    The two capacities' draws are independent resamples, so pairing them by index is an
-    independent bootstrap of the ratio. Draws below the lowest rate count as 0 req/s (as in
-    :func:`capacity_at_slo`); a reference draw of 0 gives an infinite gain (or none, dropped,
-    when the variant's is 0 too). NaN triple when either value is NaN or the reference is 0.
+    The two sides' draws are independent resamples, so pairing them by index is an
+    independent bootstrap of the ratio. Draws below the lowest rate (NaN) count as 0 req/s (as
+    in :func:`capacity_at_slo`); a reference draw of 0 gives an infinite gain (or none,
+    dropped, when the other is 0 too). NaN triple when either value is NaN or the reference is
+    0; NaN interval without draws.
     """
-    if math.isnan(variant.value) or math.isnan(reference.value) or reference.value == 0:
+    if math.isnan(value) or math.isnan(ref_value) or ref_value == 0:
         return math.nan, math.nan, math.nan
-    gain = (variant.value / reference.value - 1) * 100
-    v = np.nan_to_num(np.asarray(variant.draws, dtype=float), nan=0.0)
-    r = np.nan_to_num(np.asarray(reference.draws, dtype=float), nan=0.0)
-    if v.size != r.size or v.size == 0:
+    gain = (value / ref_value - 1) * 100
+    v = np.nan_to_num(np.asarray(draws, dtype=float), nan=0.0)
+    r = np.nan_to_num(np.asarray(ref_draws, dtype=float), nan=0.0)
+    if v.size != r.size:
         raise StageError(f"capacity gain needs as many draws on both sides: {v.size} vs {r.size}")
     with np.errstate(divide="ignore", invalid="ignore"):
         g = (v / r - 1) * 100
@@ -408,6 +411,17 @@ def capacity_gain(variant: Capacity, reference: Capacity, *, confidence: float =
     if g.size == 0:
         return gain, math.nan, math.nan
     return gain, float(_percentile(g, alpha * 50)), float(_percentile(g, 100 - alpha * 50))
+
+
+def capacity_gain(variant: Capacity, reference: Capacity, *, confidence: float = 0.95
+                  ) -> tuple[float, float, float]:
+    """``(gain_pct, lo, hi)`` of two capacities (:func:`gain_from_draws` on their values and
+    draws; a capacity without draws is an error here)."""
+    if min(np.asarray(variant.draws).size, np.asarray(reference.draws).size) == 0 and not (
+            math.isnan(variant.value) or math.isnan(reference.value) or reference.value == 0):
+        raise StageError("capacity gain needs bootstrap draws on both sides")
+    return gain_from_draws(variant.value, reference.value, variant.draws, reference.draws,
+                           confidence=confidence)
 
 
 def cost_per_million_tokens(usd_per_gpu_hour: float, gpus: int, output_tok_s: float) -> float:

@@ -25,6 +25,7 @@ from evalkit.metrics.latency import (
     pool_metrics,
     request_latencies,
     server_metric_rows,
+    tpot_s,
     window_detail,
 )
 
@@ -52,14 +53,13 @@ def _slo_samples(detail: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Per-request TTFT/TPOT/E2E in ms of one (windowed) trial, +inf where a request failed."""
     errors = list(detail.get("errors") or [])
     ok = [not e for e in errors]
-    ttft = np.asarray([t if t is not None else math.nan for t in detail.get("ttfts") or []],
-                      dtype=float) * 1e3
-    lat = np.asarray(request_latencies(detail), dtype=float) * 1e3
-    outs = np.asarray(detail.get("output_lens") or [0] * len(errors), dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(outs > 1, (lat - ttft) / (outs - 1), math.nan)
-    return {"ttft_ms": tr.slo_values(ttft, ok), "tpot_ms": tr.slo_values(tpot, ok),
-            "e2el_ms": tr.slo_values(lat, ok)}
+    ttft_s = [t if t is not None else math.nan for t in detail.get("ttfts") or []]
+    lat_s = request_latencies(detail)
+    outs = detail.get("output_lens") or [0] * len(errors)
+    tpot = [tpot_s(x, t, o) * 1e3 for x, t, o in zip(lat_s, ttft_s, outs, strict=True)]
+    return {"ttft_ms": tr.slo_values(np.asarray(ttft_s, dtype=float) * 1e3, ok),
+            "tpot_ms": tr.slo_values(tpot, ok),
+            "e2el_ms": tr.slo_values(np.asarray(lat_s, dtype=float) * 1e3, ok)}
 
 
 def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[str, Any], *,

@@ -60,6 +60,7 @@ class _Stage:
         self.trials = self.lat.trials_for(cfg.engine.device)
         self._floors: dict[str, val.FloorModel] = {}
         self._tokenizers: dict[Path, Any] = {}
+        self._meter: EnergyMeter | None = None
         self._grid = set(sweep_points(self.lat, "server")) - set(anchor_points(self.lat))
 
     # ---- variants
@@ -120,8 +121,12 @@ class _Stage:
         return n
 
     def energy_meter(self) -> EnergyMeter:
-        """A board-energy meter for this study's engines (NaN readings on a CPU)."""
-        return EnergyMeter.open(self.cfg.engine.device, self.cfg.engine.tensor_parallel_size)
+        """The board-energy meter of this study's engines (NaN readings on a CPU), opened
+        once per stage run: points use it one after another."""
+        if self._meter is None:
+            self._meter = EnergyMeter.open(self.cfg.engine.device,
+                                           self.cfg.engine.tensor_parallel_size)
+        return self._meter
 
     def hf_tokenizer(self, path: Path) -> Any:
         """The tokenizer at ``path`` (loaded once), for writing a mix's prompts."""
