@@ -25,7 +25,7 @@ SERVER = {"ttft": ("vllm:time_to_first_token_seconds",),
 def rows(run: Path):
     import numpy as np
 
-    from evalkit.stages.latency import load_trials
+    from evalkit.stages.latency.raw import load_trials
 
     for f in sorted(run.glob("raw/latency/*/*.summary.json")):
         s = json.loads(f.read_text())

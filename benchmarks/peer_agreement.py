@@ -327,6 +327,7 @@ def run(a: argparse.Namespace, work: Path) -> int:
     from evalkit.core.errors import AssetError, EngineError
     from evalkit.core.io import read_json
     from evalkit.core.traffic import Lengths, TrafficSpec
+    from evalkit.engine import options, process
     from evalkit.stages.latency.client import bench_command, prompt_seed, run_bench, warm_up
     from evalkit.stages.latency.points import Point
 
@@ -365,13 +366,13 @@ def run(a: argparse.Namespace, work: Path) -> int:
     try:
         t0 = time.monotonic()
         server.start()
-        cores = eng.engine_cores(engine)
+        cores = options.engine_cores(engine)
         print(f"server ready in {time.monotonic() - t0:.0f} s ({server.base_url}); engine "
               f"cores: {cores if cores is not None else 'all'}", flush=True)
         n_warm = max(2, min(a.requests // 4, 32))  # as evalkit's rate points
         warm_up(server.base_url, name, w, n_warm, concurrency=min(conc, 64),
                 vocab_size=len(tok), seed=prompt_seed(a.seed, w.name, conc, a.rate, 0, "warmup"))
-        sampler = CpuSampler(eng.group_members(server.pid)).start()
+        sampler = CpuSampler(process.group_members(server.pid)).start()
         for k in range(a.repeats):
             seed = prompt_seed(a.seed, w.name, conc, a.rate, k)
             try:

@@ -116,26 +116,26 @@ def warm_up(cfg, work: Path) -> float:
     model architecture in a subprocess and caches the result, Triton and vLLM fill their
     kernel caches, Python writes bytecode, the page cache fills. Whichever side ran first
     would pay them; after this start neither does."""
-    from evalkit import engine as eng
     from evalkit.assets.models import resolve_model
+    from evalkit.engine import options
 
-    args = eng.engine_cli_args(cfg.engine, load_format=None, tokenizer=None,
+    args = options.engine_cli_args(cfg.engine, load_format=None, tokenizer=None,
                                trust_remote_code=False)
-    with _serve(str(resolve_model(cfg.model).path), args, eng.engine_env(cfg.engine),
+    with _serve(str(resolve_model(cfg.model).path), args, options.engine_env(cfg.engine),
                 work / "warm-up.log", "warm-up") as (_, healthy_s):
         return healthy_s
 
 
 def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
-    from evalkit import engine as eng
     from evalkit.assets import taskpack
-    from evalkit.stages.latency import prompt_seed
-    from evalkit.stages.quantize import checkpoint_for
+    from evalkit.assets.checkpoints import checkpoint_for
+    from evalkit.engine import options
+    from evalkit.stages.latency.client import prompt_seed
 
-    env = eng.engine_env(cfg.engine)
+    env = options.engine_env(cfg.engine)
     pack = taskpack.build_task_pack()
     tasks = ",".join(taskpack.lm_eval_task_name(t, cfg.accuracy.data) for t in cfg.accuracy.tasks)
-    args = eng.engine_cli_args(cfg.engine, load_format=None, tokenizer=None,
+    args = options.engine_cli_args(cfg.engine, load_format=None, tokenizer=None,
                                trust_remote_code=False)
     steps: list[tuple[str, float]] = []
     log = work / "by-hand.log"
@@ -146,7 +146,7 @@ def by_hand(cfg, run, work: Path) -> list[tuple[str, float]]:
                  f"{cfg.engine.gpu_memory_utilization},enforce_eager={cfg.engine.enforce_eager},"
                  f"enable_prefix_caching={cfg.engine.prefix_caching}")
         if cfg.engine.kv_cache_memory_gib is not None:
-            margs += f",kv_cache_memory_bytes={eng.kv_cache_bytes(cfg.engine)}"
+            margs += f",kv_cache_memory_bytes={options.kv_cache_bytes(cfg.engine)}"
         lm = [*LM_EVAL, "run", "--model", "vllm", "--model_args", margs,
               "--tasks", tasks, "--include_path", str(pack), "--batch_size", "auto",
               "--seed", str(cfg.accuracy.seed), "--output_path", str(work / f"lm-eval-{v.name}"),

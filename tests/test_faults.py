@@ -30,9 +30,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from evalkit import engine as eng
 from evalkit.core import records as rec
 from evalkit.core.errors import RunDirError, StageError
 from evalkit.core.units import UnitKey
+from evalkit.stages.latency.servers import ServerSweep
+from evalkit.stages.latency.sweep import LatencyStage
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = "EVALKIT_FAULT_MARK"
@@ -215,7 +218,7 @@ def latency_faults(tmp_path_factory, tiny, _mark_children):
 
     servers: list = []
     seconds: dict[str, float] = {}
-    orig_launch = L.eng.VLLMServer.launch
+    orig_launch = eng.VLLMServer.launch
 
     def launch(self):
         servers.append(self)
@@ -243,11 +246,11 @@ def latency_faults(tmp_path_factory, tiny, _mark_children):
             os.kill(servers[0].pid, signal.SIGKILL)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(L.eng.VLLMServer, "launch", launch)
+    mp.setattr(eng.VLLMServer, "launch", launch)
     # a variant's time: finding its checkpoint, starting its server, measuring its points
     # (wait and measure take the variant's session, whose name is the variant's)
-    for cls, name in ((L._Stage, "checkpoint"), (L.ServerSweep, "launch"),
-                      (L.ServerSweep, "wait"), (L.ServerSweep, "measure")):
+    for cls, name in ((LatencyStage, "checkpoint"), (ServerSweep, "launch"),
+                      (ServerSweep, "wait"), (ServerSweep, "measure")):
         mp.setattr(cls, name, timed(getattr(cls, name)))
     th = threading.Thread(target=killer, daemon=True)
     th.start()
@@ -319,7 +322,6 @@ def test_server_restart_policy(tmp_path, monkeypatch, fault_table):
     from evalkit.core.errors import EngineError
     from evalkit.core.run import create_run
     from evalkit.preflight import load_study
-    from evalkit.stages import latency as L
     from evalkit.stages.serving import VariantSession
 
     ck = tmp_path / "ck"
@@ -334,7 +336,7 @@ def test_server_restart_policy(tmp_path, monkeypatch, fault_table):
     class M:
         name, path, load_format = "m", ck, None
 
-    st = L._Stage(cfg, run, {"base": ck}, M)
+    st = LatencyStage(cfg, run, {"base": ck}, M)
     server, measured = _FakeServer(), []
     die_at = {2, 4}  # the 2nd point kills the server; so does the first after the restart
 
@@ -344,9 +346,9 @@ def test_server_restart_policy(tmp_path, monkeypatch, fault_table):
             raise EngineError("vllm bench serve raised ClientConnectorError()")
         measured.append(p.concurrency)
 
-    monkeypatch.setattr(L.ServerSweep, "server_point", point)
-    monkeypatch.setattr(L.ServerSweep, "write_provenance", lambda *a: {})
-    monkeypatch.setattr(L._Stage, "tokenizer_for", lambda self, ckpt: ckpt)
+    monkeypatch.setattr(ServerSweep, "server_point", point)
+    monkeypatch.setattr(ServerSweep, "write_provenance", lambda *a: {})
+    monkeypatch.setattr(LatencyStage, "tokenizer_for", lambda self, ckpt: ckpt)
 
     class Bar:
         n = 0
@@ -355,7 +357,7 @@ def test_server_restart_policy(tmp_path, monkeypatch, fault_table):
             Bar.n += k
 
     v = cfg.variants[0]
-    L.ServerSweep(st).measure(VariantSession(v, ck, server), st.points("server"), Bar())
+    ServerSweep(st).measure(VariantSession(v, ck, server), st.points("server"), Bar())
     assert measured == [1, 3] and server.starts == 1 and Bar.n == 5
     df = rec.combine(st.frames)
     failed = df[df["status"] == "failed"].set_index("concurrency")["note"]

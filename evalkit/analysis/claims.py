@@ -43,7 +43,7 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
         hardware: label of the device the run measured on (records' hardware column).
         stat: the statistic compared (p50: median over requests; offline points have one
             value per iteration, and their p50 is over iterations).
-        samples: per-request values (:func:`evalkit.metrics.raw.request_samples`: variant,
+        samples: per-request values (:func:`evalkit.stages.latency.raw.request_samples`: variant,
             mode, workload, concurrency, trial, metric, value); the interval of each
             reduction is a bootstrap of the two samples' ``stat``, widened on server points
             of several trials to contain each trial's own reduction

@@ -45,7 +45,7 @@ from evalkit.core.io import read_json
 from evalkit.metrics import stats
 from evalkit.metrics.accuracy import metric_label
 from evalkit.metrics.latency import pool_metrics
-from evalkit.metrics.raw import load_trials, point_stem
+from evalkit.stages.latency.raw import load_trials, point_stem
 
 #: ``evalkit compare`` exits with this when a regression is flagged.
 REGRESSION_EXIT_CODE = 5

@@ -14,7 +14,7 @@ from evalkit.core.io import read_json
 from evalkit.core.run import Run
 from evalkit.core.schemes import activation_mismatch
 from evalkit.metrics import validity as val
-from evalkit.metrics.raw import request_samples
+from evalkit.stages.latency.raw import request_samples
 
 
 def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame) -> list[str]:

@@ -72,7 +72,7 @@ class Report:
     previous_run: str | None = None
     #: :func:`evalkit.analysis.compare.compare` of the previous run (A) with this one (B).
     changes: pd.DataFrame | None = None
-    #: per-request latency values (:func:`evalkit.metrics.raw.request_samples`), for intervals.
+    #: per-request latency values (:func:`evalkit.stages.latency.raw.request_samples`), for intervals.
     samples: pd.DataFrame | None = None
     #: mode of the headline point: server (concurrency) or offline (batch size).
     mode: str = "server"

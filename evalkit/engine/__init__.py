@@ -20,43 +20,19 @@ to 127.0.0.1 only.
 - :mod:`~evalkit.engine.energy`: GPU board energy of a timed window (NVML).
 """
 
-from evalkit.engine.bench import bench_parser, bench_serve
+from evalkit.engine.bench import bench_parser
 from evalkit.engine.checkpoint import check_checkpoint
-from evalkit.engine.energy import EnergyMeter, EnergyReading
-from evalkit.engine.logparse import (
-    UNSUPPORTED_PATTERNS,
-    classify_failure,
-    jit_events,
-    provenance,
-    strip_log_prefix,
-    unsupported_reason,
-)
+from evalkit.engine.energy import EnergyMeter
+from evalkit.engine.logparse import classify_failure, jit_events, provenance
 from evalkit.engine.offline import run_offline
-from evalkit.engine.options import (
-    engine_cli_args,
-    engine_cores,
-    engine_env,
-    engine_kwargs,
-    kv_cache_bytes,
-)
-from evalkit.engine.process import group_members, log_tail, stop_process_group
-from evalkit.engine.prometheus import (
-    COUNTERS,
-    HISTOGRAMS,
-    histogram_quantile,
-    metrics_delta,
-    parse_metrics,
-    scrape_metrics,
-)
+from evalkit.engine.process import log_tail
+from evalkit.engine.prometheus import metrics_delta, scrape_metrics
 from evalkit.engine.server import VLLMServer
 from evalkit.engine.verdict import engine_verdict, record_engine_verdict
 
+#: The verbs and types the stages use; everything else is imported from its module.
 __all__ = [
-    "COUNTERS", "HISTOGRAMS", "UNSUPPORTED_PATTERNS", "EnergyMeter", "EnergyReading",
-    "VLLMServer", "group_members", "jit_events", "log_tail",
-    "bench_parser",
-    "bench_serve", "check_checkpoint", "classify_failure", "engine_cli_args", "engine_cores",
-    "engine_env", "engine_kwargs", "engine_verdict", "histogram_quantile", "kv_cache_bytes",
-    "metrics_delta", "parse_metrics", "provenance", "record_engine_verdict", "run_offline",
-    "scrape_metrics", "stop_process_group", "strip_log_prefix", "unsupported_reason",
+    "EnergyMeter", "VLLMServer", "bench_parser", "check_checkpoint", "classify_failure",
+    "engine_verdict", "jit_events", "log_tail", "metrics_delta", "provenance",
+    "record_engine_verdict", "run_offline", "scrape_metrics",
 ]

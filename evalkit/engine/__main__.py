@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evalkit.engine.bench import bench_serve
-from evalkit.engine.offline import _offline_child
+from evalkit.engine.offline import offline_child
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("bench-serve", help="vLLM's `bench serve` client; arguments as vLLM's")
     args = ap.parse_args(argv)
     if args.cmd == "offline":
-        _offline_child(args.spec)
+        offline_child(args.spec)
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from evalkit.core.errors import CheckpointError
 
 
-def _describe_checkpoint(model_path: str | Path) -> str:
+def describe_checkpoint(model_path: str | Path) -> str:
     """Short description of a checkpoint's quantization, from its config.json."""
     cfg_file = Path(model_path) / "config.json"
     try:

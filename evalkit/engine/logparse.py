@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
-from evalkit.engine.checkpoint import _describe_checkpoint
+from evalkit.engine.checkpoint import describe_checkpoint
 from evalkit.engine.process import log_tail
 
 #: Log lines that mean "this engine has no kernel/scheme for this quantization here", as
@@ -90,7 +90,7 @@ def classify_failure(
     """Turn an engine's death into UnsupportedSchemeError or EngineError with its log lines."""
     reason = unsupported_reason(log_text)
     if reason is not None:
-        return UnsupportedSchemeError(_describe_checkpoint(model_path), hardware, reason)
+        return UnsupportedSchemeError(describe_checkpoint(model_path), hardware, reason)
     where = f" (log: {log_path})" if log_path else ""
     how = "timed out" if returncode is None else f"exited with code {returncode}"
     err = _error_line(log_text)

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from evalkit.core.config import EngineSpec
+from evalkit.core.environment import hardware_label
 from evalkit.core.errors import EngineError
 from evalkit.core.io import atomic_write_json, read_json
 from evalkit.engine.checkpoint import check_checkpoint
 from evalkit.engine.logparse import classify_failure
-from evalkit.engine.options import _hardware, engine_env, engine_kwargs
-from evalkit.engine.process import _popen_kwargs, stop_process_group
+from evalkit.engine.options import engine_env, engine_kwargs
+from evalkit.engine.process import popen_kwargs, stop_process_group
 
 
 def run_offline(
@@ -98,7 +99,7 @@ def run_offline(
         try:
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=engine_env(engine, extra_env), **_popen_kwargs(engine),
+                env=engine_env(engine, extra_env), **popen_kwargs(engine),
             )
         except OSError as exc:
             raise EngineError(f"cannot start offline engine ({exc.strerror or exc})") from None
@@ -111,7 +112,7 @@ def run_offline(
     if code != 0:
         text = log_path.read_text(encoding="utf-8", errors="replace")
         raise classify_failure(text, what=f"offline vLLM engine for {model_path}",
-                               model_path=model_path, hardware=_hardware(engine),
+                               model_path=model_path, hardware=hardware_label(engine.device),
                                log_path=log_path, returncode=code)
     return list(read_json(out_path)["rows"])
 
@@ -129,7 +130,7 @@ def shutdown_llm(llm: Any) -> None:
         core.shutdown()
 
 
-def _offline_child(spec_path: Path) -> None:
+def offline_child(spec_path: Path) -> None:
     """Body of ``python -m evalkit.engine offline``: runs inside the child process."""
     from vllm import LLM  # noqa: PLC0415
 
@@ -143,7 +144,7 @@ def _offline_child(spec_path: Path) -> None:
 
 
 def _offline_points(llm: Any, spec: dict[str, Any], startup_s: float) -> None:
-    """The timed batches of :func:`_offline_child`, written to ``spec["out"]``."""
+    """The timed batches of :func:`offline_child`, written to ``spec["out"]``."""
     from vllm import SamplingParams  # noqa: PLC0415
     from vllm.inputs import TokensPrompt  # noqa: PLC0415
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.core.config import EngineSpec
-from evalkit.core.environment import free_cpu_cores, hardware_label
+from evalkit.core.environment import free_cpu_cores
 from evalkit.core.offline import OFFLINE_ENV
 
 
@@ -124,7 +124,3 @@ def engine_kwargs(
         kw["trust_remote_code"] = True
     return kw
 
-
-def _hardware(engine: EngineSpec) -> str:
-
-    return hardware_label(engine.device)

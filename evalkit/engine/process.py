@@ -17,7 +17,7 @@ from evalkit.core.config import EngineSpec
 from evalkit.core.errors import EngineError
 from evalkit.engine.options import engine_cores
 
-_HEALTH_POLL_S = 0.5
+HEALTH_POLL_S = 0.5
 
 
 _STOP_GRACE_S = 30.0
@@ -95,7 +95,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _popen_kwargs(engine: EngineSpec | None = None) -> dict[str, Any]:
+def popen_kwargs(engine: EngineSpec | None = None) -> dict[str, Any]:
     kw: dict[str, Any] = {"start_new_session": True}
     if sys.platform.startswith("linux"):
         cores = engine_cores(engine) if engine is not None else None
@@ -109,7 +109,7 @@ def _popen_kwargs(engine: EngineSpec | None = None) -> dict[str, Any]:
     return kw
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable
 
 from evalkit.core.errors import EngineError
-from evalkit.engine.process import _HEALTH_POLL_S
+from evalkit.engine.process import HEALTH_POLL_S
 
 #: what a server must answer, in this order, to be ready
 READY_PATHS = ("/health", "/v1/models")
@@ -60,7 +60,7 @@ class ReadyWatch:
                         continue
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
-            time.sleep(_HEALTH_POLL_S)
+            time.sleep(HEALTH_POLL_S)
 
     def join(self) -> float | None:
         """Wait for the verdict (short joins: Ctrl-C stays responsive); the seconds from

@@ -9,11 +9,12 @@ from pathlib import Path
 from types import TracebackType
 
 from evalkit.core.config import EngineSpec
+from evalkit.core.environment import hardware_label
 from evalkit.core.errors import EngineError
 from evalkit.engine.checkpoint import check_checkpoint
 from evalkit.engine.logparse import classify_failure
-from evalkit.engine.options import _hardware, engine_cli_args, engine_env
-from evalkit.engine.process import _free_port, _popen_kwargs, describe_exit, stop_process_group
+from evalkit.engine.options import engine_cli_args, engine_env
+from evalkit.engine.process import describe_exit, free_port, popen_kwargs, stop_process_group
 from evalkit.engine.readiness import ReadyWatch
 
 
@@ -102,7 +103,7 @@ class VLLMServer:
         # A broken checkpoint fails here in milliseconds instead of after an engine start.
         check_checkpoint(self.model_path, weights=self.load_format != "dummy")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = free_port()
         t0 = time.monotonic()
         with open(self.log_path, "ab") as log:
             log.write(f"# evalkit: {' '.join(self.command(port))}\n".encode())
@@ -111,7 +112,7 @@ class VLLMServer:
                 self._proc = subprocess.Popen(
                     self.command(port), stdout=log, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, env=engine_env(self.engine, self.extra_env),
-                    **_popen_kwargs(self.engine),
+                    **popen_kwargs(self.engine),
                 )
             except OSError as exc:
                 raise EngineError(f"cannot start vLLM server ({exc.strerror or exc})") from None
@@ -143,7 +144,7 @@ class VLLMServer:
             self.stop()
         return classify_failure(
             self.log_text(), what=f"vLLM server for '{self.served_model_name}'",
-            model_path=self.model_path, hardware=_hardware(self.engine),
+            model_path=self.model_path, hardware=hardware_label(self.engine.device),
             log_path=self.log_path, returncode=returncode,
         )
 

@@ -5,7 +5,7 @@ flight; offline: batch size). :func:`latency_points` turns a run's records into 
 point, with what a reader needs to judge it: its p50 figures and intervals, its workload
 *regime*, how many trials it rests on, the host it was measured on, and whether it passed the
 validity checks. :func:`point_gains` compares two variants point by point with bootstrap
-intervals from the per-request values (:func:`evalkit.metrics.raw.request_samples`).
+intervals from the per-request values (:func:`evalkit.stages.latency.raw.request_samples`).
 
 Pure functions of DataFrames; nothing here reads files.
 """

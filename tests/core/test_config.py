@@ -330,7 +330,7 @@ def test_trust_remote_code_only_where_model_code_exists(tmp_path, source):
 
 def test_executor_reaches_the_engine(tmp_path):
     from evalkit.core.config import EngineSpec
-    from evalkit.engine import engine_cli_args, engine_env, engine_kwargs
+    from evalkit.engine.options import engine_cli_args, engine_env, engine_kwargs
 
     def args(e):
         return (engine_cli_args(e, load_format=None, tokenizer=None, trust_remote_code=False),
@@ -350,7 +350,7 @@ def test_executor_reaches_the_engine(tmp_path):
 
 def test_kv_cache_size_reaches_server_and_offline_engine():
     from evalkit.core.config import EngineSpec
-    from evalkit.engine import engine_cli_args, engine_kwargs
+    from evalkit.engine.options import engine_cli_args, engine_kwargs
 
     def args(e):
         return (engine_cli_args(e, load_format=None, tokenizer=None, trust_remote_code=False),
@@ -368,8 +368,9 @@ def test_kv_cache_size_reaches_server_and_offline_engine():
 def test_trust_remote_code_off_unless_stated(tmp_path):
     import json
 
-    from evalkit.engine import VLLMServer, engine_kwargs
-    from evalkit.stages.latency import bench_command
+    from evalkit.engine import VLLMServer
+    from evalkit.engine.options import engine_kwargs
+    from evalkit.stages.latency.client import bench_command
 
     cfg = load_study(_write(tmp_path, _good()))
     assert cfg.model.trust_remote_code is False

@@ -10,7 +10,7 @@ import pytest
 from evalkit.analysis import verdicts as vd
 from evalkit.analysis.load import load_report
 from evalkit.metrics import points as pts
-from evalkit.stages.latency import request_samples
+from evalkit.stages.latency.raw import request_samples
 
 REF = Path(__file__).resolve().parents[2] / "outputs" / "reference"
 CLAIM = REF / "hopper-llama8b-claim" / "r1"

@@ -11,11 +11,12 @@ import pytest
 
 from evalkit.core import records as rec
 from evalkit.core.config import EngineSpec
-from evalkit.engine import engine_cli_args, engine_kwargs
+from evalkit.engine.options import engine_cli_args, engine_kwargs
 from evalkit.metrics import latency as LM
 from evalkit.metrics import roofline as R
 from evalkit.metrics import validity as V
-from evalkit.stages import latency as L
+from evalkit.stages.latency.client import prompt_seed
+from evalkit.stages.latency.raw import trial_files
 
 LLAMA_8B = json.loads((Path(__file__).parents[2] / "evalkit/assets/presets/llama-3.1-8b/config.json")
                       .read_text())
@@ -161,13 +162,13 @@ def test_server_cache_hit_rate_from_metrics_delta():
 
 
 def test_every_point_trial_and_warmup_gets_its_own_prompts():
-    seeds = {L.prompt_seed(0, w, c, r, t, role)
+    seeds = {prompt_seed(0, w, c, r, t, role)
              for w in ("chat", "summarize") for c in (1, 4, 16) for r in (math.inf, 2.0)
              for t in range(3) for role in ("timed", "warmup")}
     assert len(seeds) == 2 * 3 * 2 * 3 * 2
     # the same point gets the same prompts on every variant's server (and in a rerun)
-    assert L.prompt_seed(7, "chat", 4, math.inf, 1) == L.prompt_seed(7, "chat", 4, math.inf, 1)
-    assert L.prompt_seed(7, "chat", 4, math.inf, 1) != L.prompt_seed(8, "chat", 4, math.inf, 1)
+    assert prompt_seed(7, "chat", 4, math.inf, 1) == prompt_seed(7, "chat", 4, math.inf, 1)
+    assert prompt_seed(7, "chat", 4, math.inf, 1) != prompt_seed(8, "chat", 4, math.inf, 1)
 
 
 def test_engines_start_without_prefix_caching_unless_asked():
@@ -224,20 +225,7 @@ def test_trial_files_in_trial_order_and_legacy(tmp_path):
         (tmp_path / f"chat_c1_rinf_t{t}.json").write_text("{}")
     (tmp_path / "chat_c1_rinf.summary.json").write_text("{}")
     (tmp_path / "chat_c16_rinf_t0.json").write_text("{}")
-    names = [f.name for f in L.trial_files(tmp_path, "chat_c1_rinf")]
+    names = [f.name for f in trial_files(tmp_path, "chat_c1_rinf")]
     assert names == ["chat_c1_rinf_t0.json", "chat_c1_rinf_t1.json", "chat_c1_rinf_t10.json"]
     (tmp_path / "old_c1_rinf.json.gz").write_bytes(b"")
-    assert [f.name for f in L.trial_files(tmp_path, "old_c1_rinf")] == ["old_c1_rinf.json.gz"]
-
-
-def test_cpu_engines_run_on_the_cores_other_work_leaves_free(monkeypatch):
-    from evalkit import engine as eng
-    from evalkit.engine import options
-
-    monkeypatch.setattr(options, "_free_cores", lambda: [0])  # one of two cores busy elsewhere
-    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
-    env = eng.engine_env(EngineSpec(device="cpu"))
-    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0" and env["OMP_NUM_THREADS"] == "1"
-    assert eng.engine_cores(EngineSpec(device="cuda")) is None
-    monkeypatch.setattr(options, "_free_cores", lambda: None)  # all free: vLLM's own binding
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in eng.engine_env(EngineSpec(device="cpu"))
+    assert [f.name for f in trial_files(tmp_path, "old_c1_rinf")] == ["old_c1_rinf.json.gz"]

@@ -10,21 +10,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evalkit import engine as eng
 from evalkit.core import records as rec
 from evalkit.core.config import Workload
+from evalkit.metrics import latency as LM
+from evalkit.metrics import roofline as R
 from evalkit.stages import latency as L
+from evalkit.stages.latency.client import bench_command
+from evalkit.stages.latency.raw import trial_files
 
 # ---- TPOT / per-request metrics -------------------------------------------------------
 
 
 def test_tpot_excludes_first_token():
     # 10 tokens: first at 100 ms, last at 1000 ms -> 9 decode gaps of 100 ms
-    assert L.tpot_s(1.0, 0.1, 10) == pytest.approx(0.1)
+    assert LM.tpot_s(1.0, 0.1, 10) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("n", [0, 1])
 def test_tpot_undefined_for_one_token_is_nan(n):
-    assert math.isnan(L.tpot_s(0.5, 0.5, n))
+    assert math.isnan(LM.tpot_s(0.5, 0.5, n))
 
 
 def _detail():
@@ -40,7 +45,7 @@ def _detail():
 
 
 def test_per_request_metrics_counts_failures_and_keeps_nan():
-    m = L.per_request_metrics(_detail())
+    m = LM.per_request_metrics(_detail())
     assert m["completed"] == 3 and m["failed"] == 1
     assert m["ttft_ms"] == pytest.approx([100, 200, 300])
     assert m["tpot_ms"][:2] == pytest.approx([100, 100])
@@ -51,8 +56,8 @@ def test_per_request_metrics_counts_failures_and_keeps_nan():
 
 
 def test_point_rows_stats_and_throughput():
-    m = L.per_request_metrics(_detail())
-    rows = L.point_rows(m, mode="server", workload="w", concurrency=2,
+    m = LM.per_request_metrics(_detail())
+    rows = LM.point_rows(m, mode="server", workload="w", concurrency=2,
                         request_rate=math.inf, input_len=64, output_len=10)
     df = rec.make_records(rows, variant="v", stage="latency")
     get = lambda met, st: float(df[(df.metric == met) & (df.stat == st)].value.iloc[0])  # noqa: E731
@@ -67,7 +72,7 @@ def test_point_rows_stats_and_throughput():
 def test_all_failed_point_gives_nan_not_zero():
     d = _detail()
     d["errors"] = ["x"] * 4
-    rows = L.point_rows(L.per_request_metrics(d), mode="server")
+    rows = LM.point_rows(LM.per_request_metrics(d), mode="server")
     vals = {(r["metric"], r["stat"]): r["value"] for r in rows}
     assert math.isnan(vals[("ttft_ms", "mean")]) and math.isnan(vals[("tpot_ms", "p99")])
     assert math.isnan(vals[("output_throughput_tok_s", "value")])
@@ -92,7 +97,7 @@ def test_server_metric_rows_from_delta():
                                              "p50": 0.08, "p90": 0.15, "p99": 0.2},
         "vllm:request_success_total": {"value": 4.0},
     }
-    rows = L.server_metric_rows(delta, mode="server-metrics")
+    rows = LM.server_metric_rows(delta, mode="server-metrics")
     ttft = {r["stat"]: r["value"] for r in rows if r["metric"] == "ttft_ms"}
     assert ttft["mean"] == pytest.approx(100) and ttft["p90"] == pytest.approx(150)
     e2e = [r for r in rows if r["metric"] == "e2el_ms"]
@@ -102,7 +107,7 @@ def test_server_metric_rows_from_delta():
 def test_offline_rows():
     its = [dict(ttft_s=0.1, e2e_s=1.0, tpot_s=0.1, output_tokens=40),
            dict(ttft_s=0.1, e2e_s=2.0, tpot_s=0.2, output_tokens=40)]
-    rows = L.offline_rows(its, mode="offline")
+    rows = LM.offline_rows(its, mode="offline")
     v = {(r["metric"], r["stat"]): r["value"] for r in rows}
     assert v[("tpot_ms", "mean")] == pytest.approx(150)
     assert v[("output_throughput_tok_s", "mean")] == pytest.approx((40 + 20) / 2)
@@ -116,13 +121,13 @@ def test_offline_rows():
     ("NVIDIA H200", 4800), ("NVIDIA H200 NVL", 4800), ("Tesla T4", None),
 ])
 def test_gpu_bandwidth(name, bw):
-    assert L.gpu_bandwidth_gbps(name) == bw
+    assert R.gpu_bandwidth_gbps(name) == bw
 
 
 def test_roofline_math():
-    assert L.roofline_tpot_ms(3.35e9, 3350) == pytest.approx(1.0)
-    assert math.isnan(L.roofline_tpot_ms(1e9, None))
-    assert L.decode_bytes_per_step(100, kv_bytes_token=2, context_tokens=10, batch=3) == 160
+    assert R.roofline_tpot_ms(3.35e9, 3350) == pytest.approx(1.0)
+    assert math.isnan(R.roofline_tpot_ms(1e9, None))
+    assert R.decode_bytes_per_step(100, kv_bytes_token=2, context_tokens=10, batch=3) == 160
 
 
 LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -131,7 +136,7 @@ LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
 
 
 def test_estimate_weight_bytes_orders_schemes():
-    b = {s: L.estimate_weight_bytes(LLAMA_1B, s) for s in ("base", "w8a8_int8", "w4a16")}
+    b = {s: R.estimate_weight_bytes(LLAMA_1B, s) for s in ("base", "w8a8_int8", "w4a16")}
     # Llama-3.2-1B: 1.24 B params -> ~2.47 GB in bf16
     assert b["base"] == pytest.approx(2.47e9, rel=0.02)
     assert b["w4a16"] < b["w8a8_int8"] < b["base"]
@@ -154,19 +159,19 @@ def _preset_config(name: str) -> dict:
 def test_moe_weight_bytes_and_read_fraction():
     qwen = _preset_config("qwen3-30b-a3b")
     # Qwen3-30B-A3B: 30.5 B parameters, 3.3 B active per token (model card)
-    assert L.estimate_weight_bytes(qwen, "base") == pytest.approx(2 * 30.5e9, rel=0.02)
-    f1 = L.weight_read_fraction(qwen, "base", 1)
+    assert R.estimate_weight_bytes(qwen, "base") == pytest.approx(2 * 30.5e9, rel=0.02)
+    f1 = R.weight_read_fraction(qwen, "base", 1)
     assert f1 * 30.5e9 == pytest.approx(3.3e9, rel=0.05)
     # more sequences touch more experts, never more than all of them
-    fs = [L.weight_read_fraction(qwen, "w4a16", b) for b in (1, 4, 16, 64, 256)]
+    fs = [R.weight_read_fraction(qwen, "w4a16", b) for b in (1, 4, 16, 64, 256)]
     assert fs == sorted(fs) and fs[0] < 0.2 and 0.99 < fs[-1] <= 1.0
     # dense models read every weight at every step
-    assert L.weight_read_fraction(LLAMA_1B, "w4a16", 1) == 1.0
-    assert L.weight_read_fraction(None, "w4a16", 1) == 1.0
+    assert R.weight_read_fraction(LLAMA_1B, "w4a16", 1) == 1.0
+    assert R.weight_read_fraction(None, "w4a16", 1) == 1.0
 
 
 def test_cpu_bandwidth_is_positive():
-    assert L.cpu_copy_bandwidth_gbps(mib=16, repeats=2) > 0.1
+    assert R.cpu_copy_bandwidth_gbps(mib=16, repeats=2) > 0.1
 
 
 # ---- the bench client's flags exist in the installed vLLM --------------------------------
@@ -176,7 +181,7 @@ def test_bench_command_parses_with_installed_vllm(tmp_path):
     serve = pytest.importorskip("vllm.benchmarks.serve")
     import argparse
 
-    cmd = L.bench_command(
+    cmd = bench_command(
         base_url="http://127.0.0.1:1", served_model_name="m", tokenizer=tmp_path,
         workload=Workload(name="w", input_len=64, output_len=16), concurrency=2,
         request_rate=math.inf, num_prompts=8, seed=0, result_dir=tmp_path,
@@ -264,7 +269,7 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     assert summary["trials"] == 2 and summary["requests_per_trial"] == 4
     seeds = [c[c.index("--seed") + 1] for c in summary["bench_commands"]]
     assert len(set(seeds)) == 2
-    assert [f.name for f in L.trial_files(run.path / "raw/latency/base", "short_c2_rinf")] == [
+    assert [f.name for f in trial_files(run.path / "raw/latency/base", "short_c2_rinf")] == [
         "short_c2_rinf_t0.json", "short_c2_rinf_t1.json"]
     hit = df[df.metric == "prefix_cache_hit_rate"]
     # prompt tokens as the server counted them (the random dataset may add a BOS token)
@@ -289,7 +294,7 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     def no_server(*a, **k):
         raise AssertionError("server started on resume")
 
-    monkeypatch.setattr(L.eng.VLLMServer, "launch", no_server)
+    monkeypatch.setattr(eng.VLLMServer, "launch", no_server)
     df2 = _records(cfg, L.run_stage(cfg, run, checkpoints=ckpts, resolved=M))
     a = df[df.metric == "ttft_ms"].sort_values("stat").value.to_numpy()
     b = df2[(df2.metric == "ttft_ms") & (df2.variant == "base")].sort_values("stat").value.to_numpy()
@@ -305,7 +310,7 @@ def test_tiny_model_weight_estimate_matches_file(tmp_path):
     ckpt = build_tiny_llama()
     config = json.loads((ckpt / "config.json").read_text())
     size = os.path.getsize(ckpt / "model.safetensors")
-    assert L.estimate_weight_bytes(config, "base") == pytest.approx(size, rel=0.02)
+    assert R.estimate_weight_bytes(config, "base") == pytest.approx(size, rel=0.02)
     assert Path(ckpt).is_dir()
 
 

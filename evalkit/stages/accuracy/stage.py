@@ -16,6 +16,7 @@ import pandas as pd
 
 from evalkit.assets import models as assets
 from evalkit.assets import taskpack
+from evalkit.assets.checkpoints import checkpoint_for
 from evalkit.core import records as rec
 from evalkit.core.config import StudyConfig, Variant
 from evalkit.core.environment import env_hardware_label, hardware_label
@@ -26,7 +27,6 @@ from evalkit.core.io import (
 )
 from evalkit.core.run import Run, set_cpu_threads
 from evalkit.core.units import Failure, StageResult, UnitKey
-from evalkit.stages import quantize
 from evalkit.stages.accuracy.backends import hf_device, offline_env, plan_backend, task_manager
 from evalkit.stages.accuracy.results import (
     UnitResult,
@@ -102,7 +102,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                 runners: list[_VariantRunner] = []
                 for v in chosen[i:i + k]:
                     try:
-                        ckpt = Path(quantize.checkpoint_for(run, v.name))
+                        ckpt = Path(checkpoint_for(run, v.name))
                     except EvalkitError as exc:
                         for t, _ in tasks:
                             failures[(v.name, t)] = f"no checkpoint: {exc}"

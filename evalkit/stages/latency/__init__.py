@@ -35,7 +35,7 @@ Modules:
 - :mod:`~evalkit.stages.latency.stage`: :func:`run_stage` (the sweep over variants, in groups
   of servers) and :func:`measure_on` (one variant's points on a server another stage
   started, through a :class:`~evalkit.stages.serving.VariantSession`);
-- :mod:`~evalkit.stages.latency.sweep`: ``_Stage``, the state of one run (checkpoints,
+- :mod:`~evalkit.stages.latency.sweep`: :class:`LatencyStage`, the state of one run (checkpoints,
   points to do, records, failures, record guards);
 - :mod:`~evalkit.stages.latency.points`: :class:`Point` and the points of a sweep;
 - :mod:`~evalkit.stages.latency.servers`: server mode (:class:`ServerSweep`: start, wait,
@@ -50,55 +50,17 @@ Modules:
 - :mod:`~evalkit.stages.latency.rows`: records that are built, not measured (failed points,
   engine start, roofline, floors and validity marks);
 - :mod:`~evalkit.stages.latency.client`: the benchmark client side;
-- :mod:`~evalkit.metrics.raw`: raw file names and readers, unit keys;
+- :mod:`~evalkit.stages.latency.raw`: raw file names and readers, unit keys, per-request
+  samples;
 - :mod:`~evalkit.stages.latency.rebuild`: records and samples from raw data.
 """
 
-from evalkit import engine as eng
-from evalkit.metrics.latency import (  # noqa: F401 -- re-exported: they used to live here
-    BENCH_SUMMARY_KEYS,
-    SERVER_HISTOGRAMS,
-    bench_summary,
-    interval_rows,
-    offline_rows,
-    per_request_metrics,
-    point_rows,
-    pool_metrics,
-    server_metric_rows,
-    tpot_s,
-)
-from evalkit.metrics.raw import (
-    STAGE,
-    load_trials,
-    offline_iters,
-    point_key,
-    point_stem,
-    request_samples,
-    trial_files,
-)
-from evalkit.metrics.roofline import (  # noqa: F401 -- re-exported: it used to live here
-    BANDWIDTH_GBPS,
-    _text_config,
-    cpu_copy_bandwidth_gbps,
-    decode_bytes_per_step,
-    estimate_weight_bytes,
-    gpu_bandwidth_gbps,
-    kv_bytes_per_token,
-    memory_bandwidth,
-    roofline_tpot_ms,
-    weight_bytes_split,
-    weight_read_fraction,
-)
-from evalkit.stages.latency.client import bench_command, prompt_seed, run_bench, warm_up
-from evalkit.stages.latency.points import Point, sweep_points
+from evalkit.stages.latency.points import Point
+from evalkit.stages.latency.raw import request_samples
 from evalkit.stages.latency.rebuild import rebuild_records, recorded_prefix_caching
-from evalkit.stages.latency.servers import ServerSweep
 from evalkit.stages.latency.stage import measure_on, raise_for_failures, run_stage
-from evalkit.stages.latency.sweep import _Stage
 
 __all__ = [
-    "STAGE", "Point", "ServerSweep", "_Stage", "bench_command", "eng", "load_trials",
-    "measure_on", "offline_iters", "point_key", "point_stem", "prompt_seed",
-    "raise_for_failures", "rebuild_records", "recorded_prefix_caching", "request_samples",
-    "run_bench", "run_stage", "sweep_points", "trial_files", "warm_up",
+    "Point", "measure_on", "raise_for_failures", "rebuild_records", "recorded_prefix_caching",
+    "request_samples", "run_stage",
 ]

@@ -13,12 +13,12 @@ from evalkit.core import records as rec
 from evalkit.core.config import Variant
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.metrics.latency import offline_rows
-from evalkit.metrics.raw import offline_iters
 from evalkit.stages.latency.client import prompt_seed
-from evalkit.stages.latency.sweep import _Stage
+from evalkit.stages.latency.raw import offline_iters
+from evalkit.stages.latency.sweep import LatencyStage
 
 
-def measure_offline(st: _Stage, v: Variant, ckpt: Path, bar: Any) -> None:
+def measure_offline(st: LatencyStage, v: Variant, ckpt: Path, bar: Any) -> None:
     """The offline points of ``v`` not measured yet (failures recorded in ``st``)."""
     todo = st.todo(v, "offline", bar)
     if not todo:

@@ -10,7 +10,7 @@ from typing import Any
 from evalkit.core.config import LatencySpec, Workload
 from evalkit.core.traffic import load_label
 from evalkit.core.units import UnitKey
-from evalkit.metrics.raw import point_stem
+from evalkit.stages.latency.raw import point_stem
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from evalkit.core.io import atomic_write_json, json_exists, read_json
 from evalkit.core.traffic import auto_rates, load_label
 from evalkit.core.units import UnitKey
 from evalkit.metrics import traffic as tr
-from evalkit.metrics.raw import trial_files
 from evalkit.stages.latency.derive import PointData, server_point_records
 from evalkit.stages.latency.points import Point, rate_points
-from evalkit.stages.latency.sweep import _Stage
+from evalkit.stages.latency.raw import trial_files
+from evalkit.stages.latency.sweep import LatencyStage
 
 RATES_FILE = "traffic-rates.json"
 
@@ -37,7 +37,7 @@ def capacity_key(variant: str, workload: str) -> UnitKey:
     return UnitKey.latency(variant, "capacity", workload, 0, math.inf)
 
 
-def load_point_data(st: _Stage, vdir: Path, p: Point) -> PointData | None:
+def load_point_data(st: LatencyStage, vdir: Path, p: Point) -> PointData | None:
     """A measured point's data again, from its raw trial files and summary (None if gone)."""
     files = trial_files(vdir, p.stem())
     summary_file = vdir / f"{p.stem()}.summary.json"
@@ -51,7 +51,7 @@ def load_point_data(st: _Stage, vdir: Path, p: Point) -> PointData | None:
 class RateSweep:
     """Rate sweeps of one variant on its running server (records and failures go to ``st``)."""
 
-    def __init__(self, st: _Stage) -> None:
+    def __init__(self, st: LatencyStage) -> None:
         self.st, self.run = st, st.run
 
     def pending(self, v: Variant) -> bool:
@@ -80,7 +80,7 @@ class RateSweep:
                workloads: tuple[Workload, ...] | None = None) -> None:
         """A variant whose sweeps (of ``workloads``, default all) cannot run: a NaN capacity
         record per swept workload (``unsupported`` ones marked done, as
-        :meth:`_Stage.status_rows` does)."""
+        :meth:`LatencyStage.status_rows` does)."""
         t = self.st.lat.traffic
         for w in workloads if workloads is not None else self.st.lat.traffic_workloads():
             key = capacity_key(v.name, w.name)

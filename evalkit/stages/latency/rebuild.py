@@ -16,14 +16,14 @@ from evalkit.core.io import json_exists, read_json
 from evalkit.core.run import Run
 from evalkit.core.traffic import effective_load
 from evalkit.metrics.latency import offline_rows
-from evalkit.metrics.raw import STAGE, offline_iters, point_stem, trial_files
 from evalkit.metrics.roofline import (
     gpu_bandwidth_gbps,
 )
 from evalkit.stages.latency.derive import server_point_records
 from evalkit.stages.latency.points import rate_points
 from evalkit.stages.latency.rates import RateSweep, capacity_key, load_point_data
-from evalkit.stages.latency.sweep import _Stage
+from evalkit.stages.latency.raw import STAGE, offline_iters, point_stem, trial_files
+from evalkit.stages.latency.sweep import LatencyStage
 
 
 def recorded_prefix_caching(run: Run) -> bool:
@@ -62,7 +62,7 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     cfg = run.config()
     lat_hw = old.loc[old["stage"] == "latency", "hardware"].dropna()
     hw = str(lat_hw.iloc[0]) if len(lat_hw) else ""
-    st = _Stage(cfg, run, None, None)
+    st = LatencyStage(cfg, run, None, None)
     st.hardware = hw
     gbps = gpu_bandwidth_gbps(hw)
     st.bandwidth = (gbps, f"vendor peak for {hw}") if gbps else (None, f"{hw}: bandwidth unknown")
@@ -123,21 +123,18 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     frames += _capacities(st, cfg)
     df = rec.combine(frames)
     # roofline rows again, for the hardware the points were measured on
-    st.frames = [df[~df["metric"].isin(["roofline_tpot_ms", "tpot_pct_of_roofline"])]]
-    for v in cfg.variants:
-        st.roofline_rows(v, st._ckpt_for_floors(v))
-    df = rec.combine(st.frames)
+    df = st.roofline_again(df)
     run.write_stage_records(STAGE, df)
     run.log(f"latency: rebuilt {len(frames) - 1} point(s) from raw per-request data")
     return df
 
 
-def _capacities(st: _Stage, cfg: Any) -> list[pd.DataFrame]:
+def _capacities(st: LatencyStage, cfg: Any) -> list[pd.DataFrame]:
     """Capacity at the SLO again, for every finished rate sweep, from the rebuilt points."""
     if cfg.latency is None or cfg.latency.traffic is None:
         return []
     sweep = RateSweep(st)
-    st.frames = []
+    st.collect()  # start from an empty list: only the capacities written below
     for v in cfg.variants:
         for w in cfg.latency.traffic_workloads():
             if not st.run.units.done(capacity_key(v.name, w.name)):
@@ -149,5 +146,5 @@ def _capacities(st: _Stage, cfg: Any) -> list[pd.DataFrame]:
                 if data is not None:
                     measured.append((p, data))
             sweep.write_capacity(v, w, measured)
-    return list(st.frames)
+    return st.collect()
 

@@ -15,12 +15,12 @@ from evalkit.core.environment import environment_info
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.core.io import atomic_write_json
 from evalkit.core.schemes import activation_mismatch
-from evalkit.metrics.raw import STAGE
 from evalkit.stages.latency.derive import PointData
 from evalkit.stages.latency.points import Point
 from evalkit.stages.latency.rates import RateSweep
+from evalkit.stages.latency.raw import STAGE
 from evalkit.stages.latency.rows import startup_records, vocab_size
-from evalkit.stages.latency.sweep import _Stage
+from evalkit.stages.latency.sweep import LatencyStage
 from evalkit.stages.latency.trials import measure_point
 from evalkit.stages.serving import VariantSession
 
@@ -28,7 +28,7 @@ from evalkit.stages.serving import VariantSession
 class ServerSweep:
     """Server mode of one latency stage run (its records and failures go to ``st``)."""
 
-    def __init__(self, st: _Stage) -> None:
+    def __init__(self, st: LatencyStage) -> None:
         self.st, self.run = st, st.run
 
     def run_group(self, group: Sequence[tuple[Variant, Path]], bar: Any) -> None:

@@ -14,11 +14,11 @@ from evalkit.core.config import LatencySpec, StudyConfig, Variant
 from evalkit.core.errors import EvalkitError
 from evalkit.core.run import Run
 from evalkit.core.units import StageResult
-from evalkit.metrics.raw import STAGE
 from evalkit.stages.latency.offline import measure_offline
 from evalkit.stages.latency.rates import RateSweep
+from evalkit.stages.latency.raw import STAGE
 from evalkit.stages.latency.servers import ServerSweep
-from evalkit.stages.latency.sweep import _Stage
+from evalkit.stages.latency.sweep import LatencyStage
 from evalkit.stages.serving import VariantSession
 
 
@@ -37,7 +37,7 @@ def measure_on(cfg: StudyConfig, run: Run, session: VariantSession) -> None:
     if cfg.latency is None or "server" not in cfg.latency.modes:
         return
     variant = session.variant
-    st = _Stage(cfg, run, {variant.name: session.checkpoint}, None)
+    st = LatencyStage(cfg, run, {variant.name: session.checkpoint}, None)
     if st.cpu_skip_reason(variant):
         return  # the latency stage records why, without measuring
     todo = st.pending(variant)
@@ -73,7 +73,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | N
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    st = _Stage(cfg, run, checkpoints, resolved)
+    st = LatencyStage(cfg, run, checkpoints, resolved)
     lat: LatencySpec = st.lat
     modes = [m for m in ("server", "offline") if m in lat.modes]
     rate_pts = RateSweep(st).total()
@@ -98,7 +98,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | N
     return StageResult(STAGE, df, list(st.failures))
 
 
-def _group(st: _Stage, variants: list[Variant], modes: list[str], bar: Any
+def _group(st: LatencyStage, variants: list[Variant], modes: list[str], bar: Any
            ) -> list[tuple[Variant, Path]]:
     """The variants of a group that are to be measured, with their checkpoints; the others
     (skipped on this CPU, no checkpoint) get their records here."""

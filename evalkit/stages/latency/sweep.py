@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from evalkit.assets.checkpoints import checkpoint_for
 from evalkit.assets.models import resolve_model
 from evalkit.core import records as rec
 from evalkit.core.config import StudyConfig, Variant
@@ -23,9 +24,9 @@ from evalkit.core.traffic import CLOSED_LOOP_WAVES
 from evalkit.core.units import Failure, FailureKind, UnitKey
 from evalkit.engine.energy import EnergyMeter
 from evalkit.metrics import validity as val
-from evalkit.metrics.raw import STAGE
 from evalkit.metrics.roofline import memory_bandwidth
 from evalkit.stages.latency.points import Point, anchor_points, sweep_points
+from evalkit.stages.latency.raw import STAGE
 from evalkit.stages.latency.rows import (
     Bandwidth,
     floor_model,
@@ -33,7 +34,6 @@ from evalkit.stages.latency.rows import (
     nan_point,
     roofline_records,
 )
-from evalkit.stages.quantize import checkpoint_for
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
@@ -41,7 +41,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"
 def _has_tokenizer(d: Path) -> bool:
     return any((d / f).is_file() for f in _TOKENIZER_FILES)
 
-class _Stage:
+class LatencyStage:
     """State of one latency stage run (kept out of module globals)."""
 
     def __init__(self, cfg: StudyConfig, run: Run, checkpoints: Mapping[str, Path] | None,
@@ -210,6 +210,19 @@ class _Stage:
             self.bandwidth = memory_bandwidth(self.cfg.engine.device)
         return self.bandwidth
 
+    def collect(self) -> list[pd.DataFrame]:
+        """The records gathered so far; the list starts empty again."""
+        out, self.frames = self.frames, []
+        return out
+
+    def roofline_again(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` with its roofline rows computed again for every variant, for the hardware
+        and bandwidth this state holds (a rebuild on another host than the measuring one)."""
+        self.frames = [df[~df["metric"].isin(["roofline_tpot_ms", "tpot_pct_of_roofline"])]]
+        for v in self.cfg.variants:
+            self.roofline_rows(v, self.checkpoint_for_floors(v))
+        return rec.combine(self.collect())
+
     def roofline_rows(self, v: Variant, ckpt: Path | None) -> None:
         self.frames.append(roofline_records(
             self.cfg, v, ckpt, bandwidth=self.bandwidth_now(),
@@ -223,14 +236,14 @@ class _Stage:
         """A point's records with the validity rows and marks (:func:`rows.guard_records`)."""
         if v.name not in self._floors:
             self._floors[v.name] = floor_model(
-                self.cfg, v, self._ckpt_for_floors(v), hardware=self.hardware,
+                self.cfg, v, self.checkpoint_for_floors(v), hardware=self.hardware,
                 bandwidth=self.bandwidth_now(), quant_weight_bytes=self.quant_weight_bytes)
         caching = self.cfg.engine.prefix_caching if prefix_caching is None else prefix_caching
         return guard_records(df, self._floors[v.name], prefix_caching=caching,
                              server_delta=server_delta, offline_iters=offline_iters, jit=jit,
                              floor_input_len=floor_input_len)
 
-    def _ckpt_for_floors(self, v: Variant) -> Path | None:
+    def checkpoint_for_floors(self, v: Variant) -> Path | None:
         try:
             ckpt = self.checkpoint(v)
         except EvalkitError:

@@ -21,7 +21,6 @@ from evalkit.core.io import atomic_write_json, read_json
 from evalkit.core.traffic import effective_load
 from evalkit.metrics import validity as val
 from evalkit.metrics.latency import bench_summary
-from evalkit.metrics.raw import trial_files
 from evalkit.stages.latency.client import (
     bench_command,
     prompt_seed,
@@ -31,8 +30,9 @@ from evalkit.stages.latency.client import (
 )
 from evalkit.stages.latency.derive import PointData, server_point_records
 from evalkit.stages.latency.points import Point
+from evalkit.stages.latency.raw import trial_files
 from evalkit.stages.latency.rows import stat_of
-from evalkit.stages.latency.sweep import _Stage
+from evalkit.stages.latency.sweep import LatencyStage
 from evalkit.stages.serving import VariantSession
 
 
@@ -61,7 +61,7 @@ def _healthy(base_url: str) -> bool:
         return False
 
 
-def _warmups(st: _Stage, p: Point, n: int) -> int:
+def _warmups(st: LatencyStage, p: Point, n: int) -> int:
     lat = st.lat
     if not lat.warmups:
         return 0
@@ -75,7 +75,7 @@ def _warmups(st: _Stage, p: Point, n: int) -> int:
     return max(lat.warmups, p.concurrency)
 
 
-def measure_point(st: _Stage, session: VariantSession, tokenizer: Path, vdir: Path, p: Point,
+def measure_point(st: LatencyStage, session: VariantSession, tokenizer: Path, vdir: Path, p: Point,
                   vocab: int) -> PointData:
     """One server point: warm-up, trials of vLLM's client, records from the raw files.
 

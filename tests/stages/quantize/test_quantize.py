@@ -16,6 +16,7 @@ pytest.importorskip("llmcompressor")
 
 from tiny_model import build_tiny_llama  # noqa: E402
 
+from evalkit.assets.checkpoints import checkpoint_for, checkpoints  # noqa: E402
 from evalkit.assets.models import ResolvedModel  # noqa: E402
 from evalkit.core.config import Calibration, QuantizeSpec, Variant, parse_study  # noqa: E402
 from evalkit.core.errors import StageError  # noqa: E402
@@ -207,9 +208,9 @@ def test_run_stage_records_failures_and_resume(tiny, tmp_path):
     assert "cpu_kernel_expected" in raw and "hopper_kernels" in raw
 
     # later stages find checkpoints from the unit markers
-    assert q.checkpoint_for(run, "w8a8") == Path(raw["checkpoint"])
-    assert q.checkpoint_for(run, "base") == Path(tiny)
-    assert set(q.checkpoints(run)) == {"base", "w8a8"}
+    assert checkpoint_for(run, "w8a8") == Path(raw["checkpoint"])
+    assert checkpoint_for(run, "base") == Path(tiny)
+    assert set(checkpoints(run)) == {"base", "w8a8"}
 
     # resume: finished units are skipped, the failed one is tried again
     log_before = (run.path / "logs" / "run.log").read_text()
@@ -227,4 +228,4 @@ def test_run_stage_records_failures_and_resume(tiny, tmp_path):
     log = (run.path / "logs" / "run.log").read_text()[len(log_before):]
     assert f"w8a8 was done but its checkpoint {raw['checkpoint']} is gone" in log
     assert "skipped base (done)" in log
-    assert q.checkpoint_for(run, "w8a8") == Path(raw["checkpoint"])
+    assert checkpoint_for(run, "w8a8") == Path(raw["checkpoint"])
