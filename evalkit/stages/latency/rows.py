@@ -29,7 +29,7 @@ from evalkit.stages.latency.points import Point
 Bandwidth = tuple[float | None, str]
 
 #: what the engine log says about a server, in its startup record's note, in this order
-_STARTUP_NOTE_KEYS = ("linear_kernels", "attention_backend", "quantization", "cuda_graphs",
+_STARTUP_NOTE_KEYS = ("linear_kernels", "moe_kernels", "attention_backend", "quantization", "cuda_graphs",
                       "compile", "kv_cache_tokens", "vllm_version", "platform")
 
 
