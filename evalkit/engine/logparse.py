@@ -128,6 +128,12 @@ _KERNEL_RE = re.compile(
 )
 
 
+# Mixture-of-experts layers (vLLM 0.24.0 on an H200): "Using
+# CompressedTensorsWNA16MarlinMoEMethod", "Using 'MARLIN' WNA16 MoE backend.", "Using CUTLASS
+# W4A8 MoE backend.".
+_MOE_RE = re.compile(r"Using (\w+MoEMethod)\b|Using '?(\w+)'? ((?:\w+ )*?MoE backend)")
+
+
 _CUDAGRAPH_RE = re.compile(r"[\"']?cudagraph_mode[\"']?\s*[:=]\s*<?(?:CUDAGraphMode\.)?(\w+)")
 
 
@@ -146,7 +152,9 @@ def provenance(log_text: str) -> dict[str, str | None]:
     Returns:
         dict of strings (``None`` where the log does not say): ``vllm_version``, ``platform``,
         ``device``, ``dtype``, ``quantization``, ``linear_kernels`` (``"Kernel for Scheme"``
-        pairs joined by ``"; "``), ``kv_cache_tokens`` (the KV cache the engine sized, in
+        pairs joined by ``"; "``), ``moe_kernels`` (the experts' quantization method and MoE
+        backend, e.g. ``"CompressedTensorsW4A8Fp8MoEMethod; CUTLASS W4A8 MoE backend"``; None
+        for a dense model), ``kv_cache_tokens`` (the KV cache the engine sized, in
         tokens, as logged), ``attention_backend``, ``enforce_eager``, ``cuda_graphs``
         (``on``/``off``), ``compile`` (``on``/``off``) and ``compile_mode``.
     """
@@ -166,6 +174,12 @@ def provenance(log_text: str) -> dict[str, str | None]:
         if pair not in kernels:
             kernels.append(pair)
     out["linear_kernels"] = "; ".join(kernels) or None
+    moe: list[str] = []
+    for m in _MOE_RE.finditer(log_text):
+        name = m.group(1) or f"{m.group(2)} {m.group(3)}"
+        if name not in moe:
+            moe.append(name)
+    out["moe_kernels"] = "; ".join(moe) or None
 
     mode = _COMPILE_MODE_RE.search(log_text)
     level = _COMPILE_LEVEL_RE.search(log_text)

@@ -12,6 +12,10 @@ points. Both floors use vendor peaks: a real measurement takes longer than eithe
   causal attention matmuls, / peak dense tensor FLOP/s of the scheme's matmul format
   (bf16 for base and W4A16, whose int4 weights are expanded to bf16 at the MMA; FP8 for
   W4A8-FP8 and FP8-dynamic; INT8 for W8A8-INT8 and W4A8-INT8). Attention runs in bf16.
+
+Sliding-window layers (Gemma 3, Cohere2/Command A, Mistral) attend to at most their window
+(:func:`attention_windows`): past it, their KV cache and their attention FLOPs stop growing
+with the context, and both floors count them so.
 """
 
 from __future__ import annotations
@@ -121,6 +125,77 @@ def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return config.get("text_config") or config
 
 
+#: Norm weight vectors (hidden_size each) per decoder layer, by ``model_type``; 2 elsewhere
+#: (before attention, before the MLP). Cohere runs attention and MLP in parallel off one norm;
+#: Gemma 2 and 3 also norm each block's output.
+_NORMS_PER_LAYER = {"cohere": 1, "cohere2": 1, "gemma2": 4, "gemma3": 4, "gemma3_text": 4}
+#: Model types with a query and a key norm (head_dim each) in every layer.
+_QK_NORM_TYPES = ("qwen3", "qwen3_moe", "gemma3", "gemma3_text")
+#: Model types whose q, k and v projections carry a bias without saying so in the config.
+_QKV_BIAS_TYPES = ("qwen2", "qwen2_moe")
+
+
+def _norm_bias_params(c: Mapping[str, Any], *, layers: int, h: int, heads: int, kv: int,
+                      hd: int) -> int:
+    """Weights of all norms (the layers' norms, their q/k norms, the final norm) and of the
+    attention projections' biases: the small 16-bit vectors beside the linear layers."""
+    per_layer = _NORMS_PER_LAYER.get(str(c.get("model_type")), 2) * h
+    if c.get("model_type") in _QK_NORM_TYPES:
+        per_layer += 2 * hd
+    elif c.get("use_qk_norm"):  # Cohere: one norm per head
+        per_layer += (heads + kv) * hd
+    if c.get("attention_bias"):  # Llama-style: q, k, v and o
+        per_layer += (heads + 2 * kv) * hd + h
+    elif c.get("model_type") in _QKV_BIAS_TYPES:
+        per_layer += (heads + 2 * kv) * hd
+    return layers * per_layer + h
+
+
+def attention_windows(config: Mapping[str, Any]) -> list[int | None]:
+    """Per decoder layer, how many past tokens its attention can reach: None for global
+    attention, else its sliding window.
+
+    From ``layer_types`` where the config lists them (``sliding_attention`` layers get
+    ``sliding_window``, every other layer is global); else from ``sliding_window_pattern``
+    (Cohere2 and Gemma 3 before ``layer_types``: every pattern-th layer global, the others
+    sliding); else a ``sliding_window`` applies to every layer (Mistral), unless
+    ``use_sliding_window`` is false (Qwen2 and Qwen3 configs carry a window they do not use).
+    A window of ``W`` counts ``W`` keys per query. Cohere2 in vLLM lets a query see ``W + 1``,
+    one more: a floor counted with ``W`` stays a lower bound.
+    """
+    c = _text_config(config)
+    layers = int(c["num_hidden_layers"])
+    window = c.get("sliding_window")
+    if not window or c.get("use_sliding_window") is False:
+        return [None] * layers
+    w = int(window)
+    types = c.get("layer_types")
+    if types:
+        return [w if str(t).startswith("sliding") else None for t in list(types)[:layers]]
+    pattern = c.get("sliding_window_pattern") or c.get("_sliding_window_pattern")
+    if pattern:
+        return [w if (i + 1) % int(pattern) else None for i in range(layers)]
+    return [w] * layers
+
+
+def _keys_in_window(tokens: float, window: int | None) -> float:
+    """Keys a causal attention layer holds for a context of ``tokens``: ``min(tokens, W)``."""
+    return float(tokens) if window is None else float(min(tokens, window))
+
+
+def _causal_pairs(tokens: float, window: int | None) -> float:
+    """(query, key) pairs of a causal prefill of ``tokens`` under a window ``W`` (None: none).
+
+    The integral of ``min(t, W)`` over ``t`` from 0 to ``L``: ``L^2 / 2`` up to the window,
+    ``L x W - W^2 / 2`` past it (``L^2 / 2`` is a hair below the exact ``L (L + 1) / 2``:
+    a floor stays a floor).
+    """
+    n = float(tokens)
+    if window is None or n <= window:
+        return n * n / 2
+    return n * window - window * window / 2
+
+
 def _moe_shape(c: Mapping[str, Any]) -> tuple[int, int, int]:
     """(routed experts, experts per token, expert intermediate size); (0, 0, 0) if dense."""
     experts = int(c.get("num_experts") or c.get("num_local_experts") or 0)
@@ -149,7 +224,8 @@ def weight_bytes_split(config: Mapping[str, Any], scheme: Scheme | str) -> tuple
 
     Linear layers of the decoder blocks (q, k, v, o and the MLP's gate, up, down) take
     ``params x weight_bits / 8`` plus one 16-bit scale per group (or per output channel);
-    embeddings, the LM head (left unquantized), routers and norms stay 16-bit. For a
+    embeddings, the LM head (left unquantized; none where ``tie_word_embeddings``: the
+    embedding is read back as the head), routers, norms and biases stay 16-bit. For a
     mixture-of-experts config (``num_experts``/``num_local_experts``) the MLP is one
     gate/up/down triple per routed expert (``moe_intermediate_size``), plus a shared expert
     where the config has one; the second figure is 0 for dense models.
@@ -176,7 +252,7 @@ def weight_bytes_split(config: Mapping[str, Any], scheme: Scheme | str) -> tuple
     emb = vocab * h * 2
     tied = config.get("tie_word_embeddings", c.get("tie_word_embeddings", True))
     head = 0 if tied else vocab * h * 2
-    norms = (2 * layers + 1) * h * 2
+    norms = _norm_bias_params(c, layers=layers, h=h, heads=heads, kv=kv, hd=hd) * 2
     return layers * (attn + mlp) + emb + head + norms, layers * routed
 
 
@@ -184,6 +260,16 @@ def estimate_weight_bytes(config: Mapping[str, Any], scheme: Scheme | str) -> in
     """Bytes of all of a decoder's weights under ``scheme`` (see :func:`weight_bytes_split`)."""
     always, routed = weight_bytes_split(config, scheme)
     return int(always + routed)
+
+
+def parameter_count(config: Mapping[str, Any]) -> int:
+    """Weights of a decoder: embedding, LM head (once, if tied to the embedding), every
+    layer's attention and MLP (all experts of a mixture), norms and biases.
+
+    Half of the bf16 bytes of :func:`estimate_weight_bytes`: the base scheme stores every
+    weight in 16 bits.
+    """
+    return estimate_weight_bytes(config, "base") // 2
 
 
 def weight_read_fraction(config: Mapping[str, Any] | None, scheme: Scheme | str,
@@ -205,20 +291,48 @@ def weight_read_fraction(config: Mapping[str, Any] | None, scheme: Scheme | str,
     return (always + routed * touched) / (always + routed)
 
 
-def kv_bytes_per_token(config: Mapping[str, Any], dtype_bytes: int = 2) -> int:
-    """KV-cache bytes one token occupies (K and V, all layers)."""
-    c = _text_config(config)
+def _kv_bytes_per_layer_token(c: Mapping[str, Any], dtype_bytes: int) -> int:
     heads = int(c["num_attention_heads"])
     kv = int(c.get("num_key_value_heads") or heads)
     hd = int(c.get("head_dim") or int(c["hidden_size"]) // heads)
-    return 2 * int(c["num_hidden_layers"]) * kv * hd * dtype_bytes
+    return 2 * kv * hd * dtype_bytes
+
+
+def kv_bytes_per_sequence(config: Mapping[str, Any], context_tokens: float,
+                          dtype_bytes: int = 2) -> float:
+    """KV-cache bytes of one sequence of ``context_tokens`` tokens (K and V, all layers).
+
+    ``sum over layers of 2 x kv_heads x head_dim x dtype_bytes x min(context, window)``: a
+    sliding-window layer keeps, and a decode step reads, at most its window of keys
+    (:func:`attention_windows`).
+    """
+    c = _text_config(config)
+    per = _kv_bytes_per_layer_token(c, dtype_bytes)
+    return float(sum(per * _keys_in_window(context_tokens, w) for w in attention_windows(config)))
+
+
+def kv_bytes_per_token(config: Mapping[str, Any], dtype_bytes: int = 2, *,
+                       context_tokens: float | None = None) -> float:
+    """KV-cache bytes per token of context (K and V, all layers).
+
+    Without ``context_tokens``: what one token occupies while every layer holds it (a
+    context within the smallest sliding window). With it: the average over a context of
+    that many tokens, ``kv_bytes_per_sequence / context_tokens``, lower than the first where
+    sliding-window layers hold only their window.
+    """
+    if context_tokens is not None and context_tokens > 0:
+        return kv_bytes_per_sequence(config, context_tokens, dtype_bytes) / float(context_tokens)
+    c = _text_config(config)
+    return float(int(c["num_hidden_layers"]) * _kv_bytes_per_layer_token(c, dtype_bytes))
 
 
 def decode_bytes_per_step(weight_bytes: float, *, kv_bytes_token: float = 0.0,
                           context_tokens: float = 0.0, batch: int = 1) -> float:
     """Bytes one decode step must read: all weights once, plus every sequence's KV cache.
 
-    ``weight_bytes + batch x context_tokens x kv_bytes_token``.
+    ``weight_bytes + batch x context_tokens x kv_bytes_token``; for a model with
+    sliding-window layers pass ``kv_bytes_per_token(config, context_tokens=...)``, the
+    per-token average at that context.
     """
     return float(weight_bytes) + batch * context_tokens * kv_bytes_token
 
@@ -274,17 +388,19 @@ def prefill_flops(config: Mapping[str, Any], prompt_tokens: int, sequences: int 
 
     Linear: ``2 x active params x tokens`` for every prompt token, plus the LM head
     (``2 x hidden x vocab``) for each sequence's last token. Attention: ``Q K^T`` and
-    ``P V`` under a causal mask, ``2 x 2 x layers x heads x head_dim x L^2 / 2`` per
-    sequence of ``L`` tokens.
+    ``P V`` under a causal mask, ``2 x 2 x heads x head_dim x pairs`` per layer and
+    sequence of ``L`` tokens, where a global layer has ``L^2 / 2`` (query, key) pairs and
+    a sliding-window layer of window ``W < L`` has ``L x W - W^2 / 2``
+    (:func:`attention_windows`).
     """
     c = _text_config(config)
     h = int(c["hidden_size"])
     heads = int(c["num_attention_heads"])
     hd = int(c.get("head_dim") or h // heads)
-    layers = int(c["num_hidden_layers"])
     n = float(prompt_tokens)
     linear = sequences * (2.0 * active_linear_params(config) * n + 2.0 * h * int(c["vocab_size"]))
-    attention = sequences * 2.0 * layers * heads * hd * n * n
+    pairs = sum(_causal_pairs(n, w) for w in attention_windows(config))
+    attention = sequences * 4.0 * heads * hd * pairs
     return linear, attention
 
 

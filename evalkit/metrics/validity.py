@@ -112,7 +112,8 @@ class FloorModel:
         """Least decode step time with ``batch`` sequences of at least ``input_len`` tokens.
 
         Weights (for a mixture of experts, the experts ``batch`` tokens are expected to
-        route to) plus each sequence's KV cache at its prompt length, / peak bandwidth x GPUs.
+        route to) plus each sequence's KV cache at its prompt length (a sliding-window layer's
+        at most its window), / peak bandwidth x GPUs.
         A server point is checked at batch 1: its running batch changes from step to step,
         and one step with any number of sequences reads at least this much.
         """
@@ -121,8 +122,9 @@ class FloorModel:
         if not math.isfinite(self.weight_bytes):
             return math.nan, "weight bytes unknown"
         read = self.weight_bytes * rl.weight_read_fraction(self.config, self.scheme, batch)
-        step = rl.decode_bytes_per_step(read, kv_bytes_token=rl.kv_bytes_per_token(self.config),
-                                        context_tokens=input_len, batch=batch)
+        kvb = rl.kv_bytes_per_token(self.config, context_tokens=input_len)
+        step = rl.decode_bytes_per_step(read, kv_bytes_token=kvb, context_tokens=input_len,
+                                        batch=batch)
         gbps = self.bandwidth_gbps * max(self.gpus, 1)
         return rl.roofline_tpot_ms(step, gbps), (
             f"{step / 1e9:.4g} GB per step (weights + KV of {batch} sequence(s) at {input_len} "

@@ -25,7 +25,7 @@ from evalkit.core.config import ModelSpec
 from evalkit.core.errors import AssetError, ConfigError
 from evalkit.engine.offline import shutdown_llm
 
-REQUIRED_PRESETS = ("llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "qwen3-30b-a3b")
+REQUIRED_PRESETS = ("llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "qwen3-30b-a3b", "command-a")
 
 
 @pytest.fixture

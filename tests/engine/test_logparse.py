@@ -56,9 +56,38 @@ def test_provenance_gpu_style_lines():
     assert p["kv_cache_tokens"] == "898,784"
 
 
+def test_provenance_moe_kernels_of_the_vllm_024_logs():
+    # the lines vLLM 0.24.0 wrote for the Qwen3-30B-A3B shape on an H200 (hopper-moe-claim/r1)
+    w4a16 = (
+        "(EngineCore pid=2612) INFO 12-02 18:34:36 [compressed_tensors_wNa16.py:112] Using "
+        "MacheteLinearKernel for CompressedTensorsWNA16\n"
+        "(EngineCore pid=2612) INFO 12-02 18:34:37 [compressed_tensors_moe.py:155] Using "
+        "CompressedTensorsWNA16MarlinMoEMethod\n"
+        "(EngineCore pid=2612) INFO 12-02 18:34:37 [int_wna16.py:158] Using 'MARLIN' WNA16 MoE "
+        "backend.\n"
+        "(EngineCore pid=2612) INFO 12-02 18:34:37 [int_wna16.py:250] Using "
+        "MoEPrepareAndFinalizeNoDPEPModular\n")
+    w4a8 = (
+        "(EngineCore pid=2623) INFO 12-02 18:34:37 [compressed_tensors_w4a8_fp8.py:102] Using "
+        "CutlassW4A8LinearKernel for CompressedTensorsW4A8Fp8\n"
+        "(EngineCore pid=2623) INFO 12-02 18:34:37 [compressed_tensors_moe.py:200] Using "
+        "CompressedTensorsW4A8Fp8MoEMethod\n"
+        "(EngineCore pid=2623) INFO 12-02 18:34:37 [w4a8.py:72] Using CUTLASS W4A8 MoE backend.\n"
+        "(EngineCore pid=2623) INFO 12-02 18:34:42 [w4a8.py:182] Using "
+        "MoEPrepareAndFinalizeNoDPEPModular\n")
+    p = LP.provenance(w4a16)
+    assert p["moe_kernels"] == "CompressedTensorsWNA16MarlinMoEMethod; MARLIN WNA16 MoE backend"
+    assert p["linear_kernels"] == "MacheteLinearKernel for CompressedTensorsWNA16"
+    assert LP.provenance(w4a8)["moe_kernels"] == (
+        "CompressedTensorsW4A8Fp8MoEMethod; CUTLASS W4A8 MoE backend")
+
+
 def test_provenance_missing_is_none():
     p = LP.provenance("nothing here\n")
     assert p["linear_kernels"] is None and p["vllm_version"] is None
+    assert p["moe_kernels"] is None
+    # a dense model's log names no MoE kernel
+    assert LP.provenance(_log("vllm_cpu_w8a8_server.log"))["moe_kernels"] is None
 
 
 def test_unsupported_reason_w4afp8_on_cpu():

@@ -12,6 +12,7 @@ from evalkit import engine as eng
 from evalkit.core import records as rec
 from evalkit.core.config import Variant
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
+from evalkit.core.io import atomic_write_json
 from evalkit.metrics.latency import offline_rows
 from evalkit.stages.latency.client import prompt_seed
 from evalkit.stages.latency.raw import offline_iters
@@ -26,6 +27,7 @@ def measure_offline(st: LatencyStage, v: Variant, ckpt: Path, bar: Any) -> None:
     vdir = st.raw / v.name
     tokenizer = st.tokenizer_for(ckpt)
     out = vdir / "offline.json"
+    log_path = st.run.sub("logs", f"vllm-offline-{v.name}.log")
     st.run.log(f"latency: offline engine for {v.name}: {len(todo)} batch points")
     t0 = time.monotonic()
     try:
@@ -33,7 +35,7 @@ def measure_offline(st: LatencyStage, v: Variant, ckpt: Path, bar: Any) -> None:
             ckpt, engine=st.cfg.engine, out_path=out,
             points=[dict(batch_size=p.concurrency, input_len=p.workload.input_len,
                          output_len=p.workload.output_len) for p in todo],
-            log_path=st.run.sub("logs", f"vllm-offline-{v.name}.log"),
+            log_path=log_path,
             iters=st.lat.offline_iters, warmups=1 if st.lat.warmups else 0,
             seed=prompt_seed(st.lat.seed, "offline", 0, math.inf, 0),
             load_format=getattr(st.model, "load_format", None),
@@ -48,9 +50,25 @@ def measure_offline(st: LatencyStage, v: Variant, ckpt: Path, bar: Any) -> None:
         bar.update(len(todo))
         return
     st.run.log(f"latency: offline {v.name} done in {time.monotonic() - t0:.0f} s")
+    _note_kernels(st, v, log_path)
     for p in todo:
         its = offline_iters(rows, p.concurrency, p.workload.input_len, p.workload.output_len)
         df = rec.make_records(offline_rows(its, **p.fields()), **st.common(v))
         df = st.guard(v, df, offline_iters=its)
         st.save_unit(v, p.key(v.name), df, "ok")
         bar.update(1)
+
+
+def _note_kernels(st: LatencyStage, v: Variant, log_path: Path) -> None:
+    """The kernels the offline engine's log reports (linear layers, experts), named in the run
+    log and kept beside the variant's raw rows (``offline-provenance.json``): an offline
+    engine has no startup record to carry them."""
+    if not log_path.is_file():
+        return
+    prov = eng.provenance(log_path.read_text(encoding="utf-8", errors="replace"))
+    atomic_write_json(st.raw / v.name / "offline-provenance.json", {
+        "variant": v.name, "scheme": v.scheme, "method": v.method,
+        "log": str(log_path.relative_to(st.run.path)), "engine_log": prov})
+    st.run.log(f"latency: offline {v.name} kernels: "
+               f"{prov.get('linear_kernels') or 'no quantized linear kernel logged'}"
+               + (f"; MoE: {prov['moe_kernels']}" if prov.get("moe_kernels") else ""))

@@ -29,7 +29,7 @@ from evalkit.stages.latency.points import Point
 Bandwidth = tuple[float | None, str]
 
 #: what the engine log says about a server, in its startup record's note, in this order
-_STARTUP_NOTE_KEYS = ("linear_kernels", "attention_backend", "quantization", "cuda_graphs",
+_STARTUP_NOTE_KEYS = ("linear_kernels", "moe_kernels", "attention_backend", "quantization", "cuda_graphs",
                       "compile", "kv_cache_tokens", "vllm_version", "platform")
 
 
@@ -95,7 +95,9 @@ def roofline_records(cfg: StudyConfig, v: Variant, ckpt: Path | None, *, bandwid
     for r in sel.itertuples():
         ctx = float(r.input_len) + float(r.output_len) / 2
         read = wb * weight_read_fraction(config, v.scheme, int(r.concurrency))
-        step = decode_bytes_per_step(read, kv_bytes_token=kvb, context_tokens=ctx,
+        # sliding-window layers hold at most their window: the per-token average at ctx
+        kv_ctx = kv_bytes_per_token(config, context_tokens=ctx) if config is not None else kvb
+        step = decode_bytes_per_step(read, kv_bytes_token=kv_ctx, context_tokens=ctx,
                                      batch=int(r.concurrency))
         bound = roofline_tpot_ms(step, gbps)
         pct = bound / r.value * 100 if r.value and not math.isnan(r.value) else math.nan

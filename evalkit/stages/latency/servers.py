@@ -122,7 +122,9 @@ class ServerSweep:
         tokenizer = st.tokenizer_for(session.checkpoint)
         prov = self.write_provenance(session)
         self.run.log(f"latency: {v.name} server up in {session.startup_s:.1f} s "
-                     f"({prov.get('linear_kernels') or 'no quantized linear kernel logged'})")
+                     f"({prov.get('linear_kernels') or 'no quantized linear kernel logged'}"
+                     + (f"; MoE: {prov['moe_kernels']}" if prov.get("moe_kernels") else "")
+                     + ")")
         mismatch = activation_mismatch(v.scheme, prov.get("linear_kernels"))
         if mismatch:
             self.run.log(f"latency: WARNING {v.name}: {mismatch}")
