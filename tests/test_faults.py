@@ -420,7 +420,7 @@ def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
     real = taskpack.build_task_data()
     copy = tmp_path / "taskpack" / real.name
     shutil.copytree(real, copy)
-    monkeypatch.setattr(taskdata, "_cache", lambda: tmp_path / "taskpack")
+    monkeypatch.setattr(taskdata, "taskpack_cache", lambda: tmp_path / "taskpack")
     manifest = json.loads((copy / "manifest.json").read_text())
     for info in manifest["tasks"]["arc_challenge"].values():
         (copy / "arc_challenge" / info["file"]).unlink()

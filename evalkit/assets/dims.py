@@ -8,10 +8,11 @@ from typing import Any
 
 from evalkit.assets.packaged import PACKAGED_MODELS
 from evalkit.assets.presets import list_presets, preset_config
-from evalkit.assets.resolved import CONVERTER_VERSION, _sha256_index, _sha256_index_key
+from evalkit.assets.resolved import CONVERTER_VERSION, sha256_index, sha256_index_key
 from evalkit.core.cache import cache_dir
 from evalkit.core.config import ModelSpec
 from evalkit.core.io import read_json
+from evalkit.metrics.roofline import text_config
 
 
 def linear_dims(spec: ModelSpec) -> list[int] | None:
@@ -47,11 +48,11 @@ def linear_dims(spec: ModelSpec) -> list[int] | None:
 def _converted_gguf_config(path: Path) -> Path | None:
     """config.json of the checkpoint ``path`` was converted into, if its checksum is known
     (never hashes the file: validation must stay fast)."""
-    digest = _sha256_index()[1].get(_sha256_index_key(path))
-    return _gguf_checkpoint_dir(path, digest) / "config.json" if digest else None
+    digest = sha256_index()[1].get(sha256_index_key(path))
+    return gguf_checkpoint_dir(path, digest) / "config.json" if digest else None
 
 
-def _gguf_checkpoint_dir(path: Path, digest: str) -> Path:
+def gguf_checkpoint_dir(path: Path, digest: str) -> Path:
     """Where the GGUF file ``path`` (of checksum ``digest``) is converted into."""
     return cache_dir() / "models" / "gguf" / f"{path.stem}-{digest[:12]}-c{CONVERTER_VERSION}"
 
@@ -71,7 +72,7 @@ def _hub_cached_config(repo_id: str, revision: str | None) -> Path | None:
 
 def dims_from_config(config: dict[str, Any]) -> list[int] | None:
     """Linear input dims from a Hugging Face config dict (text sub-config where nested)."""
-    cfg = config.get("text_config") or config
+    cfg = text_config(config)
     hidden = cfg.get("hidden_size")
     if not hidden:
         return None

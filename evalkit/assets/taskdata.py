@@ -77,12 +77,9 @@ def _data_version() -> str:
                          f"{DATA_REQUIREMENT}") from None
 
 
-def _cache() -> Path:
+def taskpack_cache() -> Path:
+    """Where the task pack's data and lm-eval task files are built (the evalkit cache)."""
     return cache_dir() / "taskpack"
-
-
-def _readable(root: Path) -> None:
-    make_readable(root)
 
 
 def _arrow_rows(path: Path) -> list[dict[str, Any]]:
@@ -141,12 +138,12 @@ def build_task_data() -> Path:
     try:
         version = _data_version()
     except AssetError:
-        copied = sorted(_cache().glob(f"data-v{PACK_VERSION}-olmo*/manifest.json"))
+        copied = sorted(taskpack_cache().glob(f"data-v{PACK_VERSION}-olmo*/manifest.json"))
         if not copied:
             raise
         return copied[-1].parent
     src_root = data_root()
-    final = _cache() / f"data-v{PACK_VERSION}-olmo{version}"
+    final = taskpack_cache() / f"data-v{PACK_VERSION}-olmo{version}"
     if (final / "manifest.json").is_file():
         return final
     with file_lock(final.parent / f".{final.name}.lock", what="task pack data", blocking=True):
@@ -162,11 +159,12 @@ def build_task_data() -> Path:
                     split: _write_split(task, split, spec, src_root, tdir)
                     for split, spec in task.splits.items()}
             atomic_write_json(tmp / "manifest.json", manifest)
-            _readable(tmp)
+            make_readable(tmp)
     return final
 
 
-def _manifest() -> dict[str, Any]:
+def task_manifest() -> dict[str, Any]:
+    """The task pack data's manifest (tasks, splits, row counts, source versions)."""
     return read_json(build_task_data() / "manifest.json")
 
 

@@ -53,6 +53,7 @@ from evalkit.assets.tasks import (
     PackTask,
     Split,
 )
+from evalkit.core.cache import make_readable
 from evalkit.core.errors import AssetError, ConfigError
 from evalkit.core.io import (
     atomic_dir,
@@ -163,7 +164,7 @@ def _pack_dir(data_dir: Path) -> tuple[Path, Path, str]:
     tasks_dir, lm_version = _lm_eval_tasks_dir()
     data_version = read_json(data_dir / "manifest.json")["version"]
     key = hashlib.sha256(f"{tasks_dir}|{data_version}".encode()).hexdigest()[:10]
-    return taskdata._cache() / f"v{PACK_VERSION}-lm_eval{lm_version}-{key}", tasks_dir, lm_version
+    return taskdata.taskpack_cache() / f"v{PACK_VERSION}-lm_eval{lm_version}-{key}", tasks_dir, lm_version
 
 
 def build_task_pack() -> Path:
@@ -198,7 +199,7 @@ def build_task_pack() -> Path:
                 "lm_eval_tasks_dir": str(tasks_dir), "data_dir": str(data_dir),
                 "data_package": f"{DATA_PACKAGE}=={manifest['version']}",
                 "tasks": sorted(TASKS), "groups": sorted(GROUPS)})
-            taskdata._readable(tmp)
+            make_readable(tmp)
     return final
 
 
@@ -228,7 +229,7 @@ def _hub_names() -> list[str]:
         raise ConfigError("accuracy.data: hub tasks need lm-eval, which is not installed in "
                           "this environment; allowed here: data=local")
     version = importlib.metadata.version("lm_eval")
-    path = taskdata._cache() / f"lm_eval-{version}-tasks.json"
+    path = taskdata.taskpack_cache() / f"lm_eval-{version}-tasks.json"
     if path.is_file():
         return list(read_json(path))
     from lm_eval.tasks import TaskManager  # noqa: PLC0415
@@ -299,7 +300,7 @@ def check_task_data(task: str) -> None:
         AssetError: naming the task, the file and how to rebuild the data.
     """
     data_dir = build_task_data()
-    manifest = taskdata._manifest()
+    manifest = taskdata.task_manifest()
     members = _group_members(task) if task in GROUPS else [task]
     rebuild = f"rebuild it: rm -rf {data_dir} && evalkit assets prepare"
     for m in members:
@@ -316,7 +317,7 @@ def check_task_data(task: str) -> None:
 def task_info(task: str) -> dict[str, Any]:
     """Documents per split, data files, source and licence of a pack task or group."""
     lm_name = lm_eval_task_name(task, "local")
-    manifest = taskdata._manifest()
+    manifest = taskdata.task_manifest()
     data_dir = build_task_data()
     if task in GROUPS:
         members = _group_members(task)

@@ -23,6 +23,7 @@ from pydantic import (
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.schemes import SCHEMES
+from evalkit.core.spec_base import PosInt, SpecModel
 from evalkit.core.specs import (
     NAME_RE,
     AccuracySpec,
@@ -32,13 +33,11 @@ from evalkit.core.specs import (
     EngineSpec,
     LatencySpec,
     ModelSpec,
-    PosInt,
     QuantizeSpec,
     ReportSpec,
     SloSpec,
     Variant,
     Workload,
-    _Model,
 )
 
 __all__ = [
@@ -62,7 +61,7 @@ __all__ = [
 ]
 
 
-class StudyConfig(_Model):
+class StudyConfig(SpecModel):
     """A whole study: model, variants, stages and where results go."""
 
     study: str = Field(pattern=NAME_RE, description="study name; run directories nest under it.")

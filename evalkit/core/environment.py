@@ -22,7 +22,7 @@ PACKAGES = (
 )
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -132,7 +132,7 @@ def environment_info() -> dict[str, Any]:
         **machine_info(),
         "cpu_count": os.cpu_count(),
         "memory_gb": _mem_gb(),
-        "packages": {d: v for d in PACKAGES if (v := _version(d))},
+        "packages": {d: v for d in PACKAGES if (v := package_version(d))},
         "records_schema": rec.SCHEMA_VERSION,
     }
     try:

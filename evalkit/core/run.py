@@ -36,7 +36,7 @@ import yaml
 
 from evalkit.core import records as rec
 from evalkit.core.config import StudyConfig, read_study
-from evalkit.core.environment import PACKAGES, _version, environment_info, free_cpu_cores, machine_info
+from evalkit.core.environment import PACKAGES, environment_info, free_cpu_cores, machine_info, package_version
 from evalkit.core.errors import RunDirError
 from evalkit.core.io import atomic_write_json, atomic_write_text, file_lock, read_json
 from evalkit.core.units import UnitStore
@@ -181,7 +181,7 @@ def stage_env(run: Run, stage: str) -> None:
     env = run.path / "env.json"
     info = read_json(env) if env.is_file() else {}
     info.setdefault("stages", {})[stage] = {
-        "python": sys.executable, "packages": {d: v for d in PACKAGES if (v := _version(d))},
+        "python": sys.executable, "packages": {d: v for d in PACKAGES if (v := package_version(d))},
     }
     info.setdefault("attempts", []).append(
         {"stage": stage, "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),

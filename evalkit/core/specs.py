@@ -7,11 +7,9 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
@@ -19,17 +17,13 @@ from pydantic import (
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.schemes import SCHEMES, get_scheme
+from evalkit.core.spec_base import PosInt, SpecModel
 from evalkit.core.traffic import Lengths, TrafficSpec
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-PosInt = Annotated[int, Field(gt=0)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class ModelSpec(_Model):
+class ModelSpec(SpecModel):
     """Which model the study quantizes and measures."""
 
     source: Literal["packaged", "hf_dir", "hub", "gguf", "preset"] = Field(
@@ -64,7 +58,7 @@ class ModelSpec(_Model):
         return self.source != "preset"
 
 
-class Variant(_Model):
+class Variant(SpecModel):
     """One model variant: the base model or one quantization of it."""
 
     name: str = Field(pattern=NAME_RE, description="unique label used in records and plots.")
@@ -110,7 +104,7 @@ class Variant(_Model):
         return self.group_size or SCHEMES[self.scheme].group_size
 
 
-class Calibration(_Model):
+class Calibration(SpecModel):
     """Calibration data for GPTQ/AWQ/SmoothQuant (RTN needs none)."""
 
     dataset: str = Field(
@@ -134,7 +128,7 @@ class Calibration(_Model):
         return v
 
 
-class QuantizeSpec(_Model):
+class QuantizeSpec(SpecModel):
     calibration: Calibration = Field(default_factory=Calibration, description="GPTQ/AWQ data.")
     ignore: tuple[str, ...] = Field(
         ("lm_head",), description="module names or re: patterns left unquantized."
@@ -144,13 +138,13 @@ class QuantizeSpec(_Model):
     )
 
 
-class BootstrapSpec(_Model):
+class BootstrapSpec(SpecModel):
     resamples: PosInt = Field(2000, description="paired bootstrap resamples over documents.")
     confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of intervals.")
     seed: int = Field(0, description="bootstrap seed.")
 
 
-class AccuracySpec(_Model):
+class AccuracySpec(SpecModel):
     """lm-eval settings, identical for every variant."""
 
     tasks: tuple[str, ...] = Field(min_length=1, description="lm-eval task names.")
@@ -168,7 +162,7 @@ class AccuracySpec(_Model):
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec, description="CI settings.")
 
 
-class Workload(_Model):
+class Workload(SpecModel):
     name: str = Field(pattern=NAME_RE, description="label used in records (chat, summarize).")
     input_len: PosInt = Field(description="prompt tokens per request.")
     output_len: PosInt = Field(description="generated tokens per request (EOS ignored).")
@@ -200,7 +194,7 @@ class Workload(_Model):
         return self
 
 
-class LatencySpec(_Model):
+class LatencySpec(SpecModel):
     """Latency sweep: workloads x concurrency levels, per variant."""
 
     modes: tuple[Literal["server", "offline"], ...] = Field(
@@ -321,7 +315,7 @@ class LatencySpec(_Model):
         return max(-(-self.prompts_for(concurrency) // max(trials, 1)), concurrency)
 
 
-class EngineSpec(_Model):
+class EngineSpec(SpecModel):
     """vLLM engine options, shared by every variant."""
 
     device: Literal["cpu", "cuda"] = Field("cpu", description="where vLLM runs.")
@@ -402,7 +396,7 @@ class EngineSpec(_Model):
         return self
 
 
-class Claim(_Model):
+class Claim(SpecModel):
     """A published speed claim to check, e.g. W4A8 vs W4A16: TTFT -58%, TPOT -45%."""
 
     name: str = Field(pattern=NAME_RE, description="short id of the claim.")
@@ -431,7 +425,7 @@ class Claim(_Model):
         return self
 
 
-class SloSpec(_Model):
+class SloSpec(SpecModel):
     """Per-request service-level objectives for goodput (a request is good when it meets
     every limit given)."""
 
@@ -447,7 +441,7 @@ class SloSpec(_Model):
                 if v is not None and k != "percentile"}
 
 
-class ReportSpec(_Model):
+class ReportSpec(SpecModel):
     slo: SloSpec = Field(
         default_factory=SloSpec,
         description="SLOs for goodput (default: TTFT <= 1000 ms and TPOT <= 50 ms, an "

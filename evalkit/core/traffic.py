@@ -10,18 +10,14 @@ over time; these sections describe that load, and every measured point carries i
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-PosInt = Annotated[int, Field(gt=0)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+from evalkit.core.spec_base import PosInt, SpecModel
 
 
-class Lengths(_Model):
+class Lengths(SpecModel):
     """How one side of a workload's requests (prompt or output) varies in length.
 
     The workload's ``input_len`` / ``output_len`` is the centre: every request's length when
@@ -71,7 +67,7 @@ class Lengths(_Model):
         return self.dist != "fixed"
 
 
-class TrafficSpec(_Model):
+class TrafficSpec(SpecModel):
     """A rate sweep per workload, the way GuideLLM's ``sweep`` profile works.
 
     For every variant: a synchronous point (one request in flight), a throughput point (all

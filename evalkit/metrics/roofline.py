@@ -121,7 +121,9 @@ def memory_bandwidth(device: str) -> tuple[float | None, str]:
     return cpu_copy_bandwidth_gbps(), "numpy copy estimate (rough STREAM-copy, 1 thread)"
 
 
-def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The language model's part of a Hugging Face config: ``text_config`` where the config
+    nests one (multimodal models such as Gemma 3), else the config itself."""
     return config.get("text_config") or config
 
 
@@ -163,7 +165,7 @@ def attention_windows(config: Mapping[str, Any]) -> list[int | None]:
     A window of ``W`` counts ``W`` keys per query. Cohere2 in vLLM lets a query see ``W + 1``,
     one more: a floor counted with ``W`` stays a lower bound.
     """
-    c = _text_config(config)
+    c = text_config(config)
     layers = int(c["num_hidden_layers"])
     window = c.get("sliding_window")
     if not window or c.get("use_sliding_window") is False:
@@ -231,7 +233,7 @@ def weight_bytes_split(config: Mapping[str, Any], scheme: Scheme | str) -> tuple
     where the config has one; the second figure is 0 for dense models.
     """
     s = SCHEMES[scheme] if isinstance(scheme, str) else scheme
-    c = _text_config(config)
+    c = text_config(config)
     h = int(c["hidden_size"])
     layers = int(c["num_hidden_layers"])
     heads = int(c["num_attention_heads"])
@@ -282,7 +284,7 @@ def weight_read_fraction(config: Mapping[str, Any] | None, scheme: Scheme | str,
     """
     if config is None:
         return 1.0
-    c = _text_config(config)
+    c = text_config(config)
     experts, topk, _ = _moe_shape(c)
     if not experts:
         return 1.0
@@ -306,7 +308,7 @@ def kv_bytes_per_sequence(config: Mapping[str, Any], context_tokens: float,
     sliding-window layer keeps, and a decode step reads, at most its window of keys
     (:func:`attention_windows`).
     """
-    c = _text_config(config)
+    c = text_config(config)
     per = _kv_bytes_per_layer_token(c, dtype_bytes)
     return float(sum(per * _keys_in_window(context_tokens, w) for w in attention_windows(config)))
 
@@ -322,7 +324,7 @@ def kv_bytes_per_token(config: Mapping[str, Any], dtype_bytes: int = 2, *,
     """
     if context_tokens is not None and context_tokens > 0:
         return kv_bytes_per_sequence(config, context_tokens, dtype_bytes) / float(context_tokens)
-    c = _text_config(config)
+    c = text_config(config)
     return float(int(c["num_hidden_layers"]) * _kv_bytes_per_layer_token(c, dtype_bytes))
 
 
@@ -367,7 +369,7 @@ def active_linear_params(config: Mapping[str, Any]) -> float:
     picks, the shared expert and the router). Embedding lookups cost no FLOPs; the LM head
     is counted apart (:func:`prefill_flops`), since a prefill needs it for its last token only.
     """
-    c = _text_config(config)
+    c = text_config(config)
     h = int(c["hidden_size"])
     heads = int(c["num_attention_heads"])
     kv = int(c.get("num_key_value_heads") or heads)
@@ -393,7 +395,7 @@ def prefill_flops(config: Mapping[str, Any], prompt_tokens: int, sequences: int 
     a sliding-window layer of window ``W < L`` has ``L x W - W^2 / 2``
     (:func:`attention_windows`).
     """
-    c = _text_config(config)
+    c = text_config(config)
     h = int(c["hidden_size"])
     heads = int(c["num_attention_heads"])
     hd = int(c.get("head_dim") or h // heads)

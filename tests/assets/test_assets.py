@@ -120,7 +120,7 @@ def test_gguf_metadata_agrees_with_gguf_reader():
         raw = f.parts[f.data[0]]
         want = bytes(raw).decode() if isinstance(ours.get(key), str) else raw.tolist()[0]
         assert ours[key] == want, key
-    assert gguf_files._gguf_quant_type(path) == "Q4_1"
+    assert gguf_files.gguf_quant_type(path) == "Q4_1"
 
 
 def test_gguf_metadata_rejects_non_gguf(tmp_path):
@@ -241,12 +241,12 @@ def test_preset_tokenizer_env_must_be_a_tokenizer_dir(tmp_path, monkeypatch):
 def test_checksum_index_reuses_a_hash(tmp_path, tmp_cache):
     f = tmp_path / "a.gguf"
     f.write_bytes(b"x" * 1000)
-    first = resolved._file_sha256_cached(f)
+    first = resolved.file_sha256_cached(f)
     index = json.loads((tmp_cache / "models" / "sha256-index.json").read_text())
     assert first in index.values()
     f.write_bytes(b"y" * 1000)  # new content, new mtime: must not reuse the old hash
     os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert resolved._file_sha256_cached(f) != first
+    assert resolved.file_sha256_cached(f) != first
 
 
 def test_cli_list(capsys):

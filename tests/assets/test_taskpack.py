@@ -91,7 +91,7 @@ def test_hub_names_come_from_lm_eval_and_are_cached():
     assert not any(n.endswith("_local") for n in names)
     from importlib.metadata import version
 
-    assert (taskdata._cache() / f"lm_eval-{version('lm_eval')}-tasks.json").is_file()
+    assert (taskdata.taskpack_cache() / f"lm_eval-{version('lm_eval')}-tasks.json").is_file()
     t0 = time.perf_counter()
     assert taskpack.available_tasks("hub") == names
     assert time.perf_counter() - t0 < 1.0

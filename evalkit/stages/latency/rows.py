@@ -17,11 +17,11 @@ from evalkit.core import records as rec
 from evalkit.core.config import StudyConfig, Variant
 from evalkit.metrics import validity as val
 from evalkit.metrics.roofline import (
-    _text_config,
     decode_bytes_per_step,
     estimate_weight_bytes,
     kv_bytes_per_token,
     roofline_tpot_ms,
+    text_config,
     weight_read_fraction,
 )
 from evalkit.stages.latency.points import Point
@@ -151,4 +151,4 @@ def vocab_size(ckpt: Path) -> int:
         cfg = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return 10000
-    return int(_text_config(cfg).get("vocab_size") or 10000)
+    return int(text_config(cfg).get("vocab_size") or 10000)

@@ -21,21 +21,21 @@ from evalkit.stages.quantize.checkpoints import (
     WEIGHT_INDEXES,
     WEIGHT_SUFFIXES,
     QuantizedCheckpoint,
-    _key_material,
-    _meta_model,
     checkpoint_key,
     checkpoint_name,
     checkpoint_root,
     dir_size_bytes,
+    key_material,
     library_versions,
+    meta_model,
     target_linear_modules,
     weight_bytes,
 )
 from evalkit.stages.quantize.recipes import (
-    _calibration_dataset,
-    _no_accelerator,
     build_recipe,
     build_scheme,
+    calibration_dataset,
+    no_accelerator,
     resolve_device,
 )
 
@@ -73,7 +73,7 @@ def _build_preset(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec, o
 
     scheme = SCHEMES[variant.scheme]
     src = Path(model.path)
-    meta = _meta_model(src)
+    meta = meta_model(src)
     modifier = QuantizationModifier(
         targets=["Linear"], config_groups={"group_0": build_scheme(variant)},
         ignore=list(qspec.ignore),
@@ -106,7 +106,7 @@ def _build_real(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec, out
     lm = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
     lm.eval()
     saved_dtype = lm.dtype
-    upcast = (variant.method in CALIBRATED_METHODS and _no_accelerator()
+    upcast = (variant.method in CALIBRATED_METHODS and no_accelerator()
               and saved_dtype in (torch.bfloat16, torch.float16))
     if upcast:
         # CPUs without native bf16/fp16 matrix units emulate them: calibration forwards and
@@ -120,7 +120,7 @@ def _build_real(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec, out
     kwargs: dict[str, Any] = {}
     cal_info: dict[str, Any] | None = None
     if variant.method in CALIBRATED_METHODS:
-        ds, cal_info = _calibration_dataset(tokenizer, qspec.calibration)
+        ds, cal_info = calibration_dataset(tokenizer, qspec.calibration)
         kwargs = dict(dataset=ds, max_seq_length=qspec.calibration.seq_len,
                       num_calibration_samples=qspec.calibration.num_samples,
                       shuffle_calibration_samples=False)
@@ -184,7 +184,7 @@ def quantize_variant(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec
             f"variant {variant.name}: {model.name} is a preset with random weights; only "
             f"method rtn is meaningful (got {variant.method})"
         )
-    if variant.method == "awq" and _no_accelerator():
+    if variant.method == "awq" and no_accelerator():
         # llm-compressor's AWQModifier pins its activation cache for host-to-device copies
         # (IntermediatesCache.pin_memory), which torch refuses without an accelerator.
         raise ConfigError(
@@ -211,7 +211,7 @@ def quantize_variant(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec
                     "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
                     "quantize_s": time.perf_counter() - tb,
                     "device": device, "hardware": hardware_label(device),
-                    "settings": _key_material(model, variant, qspec),
+                    "settings": key_material(model, variant, qspec),
                     "model_path": str(model.path), "variant": variant.model_dump(mode="json"),
                     "scheme_label": scheme.label, **extra,
                 }

@@ -77,7 +77,7 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-def _key_material(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec) -> dict[str, Any]:
+def key_material(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec) -> dict[str, Any]:
     scheme = SCHEMES[variant.scheme]
     material: dict[str, Any] = {
         "recipe_version": RECIPE_VERSION,
@@ -110,7 +110,7 @@ def checkpoint_key(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec) 
     Returns:
         64 hex characters (SHA-256).
     """
-    blob = json.dumps(_key_material(model, variant, qspec), sort_keys=True, default=str)
+    blob = json.dumps(key_material(model, variant, qspec), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -183,11 +183,11 @@ def target_linear_modules(checkpoint: str | os.PathLike[str], ignore: tuple[str,
     """
     from compressed_tensors.utils import match_named_modules
 
-    model = _meta_model(Path(checkpoint))
+    model = meta_model(Path(checkpoint))
     return {name for name, _ in match_named_modules(model, ["Linear"], list(ignore))}
 
 
-def _meta_model(checkpoint: Path):
+def meta_model(checkpoint: Path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -115,7 +115,7 @@ def load_calibration_texts(cal: Calibration) -> tuple[list[str], str]:
     return texts, where
 
 
-def _calibration_dataset(tokenizer, cal: Calibration) -> tuple[Any, dict[str, Any]]:
+def calibration_dataset(tokenizer, cal: Calibration) -> tuple[Any, dict[str, Any]]:
     """Tokenized calibration set: one sequence per text, truncated to ``seq_len`` tokens.
 
     Texts are not packed: like llm-compressor's examples, each sample is one document
@@ -161,7 +161,7 @@ def resolve_device(qspec: QuantizeSpec) -> str:
     return qspec.device
 
 
-def _no_accelerator() -> bool:
+def no_accelerator() -> bool:
     import torch
 
     return not torch.accelerator.is_available()
