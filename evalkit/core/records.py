@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from evalkit.core.errors import EvalkitError
 from evalkit.core.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = "1.3"
 #: Versions this code reads: 1.1 added the ``invalid`` status (a latency point whose
@@ -79,6 +79,8 @@ def make_records(rows: Iterable[Mapping[str, Any]], **common: Any) -> pd.DataFra
     Raises:
         RecordsError: unknown column, bad stage/status, or a row missing required fields.
     """
+    import pandas as pd  # noqa: PLC0415 -- the ground floor loads without pandas
+
     data = [{**common, **r} for r in rows]
     unknown = {k for r in data for k in r} - set(COLUMNS)
     if unknown:
@@ -119,6 +121,8 @@ def write_records(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
 def read_records(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one records file, checking its schema version."""
+    import pandas as pd  # noqa: PLC0415 -- the ground floor loads without pandas
+
     df = pd.read_parquet(path)
     versions = set(df["schema_version"].dropna().unique()) if len(df) else {SCHEMA_VERSION}
     if versions - set(READABLE_VERSIONS):
@@ -139,6 +143,8 @@ def load_runs(*run_dirs: str | os.PathLike[str]) -> pd.DataFrame:
     Accepts run directories (reads ``records.parquet``, else the per-stage files under
     ``records/``) or Parquet files.
     """
+    import pandas as pd  # noqa: PLC0415 -- the ground floor loads without pandas
+
     frames = []
     for d in run_dirs:
         p = Path(d)
@@ -162,6 +168,8 @@ KEY = ["run_id", "variant", "stage", "task", "workload", "mode", "metric", "stat
 
 def combine(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate record frames, keeping the last row for each key (no duplicates)."""
+    import pandas as pd  # noqa: PLC0415 -- the ground floor loads without pandas
+
     frames = [f for f in frames if f is not None and len(f)]
     if not frames:
         return empty_records()
@@ -178,6 +186,8 @@ def percentile_rows(
 
     Percentiles use numpy's linear interpolation, as vLLM's benchmark does.
     """
+    import numpy as np  # noqa: PLC0415 -- the ground floor loads without numpy
+
     arr = np.asarray([v for v in values if v is not None and not np.isnan(v)], dtype=float)
     rows = []
     for s in stats:

@@ -30,8 +30,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import yaml
 
 from evalkit.core import records as rec
@@ -40,6 +40,9 @@ from evalkit.core.environment import PACKAGES, environment_info, free_cpu_cores,
 from evalkit.core.errors import RunDirError
 from evalkit.core.io import atomic_write_json, atomic_write_text, file_lock, read_json
 from evalkit.core.units import UnitStore
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The stakeholder report, relative to the run directory (notebook 04 rendered without code).
 REPORT_HTML = "html/04_report.html"

@@ -27,12 +27,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal
 
 from evalkit.core.errors import StageError
 from evalkit.core.io import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FailureKind = Literal["failed", "unsupported"]
 
