@@ -188,7 +188,7 @@ def latency_faults(tmp_path_factory, tiny, _mark_children):
     """
     from evalkit.core.run import create_run
     from evalkit.preflight import load_study
-    from evalkit.stages import latency as L
+    from evalkit.stages.latency.stage import raise_for_failures, run_stage
 
     tmp = tmp_path_factory.mktemp("latency-faults")
     short = tmp / "short-ctx"
@@ -257,7 +257,7 @@ def latency_faults(tmp_path_factory, tiny, _mark_children):
     t0 = time.monotonic()
     try:
         with pytest.raises(StageError) as err:
-            L.raise_for_failures(cfg, L.run_stage(cfg, run))
+            raise_for_failures(cfg, run_stage(cfg, run))
     finally:
         mp.undo()
     total = time.monotonic() - t0

@@ -129,7 +129,8 @@ def test_claim_maps_from_a_real_offline_grid(tmp_path):
     from evalkit.core.config import StudyConfig
     from evalkit.core.run import Run
     from evalkit.metrics.points import latency_points
-    from evalkit.stages import latency as L
+    from evalkit.stages.latency.raw import request_samples
+    from evalkit.stages.latency.stage import raise_for_failures, run_stage
 
     ckpt = build_tiny_llama()
     cfg = StudyConfig.model_validate({
@@ -153,10 +154,10 @@ def test_claim_maps_from_a_real_offline_grid(tmp_path):
     class Model:
         name, path, load_format = "tiny", ckpt, None
 
-    result = L.run_stage(cfg, run, checkpoints={"base": ckpt, "again": ckpt}, resolved=Model)
-    L.raise_for_failures(cfg, result)
+    result = run_stage(cfg, run, checkpoints={"base": ckpt, "again": ckpt}, resolved=Model)
+    raise_for_failures(cfg, result)
     points = latency_points(result.records, gpus_per_engine=0)
-    samples = L.request_samples(run.path)
+    samples = request_samples(run.path)
     maps = cm.claim_maps(points, samples, cfg.claims)
     assert [(v, r) for v, r, _ in maps] == [("again", "base")]
     cells = maps[0][2]

@@ -246,7 +246,7 @@ def test_latency_records_rebuild_from_an_archived_reference_run(tmp_path):
     """The committed runs are archived: their per-request data is read from the .gz."""
     from evalkit.core import records as rec
     from evalkit.core.run import open_run
-    from evalkit.stages import latency
+    from evalkit.stages.latency.rebuild import rebuild_records
 
     if not (REF_MARLIN / "records.parquet").is_file():
         pytest.skip("reference run not in this checkout")
@@ -257,7 +257,7 @@ def test_latency_records_rebuild_from_an_archived_reference_run(tmp_path):
     assert not list(run_dir.glob("raw/latency/*/*_c64_rinf.json"))
     committed = rec.read_records(run_dir / "records/latency.parquet")
 
-    df = latency.rebuild_records(open_run(run_dir))
+    df = rebuild_records(open_run(run_dir))
 
     key = [*rec.KEY]
     ok = committed[(committed["mode"] == "server") & (committed["status"] == "ok")

@@ -424,7 +424,7 @@ def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch)
     from tiny_model import build_tiny_llama  # noqa: PLC0415
 
     from evalkit.core.errors import StageError  # noqa: PLC0415
-    from evalkit.stages import latency as lat  # noqa: PLC0415
+    from evalkit.stages.latency.stage import measure_on
 
     monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path / "cache"))
     tiny = build_tiny_llama(tmp_path / "tiny")
@@ -446,7 +446,7 @@ def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch)
     # as notebook 02 composes them: latency measured on each accuracy server before it stops
     with pytest.raises(StageError, match="broken/arc_easy"):
         acc.run_stage(cfg, run, use_cache=False,
-                      before_close=lambda s: lat.measure_on(cfg, run, s)).raise_for_failures()
+                      before_close=lambda s: measure_on(cfg, run, s)).raise_for_failures()
     log = (Path(run.path) / "logs/run.log").read_text()
     assert "vLLM servers of base, again start side by side" in log
     assert "broken: server launch failed" in log

@@ -15,9 +15,10 @@ from evalkit.core import records as rec
 from evalkit.core.config import Workload
 from evalkit.metrics import latency as LM
 from evalkit.metrics import roofline as R
-from evalkit.stages import latency as L
 from evalkit.stages.latency.client import bench_command
-from evalkit.stages.latency.raw import trial_files
+from evalkit.stages.latency.raw import request_samples, trial_files
+from evalkit.stages.latency.rebuild import rebuild_records
+from evalkit.stages.latency.stage import raise_for_failures, run_stage
 
 # ---- TPOT / per-request metrics -------------------------------------------------------
 
@@ -214,7 +215,7 @@ def _tiny_run(tmp_path, ckpt):
 
 def _records(cfg, result):
     """The records of a latency stage that must not have failed (it used to raise)."""
-    L.raise_for_failures(cfg, result)
+    raise_for_failures(cfg, result)
     return result.records
 
 
@@ -238,7 +239,7 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     run, M = _tiny_run(tmp_path, ckpt)
 
     ckpts = {"base": ckpt, "again": ckpt}
-    df = _records(cfg, L.run_stage(cfg, run, checkpoints=ckpts, resolved=M))
+    df = _records(cfg, run_stage(cfg, run, checkpoints=ckpts, resolved=M))
     # both servers started side by side (uni executor: API server + engine core each)
     assert set(df[df.status == "ok"].variant) == {"base", "again"}
     notes = df[df.metric == "engine_startup_s"].set_index("variant").note
@@ -282,12 +283,12 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     import yaml
 
     run.config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    rebuilt = L.rebuild_records(run)
+    rebuilt = rebuild_records(run)
     rb = rebuilt[(rebuilt.variant == "base") & (rebuilt["mode"] == "server")]
     for met, st in (("ttft_ms", "p50"), ("tpot_ms", "mean"), ("ttft_ms", "p50_ci_high")):
         assert float(rb[(rb.metric == met) & (rb.stat == st)].value.iloc[0]) == pytest.approx(
             get(met, st))
-    samples = L.request_samples(run.path)
+    samples = request_samples(run.path)
     assert len(samples[(samples.variant == "base") & (samples.metric == "ttft_ms")]) == n
 
     # resume: every point is done -> no server is started, the same numbers come back
@@ -295,7 +296,7 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
         raise AssertionError("server started on resume")
 
     monkeypatch.setattr(eng.VLLMServer, "launch", no_server)
-    df2 = _records(cfg, L.run_stage(cfg, run, checkpoints=ckpts, resolved=M))
+    df2 = _records(cfg, run_stage(cfg, run, checkpoints=ckpts, resolved=M))
     a = df[df.metric == "ttft_ms"].sort_values("stat").value.to_numpy()
     b = df2[(df2.metric == "ttft_ms") & (df2.variant == "base")].sort_values("stat").value.to_numpy()
     np.testing.assert_array_equal(a, b)
@@ -338,7 +339,7 @@ def test_guard_catches_real_cache_hits(tmp_path, monkeypatch):
     from evalkit.stages.latency import trials
 
     monkeypatch.setattr(trials, "prompt_seed", lambda *a, **k: 1234)  # trial 2 repeats trial 1
-    df = _records(cfg, L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M))
+    df = _records(cfg, run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M))
     hit = float(df[df.metric == "prefix_cache_hit_rate"].value.iloc[0])
     assert hit > 0.3  # the second trial's prompts were all cached (block-aligned part)
     p50 = df[(df.metric == "ttft_ms") & (df.stat == "p50") & (df["mode"] == "server")]
@@ -367,7 +368,7 @@ def test_real_offline_batches_fresh_prompts(tmp_path):
     })
     run, M = _tiny_run(tmp_path, ckpt)
 
-    df = _records(cfg, L.run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M))
+    df = _records(cfg, run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M))
     rows = json.loads((run.path / "raw/latency/base/offline.json").read_text())["rows"]
     assert len(rows) == 2
     # two timed calls an iteration (first token, whole batch), 2 prompts each, >= 256 tokens
@@ -376,5 +377,5 @@ def test_real_offline_batches_fresh_prompts(tmp_path):
     assert float(hit.value.iloc[0]) == 0.0 and "num_cached_tokens" in hit.note.iloc[0]
     pts = df[(df["mode"] == "offline") & df.metric.isin(["ttft_ms", "tpot_ms"])]
     assert set(pts.status) == {"ok"}
-    samples = L.request_samples(run.path)
+    samples = request_samples(run.path)
     assert len(samples[samples.metric == "ttft_ms"]) == 2

@@ -23,10 +23,11 @@ from evalkit.core.errors import ConfigError, EngineError
 from evalkit.core.specs import LatencySpec, Workload
 from evalkit.core.traffic import Lengths, TrafficSpec, auto_rates, load_label
 from evalkit.metrics import validity as val
-from evalkit.stages import latency as L
 from evalkit.stages.latency.client import bench_command, vllm_range_ratio
 from evalkit.stages.latency.derive import server_point_records
 from evalkit.stages.latency.points import anchor_points, rate_points, sweep_points
+from evalkit.stages.latency.rebuild import rebuild_records
+from evalkit.stages.latency.stage import run_stage
 
 MIX = Workload(name="chat", input_len=128, output_len=32,
                input=Lengths(dist="lognormal", sd=64, min=16, max=400),
@@ -266,7 +267,7 @@ def test_real_rate_sweep_on_cpu(tmp_path):
     run = Run(tmp_path / "t" / "r1")
     for d in ("records", "raw", "units", "logs"):
         (run.path / d).mkdir(parents=True)
-    result = L.run_stage(cfg, run, checkpoints={"base": model.path}, resolved=model)
+    result = run_stage(cfg, run, checkpoints={"base": model.path}, resolved=model)
     df = result.records
     # lengths drawn per request: the prompts differ in length, the same file for a rerun
     detail = json.loads((run.path / "raw/latency/base/chat_c8_r0.3_t0.json").read_text())
@@ -306,7 +307,7 @@ def test_real_rate_sweep_on_cpu(tmp_path):
     import yaml
 
     run.config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    again = L.rebuild_records(run)
+    again = rebuild_records(run)
     cap2 = again[(again["mode"] == "capacity") & (again.metric == "capacity_req_s")
                  & (again.stat == "value")]
     assert float(cap2.value.iloc[0]) == pytest.approx(v)
