@@ -25,61 +25,20 @@ checkpoint with no weights: the preset's ``config.json`` with the ``quantization
 that llm-compressor would write for the scheme, produced by the same compressed-tensors
 calls on a weightless (meta-device) instance of the architecture.
 
-The module imports no torch / llm-compressor at import time, so :func:`checkpoint_for` and
-:func:`checkpoints` work from the evaluation environment.
+The package imports no torch / llm-compressor at import time: the evaluation environment
+reads its keys and records (a run's checkpoints are looked up with
+:func:`evalkit.assets.checkpoints.checkpoint_for`).
 
-Modules: :mod:`~evalkit.stages.quantize.checkpoints` (keys, names, sizes, a run's
-checkpoints), :mod:`~evalkit.stages.quantize.recipes` (schemes, recipes, calibration, device),
+Modules: :mod:`~evalkit.stages.quantize.checkpoints` (keys, names, sizes),
+:mod:`~evalkit.stages.quantize.recipes` (schemes, recipes, calibration, device),
 :mod:`~evalkit.stages.quantize.build` (building one checkpoint),
 :mod:`~evalkit.stages.quantize.stage` (``run_stage``).
 """
 
-from evalkit.stages.quantize.build import (
-    quantize_variant,
-)
-from evalkit.stages.quantize.checkpoints import (
-    BACKEND,
-    CALIBRATED_METHODS,
-    METADATA_FILE,
-    RECIPE_VERSION,
-    STAGE,
-    QuantizedCheckpoint,
-    checkpoint_key,
-    checkpoint_name,
-    checkpoint_root,
-    dir_size_bytes,
-    library_versions,
-    target_linear_modules,
-    weight_bytes,
-)
-from evalkit.stages.quantize.recipes import (
-    build_recipe,
-    build_scheme,
-    load_calibration_texts,
-    resolve_device,
-)
-from evalkit.stages.quantize.stage import (
-    run_stage,
-)
+from evalkit.stages.quantize.build import quantize_variant
+from evalkit.stages.quantize.checkpoints import QuantizedCheckpoint, checkpoint_key
+from evalkit.stages.quantize.recipes import build_recipe
+from evalkit.stages.quantize.stage import run_stage
 
-__all__ = [
-    "BACKEND",
-    "CALIBRATED_METHODS",
-    "METADATA_FILE",
-    "QuantizedCheckpoint",
-    "RECIPE_VERSION",
-    "STAGE",
-    "build_recipe",
-    "build_scheme",
-    "checkpoint_key",
-    "checkpoint_name",
-    "checkpoint_root",
-    "dir_size_bytes",
-    "library_versions",
-    "load_calibration_texts",
-    "quantize_variant",
-    "resolve_device",
-    "run_stage",
-    "target_linear_modules",
-    "weight_bytes",
-]
+__all__ = ["QuantizedCheckpoint", "build_recipe", "checkpoint_key", "quantize_variant",
+           "run_stage"]

@@ -22,6 +22,12 @@ from evalkit.core.config import Calibration, QuantizeSpec, Variant, parse_study 
 from evalkit.core.errors import StageError  # noqa: E402
 from evalkit.core.run import create_run  # noqa: E402
 from evalkit.stages import quantize as q  # noqa: E402
+from evalkit.stages.quantize.checkpoints import (  # noqa: E402
+    METADATA_FILE,
+    checkpoint_name,
+    target_linear_modules,
+    weight_bytes,
+)
 
 #: scheme -> (format on disk, weight bits, weight type, activation type or None)
 EXPECTED = {
@@ -84,9 +90,9 @@ def test_checkpoint_key_stable_and_sensitive(tmp_path):
     rtn = Variant(name="r", scheme="w8a8_int8", method="rtn")
     assert q.checkpoint_key(m, rtn, qs) == q.checkpoint_key(
         m, rtn, QuantizeSpec(calibration=Calibration(num_samples=8, seq_len=64)))
-    name = q.checkpoint_name(m, v, k)
+    name = checkpoint_name(m, v, k)
     assert name == f"tiny-llama-W4A16-gptq-{k[:12]}"
-    assert q.checkpoint_name(m, rtn, k) == f"tiny-llama-W8A8-INT8-{k[:12]}"
+    assert checkpoint_name(m, rtn, k) == f"tiny-llama-W8A8-INT8-{k[:12]}"
 
 
 def _logits(path: Path):
@@ -106,7 +112,7 @@ def test_rtn_each_scheme_writes_loadable_checkpoint(cache, tiny, scheme):
     fmt, bits, wtype, atype = EXPECTED[scheme]
     ck = q.quantize_variant(resolved(tiny), Variant(name=scheme, scheme=scheme), QuantizeSpec())
     assert ck.path.parent == cache / "checkpoints"
-    assert (ck.path / q.METADATA_FILE).is_file() and (ck.path / "tokenizer.json").is_file()
+    assert (ck.path / METADATA_FILE).is_file() and (ck.path / "tokenizer.json").is_file()
     qc = json.loads((ck.path / "config.json").read_text())["quantization_config"]
     assert qc == ck.quantization_config
     assert qc["quant_method"] == "compressed-tensors" and qc["format"] == fmt
@@ -121,7 +127,7 @@ def test_rtn_each_scheme_writes_loadable_checkpoint(cache, tiny, scheme):
     if bits == 4:
         assert group["weights"]["group_size"] == 128
     # stored linear weights shrink by about the bit ratio (scales add a little)
-    base = q.weight_bytes(tiny, q.target_linear_modules(tiny, ("lm_head",)))
+    base = weight_bytes(tiny, target_linear_modules(tiny, ("lm_head",)))
     ratio = base / ck.weight_bytes
     assert (3.5 if bits == 4 else 1.9) < ratio < (4.0 if bits == 4 else 2.0), ratio
     # transformers decompresses it through compressed-tensors and the model still computes
