@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from evalkit.analysis.palette import variant_colors
+
 INVALID_LABEL = "invalid (left out)"
 SINGLE_LABEL = "single trial"
 OTHER_HOST_LABEL = "other host"
@@ -29,11 +31,9 @@ def _style() -> None:
 
 
 def _colors(points: pd.DataFrame) -> dict[str, str]:
-    """One colour per variant, the same in every figure of a report."""
-    import matplotlib.pyplot as plt
-
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {v: cycle[i % len(cycle)] for i, v in enumerate(pd.unique(points["variant"]))}
+    """One colour per variant by its scheme, the same in every figure of every page
+    (:func:`evalkit.analysis.palette.variant_colors`)."""
+    return variant_colors(points)
 
 
 def _disclose(ax, sub: pd.DataFrame, x: str, y: str, color: str) -> None:
@@ -256,13 +256,15 @@ def plot_goodput(good: pd.DataFrame, slo: dict[str, float]):
     fig, axes = plt.subplots(1, len(workloads), figsize=(5.6 * len(workloads), 4.3),
                              squeeze=False)
     ok = good[good["status"] == "ok"]
+    colors = _colors(good)
     for ax, wl in zip(axes[0], workloads, strict=True):
         sub = ok[ok["workload"] == wl].sort_values("concurrency")
         if sub.empty:
             ax.text(0.5, 0.5, "no valid server point with per-request data", ha="center",
                     va="center", transform=ax.transAxes)
         for variant, v in sub.groupby("variant", sort=False):
-            line, = ax.plot(v["concurrency"], v["goodput_req_s"], marker="o", label=str(variant))
+            line, = ax.plot(v["concurrency"], v["goodput_req_s"], marker="o", label=str(variant),
+                            color=colors.get(str(variant)))
             ax.plot(v["concurrency"], v["request_throughput_req_s"], ls=":", lw=1,
                     color=line.get_color(), label=f"{variant} (all requests)")
         if len(sub):
@@ -291,7 +293,8 @@ def plot_regime_gains(rows: pd.DataFrame):
     labels = list(dict.fromkeys(zip(rows["comparison"], rows["regime"], strict=True)))
     fig, ax = plt.subplots(figsize=(9, 0.42 * max(len(labels), 3) + 1.6))
     offsets = {"ttft_ms": -0.15, "tpot_ms": 0.15}
-    colors = {"ttft_ms": "tab:blue", "tpot_ms": "tab:orange"}
+    # greys, not a scheme's colour: the bars are metrics of a comparison, not schemes
+    colors = {"ttft_ms": "#333333", "tpot_ms": "#9a9a9a"}
     for metric, off in offsets.items():
         first = True
         for i, key in enumerate(labels):

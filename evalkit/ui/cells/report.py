@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import pandas as pd
 
+from evalkit.analysis import decision as dc
 from evalkit.analysis import plots
 from evalkit.analysis import report as rp
-from evalkit.analysis.load import load_report
+from evalkit.analysis.lineage import superseded_by
+from evalkit.analysis.load import RANDOM_WEIGHTS, load_report
 from evalkit.stages import accuracy as acc
 from evalkit.ui import views
+from evalkit.ui.card import card_html, export_card
 from evalkit.ui.cells.evaluate import plot_accuracy
 from evalkit.ui.cells.stage import StageContext, open_stage
-from evalkit.ui.display import collapsed, display, md, table
+from evalkit.ui.display import collapsed, display, html_block, md, table
 from evalkit.ui.figures import shown
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "show_environment",
     "show_goodput",
     "show_header",
+    "show_verdict",
     "show_headline",
     "show_invalid",
     "show_points",
@@ -57,6 +61,29 @@ def show_answer(report: rp.Report):
         return None
     display(md(text))
     return table(t)
+
+
+def report_card(report: rp.Report) -> dc.Card:
+    """The run's verdict card (:func:`evalkit.analysis.decision.build_card` of this run)."""
+    after = superseded_by(report.run_path) if report.run_path is not None else None
+    shape = f"{report.model} ({'real weights' if report.real_weights else RANDOM_WEIGHTS})"
+    entry = dc.RunEntry(report, f"{report.study}/{report.run_path.name if report.run_path else ''}"
+                        .rstrip("/"), shape, "", after[0] if after else None)
+    return dc.build_card([entry], f"Verdict · {report.hardware}")
+
+
+def show_verdict(report: rp.Report):
+    """The first screen: the verdict card of this run (the claim in both readings, the
+    scheme to use per workload with its gain and quality); also written as
+    ``html/verdict.svg`` and ``html/verdict.png`` in the run directory."""
+    card = report_card(report)
+    if report.run_path is not None:
+        export_card(card, report.run_path / "html" / "verdict")
+    after = superseded_by(report.run_path) if report.run_path is not None else None
+    if after:
+        display(md(f"**Superseded by `{after[0]}`** ({after[1]}): this run's points decide "
+                   "nothing on the cross-study page."))
+    return html_block(card_html(card))
 
 
 def show_context(report: rp.Report):
