@@ -91,15 +91,22 @@ def verdict_card(runs: list[RunSummary], page: Path, title: str) -> dc.Card:
 def one_line(rep: rp.Report) -> str:
     """A run's verdict in one line, for the index and the runs table."""
     pairs = rep.comparisons()
+    ref, base = rep.reference, rep.base
+    # every comparison against the study's reference (else base), not only the first
+    pairs = [(v, r) for v, r in pairs if not (r == base and ref not in (None, base))] or pairs
     if pairs:
-        variant, ref = pairs[0]
-        g = rep.gains(variant, ref)
-        valid = g.drop_duplicates(["mode", "workload", "concurrency"])
-        n_ok, n = int(valid["valid"].sum()), len(valid)
-        if n_ok == 0:
-            return f"{variant} vs {ref}: all {n} shared latency points invalid; no speed verdict"
-        parts = "; ".join(vd.metric_phrase(g, m) for m in ("ttft_ms", "e2el_ms"))
-        return f"{variant} vs {ref}, {n_ok} of {n} points valid: {parts}"
+        out = []
+        for variant, ref in pairs:
+            g = rep.gains(variant, ref)
+            valid = g.drop_duplicates(["mode", "workload", "concurrency"])
+            n_ok, n = int(valid["valid"].sum()), len(valid)
+            if n_ok == 0:
+                out.append(f"{variant} vs {ref}: all {n} shared latency points invalid; no "
+                           "speed verdict")
+                continue
+            parts = "; ".join(vd.metric_phrase(g, m) for m in ("ttft_ms", "e2el_ms"))
+            out.append(f"{variant} vs {ref}, {n_ok} of {n} points valid: {parts}")
+        return " · ".join(out)
     q = rp.quality_per_variant(rep.records)
     if len(q):
         return "quality only: " + "; ".join(

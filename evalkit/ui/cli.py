@@ -100,7 +100,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    print(write_index(args.root))
+    print(write_index(args.root, args.answer))
     return 0
 
 
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("index", help="rebuild OUTPUT_ROOT/index.html")
     s.add_argument("root", nargs="?", type=Path, default=Path("outputs"))
+    s.add_argument("--answer", type=Path, default=None,
+                   help="the answer page to link (default ROOT/summary.html, else the "
+                   "repository's docs/results.html two levels above ROOT)")
     s.set_defaults(func=_cmd_index)
 
     s = sub.add_parser("summary", help="one HTML page across runs: which scheme for which "
