@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import textwrap
 
-from evalkit.analysis.decision import Card
+from evalkit.analysis.decision import TONES, Card
 from evalkit.analysis.palette import scheme_color
 
-TONE_COLORS = {"good": "#e3f4e8", "speed": "#fff4d6", "loss": "#fde2e1", "open": "#eef1f5",
-               "none": "#f6f6f6"}
+TONE_COLORS = {k: v[0] for k, v in TONES.items()}
 
 
 def plot_verdict_card(card: Card):
@@ -77,7 +76,8 @@ def plot_verdict_card(card: Card):
     for n in card.notes:
         ax.text(0.2, y + 0.15, textwrap.shorten("⚠ " + n, wrap), fontsize=7, va="center")
         y += 0.25
-    ax.text(0.2, y + 0.2, "green: quality within tolerance · yellow: speed only (random "
-            "weights) · red: quality lost · blue-grey: no clear winner · grey: no deciding "
-            "point", fontsize=7, color="#444", va="center")
+    ax.text(0.2, y + 0.2, "green: quality within tolerance · orange: its interval "
+            "reaches past it · yellow: speed only (random weights) · red: quality lost · "
+            "blue-grey: no clear winner · grey: no deciding point", fontsize=7, color="#444",
+            va="center")
     return fig

@@ -28,6 +28,13 @@ from evalkit.analysis.report import Report
 from evalkit.core.schemes import SCHEMES
 from evalkit.metrics.points import DECIDING_METRIC, REGIMES
 
+#: each cell tone's background colour and meaning (the HTML card and the exported figure)
+TONES = {"good": ("#e3f4e8", "quality measured, within tolerance"),
+         "unsure": ("#fbe9d7", "quality interval reaches past the tolerance"),
+         "speed": ("#fff4d6", "speed only: quality not measured on real weights"),
+         "loss": ("#fde2e1", "quality lost beyond the tolerance"),
+         "open": ("#eef1f5", "no clear winner"),
+         "none": ("#f6f6f6", "no deciding point")}
 #: capacity rows of the matrix are named with this prefix and the traffic mix.
 CAPACITY_ROW = "capacity at the SLO"
 HOPPER = ("H100", "H200", "H800", "GH200")
@@ -75,10 +82,11 @@ def run_exclusion(rep: Report, superseded_by: str | None = None) -> str:
     return ""
 
 
-def point_exclusion(valid: bool, trials: int) -> str:
+def point_exclusion(valid: bool, trials: int, note: str = "") -> str:
     """Why one point does not decide (empty when it does)."""
     if not valid:
-        return "invalid point"
+        return ("not measured on this hardware (no kernel)" if "unsupported" in str(note)
+                else "invalid point")
     if trials <= 1:
         return "single trial"
     return ""
@@ -193,8 +201,8 @@ def claim_readings(evidence: list[tuple[Report, str]], claim) -> list[ClaimReadi
                 continue
             g = rep.gains(claim.variant, claim.reference)
             g = g[(g["metric"] == metric) & g["gain_pct"].notna()]
-            ok = g[[point_exclusion(v, t) == "" for v, t in zip(g["valid"], g["trials"],
-                                                               strict=True)]]
+            ok = g[[point_exclusion(v, t) == "" for v, t in
+                    zip(g["valid"], g["trials"], strict=True)]]
             if len(g) and ok.empty:
                 why.add("no valid point of several trials")
             frames.append(ok)
@@ -233,8 +241,9 @@ class Cell:
     scheme: str | None = None
     gain: str = ""
     quality: str = ""
-    #: good (quality measured, within tolerance), speed (speed only), loss (quality lost
-    #: beyond tolerance and nothing else to recommend), open (no clear winner), none
+    #: good (quality within tolerance), unsure (its interval reaches below the tolerance),
+    #: speed (speed only), loss (quality lost beyond tolerance and nothing else to
+    #: recommend), open (no clear winner), none (no deciding point)
     tone: str = "none"
     notes: list[str] = field(default_factory=list)
     points: int = 0
@@ -260,6 +269,16 @@ def quality_words(rep: Report, variant: str) -> tuple[str, QualitySignal | None]
     return "quality not measured", None
 
 
+def quality_tone(q: QualitySignal | None, tolerance_pts: float) -> str:
+    """``good``: the whole interval within the tolerance; ``unsure``: it reaches below
+    ``-tolerance_pts``; ``loss``: wholly below; ``speed``: no quality measured."""
+    if q is None:
+        return "speed"
+    if q.below(tolerance_pts):
+        return "loss"
+    return "good" if q.lo_pts >= -tolerance_pts else "unsure"
+
+
 def _substitution(rep: Report, variant: str) -> list[str]:
     return [c for c in rep.caveats if c.startswith(f"{variant}:")]
 
@@ -278,7 +297,7 @@ def _pick(rep: Report, ranked: list[tuple[str, str]], cell: Cell) -> Cell:
             continue
         cell.variant, cell.scheme, cell.gain, cell.quality = (variant, schemes.get(variant),
                                                               gain, words)
-        cell.tone = "good" if q is not None else "speed"
+        cell.tone = quality_tone(q, tol)
         cell.notes += skipped + _substitution(rep, variant)
         return cell
     variant, gain = ranked[0]
@@ -302,8 +321,8 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
         if g.empty:
             continue
         seen = True
-        why = [excl or point_exclusion(a, t) for a, t in zip(g["valid"], g["trials"],
-                                                              strict=True)]
+        why = [excl or point_exclusion(a, t, n) for a, t, n in
+               zip(g["valid"], g["trials"], g["note"], strict=True)]
         for (_, r), w in zip(g.iterrows(), why, strict=True):
             if w:
                 evidence.append({"run": label, "row": reg, "comparison": f"{v} vs {ref}",
@@ -426,7 +445,7 @@ def pick_cells(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
     aside as other evidence)."""
     best: dict[tuple[str, str], Cell] = {}
     aside = []
-    rank = {"good": 3, "speed": 3, "loss": 3, "open": 2, "none": 0}
+    rank = {"good": 3, "unsure": 3, "speed": 3, "loss": 3, "open": 2, "none": 0}
     for c in cells:
         k = (c.row, c.shape)
         cur = best.get(k)
@@ -553,7 +572,7 @@ def build_card(entries: list[RunEntry], title: str) -> Card:
                 continue
             q = quality_signal(e.report.records, v, base=e.report.base)
             if q is not None:
-                tone = "loss" if q.below(e.report.quality_tolerance_pts) else "good"
+                tone = quality_tone(q, e.report.quality_tolerance_pts)
                 quality.append((f"{scheme_label(schemes.get(v))} ({e.label})", q.text(), tone))
     tol = max((r.quality_tolerance_pts for r in reports), default=1.0)
     return Card(

@@ -63,6 +63,9 @@ def pair_sentence(g: pd.DataFrame, variant: str, reference: str) -> str:
     valid = pts[pts["valid"]]
     n_bad = len(pts) - len(valid)
     if valid.empty:
+        if pts["note"].fillna("").str.contains("unsupported").all():
+            return (f"`{variant}` against `{reference}`: not measured on this hardware (no "
+                    "kernel for one of them); no speed verdict.")
         return (f"`{variant}` against `{reference}`: all {len(pts)} shared points are invalid "
                 "(see 'Invalid points'); no speed verdict.")
     modes = valid["mode"].value_counts()

@@ -143,7 +143,7 @@ def render_html(notebook: Path, out_dir: Path, title: str | None = None) -> tupl
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
-    title = title or page_title(nb)
+    title = (title or page_title(nb) or "").replace("`", "").strip()
     if title:
         nb.metadata["title"] = title
     stem = notebook.stem

@@ -14,15 +14,9 @@ import os
 from pathlib import Path
 
 from evalkit.analysis.card_figure import plot_verdict_card
-from evalkit.analysis.decision import Card, Cell
+from evalkit.analysis.decision import TONES, Card, Cell
 from evalkit.analysis.palette import scheme_color
 from evalkit.core.io import atomic_write_bytes
-
-TONES = {"good": ("#e3f4e8", "quality measured, within tolerance"),
-         "speed": ("#fff4d6", "speed only: quality not measured on real weights"),
-         "loss": ("#fde2e1", "quality lost beyond the tolerance"),
-         "open": ("#eef1f5", "no clear winner"),
-         "none": ("#f6f6f6", "no deciding point")}
 
 CSS = """<style>
 .evalkit-card{font-family:system-ui,sans-serif;border:2px solid #333;border-radius:8px;
@@ -35,6 +29,7 @@ border-radius:4px;background:#f1f1f1}
 .evalkit-card td,.evalkit-card th{border:1px solid #ccc;padding:2px 6px;vertical-align:top;
 text-align:left !important;font-size:12px;line-height:1.3}
 .evalkit-card th{background:#eee}
+.evalkit-card tbody th,.evalkit-card thead th:first-child{width:170px}
 .evalkit-card .scheme{font-weight:700}
 .evalkit-card .chip{display:inline-block;width:10px;height:10px;border-radius:2px;
 margin-right:4px}
