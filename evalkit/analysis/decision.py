@@ -349,7 +349,7 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
         v, _, _, m, med, n = c
         rng = (f"{pct_words(m)}" if n == 1 else f"median {pct_words(m)}")
         return (f"{what} {rng} than {ref} {interval_words(med['ci_low_pct'], med['ci_high_pct'])}"
-                f" · {n} pt{'s' if n > 1 else ''}")
+                f" · n = {n} point{'s' if n > 1 else ''}")
 
     wins = sorted([c for c in cands if c[1] > 0 and c[2] == 0], key=lambda c: -c[3])
     if wins:
@@ -359,8 +359,8 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
         return _pick(rep, ranked, cell)
     if all(c[2] > 0 and c[1] == 0 for c in cands):
         best = max(cands, key=lambda c: c[3])
-        return _pick(rep, [(ref, f"{best[0]} is {pct_words(best[3])} on {what} · {best[5]} "
-                                 f"pt{'s' if best[5] > 1 else ''}")], cell)
+        return _pick(rep, [(ref, f"{best[0]} is {pct_words(best[3])} on {what} · n = "
+                                 f"{best[5]} point{'s' if best[5] > 1 else ''}")], cell)
     cell.tone = "open"
     level = all(c[1] == 0 and c[2] == 0 for c in cands)
     cell.open_kind = "level (either)" if level else "depends on load"
