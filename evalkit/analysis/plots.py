@@ -132,7 +132,44 @@ def plot_metric_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms", mode: 
         _dedupe_legend(ax)
     band = ("95% bootstrap interval of the p50" if mode == "server"
             else "range over timed iterations")
-    fig.suptitle(f"{short.upper()} against load ({mode}; band: {band})", fontsize=11)
+    name = {"ttft": "TTFT", "tpot": "TPOT", "e2el": "E2E latency"}.get(short, short.upper())
+    fig.suptitle(f"{name} against load ({mode}; band: {band})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tails_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms",
+                       mode: str = "server"):
+    """The tails: p90 (dashed) and p99 (dotted) of ``metric`` against load, one colour per
+    scheme, each with its recorded 95% interval as a band; valid points only (an invalid
+    point's tail means nothing), one panel per workload."""
+
+    _style()
+    pts = points[(points["mode"] == mode) & (points["status"] == "ok")]
+    short = metric.removesuffix("_ms")
+    colors = _colors(points)
+    fig, panels = _workload_panels(pts, "concurrency", "no valid point")
+    for ax, wl, sub in panels:
+        for variant, v in sub.groupby("variant", sort=False):
+            c = colors[variant]
+            for q, ls in (("p90", "--"), ("p99", ":")):
+                y = v[f"{short}_{q}_ms"]
+                if y.isna().all():
+                    continue
+                ax.plot(v["concurrency"], y, ls=ls, marker="o", ms=4, color=c,
+                        label=f"{variant} {q}")
+                lo, hi = v[f"{short}_{q}_lo"], v[f"{short}_{q}_hi"]
+                if (lo.notna() & hi.notna()).any():
+                    ax.fill_between(v["concurrency"], lo, hi, color=c, alpha=0.12, lw=0)
+        _load_axis(ax, sub["concurrency"])
+        ax.set_title(f"{wl} (in {sub['input_len'].iloc[0]} / out {sub['output_len'].iloc[0]} "
+                     "tokens)")
+        ax.set_xlabel(_load_xlabel(sub, mode), fontsize=9)
+        ax.set_ylabel(f"{short.upper()} p90 / p99 (ms)")
+        if ax.get_legend_handles_labels()[0]:
+            _dedupe_legend(ax)
+    fig.suptitle(f"{short.upper()} tails against load ({mode}; dashed p90, dotted p99; "
+                 "band: 95% interval)", fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -33,6 +33,8 @@ def plot_quality_vs_speed(table: pd.DataFrame, *, gain_col: str, caption: str = 
             ax.scatter([r[gain_col]], [r["quality_delta"] * 100], s=70, zorder=3,
                        color=colors.get(str(r["variant"])), label=str(r["variant"]),
                        edgecolors="black" if front[_] else "none")
+            ax.annotate(r["variant"], (r[gain_col], r["quality_delta"] * 100),
+                        textcoords="offset points", xytext=(6, 4), fontsize=9)
         pf = t[front].sort_values(gain_col)
         if len(pf) >= 2:  # a frontier of one point is no line: no legend entry for it
             ax.plot(pf[gain_col], pf["quality_delta"] * 100, "--", color="black", lw=1,

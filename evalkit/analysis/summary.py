@@ -232,7 +232,7 @@ def answer_markdown(runs: list[RunSummary]) -> str:
 def _facts(row) -> str:
     variant = row.comparison.split(" vs ")[0]
     trials = "single trial" if row.min_trials <= 1 else f"{row.min_trials} trials"
-    return (f"{variant}'s reduction: E2E {row.e2el_gain}, TTFT {row.ttft_gain}, TPOT "
+    return (f"{variant} against the reference: E2E {row.e2el_gain}, TTFT {row.ttft_gain}, TPOT "
             f"{row.tpot_gain}; {row.points}, {trials}; {row.hardware}; {row.run}")
 
 

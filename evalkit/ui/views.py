@@ -229,9 +229,9 @@ def rate_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
                 columns=RATE_LABELS))
 
 
-REGIME_LABELS = {"regime": "regime", "points": "points", "ttft_gain": "TTFT reduction (%)",
-                 "tpot_gain": "TPOT reduction (%)", "e2el_gain": "E2E reduction (%)",
-                 "throughput_gain": "output tokens/s gain (%)",
+REGIME_LABELS = {"regime": "regime", "points": "points", "ttft_gain": "TTFT (p50)",
+                 "tpot_gain": "TPOT (p50)", "e2el_gain": "E2E latency (p50)",
+                 "throughput_gain": "output tokens/s",
                  "e2el_faster": "E2E faster at", "e2el_slower": "E2E slower at",
                  "e2el_level": "E2E level at", "decision": "faster on E2E"}
 
@@ -244,7 +244,8 @@ def regime_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
     variant, ref = pairs[0]
     t = vd.regime_table(r.gains(variant, ref), variant, ref)
     return (f"**By regime: `{variant}` against `{ref}`** (ranges over the valid points of "
-            "each regime; > 0 = the variant is faster)", t.rename(columns=REGIME_LABELS))
+            f"each regime: how much faster or slower `{variant}` is)",
+            t.rename(columns=REGIME_LABELS))
 
 
 HEADLINE_LABELS = {

@@ -10,6 +10,7 @@ from evalkit.analysis import plots
 from evalkit.analysis import report as rp
 from evalkit.analysis.lineage import superseded_by
 from evalkit.analysis.load import RANDOM_WEIGHTS, load_report
+from evalkit.analysis.verdicts import NAMES
 from evalkit.stages import accuracy as acc
 from evalkit.ui import views
 from evalkit.ui.card import card_html, export_card
@@ -25,6 +26,7 @@ __all__ = [
     "plot_load_curves",
     "plot_quality_vs_speed",
     "plot_rate_curves",
+    "plot_tails",
     "plot_throughput",
     "show_accuracy_detail",
     "show_answer",
@@ -129,11 +131,25 @@ def _figure_of_load(p: pd.DataFrame, metric: str, mode: str):
     what = "requests in flight" if mode == "server" else "offline batch size"
     return shown(plots.plot_metric_vs_load(p, metric=metric, mode=mode),
                  f"{metric}-vs-load-{mode}",
-                 f"p50 {metric.removesuffix('_ms').upper()} against {what} (the axis names "
+                 f"p50 {NAMES.get(metric, metric)} against {what} (the axis names "
                  "the load pattern: a burst of identical requests or a closed loop); grey "
                  "crosses: invalid points (left out of the lines); hollow markers: "
                  "single-trial points; squares: points measured on another host. Rate-sweep "
                  "points are in the rate curves.")
+
+
+def plot_tails(report: rp.Report, metric: str = "ttft_ms"):
+    """p90 and p99 of TTFT or TPOT against load, with their intervals (server points)."""
+    p = report.points()
+    short = metric.removesuffix("_ms")
+    if p.empty or not ((p["mode"] == "server") & (p["status"] == "ok")).any() or p[
+            f"{short}_p99_ms"].isna().all():
+        return md(f"_no valid server point with recorded tails: no {short.upper()} p90/p99 "
+                  "figure_")
+    return shown(plots.plot_tails_vs_load(p, metric=metric), f"{metric}-tails",
+                 f"The tails of {short.upper()}: p90 (dashed) and p99 (dotted) over the requests "
+                 "of each valid server point against requests in flight, one colour per "
+                 "scheme; bands: their 95% bootstrap intervals.")
 
 
 def plot_throughput(report: rp.Report):

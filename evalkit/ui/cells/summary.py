@@ -110,9 +110,9 @@ def show_summary_table(ctx: SummaryContext):
     t = sm.comparison_rows(ctx.runs).rename(columns={**REGIME_LABELS,
                                                      "min_trials": "fewest trials"})
     return collapsed("Gains per run, comparison and regime",
-                     "Ranges of the variant's reduction over the valid points of each "
-                     "regime (%, > 0 = faster); *faster on E2E* is the decision of the "
-                     "answer above.", t)
+                     "Ranges of how much faster or slower the variant is over the valid "
+                     "points of each regime; *faster on E2E* is the decision of the answer "
+                     "above.", t)
 
 
 def show_summary_runs(ctx: SummaryContext):
