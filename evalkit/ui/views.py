@@ -260,13 +260,17 @@ HEADLINE_LABELS = {
 def headline_markdown(r: rp.Report) -> str:
     if r.workload is None:
         return "## One point in detail\n\nNo latency point was measured; the table shows quality only."
-    ref = f" and against `{r.reference}`" if r.reference else ""
+    have = set(r.records.loc[r.records["stage"] == "latency", "variant"])
+    refs = [x for x in (r.base, r.reference) if x and x in have]
+    against = (" and ".join(f"`{x}`" for x in dict.fromkeys(refs)) or "no measured reference")
     where = "concurrency" if r.mode == "server" else "offline batch size"
+    quality = (" Quality delta is the mean over tasks of the primary metric's paired delta vs "
+               "base (points), with its 95% interval." if (r.records["stage"] == "accuracy"
+                                                          ).any() else "")
     return (
         f"## One point in detail\n\nAt workload **{r.workload}**, {where} **{r.concurrency}**, on "
-        f"{r.hardware}. Gains are against `{r.base}`{ref}: (reference − variant) / reference × 100, "
-        "positive = faster. Latencies are p50 over requests (ms). Quality delta is the mean over "
-        "tasks of the primary metric's paired delta vs base (points × 100), with its 95% interval."
+        f"{r.hardware}. Gains are against {against}: (reference − variant) / reference × 100; "
+        "positive = faster, negative = slower. Latencies are p50 over requests (ms)." + quality
     )
 
 
