@@ -126,7 +126,7 @@ class ClaimReading:
     def verdict_latency(self) -> str:
         c = self.claimed_pct
         if not self.points:
-            return f"latency −{c:.0f} %: not checked ({self.why_none})"
+            return f"latency −{c:.0f} %: not checked — {self.why_none}"
         if self.reached_latency:
             return (f"latency −{c:.0f} %: holds at {self.reached_latency} of {self.points} "
                     f"points (measured {self.range_words()})")
@@ -200,7 +200,10 @@ def claim_readings(evidence: list[tuple[Report, str]], claim) -> list[ClaimReadi
                 why.add(excl)
                 continue
             g = rep.gains(claim.variant, claim.reference)
-            g = g[(g["metric"] == metric) & g["gain_pct"].notna()]
+            g = g[g["metric"] == metric]
+            if g["note"].fillna("").str.contains("unsupported").all() and len(g):
+                why.add("not measured on this hardware (no kernel for one of the two)")
+            g = g[g["gain_pct"].notna()]
             ok = g[[point_exclusion(v, t) == "" for v, t in
                     zip(g["valid"], g["trials"], strict=True)]]
             if len(g) and ok.empty:

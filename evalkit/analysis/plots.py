@@ -113,14 +113,15 @@ def plot_metric_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms", mode: 
     for ax, wl, sub in panels:
         for variant, v in sub.groupby("variant", sort=False):
             c = colors[variant]
-            ok = v[v["status"] == "ok"]
-            ax.plot(ok["concurrency"], ok[metric], marker="o", color=c, label=str(variant))
+            ok = v[(v["status"] == "ok") & v[metric].notna()]
+            if len(ok):  # a variant not measured here (no kernel) gets no legend entry
+                ax.plot(ok["concurrency"], ok[metric], marker="o", color=c, label=str(variant))
             lo, hi = ok.get(f"{short}_lo"), ok.get(f"{short}_hi")
             if lo is not None and hi is not None and ok[[f"{short}_lo", f"{short}_hi"]].notna(
                     ).all(axis=1).any():
                 ax.fill_between(ok["concurrency"], lo, hi, color=c, alpha=0.18, lw=0)
             _disclose(ax, v, "concurrency", metric, c)
-            bad = v[v["status"] != "ok"]
+            bad = v[(v["status"] == "invalid") & v[metric].notna()]
             if len(bad):
                 ax.scatter(bad["concurrency"], bad[metric], marker="x", color="grey", s=50,
                            zorder=4, label=INVALID_LABEL)
@@ -202,8 +203,9 @@ def plot_rate_curves(rates: pd.DataFrame, *, metric: str = "ttft_ms",
             ok = v[(v["status"] == "ok") & ~v["saturated"].astype(bool)]
             for q, ls in (("p50", "-"), ("p90", "--")):
                 y, lo, hi = f"{short}_{q}_ms", f"{short}_{q}_lo", f"{short}_{q}_hi"
-                ax.plot(ok["offered_rate_req_s"], ok[y], ls=ls, marker="o", ms=4, color=c,
-                        label=f"{variant} {q}")
+                if ok[y].notna().any():
+                    ax.plot(ok["offered_rate_req_s"], ok[y], ls=ls, marker="o", ms=4, color=c,
+                            label=f"{variant} {q}")
                 if ok[[lo, hi]].notna().all(axis=1).any():
                     ax.fill_between(ok["offered_rate_req_s"], ok[lo], ok[hi], color=c,
                                     alpha=0.15, lw=0)
@@ -224,7 +226,7 @@ def plot_rate_curves(rates: pd.DataFrame, *, metric: str = "ttft_ms",
                             (r.offered_rate_req_s, getattr(r, f"{short}_p90_ms")),
                             textcoords="offset points", xytext=(-4, 6), ha="right", fontsize=7,
                             color="red")
-            bad = v[v["status"] != "ok"]
+            bad = v[(v["status"] == "invalid") & v[f"{short}_p50_ms"].notna()]
             if len(bad):
                 ax.scatter(bad["offered_rate_req_s"], bad[f"{short}_p50_ms"], marker="x",
                            color="grey", s=50, zorder=4, label=INVALID_LABEL)
@@ -300,6 +302,8 @@ def plot_goodput(good: pd.DataFrame, slo: dict[str, float]):
             ax.text(0.5, 0.5, "no valid server point with per-request data", ha="center",
                     va="center", transform=ax.transAxes)
         for variant, v in sub.groupby("variant", sort=False):
+            if v["goodput_req_s"].isna().all():
+                continue
             line, = ax.plot(v["concurrency"], v["goodput_req_s"], marker="o", label=str(variant),
                             color=colors.get(str(variant)))
             ax.plot(v["concurrency"], v["request_throughput_req_s"], ls=":", lw=1,
