@@ -253,6 +253,14 @@ class Cell:
 
     #: for an open cell: ``level`` (a tie within the intervals) or ``depends on load``
     open_kind: str = ""
+    #: the device the run measured on
+    hardware: str = ""
+
+    @property
+    def source(self) -> str:
+        """``hopper-llama8b-traffic/r1 · H100``: the run and its device, short."""
+        hw = self.hardware.replace("NVIDIA ", "").split(" ")[0] if self.hardware else ""
+        return f"{self.run} · {hw}" if hw else self.run
 
     @property
     def headline(self) -> str:
@@ -392,6 +400,8 @@ def run_cells(rep: Report, label: str, shape: str, *, link: str = "",
             if c is not None:
                 cells.append(c)
     cells += _capacity_cells(rep, label, link, shape, excl, evidence)
+    for c in cells:
+        c.hardware = rep.hardware
     return cells, evidence
 
 

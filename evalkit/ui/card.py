@@ -51,7 +51,7 @@ def _cell_html(c: Cell | None) -> str:
     return (f'<td class="cell" style="background:{bg}" data-tone="{c.tone}" '
             f'data-variant="{html.escape(c.variant or "")}" '
             f'data-scheme="{html.escape(c.scheme or "")}" data-run="{html.escape(c.run)}">'
-            f'<div class="scheme">{chip}{head} <span class="note">· {html.escape(c.run)}'
+            f'<div class="scheme">{chip}{head} <span class="note">· {html.escape(c.source)}'
             f'</span></div><div>{html.escape(c.gain)}</div>'
             f'<div>{html.escape(c.quality)}</div>{notes}</td>')
 

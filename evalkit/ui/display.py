@@ -45,6 +45,11 @@ def readable(col: str) -> str:
     return f"{text} ({unit})" if unit else text
 
 
+def _whole(x: pd.Series) -> bool:
+    v = pd.to_numeric(x, errors="coerce").dropna().to_numpy(dtype=float)
+    return bool(len(v)) and bool((v == v.round()).all())
+
+
 def table(df: pd.DataFrame | None, floatfmt: str = "{:.4g}"):
     """A DataFrame rendered without index, column names readable (:func:`readable`), numbers
     formatted (whole-number columns as integers), NaN shown as n/a."""
@@ -54,8 +59,8 @@ def table(df: pd.DataFrame | None, floatfmt: str = "{:.4g}"):
     if len(set(names)) == len(names):
         df = df.set_axis(names, axis=1)
     num = df.select_dtypes("number")
-    whole = [c for c in num.columns if (num[c].dropna() % 1 == 0).all()
-             and num[c].notna().any() and not pd.api.types.is_bool_dtype(df[c])]
+    whole = [c for c in num.columns if not pd.api.types.is_bool_dtype(df[c])
+             and _whole(num[c])]
     fmt = {c: ("{:.0f}" if c in whole else floatfmt) for c in num.columns}
     return df.style.hide(axis="index").format(fmt, na_rep="n/a")
 

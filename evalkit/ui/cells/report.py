@@ -40,6 +40,7 @@ __all__ = [
     "show_verdict",
     "show_headline",
     "show_invalid",
+    "show_other_evidence",
     "show_points",
     "show_rate_points",
     "show_roofline",
@@ -207,6 +208,15 @@ def show_claims(report: rp.Report):
         return None
     display(table(summary, "{:.1f}"))
     return collapsed("Claim check, point by point", "", detail, "{:.1f}")
+
+
+def show_other_evidence(report: rp.Report):
+    """Points measured but deciding no cell of the verdict card, each with why (single
+    trial, eager GPU engine, interrupted stage, invalid, superseded run)."""
+    ev = report_card(report).evidence
+    return collapsed("Other evidence (decides no cell of the verdict card)",
+                     "Points the card leaves out, with the reason; their figures are in the "
+                     "tables and curves above, marked.", ev)
 
 
 def show_invalid(report: rp.Report):
