@@ -130,8 +130,8 @@ class ClaimReading:
         if self.reached_latency:
             return (f"latency −{c:.0f} %: holds at {self.reached_latency} of {self.points} "
                     f"points (measured {self.range_words()})")
-        return (f"latency −{c:.0f} %: holds nowhere (measured {self.range_words()}; highest "
-                f"interval end {self.best_ci_high:.0f} %)")
+        return (f"latency −{c:.0f} %: holds nowhere (measured {self.range_words()}; no "
+                f"interval lies above it, the highest reaches {self.best_ci_high:.0f} %)")
 
     def verdict_speed(self) -> str:
         c, eq = self.claimed_pct, self.speed_equivalent_pct
@@ -141,8 +141,8 @@ class ClaimReading:
         if self.reached_speed:
             return (f"speed ×{1 + c / 100:.2f} (= latency −{eq:.0f} %): holds at "
                     f"{self.reached_speed} of {self.points} points (best ×{best:.2f})")
-        return (f"speed ×{1 + c / 100:.2f} (= latency −{eq:.0f} %): holds nowhere (best "
-                f"×{best:.2f})")
+        return (f"speed ×{1 + c / 100:.2f} (= latency −{eq:.0f} %): holds nowhere (no "
+                f"interval lies above it; best point estimate ×{best:.2f})")
 
     def holds(self) -> str:
         """``both readings`` / ``speed reading only`` / ``neither`` / ``not checked``."""

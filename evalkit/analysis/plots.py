@@ -334,6 +334,7 @@ def plot_regime_gains(rows: pd.DataFrame):
     labels = list(dict.fromkeys(zip(rows["comparison"], rows["regime"], strict=True)))
     fig, ax = plt.subplots(figsize=(9, 0.42 * max(len(labels), 3) + 1.6))
     offsets = {"ttft_ms": -0.15, "tpot_ms": 0.15}
+    i_first = [True]
     # greys, not a scheme's colour: the bars are metrics of a comparison, not schemes
     colors = {"ttft_ms": "#333333", "tpot_ms": "#9a9a9a"}
     for metric, off in offsets.items():
@@ -344,6 +345,11 @@ def plot_regime_gains(rows: pd.DataFrame):
             vals = [x for gs in g["gains"] for x in gs]
             if not vals:
                 continue
+            if "ci_low" in g and g["ci_low"].notna().any():
+                ax.plot([float(g["ci_low"].min()), float(g["ci_high"].max())], [i + off] * 2,
+                        color=colors[metric], lw=1, label="95% intervals (span)"
+                        if i_first[0] else "_nolegend_")
+                i_first[0] = False
             ax.plot([min(vals), max(vals)], [i + off] * 2, color=colors[metric], lw=3,
                     alpha=0.6, label=f"{metric.removesuffix('_ms').upper()} reduction"
                     if first else "_nolegend_")
@@ -351,10 +357,15 @@ def plot_regime_gains(rows: pd.DataFrame):
                        s=25, label="_nolegend_")
             first = False
     ax.axvline(0, color="black", lw=0.8, label="_nolegend_")
-    ax.set_yticks(range(len(labels)), [f"{c} · {r}" for c, r in labels], fontsize=8)
+    gains = [x for gs in rows["gains"] for x in gs]
+    if gains:  # a sane axis: the point gains with a margin; a wider interval runs off it
+        lo, hi = min(min(gains), 0.0) - 25, max(max(gains), 0.0) + 25
+        ax.set_xlim(max(lo, float(rows["ci_low"].min()) - 5 if "ci_low" in rows and
+                        rows["ci_low"].notna().any() else lo), hi)
+    ax.set_yticks(range(len(labels)), [f"{r} · {c}" for c, r in labels], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("variant's reduction vs reference (%; > 0 = faster; bar: range over valid "
-                  "points, dot: median)")
+    ax.set_xlabel("variant's latency reduction vs reference (%; > 0 = faster, < 0 = slower; "
+                  "bar: range over deciding points, dot: median, thin line: their intervals)")
     ax.set_title("Speed gain by workload regime")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()

@@ -148,7 +148,9 @@ def comparison_rows(runs: list[RunSummary]) -> pd.DataFrame:
 
 
 def gain_ranges(runs: list[RunSummary]) -> pd.DataFrame:
-    """For the forest plot: comparison (with model), regime, metric and the valid point gains."""
+    """For the forest plot: comparison (with model), regime, metric, the deciding points'
+    gains and the span of their 95% intervals (``ci_low``: lowest interval end, ``ci_high``:
+    highest)."""
     rows = []
     for s in runs:
         if not s.current or dc.run_exclusion(s.report):
@@ -159,10 +161,14 @@ def gain_ranges(runs: list[RunSummary]) -> pd.DataFrame:
                   & g["gain_pct"].notna()]
             for (reg, metric), x in g.groupby(["regime", "metric"], sort=False):
                 rows.append({"comparison": f"{variant} vs {ref} · {s.report.model} · {s.label}",
-                             "regime": reg, "metric": metric, "gains": list(x["gain_pct"])})
-    df = pd.DataFrame(rows, columns=["comparison", "regime", "metric", "gains"])
+                             "regime": reg, "metric": metric, "gains": list(x["gain_pct"]),
+                             "ci_low": float(x["ci_low_pct"].min()),
+                             "ci_high": float(x["ci_high_pct"].max())})
+    df = pd.DataFrame(rows, columns=["comparison", "regime", "metric", "gains", "ci_low",
+                                     "ci_high"])
     order = {r: i for i, r in enumerate(pts.REGIMES)}
-    return df.sort_values(["comparison", "regime"], key=lambda c: c.map(order)
+    # grouped by regime, then comparison
+    return df.sort_values(["regime", "comparison"], key=lambda c: c.map(order)
                           if c.name == "regime" else c, kind="stable").reset_index(drop=True)
 
 

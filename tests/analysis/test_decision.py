@@ -118,3 +118,25 @@ def test_claim_read_both_ways():
 def test_pct_words_never_negative():
     assert dc.pct_words(-17.2) == "17 % slower" and dc.pct_words(23) == "23 % faster"
     assert dc.interval_words(-19, -17) == "[17–19 % slower]"
+
+
+def test_card_carries_kernel_substitution_and_quantized_baseline(tmp_path):
+    """On the retired Gemma run (real weights, eager engine, W4A8-INT8 ran the FP8 kernel,
+    a dequantized-GGUF baseline): no cell is decided by its eager single-trial points, the
+    card carries both caveats, and quality is weighed per scheme against the tolerance."""
+    from retired_runs import retired_run
+
+    from evalkit.analysis.load import load_report
+    from evalkit.core.run import open_run
+
+    run = open_run(retired_run("hopper-gemma/r1", tmp_path))
+    rep = load_report(run.config(), run)
+    assert rep.real_weights and rep.eager_gpu
+    card = dc.build_card([dc.RunEntry(rep, "hopper-gemma/r1", "gemma3-270m")], "t")
+    assert all(c.variant is None for c in card.cells)
+    assert set(card.evidence["why"]) == {dc.run_exclusion(rep)}
+    notes = " ".join(card.notes)
+    assert "w4a8_int8: vLLM ran W4A8-INT8" in notes and "dequantized" in notes
+    tones = {name.split(" (")[0]: tone for name, _, tone in card.quality}
+    # W4A16 loses 4.9 points [-7.0, -2.8]: beyond the 1-point tolerance; W8A8-INT8 does not
+    assert tones["W4A16"] == "loss" and tones["W8A8-INT8"] != "loss"
