@@ -37,7 +37,8 @@ commands:
                          (--resume RUN_ID continues an interrupted run, keeping finished work)
   runs [ROOT]            list run directories, newest first
   show RUN               print a run's headline records
-  index [ROOT]           rebuild ROOT/index.html (links every run's report)
+  index [ROOT]           rebuild ROOT/index.html (every run's report, superseded runs
+                         marked, the answer page linked; --answer PAGE)
   summary RUN... -o PAGE one page across runs: which scheme for which workload regime
   archive RUN...         slim finished runs for committing: gzip large raw JSON and the logs,
                          delete duplicate HTML and run.lock (--dry-run: only report sizes)
