@@ -14,6 +14,7 @@ import pandas as pd
 
 from evalkit.analysis import report as rp
 from evalkit.analysis import verdicts as vd
+from evalkit.analysis.decision import pct_words
 from evalkit.core.schemes import SCHEMES
 from evalkit.metrics import points as pts
 from evalkit.ui.sections import (  # noqa: F401 -- re-exported: the report's later sections
@@ -287,4 +288,12 @@ def headline_table(r: rp.Report) -> pd.DataFrame:
     t = t[[c for c in keep if c in t.columns]]
     # a gain against a variant with no latency here (e.g. no base in a speed study) is no data
     t = t.drop(columns=[c for c in t.columns if "_gain_vs_" in c and t[c].isna().all()])
-    return t.rename(columns={c: HEADLINE_LABELS.get(c) or rp.gain_label(c) for c in t.columns})
+    labels = {}
+    for c in [c for c in t.columns if "_gain_vs_" in c]:
+        # in words, never a negative reduction: "23 % faster", "17 % slower"
+        metric, _, ref = c.removesuffix("_pct").partition("_gain_vs_")
+        t[c] = ["reference" if v == ref else "n/a" if pd.isna(g) else pct_words(g)
+                for v, g in zip(t["variant"], t[c], strict=True)]
+        labels[c] = f"{metric.upper()} vs {ref}"
+    return t.rename(columns={c: HEADLINE_LABELS.get(c) or labels.get(c) or rp.gain_label(c)
+                             for c in t.columns})
