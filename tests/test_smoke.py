@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import page_dom
 import pandas as pd
 import pytest
 import yaml
@@ -132,3 +133,20 @@ def test_second_run_reuses_checkpoints_and_is_a_new_run(smoke_run, tmp_path):
     assert proc.returncode == 3 and "already exists" in proc.stderr
     # the first run is untouched
     assert pd.read_parquet(run / "records.parquet").shape[0] > 0
+
+
+def test_fresh_report_opens_with_its_verdict_card(smoke_run, tmp_path):
+    """The fresh CPU report in headless Chromium: the verdict card in the first 900 px names
+    the study's claim in both readings, no cell rests on a single-trial, eager GPU,
+    interrupted or invalid point, every figure's legend entries have data and one colour per
+    scheme, the title is the report's, and the card is exported as PNG and SVG."""
+    _, run, _ = smoke_run
+    page = run / "html" / "04_report.html"
+    d = page_dom.check_card(page, tmp_path, page_dom.claims_of([run / "config.yaml"]))
+    page_dom.check_cells_decided_by_deciding_points(d, {f"{run.parent.name}/{run.name}": run})
+    df = pd.read_parquet(run / "records.parquet", columns=["variant", "scheme"])
+    page_dom.check_figures(d, dict(zip(df["variant"], df["scheme"], strict=True)))
+    # quality was measured on real weights: the card weighs it, per scheme
+    assert "vs base" in d.find(id="verdict").get_text(" ")
+    assert (run / "html" / "verdict.png").stat().st_size > 10_000
+    assert "<svg" in (run / "html" / "verdict.svg").read_text(encoding="utf-8")[:2000]

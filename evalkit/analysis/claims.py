@@ -125,6 +125,7 @@ def claim_summary(checks: pd.DataFrame) -> pd.DataFrame:
 
     *holds* only if every valid point holds; *not reproduced* if no point holds or partly
     holds and at least one is not reproduced; *inconclusive* if no point could be decided;
+    *mostly not reproduced* where fewer points hold or partly hold than are not reproduced;
     otherwise *partly*. ``counts`` lists every verdict's number of points, invalid ones
     included; ``holds_at`` the points where it holds.
     """
@@ -141,8 +142,11 @@ def claim_summary(checks: pd.DataFrame) -> pd.DataFrame:
             verdict = "invalid" if (g["verdict"] == "invalid").any() else "not measured"
         elif n.get("holds", 0) == len(measured):
             verdict = "holds"
-        elif n.get("holds", 0) + n.get("partly", 0) > 0:
+        elif n.get("holds", 0) + n.get("partly", 0) >= max(n.get("not reproduced", 0), 1):
             verdict = "partly"
+        elif n.get("holds", 0) + n.get("partly", 0) > 0:
+            # more points where it is not reproduced than where it (partly) holds
+            verdict = "mostly not reproduced"
         elif n.get("not reproduced", 0) > 0:
             verdict = "not reproduced"
         else:

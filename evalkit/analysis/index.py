@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import yaml
 
+from evalkit.analysis.lineage import superseded_runs
 from evalkit.analysis.load import load_report
 from evalkit.analysis.summary import one_line
 from evalkit.core.io import atomic_write_text, read_json
@@ -57,10 +58,30 @@ def _verdict(run: Run) -> str:
         return f"verdict unavailable ({type(exc).__name__}: {why})"
 
 
-def write_index(output_root: str | os.PathLike[str]) -> Path:
-    """Write ``index.html`` under ``output_root`` listing all runs, newest first."""
+def answer_page(root: Path, page: str | os.PathLike[str] | None = None) -> Path | None:
+    """The cross-study answer page the index links: ``page`` when given, else
+    ``ROOT/summary.html`` (``evalkit summary``'s default), else the repository's
+    ``docs/results.html`` two levels above the root (``outputs/reference``)."""
+    if page is not None:
+        return Path(page).resolve()
+    for cand in (root / "summary.html", root.parent.parent / "docs" / "results.html"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def write_index(output_root: str | os.PathLike[str],
+                answer: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``index.html`` under ``output_root`` listing all runs, newest first; runs the
+    root's ``supersedes.yaml`` replaces are marked with their successor, and the answer page
+    (:func:`answer_page`) is linked at the top."""
     root = Path(output_root).resolve()
+    old = superseded_runs(root)
     rows = [_row(r, root) for r in list_runs(root)]
+    for r in rows:
+        after = old.get(f"{r['study']}/{r['run_id']}")
+        if after:
+            r["state"] = f"{r['state']}; superseded by {after[0]} ({after[1]})"
     # study and run id break ties, so the page is the same on every rebuild
     rows.sort(key=lambda r: (r["date"], r["study"], r["run_id"]), reverse=True)
     esc = html.escape
@@ -74,12 +95,17 @@ def write_index(output_root: str | os.PathLike[str]) -> Path:
         )
         for r in rows
     )
+    ans = answer_page(root, answer)
+    answer_link = (f'<p><b><a href="{esc(quote(Path(os.path.relpath(ans, root)).as_posix()))}">'
+                   "The answer across these runs</a></b>: which scheme for which workload, "
+                   "from current, valid data only.</p>" if ans is not None else "")
+    n_old = (f"; {len(old)} superseded (marked: their points answer nothing)" if old else "")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>evalkit runs</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#eee}}</style>
 </head><body><h1>evalkit runs</h1>
-<p>{len(rows)} run(s) under {esc(root.name)}/, newest first.</p>
+{answer_link}<p>{len(rows)} run(s) under {esc(root.name)}/, newest first{n_old}.</p>
 <table><thead><tr><th>date (UTC)</th><th>study</th><th>model</th><th>hardware</th>
 <th>variants</th><th>state</th><th>report</th><th>verdict (valid points only)</th></tr></thead>
 <tbody>

@@ -16,6 +16,9 @@ from evalkit.core.schemes import activation_mismatch
 from evalkit.metrics import validity as val
 from evalkit.stages.latency.raw import request_samples
 
+#: the caveat text that marks a model of random weights (speed only, never quality).
+RANDOM_WEIGHTS = "random weights"
+
 
 def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame) -> list[str]:
     """One caveat per variant vLLM ran with a scheme of other activations than its own, read
@@ -77,6 +80,8 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
         caveats.insert(0, f"**{len(invalid)} of {len(points)} latency points are INVALID and left "
                        f"out of every table, figure and claim check** — {why}{span}. See "
                        "'Invalid points' at the end.")
+    eager_gpu = cfg.engine.device == "cuda" and cfg.engine.enforce_eager
+    real = not (cfg.model.source == "preset" or any(RANDOM_WEIGHTS in c for c in caveats))
     return rp.Report(
         records=df, study=cfg.study, model=model, hardware=hardware, workload=wl,
         concurrency=conc, reference=cfg.report.reference_variant, caveats=caveats, env=env,
@@ -87,6 +92,10 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
         slo=cfg.report.slo.limits(), slo_percentile=cfg.report.slo.percentile,
         cost_per_gpu_hour_usd=cfg.report.cost_per_gpu_hour_usd, run_path=run.path,
         claim_caveat=("the engine ran eager (no CUDA graphs, no torch.compile): not the "
-                      "serving setup a speed claim is about" if cfg.engine.device == "cuda"
-                      and cfg.engine.enforce_eager else None),
+                      "serving setup a speed claim is about" if eager_gpu else None),
+        real_weights=real, eager_gpu=eager_gpu,
+        stage_states={k: str(v.get("state")) for k, v in run.units.stage_states().items()
+                      if v.get("state") != "done"},
+        quality_tolerance_pts=cfg.report.quality_tolerance_pts,
+        title=cfg.report.title or f"{cfg.study} · {model}",
     )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from evalkit.analysis.palette import variant_colors
+
 INVALID_LABEL = "invalid (left out)"
 SINGLE_LABEL = "single trial"
 OTHER_HOST_LABEL = "other host"
@@ -29,11 +31,9 @@ def _style() -> None:
 
 
 def _colors(points: pd.DataFrame) -> dict[str, str]:
-    """One colour per variant, the same in every figure of a report."""
-    import matplotlib.pyplot as plt
-
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {v: cycle[i % len(cycle)] for i, v in enumerate(pd.unique(points["variant"]))}
+    """One colour per variant by its scheme, the same in every figure of every page
+    (:func:`evalkit.analysis.palette.variant_colors`)."""
+    return variant_colors(points)
 
 
 def _disclose(ax, sub: pd.DataFrame, x: str, y: str, color: str) -> None:
@@ -113,14 +113,15 @@ def plot_metric_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms", mode: 
     for ax, wl, sub in panels:
         for variant, v in sub.groupby("variant", sort=False):
             c = colors[variant]
-            ok = v[v["status"] == "ok"]
-            ax.plot(ok["concurrency"], ok[metric], marker="o", color=c, label=str(variant))
+            ok = v[(v["status"] == "ok") & v[metric].notna()]
+            if len(ok):  # a variant not measured here (no kernel) gets no legend entry
+                ax.plot(ok["concurrency"], ok[metric], marker="o", color=c, label=str(variant))
             lo, hi = ok.get(f"{short}_lo"), ok.get(f"{short}_hi")
             if lo is not None and hi is not None and ok[[f"{short}_lo", f"{short}_hi"]].notna(
                     ).all(axis=1).any():
                 ax.fill_between(ok["concurrency"], lo, hi, color=c, alpha=0.18, lw=0)
             _disclose(ax, v, "concurrency", metric, c)
-            bad = v[v["status"] != "ok"]
+            bad = v[(v["status"] == "invalid") & v[metric].notna()]
             if len(bad):
                 ax.scatter(bad["concurrency"], bad[metric], marker="x", color="grey", s=50,
                            zorder=4, label=INVALID_LABEL)
@@ -132,7 +133,44 @@ def plot_metric_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms", mode: 
         _dedupe_legend(ax)
     band = ("95% bootstrap interval of the p50" if mode == "server"
             else "range over timed iterations")
-    fig.suptitle(f"{short.upper()} against load ({mode}; band: {band})", fontsize=11)
+    name = {"ttft": "TTFT", "tpot": "TPOT", "e2el": "E2E latency"}.get(short, short.upper())
+    fig.suptitle(f"{name} against load ({mode}; band: {band})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tails_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms",
+                       mode: str = "server"):
+    """The tails: p90 (dashed) and p99 (dotted) of ``metric`` against load, one colour per
+    scheme, each with its recorded 95% interval as a band; valid points only (an invalid
+    point's tail means nothing), one panel per workload."""
+
+    _style()
+    pts = points[(points["mode"] == mode) & (points["status"] == "ok")]
+    short = metric.removesuffix("_ms")
+    colors = _colors(points)
+    fig, panels = _workload_panels(pts, "concurrency", "no valid point")
+    for ax, wl, sub in panels:
+        for variant, v in sub.groupby("variant", sort=False):
+            c = colors[variant]
+            for q, ls in (("p90", "--"), ("p99", ":")):
+                y = v[f"{short}_{q}_ms"]
+                if y.isna().all():
+                    continue
+                ax.plot(v["concurrency"], y, ls=ls, marker="o", ms=4, color=c,
+                        label=f"{variant} {q}")
+                lo, hi = v[f"{short}_{q}_lo"], v[f"{short}_{q}_hi"]
+                if (lo.notna() & hi.notna()).any():
+                    ax.fill_between(v["concurrency"], lo, hi, color=c, alpha=0.12, lw=0)
+        _load_axis(ax, sub["concurrency"])
+        ax.set_title(f"{wl} (in {sub['input_len'].iloc[0]} / out {sub['output_len'].iloc[0]} "
+                     "tokens)")
+        ax.set_xlabel(_load_xlabel(sub, mode), fontsize=9)
+        ax.set_ylabel(f"{short.upper()} p90 / p99 (ms)")
+        if ax.get_legend_handles_labels()[0]:
+            _dedupe_legend(ax)
+    fig.suptitle(f"{short.upper()} tails against load ({mode}; dashed p90, dotted p99; "
+                 "band: 95% interval)", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -165,8 +203,9 @@ def plot_rate_curves(rates: pd.DataFrame, *, metric: str = "ttft_ms",
             ok = v[(v["status"] == "ok") & ~v["saturated"].astype(bool)]
             for q, ls in (("p50", "-"), ("p90", "--")):
                 y, lo, hi = f"{short}_{q}_ms", f"{short}_{q}_lo", f"{short}_{q}_hi"
-                ax.plot(ok["offered_rate_req_s"], ok[y], ls=ls, marker="o", ms=4, color=c,
-                        label=f"{variant} {q}")
+                if ok[y].notna().any():
+                    ax.plot(ok["offered_rate_req_s"], ok[y], ls=ls, marker="o", ms=4, color=c,
+                            label=f"{variant} {q}")
                 if ok[[lo, hi]].notna().all(axis=1).any():
                     ax.fill_between(ok["offered_rate_req_s"], ok[lo], ok[hi], color=c,
                                     alpha=0.15, lw=0)
@@ -187,7 +226,7 @@ def plot_rate_curves(rates: pd.DataFrame, *, metric: str = "ttft_ms",
                             (r.offered_rate_req_s, getattr(r, f"{short}_p90_ms")),
                             textcoords="offset points", xytext=(-4, 6), ha="right", fontsize=7,
                             color="red")
-            bad = v[v["status"] != "ok"]
+            bad = v[(v["status"] == "invalid") & v[f"{short}_p50_ms"].notna()]
             if len(bad):
                 ax.scatter(bad["offered_rate_req_s"], bad[f"{short}_p50_ms"], marker="x",
                            color="grey", s=50, zorder=4, label=INVALID_LABEL)
@@ -256,13 +295,17 @@ def plot_goodput(good: pd.DataFrame, slo: dict[str, float]):
     fig, axes = plt.subplots(1, len(workloads), figsize=(5.6 * len(workloads), 4.3),
                              squeeze=False)
     ok = good[good["status"] == "ok"]
+    colors = _colors(good)
     for ax, wl in zip(axes[0], workloads, strict=True):
         sub = ok[ok["workload"] == wl].sort_values("concurrency")
         if sub.empty:
             ax.text(0.5, 0.5, "no valid server point with per-request data", ha="center",
                     va="center", transform=ax.transAxes)
         for variant, v in sub.groupby("variant", sort=False):
-            line, = ax.plot(v["concurrency"], v["goodput_req_s"], marker="o", label=str(variant))
+            if v["goodput_req_s"].isna().all():
+                continue
+            line, = ax.plot(v["concurrency"], v["goodput_req_s"], marker="o", label=str(variant),
+                            color=colors.get(str(variant)))
             ax.plot(v["concurrency"], v["request_throughput_req_s"], ls=":", lw=1,
                     color=line.get_color(), label=f"{variant} (all requests)")
         if len(sub):
@@ -291,7 +334,9 @@ def plot_regime_gains(rows: pd.DataFrame):
     labels = list(dict.fromkeys(zip(rows["comparison"], rows["regime"], strict=True)))
     fig, ax = plt.subplots(figsize=(9, 0.42 * max(len(labels), 3) + 1.6))
     offsets = {"ttft_ms": -0.15, "tpot_ms": 0.15}
-    colors = {"ttft_ms": "tab:blue", "tpot_ms": "tab:orange"}
+    i_first = [True]
+    # greys, not a scheme's colour: the bars are metrics of a comparison, not schemes
+    colors = {"ttft_ms": "#333333", "tpot_ms": "#9a9a9a"}
     for metric, off in offsets.items():
         first = True
         for i, key in enumerate(labels):
@@ -300,6 +345,11 @@ def plot_regime_gains(rows: pd.DataFrame):
             vals = [x for gs in g["gains"] for x in gs]
             if not vals:
                 continue
+            if "ci_low" in g and g["ci_low"].notna().any():
+                ax.plot([float(g["ci_low"].min()), float(g["ci_high"].max())], [i + off] * 2,
+                        color=colors[metric], lw=1, label="95% intervals (span)"
+                        if i_first[0] else "_nolegend_")
+                i_first[0] = False
             ax.plot([min(vals), max(vals)], [i + off] * 2, color=colors[metric], lw=3,
                     alpha=0.6, label=f"{metric.removesuffix('_ms').upper()} reduction"
                     if first else "_nolegend_")
@@ -307,10 +357,15 @@ def plot_regime_gains(rows: pd.DataFrame):
                        s=25, label="_nolegend_")
             first = False
     ax.axvline(0, color="black", lw=0.8, label="_nolegend_")
-    ax.set_yticks(range(len(labels)), [f"{c} · {r}" for c, r in labels], fontsize=8)
+    gains = [x for gs in rows["gains"] for x in gs]
+    if gains:  # a sane axis: the point gains with a margin; a wider interval runs off it
+        lo, hi = min(min(gains), 0.0) - 25, max(max(gains), 0.0) + 25
+        ax.set_xlim(max(lo, float(rows["ci_low"].min()) - 5 if "ci_low" in rows and
+                        rows["ci_low"].notna().any() else lo), hi)
+    ax.set_yticks(range(len(labels)), [f"{r} · {c}" for c, r in labels], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("variant's reduction vs reference (%; > 0 = faster; bar: range over valid "
-                  "points, dot: median)")
+    ax.set_xlabel("variant's latency reduction vs reference (%; > 0 = faster, < 0 = slower; "
+                  "bar: range over deciding points, dot: median, thin line: their intervals)")
     ax.set_title("Speed gain by workload regime")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()

@@ -4,6 +4,7 @@ the mean delta vs base per variant (paired, with an approximate 95% interval).""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -74,3 +75,52 @@ def quality_per_variant(df: pd.DataFrame) -> pd.DataFrame:
                                        "quality_ci_high", "tasks", "docs"])
 
 
+
+
+@dataclass(frozen=True)
+class QualitySignal:
+    """A variant's quality against base as a recommendation weighs it.
+
+    ``delta_pts``/``lo_pts``/``hi_pts``: the change and its 95% interval in points (higher is
+    better); ``signal`` names what was measured (today: the mean paired accuracy delta of the
+    tasks' primary metrics); ``detail``: tasks and documents behind it.
+    """
+
+    signal: str
+    delta_pts: float
+    lo_pts: float
+    hi_pts: float
+    detail: str
+
+    def below(self, tolerance_pts: float) -> bool:
+        """True when the whole interval lies below ``-tolerance_pts`` (a measured loss
+        beyond what the study tolerates)."""
+        return self.hi_pts < -tolerance_pts
+
+    def text(self) -> str:
+        """``-4.9 pts [-7.0, -2.8]``."""
+        return f"{self.delta_pts:+.1f} pts [{self.lo_pts:+.1f}, {self.hi_pts:+.1f}]"
+
+
+def quality_signal(df: pd.DataFrame, variant: str, *, base: str = "base") -> QualitySignal | None:
+    """The one quality signal of ``variant`` that recommendations, the verdict card and the
+    summary weigh, picked from a run's records; None where none was measured.
+
+    Today that is the mean over tasks of the paired primary-metric delta vs ``base`` with its
+    interval (:func:`quality_per_variant`). Records of more sensitive signals (e.g. token
+    flips or KL divergence against base) are meant to be preferred here, in this one place.
+    The base variant itself is 0 by definition when base was scored.
+    """
+    q = quality_per_variant(df)
+    if variant == base:
+        if (df["stage"] == "accuracy").any() and (df["variant"] == base).any():
+            return QualitySignal("accuracy delta", 0.0, 0.0, 0.0, "the reference of quality")
+        return None
+    row = q[q["variant"] == variant]
+    if row.empty or pd.isna(row["quality_delta"].iloc[0]):
+        return None
+    r = row.iloc[0]
+    return QualitySignal(
+        "accuracy delta", float(r["quality_delta"]) * 100, float(r["quality_ci_low"]) * 100,
+        float(r["quality_ci_high"]) * 100,
+        f"mean paired delta of {int(r['tasks'])} task(s), {int(r['docs'])} documents")

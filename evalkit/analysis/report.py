@@ -88,6 +88,16 @@ class Report:
     cost_per_gpu_hour_usd: float | None = None
     #: the run directory (its raw capacity files hold the bootstrap draws of capacity).
     run_path: Path | None = None
+    #: real model weights (a quality delta can be measured); False for random-weight shapes.
+    real_weights: bool = True
+    #: state of each stage that is not ``done`` (``interrupted``, ``failed``, ``running``).
+    stage_states: dict[str, str] = field(default_factory=dict)
+    #: the GPU engine ran eager (no CUDA graphs, no torch.compile): not a serving setup.
+    eager_gpu: bool = False
+    #: quality a recommended scheme may lose, in points (``report.quality_tolerance_pts``).
+    quality_tolerance_pts: float = 1.0
+    #: the report's page title (``report.title``, else from study and model).
+    title: str = ""
     _points: pd.DataFrame | None = field(default=None, repr=False)
     _gains: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
     _capacity: pd.DataFrame | None = field(default=None, repr=False)

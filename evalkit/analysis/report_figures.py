@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from evalkit.analysis.capacity import rate_rows
+from evalkit.analysis.palette import variant_colors
 from evalkit.analysis.plots import _style
 from evalkit.analysis.quality import _ok, accuracy_wide
 from evalkit.analysis.speed import pareto_frontier
@@ -27,18 +28,21 @@ def plot_quality_vs_speed(table: pd.DataFrame, *, gain_col: str, caption: str = 
                           t["quality_ci_high"] - t["quality_delta"]]).clip(min=0)
         ax.errorbar(t[gain_col], t["quality_delta"] * 100, yerr=yerr * 100, fmt="none",
                     ecolor="grey", capsize=3, lw=1)
-        ax.scatter(t[gain_col], t["quality_delta"] * 100, s=60,
-                   c=["tab:red" if f else "tab:blue" for f in front], zorder=3)
+        colors = variant_colors(t)
         for _, r in t.iterrows():
+            ax.scatter([r[gain_col]], [r["quality_delta"] * 100], s=70, zorder=3,
+                       color=colors.get(str(r["variant"])), label=str(r["variant"]),
+                       edgecolors="black" if front[_] else "none")
             ax.annotate(r["variant"], (r[gain_col], r["quality_delta"] * 100),
                         textcoords="offset points", xytext=(6, 4), fontsize=9)
         pf = t[front].sort_values(gain_col)
-        ax.plot(pf[gain_col], pf["quality_delta"] * 100, "--", color="tab:red", lw=1,
-                label="Pareto frontier")
-        ax.legend(loc="best")
+        if len(pf) >= 2:  # a frontier of one point is no line: no legend entry for it
+            ax.plot(pf[gain_col], pf["quality_delta"] * 100, "--", color="black", lw=1,
+                    label="Pareto frontier (black-edged points)")
+        ax.legend(loc="best", fontsize=8)
     ax.axhline(0, color="black", lw=0.8)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel(f"{gain_col.replace('_pct', '')} (%; > 0 = faster)")
+    ax.set_xlabel(f"{gain_label(gain_col).replace(' (%)', '')} (%; > 0 = faster, < 0 = slower)")
     ax.set_ylabel("quality delta vs base (points, mean over tasks, 95% CI)")
     ax.set_title("Quality vs speed")
     if caption:
@@ -123,15 +127,16 @@ def plot_accuracy_deltas(df: pd.DataFrame, *, caption: str = ""):
         wide = wide.sort_values(["task", "variant"]).reset_index(drop=True)
         y = np.arange(len(wide))
         xerr = np.vstack([wide["delta"] - wide["ci_low"], wide["ci_high"] - wide["delta"]])
-        colors = ["tab:red" if (h < 0) else "tab:green" if (lo > 0) else "tab:grey"
-                  for lo, h in zip(wide["ci_low"], wide["ci_high"], strict=False)]
+        palette = variant_colors(wide)
+        colors = [palette.get(str(v)) for v in wide["variant"]]
         ax.errorbar(wide["delta"] * 100, y, xerr=xerr.clip(min=0) * 100, fmt="none",
                     ecolor="grey", capsize=3)
         ax.scatter(wide["delta"] * 100, y, c=colors, zorder=3)
         ax.set_yticks(y, [f"{t} / {v} ({m})" for t, v, m in
                           zip(wide["task"], wide["variant"], wide["metric"], strict=False)])
         ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("delta vs base (points; red: significantly worse, green: better)")
+    ax.set_xlabel("delta vs base (points of the task's metric; interval wholly left of 0: "
+                  "significantly worse)")
     ax.set_title("Accuracy deltas with paired 95% intervals")
     if caption:
         fig.text(0.01, -0.02, caption, ha="left", va="top", fontsize=8, wrap=True)

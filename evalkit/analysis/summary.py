@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from evalkit.analysis import decision as dc
 from evalkit.analysis import report as rp
 from evalkit.analysis import verdicts as vd
-from evalkit.analysis.load import load_report
+from evalkit.analysis.lineage import superseded_by
+from evalkit.analysis.load import RANDOM_WEIGHTS, load_report
 from evalkit.core.errors import RunDirError, StageError
 from evalkit.core.io import atomic_write_text
 from evalkit.core.notebooks import NOTEBOOK_DIR, NotebookFailed, execute_notebook, render_html
 from evalkit.core.run import REPORT_HTML, Run, list_runs, open_run
 from evalkit.metrics import points as pts
-
-RANDOM_WEIGHTS = "random weights"
 
 
 @dataclass
@@ -34,6 +34,13 @@ class RunSummary:
     run: Run
     report: rp.Report
     real_weights: bool
+    #: (successor run, why) when the output root's supersedes.yaml replaces this run
+    superseded: tuple[str, str] | None = None
+
+    @property
+    def current(self) -> bool:
+        """Not superseded: its points may answer."""
+        return self.superseded is None
 
     @property
     def label(self) -> str:
@@ -65,24 +72,41 @@ def load(paths: list[str | os.PathLike[str]]) -> list[RunSummary]:
     for run in find_runs(paths):
         cfg = run.config()
         rep = load_report(cfg, run)
-        real = not (cfg.model.source == "preset"
-                    or any(RANDOM_WEIGHTS in c for c in rep.caveats))
-        runs.append(RunSummary(run, rep, real))
+        runs.append(RunSummary(run, rep, rep.real_weights, superseded_by(run.path)))
     return runs
+
+
+def verdict_card(runs: list[RunSummary], page: Path, title: str) -> dc.Card:
+    """The verdict card over the runs (:func:`evalkit.analysis.decision.build_card`), each
+    cell linked to its run's report relative to ``page``; superseded runs never decide."""
+    entries = []
+    for s in runs:
+        rep = s.run.path / REPORT_HTML
+        link = Path(os.path.relpath(rep, page.parent)).as_posix() if rep.is_file() else ""
+        entries.append(dc.RunEntry(s.report, s.label, s.shape, link,
+                                   s.superseded[0] if s.superseded else None))
+    return dc.build_card(entries, title)
 
 
 def one_line(rep: rp.Report) -> str:
     """A run's verdict in one line, for the index and the runs table."""
     pairs = rep.comparisons()
+    ref, base = rep.reference, rep.base
+    # every comparison against the study's reference (else base), not only the first
+    pairs = [(v, r) for v, r in pairs if not (r == base and ref not in (None, base))] or pairs
     if pairs:
-        variant, ref = pairs[0]
-        g = rep.gains(variant, ref)
-        valid = g.drop_duplicates(["mode", "workload", "concurrency"])
-        n_ok, n = int(valid["valid"].sum()), len(valid)
-        if n_ok == 0:
-            return f"{variant} vs {ref}: all {n} shared latency points invalid; no speed verdict"
-        parts = "; ".join(vd.metric_phrase(g, m) for m in ("ttft_ms", "e2el_ms"))
-        return f"{variant} vs {ref}, {n_ok} of {n} points valid: {parts}"
+        out = []
+        for variant, ref in pairs:
+            g = rep.gains(variant, ref)
+            valid = g.drop_duplicates(["mode", "workload", "concurrency"])
+            n_ok, n = int(valid["valid"].sum()), len(valid)
+            if n_ok == 0:
+                out.append(f"{variant} vs {ref}: all {n} shared latency points invalid; no "
+                           "speed verdict")
+                continue
+            parts = "; ".join(vd.metric_phrase(g, m) for m in ("ttft_ms", "e2el_ms"))
+            out.append(f"{variant} vs {ref}, {n_ok} of {n} points valid: {parts}")
+        return " · ".join(out)
     q = rp.quality_per_variant(rep.records)
     if len(q):
         return "quality only: " + "; ".join(
@@ -104,6 +128,8 @@ def comparison_rows(runs: list[RunSummary]) -> pd.DataFrame:
     run, model shape, hardware and the trials and hosts behind it."""
     frames = []
     for s in runs:
+        if not s.current:
+            continue
         for variant, ref in _comparisons(s):
             g = s.report.gains(variant, ref)
             t = vd.regime_table(g, variant, ref)
@@ -122,18 +148,27 @@ def comparison_rows(runs: list[RunSummary]) -> pd.DataFrame:
 
 
 def gain_ranges(runs: list[RunSummary]) -> pd.DataFrame:
-    """For the forest plot: comparison (with model), regime, metric and the valid point gains."""
+    """For the forest plot: comparison (with model), regime, metric, the deciding points'
+    gains and the span of their 95% intervals (``ci_low``: lowest interval end, ``ci_high``:
+    highest)."""
     rows = []
     for s in runs:
+        if not s.current or dc.run_exclusion(s.report):
+            continue
         for variant, ref in _comparisons(s):
             g = s.report.gains(variant, ref)
-            g = g[g["valid"] & g["metric"].isin(["ttft_ms", "tpot_ms"]) & g["gain_pct"].notna()]
+            g = g[g["valid"] & (g["trials"] > 1) & g["metric"].isin(["ttft_ms", "tpot_ms"])
+                  & g["gain_pct"].notna()]
             for (reg, metric), x in g.groupby(["regime", "metric"], sort=False):
                 rows.append({"comparison": f"{variant} vs {ref} · {s.report.model} · {s.label}",
-                             "regime": reg, "metric": metric, "gains": list(x["gain_pct"])})
-    df = pd.DataFrame(rows, columns=["comparison", "regime", "metric", "gains"])
+                             "regime": reg, "metric": metric, "gains": list(x["gain_pct"]),
+                             "ci_low": float(x["ci_low_pct"].min()),
+                             "ci_high": float(x["ci_high_pct"].max())})
+    df = pd.DataFrame(rows, columns=["comparison", "regime", "metric", "gains", "ci_low",
+                                     "ci_high"])
     order = {r: i for i, r in enumerate(pts.REGIMES)}
-    return df.sort_values(["comparison", "regime"], key=lambda c: c.map(order)
+    # grouped by regime, then comparison
+    return df.sort_values(["regime", "comparison"], key=lambda c: c.map(order)
                           if c.name == "regime" else c, kind="stable").reset_index(drop=True)
 
 
@@ -203,7 +238,7 @@ def answer_markdown(runs: list[RunSummary]) -> str:
 def _facts(row) -> str:
     variant = row.comparison.split(" vs ")[0]
     trials = "single trial" if row.min_trials <= 1 else f"{row.min_trials} trials"
-    return (f"{variant}'s reduction: E2E {row.e2el_gain}, TTFT {row.ttft_gain}, TPOT "
+    return (f"{variant} against the reference: E2E {row.e2el_gain}, TTFT {row.ttft_gain}, TPOT "
             f"{row.tpot_gain}; {row.points}, {trials}; {row.hardware}; {row.run}")
 
 
@@ -224,8 +259,10 @@ def runs_table(runs: list[RunSummary], page: Path) -> pd.DataFrame:
     for s in runs:
         rep = s.run.path / REPORT_HTML
         link = Path(os.path.relpath(rep, page.parent)).as_posix() if rep.is_file() else ""
+        status = (f"superseded by {s.superseded[0]}: {s.superseded[1]}" if s.superseded
+                  else dc.run_exclusion(s.report) or "current")
         rows.append({"run": s.label, "model": s.shape, "hardware": s.report.hardware,
-                     "started (UTC)": s.report.env.get("created_utc", "?"),
+                     "started (UTC)": s.report.env.get("created_utc", "?"), "status": status,
                      "verdict": one_line(s.report), "report": link})
     return pd.DataFrame(rows)
 

@@ -27,6 +27,19 @@ def _span(x: pd.Series) -> str:
     return f"{lo:.0f}%" if round(lo) == round(hi) else f"{lo:.0f}% to {hi:.0f}%"
 
 
+def span_words(x: pd.Series, faster: str = "faster", slower: str = "slower") -> str:
+    """A range of reductions in words, never a negative reduction: ``4% to 17% faster``,
+    ``14% to 18% slower`` or ``18% slower to 25% faster``."""
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0:
+        return (f"{lo:.0f}% {faster}" if round(lo) == round(hi)
+                else f"{lo:.0f}% to {hi:.0f}% {faster}")
+    if hi < 0:
+        return (f"{-hi:.0f}% {slower}" if round(lo) == round(hi)
+                else f"{-hi:.0f}% to {-lo:.0f}% {slower}")
+    return f"{-lo:.0f}% {slower} to {hi:.0f}% {faster}"
+
+
 def metric_phrase(g: pd.DataFrame, metric: str) -> str:
     """How one metric went over the valid points: e.g. ``TTFT lower at all 24 points (23% to
     43%)`` or ``TPOT lower at 7 (2% to 25%), higher at 10 (4% to 18%), level at 7``."""
@@ -63,6 +76,9 @@ def pair_sentence(g: pd.DataFrame, variant: str, reference: str) -> str:
     valid = pts[pts["valid"]]
     n_bad = len(pts) - len(valid)
     if valid.empty:
+        if pts["note"].fillna("").str.contains("unsupported").all():
+            return (f"`{variant}` against `{reference}`: not measured on this hardware (no "
+                    "kernel for one of them); no speed verdict.")
         return (f"`{variant}` against `{reference}`: all {len(pts)} shared points are invalid "
                 "(see 'Invalid points'); no speed verdict.")
     modes = valid["mode"].value_counts()
@@ -139,7 +155,10 @@ def regime_table(g: pd.DataFrame, variant: str, reference: str) -> pd.DataFrame:
 
         def rng(metric: str, v: pd.DataFrame = v) -> str:
             x = v.loc[(v["metric"] == metric), "gain_pct"].dropna()
-            return _span(x) if len(x) else "n/a"
+            if not len(x):
+                return "n/a"
+            return span_words(x, "more", "less") if metric == "output_throughput_tok_s" \
+                else span_words(x)
 
         rows.append({
             "regime": reg, "points": f"{int(pts['valid'].sum())} of {len(pts)} valid",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -110,12 +111,41 @@ def _reap_kernels() -> None:
             continue
 
 
-def render_html(notebook: Path, out_dir: Path) -> tuple[Path, Path]:
-    """Render an executed notebook to HTML: (stakeholder copy without code, copy with code)."""
+def page_title(nb) -> str | None:
+    """The page's title: the first Markdown heading a cell's output shows (a thin notebook
+    prints its title as an output, never as a Markdown cell of its own), else the first
+    heading of a Markdown cell."""
+    for cell in nb.cells:
+        texts = ([o.get("data", {}).get("text/markdown", "") for o in cell.get("outputs", [])]
+                 if cell.cell_type == "code" else [cell.source])
+        for t in texts:
+            if isinstance(t, list):
+                t = "".join(t)
+            for line in t.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+            m = re.search(r"<h[12][^>]*>(.*?)</h[12]>", t or "", flags=re.S)
+            if m:
+                return re.sub(r"<[^>]+>", "", m.group(1)).strip()
+        for o in cell.get("outputs", []):
+            m = re.search(r"<h[12][^>]*>(.*?)</h[12]>", o.get("data", {}).get("text/html", ""),
+                          flags=re.S)
+            if m:
+                return re.sub(r"<[^>]+>", "", m.group(1)).strip()
+    return None
+
+
+def render_html(notebook: Path, out_dir: Path, title: str | None = None) -> tuple[Path, Path]:
+    """Render an executed notebook to HTML: (stakeholder copy without code, copy with code).
+    The pages' ``<title>`` is ``title``, else :func:`page_title` of the notebook, else its
+    file name."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
+    title = (title or page_title(nb) or "").replace("`", "").strip()
+    if title:
+        nb.metadata["title"] = title
     stem = notebook.stem
     plain = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
                          exclude_output_prompt=True)

@@ -452,6 +452,10 @@ class ReportSpec(SpecModel):
     workload: str | None = Field(None, description="workload for the headline (default first).")
     concurrency: PosInt | None = Field(None, description="concurrency for the headline.")
     title: str | None = Field(None, description="report title (default from study and model).")
+    quality_tolerance_pts: float = Field(
+        1.0, ge=0, description="quality a recommended scheme may lose, in points of the tasks' "
+        "primary metric: a scheme whose quality-delta interval lies wholly below -this is "
+        "never recommended without saying so.")
     cost_per_gpu_hour_usd: float | None = Field(
         None, gt=0, description="price of one GPU-hour (on a CPU: of the machine-hour) for "
         "the cost per million output tokens at capacity (None: no cost figures).")

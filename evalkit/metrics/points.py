@@ -51,7 +51,9 @@ POINT_COLUMNS = [
     "hardware", "other_host", "trials", "single_trial", "status", "note",
     "ttft_ms", "ttft_lo", "ttft_hi", "tpot_ms", "tpot_lo", "tpot_hi", "e2el_ms",
     "output_throughput_tok_s", "output_tok_s_per_gpu", "request_throughput_req_s",
-    "ttft_pct_of_floor", "tpot_pct_of_floor", "prefix_cache_hit_rate",
+    "ttft_pct_of_floor", "tpot_pct_of_floor", "prefix_cache_hit_rate", "e2el_lo", "e2el_hi",
+    *[f"{m}_{q}_{s}" for m in ("ttft", "tpot", "e2el") for q in ("p90", "p99")
+      for s in ("ms", "lo", "hi")],
 ]
 GAIN_COLUMNS = [
     "mode", "workload", "input_len", "output_len", "concurrency", "regime", "metric",
@@ -111,7 +113,10 @@ def latency_points(df: pd.DataFrame, *, gpus_per_engine: int = 1,
     Returns:
         :data:`POINT_COLUMNS`: p50 TTFT/TPOT/E2E (ms) with their band (``*_lo``/``*_hi``:
         the 95% bootstrap interval of a server point's p50, the range over iterations of an
-        offline point), output and request throughput, tokens/s per GPU, the regime, the
+        offline point), the p90 and p99 tails with their recorded 95% intervals
+        (``ttft_p90_ms``, ``ttft_p90_lo``, ``ttft_p90_hi``, ... for ttft, tpot, e2el; NaN
+        where a run recorded none), output and request throughput, tokens/s per GPU, the
+        regime, the
         trials pooled (``single_trial`` when 1), the point's ``hardware`` and ``other_host``
         (not the run's main device), and ``status``: ``ok``, ``invalid`` (with the failed
         check in ``note``) or ``failed``.
@@ -151,11 +156,15 @@ def latency_points(df: pd.DataFrame, *, gpus_per_engine: int = 1,
                                         else "mean"),
             "prefix_cache_hit_rate": _first(g, "prefix_cache_hit_rate", "value"),
         }
-        for m in ("ttft", "tpot"):
+        for m in ("ttft", "tpot", "e2el"):
             row[f"{m}_ms"] = _first(g, f"{m}_ms", "p50")
             row[f"{m}_lo"] = _first(g, f"{m}_ms", "p50_ci_low")
             row[f"{m}_hi"] = _first(g, f"{m}_ms", "p50_ci_high")
-            if mode == "offline" and samples is not None and len(samples):
+            for q in ("p90", "p99"):  # the tails, with their 95% intervals where recorded
+                row[f"{m}_{q}_ms"] = _first(g, f"{m}_ms", q)
+                row[f"{m}_{q}_lo"] = _first(g, f"{m}_ms", f"{q}_ci_low")
+                row[f"{m}_{q}_hi"] = _first(g, f"{m}_ms", f"{q}_ci_high")
+            if m != "e2el" and mode == "offline" and samples is not None and len(samples):
                 s = samples_at(samples, variant, mode, workload, int(conc), f"{m}_ms")["value"]
                 if len(s):
                     row[f"{m}_lo"], row[f"{m}_hi"] = float(s.min()), float(s.max())

@@ -37,7 +37,8 @@ commands:
                          (--resume RUN_ID continues an interrupted run, keeping finished work)
   runs [ROOT]            list run directories, newest first
   show RUN               print a run's headline records
-  index [ROOT]           rebuild ROOT/index.html (links every run's report)
+  index [ROOT]           rebuild ROOT/index.html (every run's report, superseded runs
+                         marked, the answer page linked; --answer PAGE)
   summary RUN... -o PAGE one page across runs: which scheme for which workload regime
   archive RUN...         slim finished runs for committing: gzip large raw JSON and the logs,
                          delete duplicate HTML and run.lock (--dry-run: only report sizes)
@@ -100,7 +101,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    print(write_index(args.root))
+    print(write_index(args.root, args.answer))
     return 0
 
 
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("index", help="rebuild OUTPUT_ROOT/index.html")
     s.add_argument("root", nargs="?", type=Path, default=Path("outputs"))
+    s.add_argument("--answer", type=Path, default=None,
+                   help="the answer page to link (default ROOT/summary.html, else the "
+                   "repository's docs/results.html two levels above ROOT)")
     s.set_defaults(func=_cmd_index)
 
     s = sub.add_parser("summary", help="one HTML page across runs: which scheme for which "

@@ -18,6 +18,56 @@ def legend_entries(fig) -> list[str]:
     return out
 
 
+def _has_data(artist) -> bool:
+    """Whether a legend's artist draws anything (a line with a finite point, a scatter with
+    an offset, bars or patches)."""
+    import numpy as np
+
+    if hasattr(artist, "get_xydata"):
+        xy = np.asarray(artist.get_xydata(), dtype=float)
+        return bool(len(xy)) and bool(np.isfinite(xy).all(axis=1).any())
+    if hasattr(artist, "get_offsets"):
+        off = np.asarray(artist.get_offsets(), dtype=float)
+        if len(off):
+            return bool(np.isfinite(off).all(axis=1).any())
+        return bool(len(artist.get_paths()))
+    if hasattr(artist, "patches"):
+        return bool(len(artist.patches))
+    return True
+
+
+def _hex(artist) -> str:
+    from matplotlib.colors import to_hex
+
+    for get in ("get_color", "get_facecolor", "get_edgecolor"):
+        if hasattr(artist, get):
+            c = getattr(artist, get)()
+            try:
+                if hasattr(c, "ndim") and c.ndim == 2:
+                    c = c[0] if len(c) else None
+                return to_hex(c) if c is not None else ""
+            except (ValueError, TypeError, IndexError):
+                continue
+    if hasattr(artist, "patches") and artist.patches:
+        return to_hex(artist.patches[0].get_facecolor())
+    return ""
+
+
+def legend_facts(fig) -> tuple[dict[str, str], list[str]]:
+    """``({legend label: colour}, [labels whose artist draws no data])`` over the figure's
+    legends (what the page lists for its DOM checks)."""
+    colors: dict[str, str] = {}
+    empty: list[str] = []
+    for ax in fig.axes:
+        if ax.get_legend() is None:
+            continue
+        for artist, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if not _has_data(artist) and label not in empty:
+                empty.append(label)
+            colors.setdefault(label, _hex(artist))
+    return colors, empty
+
+
 class Figure:
     """A figure as inline SVG with its text kept as text, in an HTML ``<figure>`` that names
     it and lists its legend entries (``data-figure``, ``data-legend``), with a caption.
@@ -32,6 +82,7 @@ class Figure:
         buf = io.StringIO()
         with plt.rc_context({"svg.fonttype": "none"}):
             fig.savefig(buf, format="svg", bbox_inches="tight")
+        self.colors, self.nodata = legend_facts(fig)
         plt.close(fig)
         svg = buf.getvalue()
         self.svg = svg[svg.index("<svg"):]
@@ -40,8 +91,11 @@ class Figure:
     def _repr_html_(self) -> str:
         legend = html.escape("|".join(self.legend), quote=True)
         cap = f"<figcaption>{html.escape(self.caption)}</figcaption>" if self.caption else ""
+        colors = html.escape("|".join(f"{k}={v}" for k, v in self.colors.items()), quote=True)
+        nodata = html.escape("|".join(self.nodata), quote=True)
         return (f'<figure class="evalkit-figure" data-figure="{html.escape(self.name)}" '
-                f'data-legend="{legend}">{self.svg}{cap}</figure>')
+                f'data-legend="{legend}" data-colors="{colors}" data-nodata="{nodata}">'
+                f"{self.svg}{cap}</figure>")
 
     def _repr_svg_(self) -> str:
         return self.svg

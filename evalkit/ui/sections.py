@@ -207,8 +207,9 @@ def roofline(r: rp.Report) -> tuple[str, pd.DataFrame]:
         t["worst_tpot_pct_of_roofline"] = t["variant"].map(g.min())
     txt = ("## Memory roofline\n\nThe fastest a decode step can be if it only has to read the "
            "weights once from memory: bytes of weights read per step ÷ memory bandwidth. "
-           "Measured mean TPOT as % of the limit at each point, whose bytes are the weights "
-           "plus the KV cache of the batch (100% = at the limit); best and worst over the "
+           "At each point the limit is shown as % of the measured mean TPOT (limit ÷ "
+           "measured × 100: 100% = at the limit, 25% = four times the limit's time), with the "
+           "weights plus the KV cache of the batch as its bytes; best and worst over the "
            "points where the whole batch decodes together: offline batches and one request "
            "at a time (a server under concurrency decodes a batch that changes as requests "
            "arrive and finish, so its bytes per step are not known).")

@@ -14,6 +14,7 @@ import pandas as pd
 
 from evalkit.analysis import report as rp
 from evalkit.analysis import verdicts as vd
+from evalkit.analysis.decision import pct_words
 from evalkit.core.schemes import SCHEMES
 from evalkit.metrics import points as pts
 from evalkit.ui.sections import (  # noqa: F401 -- re-exported: the report's later sections
@@ -229,9 +230,9 @@ def rate_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
                 columns=RATE_LABELS))
 
 
-REGIME_LABELS = {"regime": "regime", "points": "points", "ttft_gain": "TTFT reduction (%)",
-                 "tpot_gain": "TPOT reduction (%)", "e2el_gain": "E2E reduction (%)",
-                 "throughput_gain": "output tokens/s gain (%)",
+REGIME_LABELS = {"regime": "regime", "points": "points", "ttft_gain": "TTFT (p50)",
+                 "tpot_gain": "TPOT (p50)", "e2el_gain": "E2E latency (p50)",
+                 "throughput_gain": "output tokens/s",
                  "e2el_faster": "E2E faster at", "e2el_slower": "E2E slower at",
                  "e2el_level": "E2E level at", "decision": "faster on E2E"}
 
@@ -244,7 +245,8 @@ def regime_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
     variant, ref = pairs[0]
     t = vd.regime_table(r.gains(variant, ref), variant, ref)
     return (f"**By regime: `{variant}` against `{ref}`** (ranges over the valid points of "
-            "each regime; > 0 = the variant is faster)", t.rename(columns=REGIME_LABELS))
+            f"each regime: how much faster or slower `{variant}` is)",
+            t.rename(columns=REGIME_LABELS))
 
 
 HEADLINE_LABELS = {
@@ -259,13 +261,17 @@ HEADLINE_LABELS = {
 def headline_markdown(r: rp.Report) -> str:
     if r.workload is None:
         return "## One point in detail\n\nNo latency point was measured; the table shows quality only."
-    ref = f" and against `{r.reference}`" if r.reference else ""
+    have = set(r.records.loc[r.records["stage"] == "latency", "variant"])
+    refs = [x for x in (r.base, r.reference) if x and x in have]
+    against = (" and ".join(f"`{x}`" for x in dict.fromkeys(refs)) or "no measured reference")
     where = "concurrency" if r.mode == "server" else "offline batch size"
+    quality = (" Quality delta is the mean over tasks of the primary metric's paired delta vs "
+               "base (points), with its 95% interval." if (r.records["stage"] == "accuracy"
+                                                          ).any() else "")
     return (
         f"## One point in detail\n\nAt workload **{r.workload}**, {where} **{r.concurrency}**, on "
-        f"{r.hardware}. Gains are against `{r.base}`{ref}: (reference − variant) / reference × 100, "
-        "positive = faster. Latencies are p50 over requests (ms). Quality delta is the mean over "
-        "tasks of the primary metric's paired delta vs base (points × 100), with its 95% interval."
+        f"{r.hardware}. Gains are against {against}: (reference − variant) / reference × 100; "
+        "positive = faster, negative = slower. Latencies are p50 over requests (ms)." + quality
     )
 
 
@@ -282,4 +288,12 @@ def headline_table(r: rp.Report) -> pd.DataFrame:
     t = t[[c for c in keep if c in t.columns]]
     # a gain against a variant with no latency here (e.g. no base in a speed study) is no data
     t = t.drop(columns=[c for c in t.columns if "_gain_vs_" in c and t[c].isna().all()])
-    return t.rename(columns={c: HEADLINE_LABELS.get(c) or rp.gain_label(c) for c in t.columns})
+    labels = {}
+    for c in [c for c in t.columns if "_gain_vs_" in c]:
+        # in words, never a negative reduction: "23 % faster", "17 % slower"
+        metric, _, ref = c.removesuffix("_pct").partition("_gain_vs_")
+        t[c] = ["reference" if v == ref else "n/a" if pd.isna(g) else pct_words(g)
+                for v, g in zip(t["variant"], t[c], strict=True)]
+        labels[c] = f"{metric.upper()} vs {ref}"
+    return t.rename(columns={c: HEADLINE_LABELS.get(c) or labels.get(c) or rp.gain_label(c)
+                             for c in t.columns})

@@ -13,7 +13,7 @@ from evalkit.analysis.summary import one_line
 from evalkit.core.run import open_run
 
 REF = Path(__file__).resolve().parents[2] / "outputs" / "reference"
-RUNS = ("hopper-llama8b-claim/r1", "hopper-gemma/r1")
+RUNS = ("hopper-llama8b-claim/r1", "hopper-moe-claim/r1")
 
 
 def _rows(page: str) -> list[str]:
@@ -49,3 +49,39 @@ def test_index_state_comes_from_stage_states(tmp_path):
     open_run(root / RUNS[0]).units.set_stage_state("latency", "failed")
     rows = _rows(write_index(root).read_text(encoding="utf-8"))
     assert len(rows) == 1 and "<td>failed</td>" in rows[0]
+
+
+def test_index_marks_superseded_runs_and_links_the_answer_page(tmp_path):
+    """supersedes.yaml marks the replaced run with its successor; the answer page beside
+    the root is linked; a manifest naming a run that is not there is one clear error."""
+    import pytest
+
+    from evalkit.analysis.lineage import superseded_by
+    from evalkit.core.errors import ConfigError
+
+    root = tmp_path / "outputs"
+    for r in RUNS:
+        shutil.copytree(REF / r, root / r)
+    (root / "summary.html").write_text("<html></html>", encoding="utf-8")
+    (root / "supersedes.yaml").write_text(
+        f"- run: {RUNS[1]}\n  supersedes: [{RUNS[0]}]\n  why: a newer grid\n",
+        encoding="utf-8")
+    page = write_index(root).read_text(encoding="utf-8")
+    rows = _rows(page)
+    old = next(x for x in rows if f"<td>{RUNS[0].split('/')[0]}</td>" in x)
+    new = next(x for x in rows if f"<td>{RUNS[1].split('/')[0]}</td>" in x)
+    assert f"superseded by {RUNS[1]} (a newer grid)" in old and "superseded" not in new
+    assert '<a href="summary.html">The answer across these runs</a>' in page
+    assert "1 superseded" in page
+    assert superseded_by(root / RUNS[0]) == (RUNS[1], "a newer grid")
+    assert superseded_by(root / RUNS[1]) is None
+    (root / "supersedes.yaml").write_text(
+        "- run: nothing/r9\n  supersedes: [x/y]\n  why: w\n  extra: 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        write_index(root)
+    msg = str(err.value)
+    assert "supersedes.yaml: entry 0: extra" in msg and "allowed keys: run" in msg
+    (root / "supersedes.yaml").write_text(
+        f"- run: nothing/r9\n  supersedes: [{RUNS[0]}]\n  why: w\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="no run 'nothing/r9'"):
+        write_index(root)

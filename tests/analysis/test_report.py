@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib
 
@@ -12,6 +11,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
+from retired_runs import retired_run
 
 from evalkit.analysis import report as rp
 from evalkit.analysis.load import engine_scheme_caveats, load_report
@@ -209,7 +209,7 @@ def test_figures_are_pure_and_complete():
     ax = fig.axes[0]
     labels = {a.get_text() for a in ax.texts}
     assert {"base", "w4a16", "w4a8_fp8", "fp8_dynamic"} <= labels
-    assert any(line.get_label() == "Pareto frontier" for line in ax.lines)
+    assert any(line.get_label().startswith("Pareto frontier") for line in ax.lines)
     fig2 = rp.plot_latency_curves(df, metric="tpot_ms")
     assert len(fig2.axes[0].lines) >= 4
     fig3 = rp.plot_accuracy_deltas(df)
@@ -221,7 +221,6 @@ def test_figures_are_pure_and_complete():
 
 # ---- real Hopper runs (outputs/reference/) --------------------------------------------------
 
-REF_GEMMA = Path(__file__).resolve().parents[2] / "outputs/reference/hopper-gemma/r1"
 
 
 def test_activation_mismatch_names_the_other_scheme():
@@ -244,15 +243,11 @@ def test_activation_mismatch_names_the_other_scheme():
 
 
 def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
-    import shutil
 
     from evalkit.core.run import open_run
     from evalkit.stages import accuracy
 
-    if not (REF_GEMMA / "raw/accuracy").is_dir():
-        pytest.skip("reference run not in this checkout")
-    run_dir = tmp_path / "r1"
-    shutil.copytree(REF_GEMMA, run_dir)
+    run_dir = retired_run("hopper-gemma/r1", tmp_path / "git")
     # cut off after 4 of 6 variants: no stage records, the last two variants' units unfinished
     (run_dir / "records/accuracy.parquet").unlink()
     for marker in [*run_dir.glob("units/accuracy/w4a16_*.json"),
@@ -275,17 +270,12 @@ def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
     assert len(cav) == 1 and cav[0].startswith("w4a8_int8: vLLM ran W4A8-INT8")
 
 
-REF_70B = Path(__file__).resolve().parents[2] / "outputs/reference/hopper-llama70b-8bit/r1"
-
-
-def test_roofline_view_reads_the_per_point_percentages():
+def test_roofline_view_reads_the_per_point_percentages(tmp_path):
     """The % of roofline records are per point (mean TPOT); the view shows best and worst."""
     from evalkit.core.run import open_run
     from evalkit.ui import views
 
-    if not (REF_70B / "records.parquet").is_file():
-        pytest.skip("reference run not in this checkout")
-    run = open_run(REF_70B)
+    run = open_run(retired_run("hopper-llama70b-8bit/r1", tmp_path))
     _, t = views.roofline(load_report(run.config(), run))
     t = t.set_index("variant")
     assert set(t.index) == {"fp8_dynamic", "w8a8_int8", "w4a16"}
@@ -298,10 +288,7 @@ def test_roofline_view_reads_the_per_point_percentages():
         1.84 * t.loc["w4a16", "roofline_tpot_ms"], rel=0.05)
 
 
-REF_8B_GRID = Path(__file__).resolve().parents[2] / "outputs/reference/hopper-llama8b-grid/r1"
-
-
-def test_roofline_view_leaves_out_staggered_server_batches():
+def test_roofline_view_leaves_out_staggered_server_batches(tmp_path):
     """A server at concurrency > 1 does not decode its whole batch together: its per-point
     bound overstates the bytes (on the committed 8B grid it passed 100% at 128 x 4k tokens,
     a point now invalid for its cache hits), so the view's best/worst come from batch-1
@@ -309,9 +296,7 @@ def test_roofline_view_leaves_out_staggered_server_batches():
     from evalkit.core.run import open_run
     from evalkit.ui import views
 
-    if not (REF_8B_GRID / "records.parquet").is_file():
-        pytest.skip("reference run not in this checkout")
-    run = open_run(REF_8B_GRID)
+    run = open_run(retired_run("hopper-llama8b-grid/r1", tmp_path))
     df = run.records()
     pct = df[df["metric"] == "tpot_pct_of_roofline"]
     assert len(pct[pct["concurrency"] == 1]) == 5  # the valid points of that run

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fake_runs import _correct, _ttft, make_run
+from retired_runs import retired_run
 
 from evalkit.analysis import compare as cmp
 from evalkit.analysis.index import write_index
@@ -239,7 +240,6 @@ def test_cli_prints_sizes_before_and_after(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("; already archived")
 
 
-REF_MARLIN = Path(__file__).resolve().parents[2] / "outputs/reference/hopper-llama8b-marlin/m1"
 
 
 def test_latency_records_rebuild_from_an_archived_reference_run(tmp_path):
@@ -248,10 +248,7 @@ def test_latency_records_rebuild_from_an_archived_reference_run(tmp_path):
     from evalkit.core.run import open_run
     from evalkit.stages.latency.rebuild import rebuild_records
 
-    if not (REF_MARLIN / "records.parquet").is_file():
-        pytest.skip("reference run not in this checkout")
-    run_dir = tmp_path / "m1"
-    shutil.copytree(REF_MARLIN, run_dir)
+    run_dir = retired_run("hopper-llama8b-marlin/m1", tmp_path / "git")
     archive_run(run_dir)
     assert list(run_dir.glob("raw/latency/*/*_c64_rinf.json.gz"))
     assert not list(run_dir.glob("raw/latency/*/*_c64_rinf.json"))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from retired_runs import retired_run
 
 from evalkit.analysis import verdicts as vd
 from evalkit.analysis.load import load_report
@@ -14,7 +15,6 @@ from evalkit.stages.latency.raw import request_samples
 
 REF = Path(__file__).resolve().parents[2] / "outputs" / "reference"
 CLAIM = REF / "hopper-llama8b-claim" / "r1"
-GRID = REF / "hopper-llama8b-grid" / "r1"
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_points_of_the_claim_run(claim):
     assert one["output_tok_s_per_gpu"] == pytest.approx(one["output_throughput_tok_s"])
 
 
-def test_old_runs_show_invalid_and_single_trial_points():
-    df = pd.read_parquet(GRID / "records.parquet")
+def test_old_runs_show_invalid_and_single_trial_points(tmp_path):
+    df = pd.read_parquet(retired_run("hopper-llama8b-grid/r1", tmp_path) / "records.parquet")
     p = pts.latency_points(df)
     assert (p["status"] == "invalid").sum() > 0 and (p["status"] == "ok").sum() > 0
     assert p["single_trial"].all()  # measured before trials existed
@@ -135,12 +135,12 @@ def test_invalid_points_carry_no_verdict():
     assert vd.regime_table(g, "a", "b")["decision"].eq("no valid point").all()
 
 
-def test_claims_do_not_apply_to_an_eager_gpu_engine():
+def test_claims_do_not_apply_to_an_eager_gpu_engine(tmp_path):
     """A claim about serving speed is not judged on an eager engine (no CUDA graphs)."""
     from evalkit.core.run import open_run
     from evalkit.ui import views
 
-    run = open_run(REF / "hopper-gemma" / "r1")
+    run = open_run(retired_run("hopper-gemma/r1", tmp_path))
     cfg = run.config()
     assert cfg.engine.device == "cuda" and cfg.engine.enforce_eager
     r = load_report(cfg, run)

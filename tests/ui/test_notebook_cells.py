@@ -87,7 +87,7 @@ def test_show_cells_return_displayable_objects(ctx):
     res = StageResult("latency", ctx.run.records(), [])
     shown = ek.show_latency(res)
     html = shown.to_html()
-    assert "ttft_ms p50" in html and "w4a8_fp8" in html
+    assert "TTFT p50 (ms)" in html and "w4a8_fp8" in html
     # a bare records DataFrame is accepted the same
     assert ek.show_latency(res.records).data.equals(shown.data)
     assert list(shown.data.columns[:4]) == ["variant", "mode", "workload", "concurrency"]

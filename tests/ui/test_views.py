@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from evalkit.analysis.load import load_report
@@ -65,7 +66,7 @@ def test_regime_table_columns_and_rows(report):
 def test_headline_table_has_no_quality_columns_in_a_speed_study(report):
     cols = list(views.headline_table(report).columns)
     assert cols[:2] == ["variant", "scheme"] and cols[-1] == "latency status"
-    assert "TTFT p50 (ms)" in cols and "TTFT gain vs w4a16 (%)" in cols
+    assert "TTFT p50 (ms)" in cols and "TTFT vs w4a16" in cols
     assert not any(c.startswith("quality") for c in cols)
 
 
@@ -86,3 +87,17 @@ def test_stage_caveat_from_stage_states(tmp_path):
     run.units.set_stage_state("latency", "interrupted")
     text = views.context_markdown(load_report(run.config(), run))
     assert "The latency stage was interrupted" in text
+
+
+def test_table_headers_are_readable_and_counts_integers():
+    """No snake_case header and no count printed as a float in a rendered table."""
+    from evalkit.ui.display import readable, table
+
+    assert readable("ci_low_pct") == "CI low (%)"
+    assert readable("ttft_ms p50") == "TTFT p50 (ms)"
+    assert readable("tpot_pct_of_roofline") == "TPOT % of roofline"
+    assert readable("req_s_per_gpu") == "req/s per GPU"
+    html = table(pd.DataFrame({"ci_low_pct": [1.25], "trials": [3.0], "variant": ["a"]})
+                 ).to_html()
+    assert "CI low (%)" in html and "ci_low_pct" not in html
+    assert ">3<" in html.replace(" ", "") and "3.0" not in html and "1.25" in html

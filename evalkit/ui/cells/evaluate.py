@@ -69,6 +69,9 @@ def show_accuracy(result: Records):
 
 def plot_accuracy(result: Records):
     records = records_of(result)
+    if rp.accuracy_wide(records[records["stage"] == "accuracy"])["delta"].dropna().empty:
+        return md("_no paired accuracy delta (no quantized variant scored beside base): no "
+                  "accuracy figure_")
     return shown(rp.plot_accuracy_deltas(records[records["stage"] == "accuracy"]),
                  "accuracy-deltas", "Per task, each variant's delta vs base with its paired-"
                  "bootstrap 95% interval (points of the task's primary metric).")

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import pandas as pd
 
+from evalkit.analysis import decision as dc
 from evalkit.analysis import plots
 from evalkit.analysis import report as rp
-from evalkit.analysis.load import load_report
+from evalkit.analysis.lineage import superseded_by
+from evalkit.analysis.load import RANDOM_WEIGHTS, load_report
+from evalkit.analysis.verdicts import NAMES
 from evalkit.stages import accuracy as acc
 from evalkit.ui import views
+from evalkit.ui.card import card_html, export_card
 from evalkit.ui.cells.evaluate import plot_accuracy
 from evalkit.ui.cells.stage import StageContext, open_stage
-from evalkit.ui.display import collapsed, display, md, table
+from evalkit.ui.display import collapsed, display, html_block, md, table
 from evalkit.ui.figures import shown
 
 __all__ = [
@@ -22,6 +26,7 @@ __all__ = [
     "plot_load_curves",
     "plot_quality_vs_speed",
     "plot_rate_curves",
+    "plot_tails",
     "plot_throughput",
     "show_accuracy_detail",
     "show_answer",
@@ -32,8 +37,10 @@ __all__ = [
     "show_environment",
     "show_goodput",
     "show_header",
+    "show_verdict",
     "show_headline",
     "show_invalid",
+    "show_other_evidence",
     "show_points",
     "show_rate_points",
     "show_roofline",
@@ -57,6 +64,29 @@ def show_answer(report: rp.Report):
         return None
     display(md(text))
     return table(t)
+
+
+def report_card(report: rp.Report) -> dc.Card:
+    """The run's verdict card (:func:`evalkit.analysis.decision.build_card` of this run)."""
+    after = superseded_by(report.run_path) if report.run_path is not None else None
+    shape = f"{report.model} ({'real weights' if report.real_weights else RANDOM_WEIGHTS})"
+    entry = dc.RunEntry(report, f"{report.study}/{report.run_path.name if report.run_path else ''}"
+                        .rstrip("/"), shape, "", after[0] if after else None)
+    return dc.build_card([entry], f"Verdict · {report.hardware}")
+
+
+def show_verdict(report: rp.Report):
+    """The first screen: the verdict card of this run (the claim in both readings, the
+    scheme to use per workload with its gain and quality); also written as
+    ``html/verdict.svg`` and ``html/verdict.png`` in the run directory."""
+    card = report_card(report)
+    if report.run_path is not None:
+        export_card(card, report.run_path / "html" / "verdict")
+    after = superseded_by(report.run_path) if report.run_path is not None else None
+    if after:
+        display(md(f"**Superseded by `{after[0]}`** ({after[1]}): this run's points decide "
+                   "nothing on the cross-study page."))
+    return html_block(card_html(card))
 
 
 def show_context(report: rp.Report):
@@ -102,11 +132,25 @@ def _figure_of_load(p: pd.DataFrame, metric: str, mode: str):
     what = "requests in flight" if mode == "server" else "offline batch size"
     return shown(plots.plot_metric_vs_load(p, metric=metric, mode=mode),
                  f"{metric}-vs-load-{mode}",
-                 f"p50 {metric.removesuffix('_ms').upper()} against {what} (the axis names "
+                 f"p50 {NAMES.get(metric, metric)} against {what} (the axis names "
                  "the load pattern: a burst of identical requests or a closed loop); grey "
                  "crosses: invalid points (left out of the lines); hollow markers: "
                  "single-trial points; squares: points measured on another host. Rate-sweep "
                  "points are in the rate curves.")
+
+
+def plot_tails(report: rp.Report, metric: str = "ttft_ms"):
+    """p90 and p99 of TTFT or TPOT against load, with their intervals (server points)."""
+    p = report.points()
+    short = metric.removesuffix("_ms")
+    if p.empty or not ((p["mode"] == "server") & (p["status"] == "ok")).any() or p[
+            f"{short}_p99_ms"].isna().all():
+        return md(f"_no valid server point with recorded tails: no {short.upper()} p90/p99 "
+                  "figure_")
+    return shown(plots.plot_tails_vs_load(p, metric=metric), f"{metric}-tails",
+                 f"The tails of {short.upper()}: p90 (dashed) and p99 (dotted) over the requests "
+                 "of each valid server point against requests in flight, one colour per "
+                 "scheme; bands: their 95% bootstrap intervals.")
 
 
 def plot_throughput(report: rp.Report):
@@ -164,6 +208,15 @@ def show_claims(report: rp.Report):
         return None
     display(table(summary, "{:.1f}"))
     return collapsed("Claim check, point by point", "", detail, "{:.1f}")
+
+
+def show_other_evidence(report: rp.Report):
+    """Points measured but deciding no cell of the verdict card, each with why (single
+    trial, eager GPU engine, interrupted stage, invalid, superseded run)."""
+    ev = report_card(report).evidence
+    return collapsed("Other evidence (decides no cell of the verdict card)",
+                     "Points the card leaves out, with the reason; their figures are in the "
+                     "tables and curves above, marked.", ev)
 
 
 def show_invalid(report: rp.Report):

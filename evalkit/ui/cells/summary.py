@@ -6,9 +6,11 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from evalkit.analysis import decision as dc
 from evalkit.analysis import plots
 from evalkit.analysis import summary as sm
 from evalkit.metrics import points
+from evalkit.ui.card import card_html, export_card
 from evalkit.ui.display import collapsed, html_block, md
 from evalkit.ui.figures import shown
 from evalkit.ui.views import REGIME_LABELS, capacity_markdown
@@ -20,30 +22,58 @@ __all__ = [
     "show_summary_answer",
     "show_summary_capacity",
     "show_summary_definitions",
+    "show_other_evidence",
     "show_summary_header",
+    "show_verdict_card",
     "show_summary_runs",
     "show_summary_table",
 ]
+
+
+TITLE = "Which quantization for which workload"
 
 
 @dataclass
 class SummaryContext:
     runs: list[sm.RunSummary]
     page: Path
+    card: dc.Card
 
 
 def open_summary(runs: list[str], page: str) -> SummaryContext:
-    """Open every run named (run directories or output roots) for the summary page."""
-    return SummaryContext(sm.load(list(runs)), Path(page).resolve())
+    """Open every run named (run directories or output roots) for the summary page, and
+    build its verdict card."""
+    loaded = sm.load(list(runs))
+    out = Path(page).resolve()
+    return SummaryContext(loaded, out, sm.verdict_card(loaded, out, TITLE))
+
+
+def show_verdict_card(ctx: SummaryContext):
+    """The first screen: the claim in both readings and the scheme to use per workload and
+    model shape; also written as ``<page>.verdict.svg`` and ``.png`` beside the page."""
+    if ctx.page.parent.is_dir():
+        export_card(ctx.card, ctx.page.with_suffix(".verdict"))
+    return html_block(card_html(ctx.card))
+
+
+def show_other_evidence(ctx: SummaryContext):
+    """Measured points that decide no cell (single trial, eager engine, interrupted stage,
+    invalid, superseded run, or a cell another run answers), with the reason."""
+    ev = ctx.card.evidence
+    return collapsed("Other evidence (decides no cell)", "Points and cells measured but not "
+                     "used for the card above, each with the reason.", ev)
 
 
 def show_summary_header(ctx: SummaryContext):
     models = sorted({s.shape for s in ctx.runs})
     hw = sorted({s.report.hardware for s in ctx.runs})
-    return md(f"# Which quantization for which workload\n\n{len(ctx.runs)} runs · models: "
-              f"{', '.join(models)} · hardware: {', '.join(hw)}. Built from valid latency "
-              "points only (no prefix-cache hits, no figure below its physical floor); "
-              "each run's own report is linked below.")
+    old = [s.label for s in ctx.runs if not s.current]
+    gone = f" Superseded (never deciding): {', '.join(old)}." if old else ""
+    return md(f"{len(ctx.runs)} runs · models: {', '.join(models)} · hardware: "
+              f"{', '.join(hw)}. Built from valid latency points only (no prefix-cache hits, "
+              "no figure below its physical floor); each run's own report is linked below."
+              f"{gone} The card is also a picture for slides: `{ctx.page.stem}.verdict.png` "
+              f"and `.svg` beside this page.")
 
 
 def show_summary_capacity(ctx: SummaryContext):
@@ -51,6 +81,8 @@ def show_summary_capacity(ctx: SummaryContext):
     owner compares (requests/s per GPU within the SLO, per traffic mix)."""
     parts = []
     for s in ctx.runs:
+        if not s.current:
+            continue
         table = capacity_markdown(s.report)
         if table:
             parts.append(f"**{s.label}** ({s.shape}, {s.report.hardware}):\n\n{table}")
@@ -69,17 +101,19 @@ def plot_summary_gains(ctx: SummaryContext):
         return md("_no comparison with valid points: no gains figure_")
     return shown(plots.plot_regime_gains(rows), "regime-gains",
                  "Per comparison and model, the variant's TTFT and TPOT reduction against the "
-                 "reference over the valid points of each regime (bar: min to max, dot: "
-                 "median). > 0: the variant is faster.")
+                 "reference over the deciding points of each regime (valid, several trials, "
+                 "compiled engine, finished stage; bar: min to max, dot: median). > 0: the "
+                 "variant is faster, < 0: slower.")
 
 
 def show_summary_table(ctx: SummaryContext):
-    t = sm.comparison_rows(ctx.runs).rename(columns={**REGIME_LABELS,
-                                                     "min_trials": "fewest trials"})
+    t = sm.comparison_rows(ctx.runs)
+    t = t[t["decision"] != "no valid point"].rename(columns={**REGIME_LABELS,
+                                                              "min_trials": "fewest trials"})
     return collapsed("Gains per run, comparison and regime",
-                     "Ranges of the variant's reduction over the valid points of each "
-                     "regime (%, > 0 = faster); *faster on E2E* is the decision of the "
-                     "answer above.", t)
+                     "Ranges of how much faster or slower the variant is over the valid "
+                     "points of each regime; *faster on E2E* is the decision of the answer "
+                     "above.", t)
 
 
 def show_summary_runs(ctx: SummaryContext):

@@ -1,0 +1,101 @@
+"""The verdict card over runs (:func:`build_card`): the claim in both readings, the matrix,
+the quality of each scheme, the caveats carried with the numbers and the other evidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from evalkit.analysis.decision.cells import (
+    Cell,
+    carried_notes,
+    pick_cells,
+    plain_words,
+    quality_tone,
+    row_order,
+    run_cells,
+)
+from evalkit.analysis.decision.claim import ClaimReading, claim_readings, claims_of
+from evalkit.analysis.decision.words import run_exclusion, scheme_label
+from evalkit.analysis.quality import quality_signal
+from evalkit.analysis.report import Report
+
+
+@dataclass
+class RunEntry:
+    """A run as the card reads it."""
+
+    report: Report
+    label: str
+    shape: str
+    link: str = ""
+    superseded_by: str | None = None
+
+
+@dataclass
+class Card:
+    """Everything the verdict card shows (HTML and the exported PNG/SVG draw the same)."""
+
+    title: str
+    claim_text: str
+    claim_source: str
+    readings: list[ClaimReading]
+    sentence: str
+    cells: list[Cell]
+    rows: list[str]
+    shapes: list[str]
+    notes: list[str]
+    evidence: pd.DataFrame
+    tolerance_pts: float
+    quality: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def cell(self, row: str, shape: str) -> Cell | None:
+        return next((c for c in self.cells if c.row == row and c.shape == shape), None)
+
+
+EVIDENCE_COLUMNS = ["run", "row", "comparison", "point", "gain", "why"]
+
+
+def build_card(entries: list[RunEntry], title: str) -> Card:
+    """The verdict card over runs: the claim in both readings over the deciding points of
+    every run that may decide, the matrix (one cell per regime or mix × model shape) and
+    everything that does not decide, with its reason."""
+    cells, evidence = [], []
+    for e in entries:
+        c, ev = run_cells(e.report, e.label, e.shape, link=e.link,
+                          superseded_by=e.superseded_by)
+        cells += c
+        evidence += ev
+    chosen, aside = pick_cells(cells)
+    for c in aside:
+        if c.variant is not None or c.tone == "open":
+            evidence.append({"run": c.run, "row": c.row, "comparison": "", "point": "",
+                             "gain": f"{c.headline}: {c.gain}".strip(": "),
+                             "why": "a run with more deciding points answers this cell"})
+    reports = [e.report for e in entries]
+    live = [(e.report, run_exclusion(e.report, e.superseded_by)) for e in entries]
+    claims = claims_of(reports)
+    readings = claim_readings(live, claims[0]) if claims else []
+    shapes = list(dict.fromkeys(c.shape for c in chosen))
+    quality = []
+    for e in entries:
+        if run_exclusion(e.report, e.superseded_by).startswith("superseded"):
+            continue
+        schemes = dict(zip(e.report.records["variant"], e.report.records["scheme"],
+                           strict=False))
+        for v in pd.unique(e.report.records["variant"]):
+            if v == e.report.base:
+                continue
+            q = quality_signal(e.report.records, v, base=e.report.base)
+            if q is not None:
+                tone = quality_tone(q, e.report.quality_tolerance_pts)
+                quality.append((f"{scheme_label(schemes.get(v))} ({e.label})", q.text(), tone))
+    tol = max((r.quality_tolerance_pts for r in reports), default=1.0)
+    return Card(
+        title=title, claim_text=claims[0].text if claims else "",
+        claim_source=claims[0].source if claims else "", readings=readings,
+        sentence=plain_words(readings, chosen), cells=chosen,
+        rows=row_order([c.row for c in chosen]), shapes=shapes,
+        notes=carried_notes(reports), tolerance_pts=tol, quality=quality,
+        evidence=pd.DataFrame(evidence, columns=EVIDENCE_COLUMNS))

@@ -1,0 +1,310 @@
+"""The matrix of the verdict card: per workload regime (and capacity at the SLO of a traffic
+mix) × model shape, the scheme to use, weighing every measured scheme and quality
+(:func:`run_cells`, :func:`pick_cells`), and the sentence in plain words."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from evalkit.analysis.decision.claim import ClaimReading
+from evalkit.analysis.decision.words import (
+    interval_words,
+    pct_words,
+    point_exclusion,
+    run_exclusion,
+    scheme_label,
+)
+from evalkit.analysis.quality import QualitySignal, quality_signal
+from evalkit.analysis.report import Report
+from evalkit.metrics.points import DECIDING_METRIC, REGIMES
+
+#: capacity rows of the matrix are named with this prefix and the traffic mix.
+CAPACITY_ROW = "capacity at the SLO"
+
+
+@dataclass
+class Cell:
+    """One matrix cell: a regime (or capacity at the SLO of a mix) of one run."""
+
+    row: str
+    shape: str
+    run: str
+    link: str = ""
+    #: recommended variant (None: no deciding point, or no clear winner)
+    variant: str | None = None
+    scheme: str | None = None
+    gain: str = ""
+    quality: str = ""
+    #: good (quality within tolerance), unsure (its interval reaches below the tolerance),
+    #: speed (speed only), loss (quality lost beyond tolerance and nothing else to
+    #: recommend), open (no clear winner), none (no deciding point)
+    tone: str = "none"
+    notes: list[str] = field(default_factory=list)
+    points: int = 0
+
+    #: for an open cell: ``level`` (a tie within the intervals) or ``depends on load``
+    open_kind: str = ""
+    #: the device the run measured on
+    hardware: str = ""
+
+    @property
+    def source(self) -> str:
+        """``hopper-llama8b-traffic/r1 · H100``: the run and its device, short."""
+        hw = self.hardware.replace("NVIDIA ", "").split(" ")[0] if self.hardware else ""
+        return f"{self.run} · {hw}" if hw else self.run
+
+    @property
+    def headline(self) -> str:
+        if self.variant is None:
+            return (self.open_kind or "no clear winner") if self.tone == "open" \
+                else "no deciding point"
+        return scheme_label(self.scheme)
+
+
+def quality_words(rep: Report, variant: str) -> tuple[str, QualitySignal | None]:
+    """A variant's quality in the card's words, with the signal behind it."""
+    q = quality_signal(rep.records, variant, base=rep.base)
+    if q is not None:
+        return q.text() + " vs base", q
+    if not rep.real_weights:
+        return "speed only (random weights)", None
+    return "quality not measured", None
+
+
+def quality_tone(q: QualitySignal | None, tolerance_pts: float) -> str:
+    """``good``: the whole interval within the tolerance; ``unsure``: it reaches below
+    ``-tolerance_pts``; ``loss``: wholly below; ``speed``: no quality measured."""
+    if q is None:
+        return "speed"
+    if q.below(tolerance_pts):
+        return "loss"
+    return "good" if q.lo_pts >= -tolerance_pts else "unsure"
+
+
+def _substitution(rep: Report, variant: str) -> list[str]:
+    return [c for c in rep.caveats if c.startswith(f"{variant}:")]
+
+
+def _pick(rep: Report, ranked: list[tuple[str, str]], cell: Cell) -> Cell:
+    """The first of ``ranked`` ((variant, gain words)) whose quality is within tolerance;
+    the fastest is named with its loss where it is passed over."""
+    tol = rep.quality_tolerance_pts
+    schemes = dict(zip(rep.records["variant"], rep.records["scheme"], strict=False))
+    skipped = []
+    for variant, gain in ranked:
+        words, q = quality_words(rep, variant)
+        if q is not None and q.below(tol):
+            skipped.append(f"{scheme_label(schemes.get(variant))} ({variant}) is faster "
+                           f"({gain}) but loses {q.text()}, beyond the {tol:g}-point tolerance")
+            continue
+        cell.variant, cell.scheme, cell.gain, cell.quality = (variant, schemes.get(variant),
+                                                              gain, words)
+        cell.tone = quality_tone(q, tol)
+        cell.notes += skipped + _substitution(rep, variant)
+        return cell
+    variant, gain = ranked[0]
+    words, _ = quality_words(rep, variant)
+    cell.variant, cell.scheme, cell.gain, cell.quality = variant, schemes.get(variant), gain, words
+    cell.tone = "loss"
+    cell.notes += [f"every faster scheme loses quality beyond the {tol:g}-point tolerance"]
+    cell.notes += _substitution(rep, variant)
+    return cell
+
+
+def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: str,
+                 others: list[str], excl: str, evidence: list[dict]) -> Cell | None:
+    metric = DECIDING_METRIC[reg]
+    cell = Cell(reg, shape, label, link)
+    cands = []
+    seen = False
+    for v in others:
+        g = rep.gains(v, ref)
+        g = g[(g["regime"] == reg) & (g["metric"] == metric) & g["gain_pct"].notna()]
+        if g.empty:
+            continue
+        seen = True
+        why = [excl or point_exclusion(a, t, n) for a, t, n in
+               zip(g["valid"], g["trials"], g["note"], strict=True)]
+        for (_, r), w in zip(g.iterrows(), why, strict=True):
+            if w:
+                evidence.append({"run": label, "row": reg, "comparison": f"{v} vs {ref}",
+                                 "point": _point(r), "gain": pct_words(r["gain_pct"]),
+                                 "why": w})
+        d = g[[w == "" for w in why]]
+        if d.empty:
+            continue
+        faster = int(d["direction"].str.startswith("faster").sum())
+        slower = int(d["direction"].str.startswith("slower").sum())
+        med = d.iloc[(d["gain_pct"] - d["gain_pct"].median()).abs().argsort().iloc[0]]
+        cands.append((v, faster, slower, float(d["gain_pct"].median()), med, len(d)))
+    if not seen:
+        return None
+    if not cands:
+        cell.tone = "none"
+        cell.gain = "; ".join(sorted({e["why"] for e in evidence
+                                      if e["run"] == label and e["row"] == reg}))
+        return cell
+    cell.points = max(c[5] for c in cands)
+    what = "throughput" if metric == "output_throughput_tok_s" else "E2E"
+
+    def words(c) -> str:
+        v, _, _, m, med, n = c
+        rng = (f"{pct_words(m)}" if n == 1 else f"median {pct_words(m)}")
+        return (f"{what} {rng} than {ref} {interval_words(med['ci_low_pct'], med['ci_high_pct'])}"
+                f" · n = {n} point{'s' if n > 1 else ''}")
+
+    wins = sorted([c for c in cands if c[1] > 0 and c[2] == 0], key=lambda c: -c[3])
+    if wins:
+        ranked = [(c[0], words(c)) for c in wins]
+        # the reference is the fallback when every faster scheme loses quality
+        ranked.append((ref, f"the reference of {what}"))
+        return _pick(rep, ranked, cell)
+    if all(c[2] > 0 and c[1] == 0 for c in cands):
+        best = max(cands, key=lambda c: c[3])
+        return _pick(rep, [(ref, f"{best[0]} is {pct_words(best[3])} on {what} · n = "
+                                 f"{best[5]} point{'s' if best[5] > 1 else ''}")], cell)
+    cell.tone = "open"
+    level = all(c[1] == 0 and c[2] == 0 for c in cands)
+    cell.open_kind = "level (either)" if level else "depends on load"
+    cell.gain = "; ".join(f"{c[0]}: {words(c)}" for c in cands)
+    return cell
+
+
+def _point(r) -> str:
+    what = "c" if r["mode"] == "server" else "batch "
+    return f"{r['mode']} {r['workload']} {what}{int(r['concurrency'])}"
+
+
+def run_cells(rep: Report, label: str, shape: str, *, link: str = "",
+              superseded_by: str | None = None) -> tuple[list[Cell], list[dict]]:
+    """A run's matrix cells (one per regime it measured, then one per traffic mix with a
+    capacity at the SLO) and its other evidence (points that do not decide, with why)."""
+    excl = run_exclusion(rep, superseded_by)
+    evidence: list[dict] = []
+    cells: list[Cell] = []
+    have = list(pd.unique(rep.points()["variant"])) if len(rep.points()) else []
+    ref = rep.reference if rep.reference in have else rep.base if rep.base in have else None
+    if ref is not None:
+        others = [v for v in have if v != ref]
+        for reg in REGIMES:
+            c = _regime_cell(rep, label, link, shape, reg, ref, others, excl, evidence)
+            if c is not None:
+                cells.append(c)
+    cells += _capacity_cells(rep, label, link, shape, excl, evidence)
+    for c in cells:
+        c.hardware = rep.hardware
+    return cells, evidence
+
+
+def _capacity_cells(rep: Report, label: str, link: str, shape: str, excl: str,
+                    evidence: list[dict]) -> list[Cell]:
+    cap = rep.capacity()
+    out = []
+    if cap.empty:
+        return out
+    for wl, g in cap.groupby("workload", sort=False):
+        cell = Cell(f"{CAPACITY_ROW} · {wl}", shape, label, link)
+        ref = g["reference"].dropna()
+        ref = str(ref.iloc[0]) if len(ref) else None
+        o = g[(g["variant"] != ref) & g["gain_pct"].notna()]
+        if excl:
+            for r in o.itertuples():
+                evidence.append({"run": label, "row": cell.row, "comparison": f"{r.variant} vs "
+                                 f"{ref}", "point": "capacity", "gain": pct_words(r.gain_pct,
+                                 "more", "less"), "why": excl})
+            cell.tone = "none"
+            out.append(cell)
+            continue
+        if o.empty or ref is None:
+            continue
+
+        def words(r, ref: str = ref) -> str:
+            note = str(r.gain_note)
+            g, b = r.gain_pct, ""
+            if note.startswith("a lower bound") and not math.isnan(r.gain_lo):
+                g, b = r.gain_lo, "≥ "
+            elif note.startswith("an upper bound") and not math.isnan(r.gain_hi):
+                g, b = r.gain_hi, "≤ "
+            return (f"{b}{pct_words(g, 'more', 'fewer')} req/s per GPU than {ref} "
+                    f"[{r.gain_lo:+.0f}, {r.gain_hi:+.0f} %]")
+
+        wins = o[o["gain_lo"] > 0].sort_values("gain_pct", ascending=False)
+        cell.points = len(o)
+        if len(wins):
+            ranked = [(r.variant, words(r)) for r in wins.itertuples()]
+            ranked.append((ref, "the reference"))
+            out.append(_pick(rep, ranked, cell))
+        elif (o["gain_hi"] < 0).all():
+            out.append(_pick(rep, [(ref, "serves the most req/s per GPU")], cell))
+        else:
+            cell.tone = "open"
+            cell.open_kind = "not resolved"
+            cell.gain = "not resolved: " + "; ".join(words(r) for r in o.itertuples())
+            out.append(cell)
+    return out
+
+
+def pick_cells(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    """One cell per row × shape: the one on the most deciding points (a run of fewer is kept
+    aside as other evidence)."""
+    best: dict[tuple[str, str], Cell] = {}
+    aside = []
+    rank = {"good": 3, "unsure": 3, "speed": 3, "loss": 3, "open": 2, "none": 0}
+    for c in cells:
+        k = (c.row, c.shape)
+        cur = best.get(k)
+        if cur is None or (rank[c.tone], c.points) > (rank[cur.tone], cur.points):
+            if cur is not None:
+                aside.append(cur)
+            best[k] = c
+        else:
+            aside.append(c)
+    return list(best.values()), aside
+
+
+def row_order(rows: list[str]) -> list[str]:
+    """Capacity rows first (what a production owner compares), then the regimes in order."""
+    caps = sorted(r for r in set(rows) if r.startswith(CAPACITY_ROW))
+    regs = [r for r in REGIMES if r in set(rows)]
+    return caps + regs
+
+
+def plain_words(readings: list[ClaimReading], cells: list[Cell]) -> str:
+    """One sentence of what the claim's variant does against its reference, e.g.
+    ``W4A8-FP8 is 23–43 % faster to first token than W4A16; one request at a time it decodes
+    17 % slower.``"""
+    by = {r.metric: r for r in readings if r.points}
+    if not by:
+        return ""
+    r0 = next(iter(by.values()))
+    v, ref = r0.variant, r0.reference
+    parts = []
+    t = by.get("ttft_ms")
+    if t is not None:
+        parts.append(f"`{v}` is {_range_speed(t.low, t.high)} to first token than `{ref}`")
+    p = by.get("tpot_ms")
+    if p is not None:
+        parts.append(f"it decodes {_range_speed(p.low, p.high)} per output token")
+    return "; ".join(parts) + f" (over the {r0.points} deciding points)."
+
+
+def _range_speed(lo: float, hi: float) -> str:
+    if lo >= 0:
+        return f"{lo:.0f}–{hi:.0f} % faster"
+    if hi < 0:
+        return f"{-hi:.0f}–{-lo:.0f} % slower"
+    return f"between {-lo:.0f} % slower and {hi:.0f} % faster"
+
+
+def carried_notes(reports: list[Report]) -> list[str]:
+    """Caveats that travel with every number: kernel substitutions (a scheme that ran
+    another's kernel) and baselines that are already quantized."""
+    out = []
+    for r in reports:
+        for c in r.caveats:
+            if ("vLLM ran" in c or "already-quantized" in c) and c not in out:
+                out.append(f"{r.study}: {c}" if "already-quantized" in c else c)
+    return out

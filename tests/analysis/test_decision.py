@@ -1,0 +1,142 @@
+"""The verdict card's decisions on seeded data: quality weighed against the study's tolerance,
+speed only on random weights, non-deciding points kept out, the claim read both ways."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evalkit.analysis import decision as dc
+from evalkit.analysis.quality import quality_signal
+from evalkit.analysis.report import Report
+from evalkit.core import records as rec
+from evalkit.core.config import Claim
+
+#: p50 E2E / TTFT / TPOT (ms) at one request in flight; W4A8-FP8 is the fastest
+SPEED = {"w4a16": (1000.0, 100.0, 7.0), "w4a8_fp8": (600.0, 50.0, 4.5),
+         "w8a8_int8": (800.0, 70.0, 5.5)}
+#: quality delta vs base (points) and the half-width of its interval
+QUALITY = {"w4a16": (-2.0, 0.5), "w4a8_fp8": (-5.0, 0.6), "w8a8_int8": (0.3, 0.8)}
+
+
+def _report(*, trials: int = 3, real: bool = True, tolerance: float = 1.0,
+            eager: bool = False) -> Report:
+    """One run at one request in flight; with ``real=False`` a random-weights run (no
+    accuracy records)."""
+    rng = np.random.default_rng(0)
+    rows, samples = [], []
+    for v, (e2e, ttft, tpot) in SPEED.items():
+        for m, val in (("e2el_ms", e2e), ("ttft_ms", ttft), ("tpot_ms", tpot)):
+            rows.append(dict(variant=v, scheme=v, stage="latency", mode="server",
+                             workload="chat", concurrency=1, input_len=512, output_len=64,
+                             metric=m, stat="p50", value=val, unit="ms",
+                             higher_is_better=False, status="ok", hardware="NVIDIA H100"))
+            for t in range(trials):
+                for x in rng.normal(val, val * 0.02, 30):
+                    samples.append(dict(variant=v, mode="server", workload="chat",
+                                        concurrency=1, trial=t, metric=m, value=x))
+        rows.append(dict(variant=v, scheme=v, stage="latency", mode="server", workload="chat",
+                         concurrency=1, input_len=512, output_len=64, metric="ttft_ms",
+                         stat="trial_spread_pct", value=1.0, unit="%", higher_is_better=False,
+                         n=trials, status="ok", hardware="NVIDIA H100"))
+    for v, (d, h) in ({**QUALITY, "base": (0.0, 0.0)} if real else {}).items():
+        rows.append(dict(variant=v, scheme=v, stage="accuracy", task="arc_easy", metric="acc",
+                         stat="value", value=0.6 + d / 100, unit="fraction",
+                         higher_is_better=True, n=1000))
+        if v != "base":
+            for stat, x in (("delta", d), ("ci_low", d - h), ("ci_high", d + h)):
+                rows.append(dict(variant=v, scheme=v, stage="accuracy", task="arc_easy",
+                                 metric="acc", stat=stat, value=x / 100, unit="fraction",
+                                 higher_is_better=True, n=1000))
+    claim = Claim(name="c", text="W4A8 is 58% faster TTFT than W4A16", variant="w4a8_fp8",
+                  reference="w4a16", ttft_reduction_pct=58, tpot_reduction_pct=45)
+    return Report(records=rec.make_records(rows, run_id="r1"), study="s", model="m",
+                  hardware="NVIDIA H100", workload=None, concurrency=None, reference="w4a16",
+                  samples=pd.DataFrame(samples), real_weights=real, eager_gpu=eager,
+                  quality_tolerance_pts=tolerance, claims=(claim,))
+
+
+def _cell(rep: Report) -> dc.Cell:
+    cells, _ = dc.run_cells(rep, "s/r1", "m")
+    return next(c for c in cells if c.row == "batch-1 decode")
+
+
+def test_quality_signal_is_the_paired_accuracy_delta():
+    rep = _report()
+    q = quality_signal(rep.records, "w4a8_fp8")
+    assert q is not None and q.signal == "accuracy delta"
+    assert q.delta_pts == pytest.approx(-5.0) and q.hi_pts == pytest.approx(-4.4)
+    assert q.below(1.0) and not quality_signal(rep.records, "w8a8_int8").below(1.0)
+    assert quality_signal(rep.records, "base").delta_pts == 0
+
+
+def test_fastest_scheme_that_loses_quality_is_passed_over_and_named():
+    c = _cell(_report())
+    # W4A8-FP8 is fastest but loses 5 points; W4A16 loses 2 (beyond 1); W8A8-INT8 is lossless
+    assert c.variant == "w8a8_int8" and c.tone == "good"
+    assert "20 % faster than w4a16" in c.gain
+    assert any("w4a8_fp8" in n and "beyond the 1-point tolerance" in n for n in c.notes)
+    # a tolerance of 6 points lets the fastest one through
+    assert _cell(_report(tolerance=6.0)).variant == "w4a8_fp8"
+
+
+def test_random_weights_say_speed_only():
+    c = _cell(_report(real=False))
+    assert c.variant == "w4a8_fp8" and c.tone == "speed"
+    assert c.quality == "speed only (random weights)"
+
+
+@pytest.mark.parametrize(("kw", "why"), [({"trials": 1}, "single trial"),
+                                         ({"eager": True}, "eager GPU engine")])
+def test_non_deciding_points_decide_no_cell(kw, why):
+    rep = _report(**kw)
+    cells, evidence = dc.run_cells(rep, "s/r1", "m")
+    c = next(c for c in cells if c.row == "batch-1 decode")
+    assert c.variant is None and c.tone == "none" and why in c.gain
+    assert len(evidence) and all(why in e["why"] for e in evidence)
+    card = dc.build_card([dc.RunEntry(rep, "s/r1", "m")], "t")
+    assert all(r.points == 0 for r in card.readings)  # nor does it check the claim
+
+
+def test_claim_read_both_ways():
+    rep = _report()
+    card = dc.build_card([dc.RunEntry(rep, "s/r1", "m")], "t")
+    ttft = next(r for r in card.readings if r.metric == "ttft_ms")
+    # measured: 50 % lower TTFT = speed x2.0; claim 58 %: latency reading fails, speed
+    # reading (x1.58 = latency -36.7 %) holds
+    assert ttft.low == pytest.approx(50, abs=2) and ttft.reached_latency == 0
+    assert ttft.reached_speed == 1 and ttft.speed_equivalent_pct == pytest.approx(36.7, abs=0.1)
+    assert "latency −58 %: holds nowhere" in ttft.verdict_latency()
+    assert "speed ×1.58" in ttft.verdict_speed() and "holds at 1 of 1" in ttft.verdict_speed()
+    # superseded: nothing decides, the claim is not checked
+    card2 = dc.build_card([dc.RunEntry(rep, "s/r1", "m", superseded_by="s/r2")], "t")
+    assert all(c.variant is None for c in card2.cells)
+    assert set(card2.evidence["why"]) == {"superseded by s/r2"}
+
+
+def test_pct_words_never_negative():
+    assert dc.pct_words(-17.2) == "17 % slower" and dc.pct_words(23) == "23 % faster"
+    assert dc.interval_words(-19, -17) == "[17–19 % slower]"
+
+
+def test_card_carries_kernel_substitution_and_quantized_baseline(tmp_path):
+    """On the retired Gemma run (real weights, eager engine, W4A8-INT8 ran the FP8 kernel,
+    a dequantized-GGUF baseline): no cell is decided by its eager single-trial points, the
+    card carries both caveats, and quality is weighed per scheme against the tolerance."""
+    from retired_runs import retired_run
+
+    from evalkit.analysis.load import load_report
+    from evalkit.core.run import open_run
+
+    run = open_run(retired_run("hopper-gemma/r1", tmp_path))
+    rep = load_report(run.config(), run)
+    assert rep.real_weights and rep.eager_gpu
+    card = dc.build_card([dc.RunEntry(rep, "hopper-gemma/r1", "gemma3-270m")], "t")
+    assert all(c.variant is None for c in card.cells)
+    assert set(card.evidence["why"]) == {dc.run_exclusion(rep)}
+    notes = " ".join(card.notes)
+    assert "w4a8_int8: vLLM ran W4A8-INT8" in notes and "dequantized" in notes
+    tones = {name.split(" (")[0]: tone for name, _, tone in card.quality}
+    # W4A16 loses 4.9 points [-7.0, -2.8]: beyond the 1-point tolerance; W8A8-INT8 does not
+    assert tones["W4A16"] == "loss" and tones["W8A8-INT8"] != "loss"
