@@ -21,9 +21,8 @@ from evalkit.analysis.index import write_index
 from evalkit.core.config import StudyConfig, read_study
 from evalkit.core.errors import Interrupted, RunDirError, StageError
 from evalkit.core.io import atomic_write_text, file_lock
-from evalkit.core.notebooks import (  # noqa: F401 -- REPO_ROOT, render_html: re-exported
+from evalkit.core.notebooks import (
     NOTEBOOK_DIR,
-    REPO_ROOT,
     NotebookFailed,
     execute_notebook,
     interrupt_kernels,

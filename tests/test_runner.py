@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from evalkit.core.io import file_lock
-from evalkit.runner import render_html
+from evalkit.core.notebooks import render_html
 
 REPO = Path(__file__).resolve().parent.parent
 

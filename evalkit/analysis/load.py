@@ -8,6 +8,7 @@ import pandas as pd
 
 from evalkit.analysis import report as rp
 from evalkit.analysis.compare import comparison_with_previous
+from evalkit.analysis.speed import default_point
 from evalkit.assets import models as assets
 from evalkit.core.config import StudyConfig
 from evalkit.core.io import read_json
@@ -44,7 +45,7 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
     lat_hw = df.loc[df["stage"] == "latency", "hardware"].dropna()
     hardware = (lat_hw.iloc[0] if len(lat_hw) else hw.iloc[0] if len(hw)
                 else f"CPU: {env.get('cpu', 'unknown')}")
-    wl, conc, mode = rp.default_point(df, cfg.report.workload, cfg.report.concurrency)
+    wl, conc, mode = default_point(df, cfg.report.workload, cfg.report.concurrency)
     caveats: list[str] = []
     try:
         caveats += list(assets.resolve_model(cfg.model).caveats)

@@ -24,7 +24,8 @@ METRIC_LABELS = {"ttft_ms": "TTFT p50 (ms)", "tpot_ms": "TPOT p50 (ms)",
                  "e2el_ms": "E2E latency p50 (ms)"}
 
 
-def _style() -> None:
+def apply_style() -> None:
+    """The look every evalkit figure shares (seaborn's white grid, notebook context)."""
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook")
@@ -105,7 +106,7 @@ def plot_metric_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms", mode: 
     (``load``: burst of identical requests or closed loop). Concurrency points only: pass
     no rate-sweep points (they are :func:`plot_rate_curves`')."""
 
-    _style()
+    apply_style()
     pts = points[points["mode"] == mode]
     short = metric.removesuffix("_ms")
     colors = _colors(points)
@@ -145,7 +146,7 @@ def plot_tails_vs_load(points: pd.DataFrame, *, metric: str = "ttft_ms",
     scheme, each with its recorded 95% interval as a band; valid points only (an invalid
     point's tail means nothing), one panel per workload."""
 
-    _style()
+    apply_style()
     pts = points[(points["mode"] == mode) & (points["status"] == "ok")]
     short = metric.removesuffix("_ms")
     colors = _colors(points)
@@ -192,7 +193,7 @@ def plot_rate_curves(rates: pd.DataFrame, *, metric: str = "ttft_ms",
         percentile: the percentile the limit applies to (for the line's label).
     """
 
-    _style()
+    apply_style()
     short = metric.removesuffix("_ms")
     colors = _colors(rates)
     fig, panels = _workload_panels(rates, "offered_rate_req_s", "no rate sweep measured")
@@ -256,7 +257,7 @@ def plot_throughput_vs_latency(points: pd.DataFrame, *, mode: str = "server"):
     the left is better."""
     import matplotlib.pyplot as plt
 
-    _style()
+    apply_style()
     pts = points[(points["mode"] == mode) & (points["status"] == "ok")]
     fig, ax = plt.subplots(figsize=(7.5, 5))
     y = "output_tok_s_per_gpu" if pts["output_tok_s_per_gpu"].notna().any() else \
@@ -290,7 +291,7 @@ def plot_goodput(good: pd.DataFrame, slo: dict[str, float]):
     """Goodput (requests/s meeting every SLO) against requests in flight, per workload."""
     import matplotlib.pyplot as plt
 
-    _style()
+    apply_style()
     workloads = list(pd.unique(good["workload"])) or ["(none)"]
     fig, axes = plt.subplots(1, len(workloads), figsize=(5.6 * len(workloads), 4.3),
                              squeeze=False)
@@ -330,7 +331,7 @@ def plot_regime_gains(rows: pd.DataFrame):
     """
     import matplotlib.pyplot as plt
 
-    _style()
+    apply_style()
     labels = list(dict.fromkeys(zip(rows["comparison"], rows["regime"], strict=True)))
     fig, ax = plt.subplots(figsize=(9, 0.42 * max(len(labels), 3) + 1.6))
     offsets = {"ttft_ms": -0.15, "tpot_ms": 0.15}

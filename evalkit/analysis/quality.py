@@ -9,12 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from evalkit.core.records import ok_rows
+
 #: preferred metric per task, in order; the first one present is the task's primary metric.
 PRIMARY_METRICS = ("acc_norm", "acc", "exact_match", "word_perplexity")
-
-
-def _ok(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"].fillna("ok") == "ok"]
 
 
 def primary_metric(df: pd.DataFrame, task: str) -> str | None:
@@ -28,7 +26,7 @@ def primary_metric(df: pd.DataFrame, task: str) -> str | None:
 
 def accuracy_wide(df: pd.DataFrame) -> pd.DataFrame:
     """One row per variant x task (primary metric): value, stderr, delta, CI, p-value, n."""
-    acc = _ok(df[df["stage"] == "accuracy"])
+    acc = ok_rows(df[df["stage"] == "accuracy"])
     rows = []
     for task in sorted(acc["task"].dropna().unique()):
         metric = primary_metric(acc, task)

@@ -22,34 +22,12 @@ import numpy as np
 import pandas as pd
 
 from evalkit.analysis import capacity as cap
-from evalkit.analysis.claims import VERDICTS, claim_check, claim_summary, claim_verdict
-from evalkit.analysis.quality import PRIMARY_METRICS, accuracy_wide, primary_metric, quality_per_variant
-from evalkit.analysis.report_figures import (
-    gain_label,
-    plot_accuracy_deltas,
-    plot_latency_curves,
-    plot_quality_vs_speed,
-    plot_speed_gains,
-)
-from evalkit.analysis.speed import (
-    LATENCY_METRICS,
-    default_point,
-    gains,
-    latency_point,
-    latency_status,
-    pareto_frontier,
-    quality_speed,
-)
+from evalkit.analysis.claims import claim_check
+from evalkit.analysis.quality import quality_per_variant
+from evalkit.analysis.speed import quality_speed
 from evalkit.metrics import points as pts
 
-#: re-exported: the report's tables, claims and figures lived here before they were split
-__all__ = [
-    "LATENCY_METRICS", "PRIMARY_METRICS", "VERDICTS", "Report", "accuracy_wide", "claim_check",
-    "claim_summary", "claim_verdict", "default_point", "gain_label", "gains", "latency_point",
-    "latency_status", "pareto_frontier", "plot_accuracy_deltas", "plot_latency_curves",
-    "plot_quality_vs_speed", "plot_speed_gains", "primary_metric", "quality_per_variant",
-    "quality_speed",
-]
+__all__ = ["Report"]
 
 
 @dataclass

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from evalkit.analysis.capacity import rate_rows
 from evalkit.analysis.palette import variant_colors
-from evalkit.analysis.plots import _style
-from evalkit.analysis.quality import _ok, accuracy_wide
+from evalkit.analysis.plots import apply_style
+from evalkit.analysis.quality import accuracy_wide
 from evalkit.analysis.speed import pareto_frontier
 
 
@@ -16,7 +15,7 @@ def plot_quality_vs_speed(table: pd.DataFrame, *, gain_col: str, caption: str = 
     """Quality delta (with CI) against a speed gain column; Pareto frontier drawn."""
     import matplotlib.pyplot as plt
 
-    _style()
+    apply_style()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     t = table.dropna(subset=[gain_col, "quality_delta"]).reset_index(drop=True)
     if t.empty:
@@ -61,7 +60,7 @@ def plot_speed_gains(table: pd.DataFrame, *, gain_cols: list[str], caption: str 
     """Speed gains per variant (bars), for studies without quality (e.g. random weights)."""
     import matplotlib.pyplot as plt
 
-    _style()
+    apply_style()
     cols = [c for c in gain_cols if c in table]
     t = table.set_index("variant")[cols] if cols else pd.DataFrame()
     fig, ax = plt.subplots(figsize=(7.5, 0.6 * max(len(t), 3) + 1.2))
@@ -81,43 +80,11 @@ def plot_speed_gains(table: pd.DataFrame, *, gain_cols: list[str], caption: str 
     return fig
 
 
-def plot_latency_curves(df: pd.DataFrame, *, metric: str = "tpot_ms", stat: str = "p50",
-                        mode: str = "server", caption: str = ""):
-    """Latency vs concurrency, one line per variant, one panel per workload (concurrency
-    points only: a rate-sweep point's concurrency is a client cap, not a load level)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    _style()
-    df = df[~rate_rows(df).to_numpy()]
-    lat = _ok(df[(df["stage"] == "latency") & (df["mode"] == mode) & (df["metric"] == metric)
-                 & (df["stat"] == stat)]).copy()
-    workloads = list(pd.unique(lat["workload"].dropna())) or ["(none)"]
-    fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 4.2), squeeze=False)
-    for ax, wl in zip(axes[0], workloads, strict=False):
-        sub = lat[lat["workload"] == wl]
-        if sub.empty:
-            ax.text(0.5, 0.5, "no latency measured", ha="center", va="center",
-                    transform=ax.transAxes)
-        else:
-            sub = sub.assign(concurrency=sub["concurrency"].astype(int))
-            sns.lineplot(data=sub, x="concurrency", y="value", hue="variant", marker="o", ax=ax)
-            ax.set_xscale("log", base=2)
-            il, ol = sub["input_len"].iloc[0], sub["output_len"].iloc[0]
-            ax.set_title(f"{wl} (in {il} / out {ol} tokens)")
-        ax.set_xlabel("concurrency (max in-flight requests)")
-        ax.set_ylabel(f"{metric} ({stat} over requests)")
-    if caption:
-        fig.text(0.01, -0.02, caption, ha="left", va="top", fontsize=8, wrap=True)
-    fig.tight_layout()
-    return fig
-
-
 def plot_accuracy_deltas(df: pd.DataFrame, *, caption: str = ""):
     """Per task, each variant's delta vs base with its paired-bootstrap 95% interval."""
     import matplotlib.pyplot as plt
 
-    _style()
+    apply_style()
     wide = accuracy_wide(df).dropna(subset=["delta"])
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * max(len(wide), 4) + 1))
     if wide.empty:

@@ -13,26 +13,28 @@ import numpy as np
 import pandas as pd
 
 from evalkit.analysis.capacity import rate_rows
-from evalkit.analysis.quality import _ok, quality_per_variant
+from evalkit.analysis.quality import quality_per_variant
+from evalkit.core.records import ok_rows
+from evalkit.metrics import points as pts
 
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
 
 
-def latency_point(df: pd.DataFrame, *, workload: str, concurrency: int, stat: str = "p50",
+def headline_table(df: pd.DataFrame, *, workload: str, concurrency: int, stat: str = "p50",
                   mode: str = "server") -> pd.DataFrame:
     """Per variant, TTFT/TPOT/ITL/E2E at one workload and concurrency (one stat)."""
     df = df[~rate_rows(df).to_numpy()]
     lat = df[(df["stage"] == "latency") & (df["mode"] == mode) & (df["workload"] == workload)
              & (df["concurrency"] == concurrency) & (df["stat"] == stat)
              & (df["metric"].isin(LATENCY_METRICS))]
-    lat = _ok(lat)
+    lat = ok_rows(lat)
     if lat.empty:
         return pd.DataFrame(columns=["variant", *LATENCY_METRICS])
     wide = lat.pivot_table(index="variant", columns="metric", values="value", aggfunc="first")
     return wide.reset_index()
 
 
-def gains(point: pd.DataFrame, reference: str, metrics: tuple[str, ...] = ("ttft_ms", "tpot_ms")
+def headline_gains(point: pd.DataFrame, reference: str, metrics: tuple[str, ...] = ("ttft_ms", "tpot_ms")
           ) -> pd.DataFrame:
     """Speed gain of every variant over ``reference`` in %: (ref - variant) / ref x 100."""
     out = point[["variant"]].copy()
@@ -43,7 +45,7 @@ def gains(point: pd.DataFrame, reference: str, metrics: tuple[str, ...] = ("ttft
             out[col] = np.nan
             continue
         r = float(ref[m].iloc[0])
-        out[col] = (r - point[m]) / r * 100.0 if r and not math.isnan(r) else np.nan
+        out[col] = [pts.reduction_pct(r, float(x)) for x in point[m]]
     return out
 
 
@@ -73,7 +75,7 @@ def quality_speed(df: pd.DataFrame, *, workload: str, concurrency: int,
                   reference: str | None = None, base: str = "base",
                   mode: str = "server") -> pd.DataFrame:
     """The joined table behind the headline and the Pareto plot: one row per variant."""
-    point = latency_point(df, workload=workload, concurrency=concurrency, mode=mode)
+    point = headline_table(df, workload=workload, concurrency=concurrency, mode=mode)
     variants = pd.DataFrame({"variant": pd.unique(df["variant"].dropna())})
     schemes = df.drop_duplicates("variant").set_index("variant")["scheme"]
     variants["scheme"] = [schemes.get(v) for v in variants["variant"]]
@@ -81,7 +83,7 @@ def quality_speed(df: pd.DataFrame, *, workload: str, concurrency: int,
     out = out.merge(quality_per_variant(df), on="variant", how="left")
     for ref in [base] + ([reference] if reference and reference != base else []):
         if not point.empty:
-            out = out.merge(gains(point, ref), on="variant", how="left")
+            out = out.merge(headline_gains(point, ref), on="variant", how="left")
     status = latency_status(df)
     points = df[~rate_rows(df).to_numpy()]
     bad = points[(points["stage"] == "latency") & (points["mode"] == mode)
@@ -121,7 +123,7 @@ def default_point(df: pd.DataFrame, workload: str | None, concurrency: int | Non
     first workload and its highest concurrency); a run without valid server points falls
     back to its offline batches (the configured workload, its largest batch)."""
     df = df[~rate_rows(df).to_numpy()]
-    lat = _ok(df[(df["stage"] == "latency") & df["workload"].notna()
+    lat = ok_rows(df[(df["stage"] == "latency") & df["workload"].notna()
                  & df["metric"].isin(LATENCY_METRICS)])
     for mode in ("server", "offline"):
         m = lat[lat["mode"] == mode]

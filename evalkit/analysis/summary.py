@@ -22,6 +22,7 @@ from evalkit.analysis import report as rp
 from evalkit.analysis import verdicts as vd
 from evalkit.analysis.lineage import superseded_by
 from evalkit.analysis.load import RANDOM_WEIGHTS, load_report
+from evalkit.analysis.quality import quality_per_variant
 from evalkit.core.errors import RunDirError, StageError
 from evalkit.core.io import atomic_write_text
 from evalkit.core.notebooks import NOTEBOOK_DIR, NotebookFailed, execute_notebook, render_html
@@ -107,7 +108,7 @@ def one_line(rep: rp.Report) -> str:
             parts = "; ".join(vd.metric_phrase(g, m) for m in ("ttft_ms", "e2el_ms"))
             out.append(f"{variant} vs {ref}, {n_ok} of {n} points valid: {parts}")
         return " · ".join(out)
-    q = rp.quality_per_variant(rep.records)
+    q = quality_per_variant(rep.records)
     if len(q):
         return "quality only: " + "; ".join(
             f"{r.variant} {r.quality_delta * 100:+.1f} points [{r.quality_ci_low * 100:+.1f}, "
@@ -178,7 +179,7 @@ def quality_rows(runs: list[RunSummary]) -> pd.DataFrame:
     for s in runs:
         if not s.real_weights:
             continue
-        q = rp.quality_per_variant(s.report.records)
+        q = quality_per_variant(s.report.records)
         schemes = s.report.records.drop_duplicates("variant").set_index("variant")["scheme"]
         for r in q.itertuples():
             rows.append({"run": s.label, "model": s.report.model, "variant": r.variant,

@@ -109,6 +109,11 @@ def empty_records() -> pd.DataFrame:
     return make_records([])
 
 
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose status is ``ok`` (a missing status counts as ok)."""
+    return df[df["status"].fillna("ok") == "ok"]
+
+
 def write_records(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write records as Parquet atomically (temporary file, fsync, rename)."""
     p = Path(path)

@@ -183,6 +183,14 @@ def samples_at(samples: pd.DataFrame | None, variant: str, mode: str, workload: 
     return s[["trial", "value"]]
 
 
+def reduction_pct(reference: float, value: float) -> float:
+    """The reduction of a latency, (reference - value) / reference x 100 (> 0: faster); NaN
+    without a reference value."""
+    if not reference or math.isnan(reference) or math.isnan(value):
+        return math.nan
+    return (reference - value) / reference * 100.0
+
+
 def trial_gains(reference: pd.DataFrame, variant: pd.DataFrame, q: float = 50.0) -> list[float]:
     """The reduction of each trial on its own, trial k of the variant against trial k of the
     reference (the same prompts: a trial's prompts depend on the point and trial only).
@@ -250,7 +258,7 @@ def point_gains(points: pd.DataFrame, samples: pd.DataFrame | None, *, variant: 
             if m == "output_throughput_tok_s":
                 gain = (var_v - ref_v) / ref_v * 100 if ref_v else math.nan
             else:
-                gain = (ref_v - var_v) / ref_v * 100 if ref_v else math.nan
+                gain = reduction_pct(ref_v, var_v)
                 if not math.isnan(gain):
                     lo, hi = reduction_interval(samples_at(samples, reference, mode, workload, conc, m),
                                                 samples_at(samples, variant, mode, workload, conc, m),

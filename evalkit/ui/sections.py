@@ -1,7 +1,7 @@
 """The later sections of the stakeholder report (notebook 04): every latency point, goodput,
 claims, invalid points, client vs server, roofline, changes since the previous run and the
-environment. Pure functions of :class:`evalkit.analysis.report.Report`; re-exported by
-:mod:`evalkit.ui.views`.
+environment. Pure functions of :class:`evalkit.analysis.report.Report` (the first screen is
+:mod:`evalkit.ui.views`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pandas as pd
 from evalkit.analysis import capacity as cap
 from evalkit.analysis import compare as cmp
 from evalkit.analysis import report as rp
+from evalkit.analysis.claims import claim_summary
 from evalkit.core.environment import machine_id
 from evalkit.metrics import points as pts
 from evalkit.metrics import validity as val
@@ -121,7 +122,7 @@ def claims(r: rp.Report) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     if not r.claims:
         return "## Claim check\n\nThe study states no claims.", pd.DataFrame(), pd.DataFrame()
     detail = r.claims_checked()
-    summary = rp.claim_summary(detail)
+    summary = claim_summary(detail)
     lines = ["## Claim check", ""]
     for c in r.claims:
         src = f" ({c.source})" if c.source else ""

@@ -15,21 +15,10 @@ import pandas as pd
 from evalkit.analysis import report as rp
 from evalkit.analysis import verdicts as vd
 from evalkit.analysis.decision import pct_words
+from evalkit.analysis.quality import quality_per_variant
+from evalkit.analysis.report_figures import gain_label
 from evalkit.core.schemes import SCHEMES
 from evalkit.metrics import points as pts
-from evalkit.ui.sections import (  # noqa: F401 -- re-exported: the report's later sections
-    GOODPUT_LABELS,
-    POINT_LABELS,
-    changes,
-    claims,
-    crosscheck,
-    disclosure,
-    environment_markdown,
-    goodput,
-    invalid_points,
-    points_table,
-    roofline,
-)
 
 
 def header_markdown(r: rp.Report) -> str:
@@ -61,7 +50,7 @@ def context_markdown(r: rp.Report) -> str:
 
 
 def _quality_texts(r: rp.Report) -> dict[str, str]:
-    q = rp.quality_per_variant(r.records)
+    q = quality_per_variant(r.records)
     return {row.variant: vd.quality_text(row.quality_delta * 100, row.quality_ci_low * 100,
                                          row.quality_ci_high * 100, row.tasks, row.docs, r.model)
             for row in q.itertuples()}
@@ -295,5 +284,5 @@ def headline_table(r: rp.Report) -> pd.DataFrame:
         t[c] = ["reference" if v == ref else "n/a" if pd.isna(g) else pct_words(g)
                 for v, g in zip(t["variant"], t[c], strict=True)]
         labels[c] = f"{metric.upper()} vs {ref}"
-    return t.rename(columns={c: HEADLINE_LABELS.get(c) or labels.get(c) or rp.gain_label(c)
+    return t.rename(columns={c: HEADLINE_LABELS.get(c) or labels.get(c) or gain_label(c)
                              for c in t.columns})

@@ -20,9 +20,13 @@ from evalkit.analysis import capacity as cap  # noqa: E402
 from evalkit.analysis import plots  # noqa: E402
 from evalkit.analysis import report as rp  # noqa: E402
 from evalkit.analysis.load import load_report  # noqa: E402
+from evalkit.analysis.speed import default_point  # noqa: E402
 from evalkit.core import records as rec  # noqa: E402
 from evalkit.core.run import open_run  # noqa: E402
-from evalkit.ui import views  # noqa: E402
+from evalkit.ui import (
+    sections,  # noqa: E402
+    views,  # noqa: E402
+)
 from evalkit.ui.cells import report as cells  # noqa: E402
 from evalkit.ui.figures import Figure  # noqa: E402
 
@@ -147,7 +151,7 @@ def run_dir(tmp_path: Path) -> Path:
 def _report(run_dir: Path, reference: str | None = None, price: float | None = PRICE
             ) -> rp.Report:
     df = rec.load_runs(run_dir)
-    wl, conc, mode = rp.default_point(df, None, None)
+    wl, conc, mode = default_point(df, None, None)
     return rp.Report(records=df, study="traffic", model="m", hardware=HW, workload=wl,
                      concurrency=conc, reference=reference, base="base", mode=mode,
                      gpus_per_engine=0, slo=SLO, slo_percentile=90.0,
@@ -242,7 +246,7 @@ def test_rate_points_are_not_concurrency_points(run_dir):
 
 
 def test_points_table_labels_every_load_pattern(run_dir):
-    text, t = views.points_table(_report(run_dir))
+    text, t = sections.points_table(_report(run_dir))
     assert "(8 at a concurrency, 12 at an offered rate)" in text
     assert list(t.columns[:4]) == ["variant", "mode", "workload", "load"]
     loads = set(t["load"])
@@ -345,7 +349,7 @@ def test_reference_run_renders_without_capacity():
     p = r.points()
     assert set(p.loc[p["mode"] == "server", "load"]) == {"burst"}
     assert set(p.loc[p["mode"] == "offline", "load"]) == {"batch"}
-    _, t = views.points_table(r)
+    _, t = sections.points_table(r)
     assert t["load"].str.match(r"^(burst of \d+ identical requests|offline batch of \d+)$").all()
     md = cells.plot_rate_curves(r, metric="ttft_ms")
     assert "no rate sweep in this run" in md._repr_markdown_()

@@ -119,7 +119,7 @@ def test_point_that_now_fails_is_a_regression(tmp_path):
 
 def test_previous_run_and_report_section(tmp_path):
     from evalkit.analysis.report import Report
-    from evalkit.ui import views
+    from evalkit.ui import sections
 
     c, t = _correct(0.6), _ttft(0.2, 0.05)
     first = make_run(tmp_path, "zz-first", correct=c, ttft_s=t, created="2026-01-01T00:00:00")
@@ -128,7 +128,7 @@ def test_previous_run_and_report_section(tmp_path):
     assert prev is None and empty.empty
     r = Report(records=rec.load_runs(first), study="study", model="m", hardware="cpu",
                workload=None, concurrency=None, reference=None)
-    md, table = views.changes(r)
+    md, table = sections.changes(r)
     assert md.startswith("## Change since the previous run") and "No earlier run" in md
     assert table.empty
 
@@ -139,7 +139,7 @@ def test_previous_run_and_report_section(tmp_path):
     prev, df = cmp.comparison_with_previous(second)
     r2 = Report(records=rec.load_runs(second), study="study", model="m", hardware="cpu",
                 workload=None, concurrency=None, reference=None, previous_run=prev, changes=df)
-    md, table = views.changes(r2)
+    md, table = sections.changes(r2)
     assert "`zz-first`" in md and "1 regression" in md
     assert "REGRESSION" in set(table["regression"])
 

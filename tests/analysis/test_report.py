@@ -13,11 +13,26 @@ import pandas as pd
 import pytest
 from retired_runs import retired_run
 
-from evalkit.analysis import report as rp
+from evalkit.analysis.claims import claim_check, claim_summary, claim_verdict
 from evalkit.analysis.load import engine_scheme_caveats, load_report
+from evalkit.analysis.plots import plot_metric_vs_load
+from evalkit.analysis.quality import quality_per_variant
+from evalkit.analysis.report_figures import (
+    plot_accuracy_deltas,
+    plot_quality_vs_speed,
+    plot_speed_gains,
+)
+from evalkit.analysis.speed import (
+    headline_gains,
+    headline_table,
+    latency_status,
+    pareto_frontier,
+    quality_speed,
+)
 from evalkit.core import records as rec
 from evalkit.core.config import Claim
 from evalkit.metrics import points as pts
+from evalkit.metrics.points import latency_points
 
 LAT = {  # variant -> (ttft p50 at c=1, tpot p50 at c=1), c=4 is 1.5x / 1.2x
     "base": (100.0, 20.0), "w4a16": (80.0, 12.0), "w4a8_fp8": (30.0, 7.0),
@@ -57,15 +72,15 @@ def _records(unsupported: tuple[str, ...] = ()) -> pd.DataFrame:
 
 def test_latency_point_and_gains():
     df = _records()
-    pt = rp.latency_point(df, workload="chat", concurrency=1)
-    g = rp.gains(pt, "w4a16").set_index("variant")
+    pt = headline_table(df, workload="chat", concurrency=1)
+    g = headline_gains(pt, "w4a16").set_index("variant")
     assert g.loc["w4a8_fp8", "ttft_gain_vs_w4a16_pct"] == pytest.approx((80 - 30) / 80 * 100)
     assert g.loc["w4a8_fp8", "tpot_gain_vs_w4a16_pct"] == pytest.approx((12 - 7) / 12 * 100)
     assert g.loc["w4a16", "ttft_gain_vs_w4a16_pct"] == pytest.approx(0)
 
 
 def test_quality_per_variant_combines_tasks():
-    q = rp.quality_per_variant(_records()).set_index("variant")
+    q = quality_per_variant(_records()).set_index("variant")
     assert q.loc["w4a8_fp8", "quality_delta"] == pytest.approx(-0.05)
     # two tasks, half-width 0.02 each: sqrt(2 * 0.02^2) / 2
     h = math.sqrt(2 * 0.02**2) / 2
@@ -75,15 +90,15 @@ def test_quality_per_variant_combines_tasks():
 
 def test_pareto_frontier():
     pts = pd.DataFrame({"x": [0, 10, 20, 5, np.nan], "y": [0, -1, -3, -2, 1]})
-    mask = rp.pareto_frontier(pts, x="x", y="y")
+    mask = pareto_frontier(pts, x="x", y="y")
     assert mask.tolist() == [True, True, True, False, False]
-    mask = rp.pareto_frontier(pts, x="x", y="y", x_higher_better=False)
+    mask = pareto_frontier(pts, x="x", y="y", x_higher_better=False)
     assert mask.tolist() == [True, False, False, False, False]
 
 
 def test_quality_speed_table_marks_unsupported():
     df = _records(unsupported=("w4a8_fp8",))
-    t = rp.quality_speed(df, workload="chat", concurrency=1, reference="w4a16").set_index("variant")
+    t = quality_speed(df, workload="chat", concurrency=1, reference="w4a16").set_index("variant")
     assert t.loc["w4a8_fp8", "latency_status"].startswith("unsupported: no kernel")
     assert math.isnan(t.loc["w4a8_fp8", "ttft_ms"])
     assert t.loc["base", "quality_delta"] == 0
@@ -97,7 +112,7 @@ def test_variant_with_only_roofline_rows_is_not_measured():
     roof = rec.make_records([dict(variant="fp8_dynamic", scheme="fp8_dynamic", stage="latency",
                                   metric="roofline_tpot_ms", stat="value", value=2.0, unit="ms",
                                   higher_is_better=False)], run_id="r")
-    status = rp.latency_status(rec.combine([df, roof]))
+    status = latency_status(rec.combine([df, roof]))
     assert status["fp8_dynamic"] == "not measured"
     assert status["w4a16"] == "ok"
 
@@ -120,7 +135,7 @@ def _samples(df: pd.DataFrame, spread: float = 0.001, n: int = 41) -> pd.DataFra
 
 def test_claim_check_verdicts():
     df = _records()
-    checks = rp.claim_check(df, [_claim()], hardware="NVIDIA H100 80GB HBM3",
+    checks = claim_check(df, [_claim()], hardware="NVIDIA H100 80GB HBM3",
                             samples=_samples(df))
     ttft = checks[checks["metric"] == "ttft_ms"].set_index("concurrency")
     # c=1: (80-30)/80 = 62.5% >= 58 -> holds; c=4 same ratios -> holds
@@ -131,24 +146,24 @@ def test_claim_check_verdicts():
     assert set(tpot["verdict"]) == {"holds"}
     assert (checks["ci_low_pct"] < checks["measured_pct"]).all()
     assert (checks["measured_pct"] < checks["ci_high_pct"]).all()
-    strict = rp.claim_check(df, [_claim(tolerance_pct=0)], hardware="H100", samples=_samples(df))
+    strict = claim_check(df, [_claim(tolerance_pct=0)], hardware="H100", samples=_samples(df))
     assert set(strict.loc[strict["metric"] == "tpot_ms", "verdict"]) == {"partly"}
     # without per-request data no interval, so no verdict either way
-    assert set(rp.claim_check(df, [_claim()], hardware="H100")["verdict"]) == {"inconclusive"}
+    assert set(claim_check(df, [_claim()], hardware="H100")["verdict"]) == {"inconclusive"}
     assert checks["applies"].all()
-    cpu = rp.claim_check(df, [_claim()], hardware="CPU: Xeon")
+    cpu = claim_check(df, [_claim()], hardware="CPU: Xeon")
     assert not cpu["applies"].any()
 
 
 def test_claim_not_reproduced_and_summary():
     df = _records()
     c = _claim(variant="base", reference="w4a8_fp8")  # base is slower: negative reduction
-    checks = rp.claim_check(df, [c], hardware="H100", samples=_samples(df))
+    checks = claim_check(df, [c], hardware="H100", samples=_samples(df))
     assert set(checks["verdict"]) == {"not reproduced"}
-    s = rp.claim_summary(checks)
+    s = claim_summary(checks)
     assert set(s["verdict"]) == {"not reproduced"}
     assert (s["holds_at"] == "-").all()
-    s2 = rp.claim_summary(rp.claim_check(df, [_claim()], hardware="H100", samples=_samples(df)))
+    s2 = claim_summary(claim_check(df, [_claim()], hardware="H100", samples=_samples(df)))
     assert set(s2["verdict"]) == {"holds"}
     assert "chat@c1" in s2["holds_at"].iloc[0]
 
@@ -159,25 +174,25 @@ def test_claim_check_reads_offline_batches_too():
     off = df[(df["stage"] == "latency") & (df["concurrency"] == 4)].copy()
     off["mode"] = "offline"
     off.loc[(off["variant"] == "w4a8_fp8") & (off["metric"] == "tpot_ms"), "value"] *= 3
-    checks = rp.claim_check(off, [_claim()], hardware="NVIDIA H200", samples=_samples(off))
+    checks = claim_check(off, [_claim()], hardware="NVIDIA H200", samples=_samples(off))
     assert set(checks["mode"]) == {"offline"} and set(checks["concurrency"]) == {4}
     tpot = checks[checks["metric"] == "tpot_ms"].iloc[0]
     assert tpot["verdict"] == "not reproduced"  # 3x slower decode at batch 4
-    s = rp.claim_summary(checks).set_index("metric")
+    s = claim_summary(checks).set_index("metric")
     assert s.loc["ttft_ms", "holds_at"] == "chat@b4" and s.loc["tpot_ms", "points"] == 1
-    both = rp.claim_check(rec.combine([df, off]), [_claim()], hardware="NVIDIA H200")
+    both = claim_check(rec.combine([df, off]), [_claim()], hardware="NVIDIA H200")
     assert both.groupby("mode").size().to_dict() == {"offline": 2, "server": 4}
 
 
 def test_claim_verdict_needs_the_interval_to_decide():
     # measured 41.7% TPOT reduction against a 45% claim (threshold 40.5 with 10% tolerance)
-    assert rp.claim_verdict(41.0, 42.5, 45, 10) == "holds"
-    assert rp.claim_verdict(35.0, 42.5, 45, 10) == "inconclusive"  # contains the threshold
-    assert rp.claim_verdict(5.0, 30.0, 45, 10) == "partly"
-    assert rp.claim_verdict(-5.0, 30.0, 45, 10) == "not reproduced"  # could be no gain at all
-    assert rp.claim_verdict(-20.0, -3.0, 45, 10) == "not reproduced"
+    assert claim_verdict(41.0, 42.5, 45, 10) == "holds"
+    assert claim_verdict(35.0, 42.5, 45, 10) == "inconclusive"  # contains the threshold
+    assert claim_verdict(5.0, 30.0, 45, 10) == "partly"
+    assert claim_verdict(-5.0, 30.0, 45, 10) == "not reproduced"  # could be no gain at all
+    assert claim_verdict(-20.0, -3.0, 45, 10) == "not reproduced"
     df = _records()
-    wide = rp.claim_check(df, [_claim()], hardware="H100", samples=_samples(df, spread=0.5))
+    wide = claim_check(df, [_claim()], hardware="H100", samples=_samples(df, spread=0.5))
     # 41.7% measured, 40.5% needed: with +-50% noise per request the interval cannot decide
     assert set(wide.loc[wide["metric"] == "tpot_ms", "verdict"]) == {"inconclusive"}
 
@@ -187,32 +202,33 @@ def test_invalid_points_are_left_out_of_the_claim():
     bad = (df["variant"] == "w4a8_fp8") & (df["concurrency"] == 4) & (df["metric"] == "ttft_ms")
     df.loc[bad, "status"] = "invalid"
     df.loc[bad, "note"] = "INVALID: 98.4% of prompt tokens were served from the prefix cache"
-    checks = rp.claim_check(df, [_claim()], hardware="H100", samples=_samples(df))
+    checks = claim_check(df, [_claim()], hardware="H100", samples=_samples(df))
     at4 = checks[(checks["metric"] == "ttft_ms") & (checks["concurrency"] == 4)].iloc[0]
     assert at4["verdict"] == "invalid" and "prefix cache" in at4["note"]
     assert math.isnan(at4["measured_pct"])
-    s = rp.claim_summary(checks).set_index("metric")
+    s = claim_summary(checks).set_index("metric")
     assert s.loc["ttft_ms", "verdict"] == "holds" and s.loc["ttft_ms", "points"] == 1
     assert s.loc["ttft_ms", "counts"] == "1 holds, 1 invalid"
 
 
 def test_claim_unmeasured_variant():
     df = _records(unsupported=("w4a8_fp8",))
-    checks = rp.claim_check(df, [_claim()], hardware="H100")
+    checks = claim_check(df, [_claim()], hardware="H100")
     assert set(checks["verdict"]) == {"not measured"}
 
 
 def test_figures_are_pure_and_complete():
     df = _records()
-    t = rp.quality_speed(df, workload="chat", concurrency=4, reference="w4a16")
-    fig = rp.plot_quality_vs_speed(t, gain_col="ttft_gain_vs_base_pct", caption="cap")
+    t = quality_speed(df, workload="chat", concurrency=4, reference="w4a16")
+    fig = plot_quality_vs_speed(t, gain_col="ttft_gain_vs_base_pct", caption="cap")
     ax = fig.axes[0]
     labels = {a.get_text() for a in ax.texts}
     assert {"base", "w4a16", "w4a8_fp8", "fp8_dynamic"} <= labels
     assert any(line.get_label().startswith("Pareto frontier") for line in ax.lines)
-    fig2 = rp.plot_latency_curves(df, metric="tpot_ms")
+    points = latency_points(df, gpus_per_engine=1)
+    fig2 = plot_metric_vs_load(points, metric="tpot_ms")
     assert len(fig2.axes[0].lines) >= 4
-    fig3 = rp.plot_accuracy_deltas(df)
+    fig3 = plot_accuracy_deltas(df)
     assert len(fig3.axes[0].collections) >= 1
     import matplotlib.pyplot as plt
 
@@ -273,10 +289,10 @@ def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
 def test_roofline_view_reads_the_per_point_percentages(tmp_path):
     """The % of roofline records are per point (mean TPOT); the view shows best and worst."""
     from evalkit.core.run import open_run
-    from evalkit.ui import views
+    from evalkit.ui import sections
 
     run = open_run(retired_run("hopper-llama70b-8bit/r1", tmp_path))
-    _, t = views.roofline(load_report(run.config(), run))
+    _, t = sections.roofline(load_report(run.config(), run))
     t = t.set_index("variant")
     assert set(t.index) == {"fp8_dynamic", "w8a8_int8", "w4a16"}
     assert t["best_tpot_pct_of_roofline"].notna().all()
@@ -294,14 +310,14 @@ def test_roofline_view_leaves_out_staggered_server_batches(tmp_path):
     a point now invalid for its cache hits), so the view's best/worst come from batch-1
     points there."""
     from evalkit.core.run import open_run
-    from evalkit.ui import views
+    from evalkit.ui import sections
 
     run = open_run(retired_run("hopper-llama8b-grid/r1", tmp_path))
     df = run.records()
     pct = df[df["metric"] == "tpot_pct_of_roofline"]
     assert len(pct[pct["concurrency"] == 1]) == 5  # the valid points of that run
     batch1 = pct[pct["concurrency"] == 1].groupby("variant")["value"]
-    _, t = views.roofline(load_report(run.config(), run))
+    _, t = sections.roofline(load_report(run.config(), run))
     t = t.set_index("variant")
     assert set(t.index) == {"w4a16", "w4a8_fp8", "fp8_dynamic", "w8a8_int8", "bf16"}
     pd.testing.assert_series_equal(t["best_tpot_pct_of_roofline"].sort_index(),
@@ -315,7 +331,7 @@ def test_speed_gain_legend_names_the_bars_it_shows():
     t = pd.DataFrame({"variant": ["w4a16", "w4a8_fp8"],
                       "ttft_gain_vs_bf16_pct": [10.0, 30.0],
                       "ttft_gain_vs_w4a16_pct": [0.0, 22.0]})
-    fig = rp.plot_speed_gains(t, gain_cols=["ttft_gain_vs_bf16_pct", "ttft_gain_vs_w4a16_pct"])
+    fig = plot_speed_gains(t, gain_cols=["ttft_gain_vs_bf16_pct", "ttft_gain_vs_w4a16_pct"])
     ax = fig.axes[0]
     handles, labels = ax.get_legend_handles_labels()
     assert labels == ["TTFT gain vs bf16 (%)", "TTFT gain vs w4a16 (%)"]
@@ -332,12 +348,12 @@ def test_trials_that_disagree_widen_the_interval():
     df = _records()
     s = _samples(df)
     s = pd.concat([s.assign(trial=t) for t in range(3)], ignore_index=True)
-    tight = rp.claim_check(df, [_claim()], hardware="H100", samples=s)
+    tight = claim_check(df, [_claim()], hardware="H100", samples=s)
     ttft1 = lambda c: c[(c["metric"] == "ttft_ms") & (c["concurrency"] == 1)].iloc[0]  # noqa: E731
     assert ttft1(tight)["verdict"] == "holds"  # 62.5% everywhere, threshold 52.2%
     slow = (s["variant"] == "w4a8_fp8") & (s["trial"] == 2) & (s["metric"] == "ttft_ms")
     s.loc[slow, "value"] *= 1.8  # one trial of the variant: 54 instead of 30 ms -> 32.5%
-    wide = ttft1(rp.claim_check(df, [_claim()], hardware="H100", samples=s))
+    wide = ttft1(claim_check(df, [_claim()], hardware="H100", samples=s))
     assert wide["ci_low_pct"] == pytest.approx(32.5, abs=0.5)
     assert wide["verdict"] == "inconclusive"
     assert pts.trial_gains(pd.DataFrame({"trial": [0, 1], "value": [10.0, 10.0]}),

@@ -26,7 +26,7 @@ def test_a_run_resumed_elsewhere_names_every_machine():
     spans more than one (a resume on another host or GPU)."""
     from evalkit.analysis import report as rp
     from evalkit.core.environment import machine_id
-    from evalkit.ui import views
+    from evalkit.ui import sections
 
     first = {"hostname": "a", "cpu": "Xeon", "gpus": [ROWS[0]]}
     second = {"hostname": "b", "cpu": "Xeon", "gpus": [ROWS[1]]}
@@ -40,9 +40,9 @@ def test_a_run_resumed_elsewhere_names_every_machine():
 
     same = [{"stage": "quantize", "started_utc": "t0", **first},
             {"stage": "latency", "started_utc": "t1", **first}]
-    assert "more than one machine" not in views.environment_markdown(report(same))
+    assert "more than one machine" not in sections.environment_markdown(report(same))
     moved = [*same, {"stage": "latency", "started_utc": "t2", **second}]
-    md = views.environment_markdown(report(moved))
+    md = sections.environment_markdown(report(moved))
     assert "more than one machine" in md
     assert "- t2 latency: host b, Xeon; NVIDIA H200 GPU-1974" in md
     assert "- t0 quantize: host a, Xeon; NVIDIA H200 GPU-9f0f" in md

@@ -138,13 +138,13 @@ def test_invalid_points_carry_no_verdict():
 def test_claims_do_not_apply_to_an_eager_gpu_engine(tmp_path):
     """A claim about serving speed is not judged on an eager engine (no CUDA graphs)."""
     from evalkit.core.run import open_run
-    from evalkit.ui import views
+    from evalkit.ui import sections
 
     run = open_run(retired_run("hopper-gemma/r1", tmp_path))
     cfg = run.config()
     assert cfg.engine.device == "cuda" and cfg.engine.enforce_eager
     r = load_report(cfg, run)
-    md, summary, detail = views.claims(r)
+    md, summary, detail = sections.claims(r)
     assert len(detail) and not detail["applies"].any()
     assert detail["note"].str.contains("eager").all()
     assert "eager" in md and not summary["applies"].any()

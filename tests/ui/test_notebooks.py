@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.runner import STAGES, notebook_kernel
+from evalkit.core.notebooks import notebook_kernel
+from evalkit.runner import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

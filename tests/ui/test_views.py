@@ -10,7 +10,7 @@ import pytest
 from evalkit.analysis.load import load_report
 from evalkit.core.run import open_run
 from evalkit.metrics import points as pts
-from evalkit.ui import views
+from evalkit.ui import sections, views
 
 REF = Path(__file__).resolve().parents[2] / "outputs" / "reference"
 CLAIM_RUN = REF / "hopper-llama8b-claim" / "r1"
@@ -71,7 +71,7 @@ def test_headline_table_has_no_quality_columns_in_a_speed_study(report):
 
 
 def test_points_table_labels_every_point(report):
-    text, table = views.points_table(report)
+    text, table = sections.points_table(report)
     assert text.startswith(f"All {len(report.points())} latency points")
     assert list(table.columns)[:4] == ["variant", "mode", "workload", "load"]
     assert "marks" in table.columns and len(table) == len(report.points())

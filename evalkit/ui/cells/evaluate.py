@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from evalkit.analysis import report as rp
+from evalkit.analysis import plots
+from evalkit.analysis.capacity import rate_rows
+from evalkit.analysis.quality import accuracy_wide
+from evalkit.analysis.report_figures import plot_accuracy_deltas
 from evalkit.core.records import empty_records
 from evalkit.core.units import StageResult
+from evalkit.metrics.points import latency_points
 from evalkit.stages import accuracy as acc
 from evalkit.stages import latency as lat
 from evalkit.ui.cells.stage import Records, StageContext, check_stage, open_stage, records_of
@@ -69,15 +73,21 @@ def show_accuracy(result: Records):
 
 def plot_accuracy(result: Records):
     records = records_of(result)
-    if rp.accuracy_wide(records[records["stage"] == "accuracy"])["delta"].dropna().empty:
+    if accuracy_wide(records[records["stage"] == "accuracy"])["delta"].dropna().empty:
         return md("_no paired accuracy delta (no quantized variant scored beside base): no "
                   "accuracy figure_")
-    return shown(rp.plot_accuracy_deltas(records[records["stage"] == "accuracy"]),
+    return shown(plot_accuracy_deltas(records[records["stage"] == "accuracy"]),
                  "accuracy-deltas", "Per task, each variant's delta vs base with its paired-"
                  "bootstrap 95% interval (points of the task's primary metric).")
 
 
 def plot_latency(result: Records, metric: str = "tpot_ms"):
-    return shown(rp.plot_latency_curves(records_of(result), metric=metric), f"{metric}-curves",
-                 f"{metric}: p50 over requests at each concurrency (vLLM definitions; TPOT "
-                 "excludes the first token).")
+    records = records_of(result)
+    points = latency_points(records[~rate_rows(records).to_numpy()], gpus_per_engine=0)
+    modes = [m for m in ("server", "offline") if (points["mode"] == m).any()]
+    if not modes:
+        return md(f"_no latency points: no {metric} curve_")
+    return shown(plots.plot_metric_vs_load(points, metric=metric, mode=modes[0]),
+                 f"{metric}-curves",
+                 f"{metric}: p50 over requests at each load (vLLM definitions; TPOT excludes "
+                 "the first token); band: the 95% bootstrap interval of the p50.")

@@ -8,11 +8,12 @@ import pandas as pd
 from evalkit.analysis import decision as dc
 from evalkit.analysis import plots
 from evalkit.analysis import report as rp
+from evalkit.analysis import report_figures as figs
 from evalkit.analysis.lineage import superseded_by
 from evalkit.analysis.load import RANDOM_WEIGHTS, load_report
 from evalkit.analysis.verdicts import NAMES
 from evalkit.stages import accuracy as acc
-from evalkit.ui import views
+from evalkit.ui import sections, views
 from evalkit.ui.card import card_html, export_card
 from evalkit.ui.cells.evaluate import plot_accuracy
 from evalkit.ui.cells.stage import StageContext, open_stage
@@ -163,11 +164,11 @@ def plot_throughput(report: rp.Report):
 
 
 def show_goodput(report: rp.Report):
-    text, good = views.goodput(report)
+    text, good = sections.goodput(report)
     display(md(text))
     if good.empty:
         return None
-    display(collapsed("Goodput per point", "", good.rename(columns=views.GOODPUT_LABELS),
+    display(collapsed("Goodput per point", "", good.rename(columns=sections.GOODPUT_LABELS),
                       "{:.3g}"))
     return shown(plots.plot_goodput(good, report.slo), "goodput",
                  "Goodput: requests/s meeting every SLO (solid), against all completed "
@@ -175,7 +176,7 @@ def show_goodput(report: rp.Report):
 
 
 def show_points(report: rp.Report):
-    text, t = views.points_table(report)
+    text, t = sections.points_table(report)
     return collapsed("All latency points", text, t, "{:.3g}")
 
 
@@ -191,18 +192,18 @@ def plot_quality_vs_speed(report: rp.Report, metric: str = "ttft_ms"):
     cols = [c for c in t.columns if c.startswith(f"{short}_gain_vs_") and t[c].notna().any()]
     if "quality_delta" not in t or t["quality_delta"].drop(
             t.index[t["variant"] == report.base], errors="ignore").isna().all():
-        return shown(rp.plot_speed_gains(t, gain_cols=cols), f"{short}-gains",
+        return shown(figs.plot_speed_gains(t, gain_cols=cols), f"{short}-gains",
                      report.caption(f"{short.upper()} gains; quality was not measured."))
     ref = f"{short}_gain_vs_{report.reference}_pct" if report.reference else None
     gain_col = ref if ref in cols else (cols[0] if cols else f"{short}_gain_vs_base_pct")
     if gain_col not in t:
         t = t.assign(**{gain_col: float("nan")})
-    return shown(rp.plot_quality_vs_speed(t, gain_col=gain_col),
+    return shown(figs.plot_quality_vs_speed(t, gain_col=gain_col),
                  f"quality-vs-{short}", report.caption(f"Quality vs {short.upper()} gain."))
 
 
 def show_claims(report: rp.Report):
-    text, summary, detail = views.claims(report)
+    text, summary, detail = sections.claims(report)
     display(md(text))
     if summary.empty:
         return None
@@ -220,13 +221,13 @@ def show_other_evidence(report: rp.Report):
 
 
 def show_invalid(report: rp.Report):
-    text, t = views.invalid_points(report)
+    text, t = sections.invalid_points(report)
     title, _, body = text.removeprefix("## ").partition("\n\n")
     return collapsed(title, body, t)
 
 
 def show_crosscheck(report: rp.Report):
-    text, t = views.crosscheck(report)
+    text, t = sections.crosscheck(report)
     title, _, body = text.removeprefix("## ").partition("\n\n")
     return collapsed(title, body, t, "{:.2f}")
 
@@ -242,16 +243,16 @@ def show_accuracy_detail(records: pd.DataFrame):
 
 
 def show_roofline(report: rp.Report):
-    text, t = views.roofline(report)
+    text, t = sections.roofline(report)
     display(md(text))
     return table(t, "{:.2f}")
 
 
 def show_changes(report: rp.Report):
-    text, t = views.changes(report)
+    text, t = sections.changes(report)
     display(md(text))
     return None if t.empty else table(t)
 
 
 def show_environment(report: rp.Report):
-    return md(views.environment_markdown(report))
+    return md(sections.environment_markdown(report))
