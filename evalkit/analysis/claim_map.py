@@ -24,7 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from evalkit.analysis.claims import claim_verdict
+from evalkit.analysis.claims import claim_verdict, speed_reading_reduction
 from evalkit.metrics import points as pts
 
 #: Columns of :func:`claim_map`.
@@ -35,14 +35,6 @@ CLAIM_MAP_COLUMNS = [
 ]
 #: The two latency metrics a claim names, with their words.
 CLAIM_METRICS = {"ttft_ms": "TTFT", "tpot_ms": "TPOT"}
-
-
-def speed_reading_reduction(claimed_pct: float) -> float:
-    """The latency reduction (%) that "``claimed_pct`` % faster" means in the speed reading
-    (rate x (1 + claimed/100)): 1 - 1 / (1 + claimed/100), in percent. 58 -> 36.7."""
-    if not claimed_pct > -100:
-        raise ValueError(f"a speed-up of {claimed_pct} % is not a rate (must be > -100)")
-    return (1.0 - 1.0 / (1.0 + claimed_pct / 100.0)) * 100.0
 
 
 def claim_map(points: pd.DataFrame, samples: pd.DataFrame | None, *, variant: str,

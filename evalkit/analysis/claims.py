@@ -33,6 +33,14 @@ def claim_verdict(ci_low: float, ci_high: float, claimed: float, tolerance_pct: 
     return "inconclusive"
 
 
+def speed_reading_reduction(claimed_pct: float) -> float:
+    """The latency reduction (%) that "``claimed_pct`` % faster" means in the speed reading
+    (rate x (1 + claimed/100)): 1 - 1 / (1 + claimed/100), in percent. 58 -> 36.7."""
+    if not claimed_pct > -100:
+        raise ValueError(f"a speed-up of {claimed_pct} % is not a rate (must be > -100)")
+    return (1.0 - 1.0 / (1.0 + claimed_pct / 100.0)) * 100.0
+
+
 def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardware: str,
                 stat: str = "p50", samples: pd.DataFrame | None = None) -> pd.DataFrame:
     """Claimed vs measured reduction, with its interval, per claim, point and metric.

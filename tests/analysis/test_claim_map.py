@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from evalkit.analysis import claim_map as cm
+from evalkit.analysis.claims import speed_reading_reduction
 from evalkit.metrics.points import POINT_COLUMNS
 
 matplotlib.use("Agg")
@@ -47,11 +48,11 @@ def _points_and_samples(invalid: tuple[int, int] | None = None):
 
 
 def test_speed_reading_is_the_reduction_a_rate_increase_means():
-    assert cm.speed_reading_reduction(58) == pytest.approx(36.708, abs=1e-3)
-    assert cm.speed_reading_reduction(45) == pytest.approx(31.034, abs=1e-3)
-    assert cm.speed_reading_reduction(0) == 0.0
+    assert speed_reading_reduction(58) == pytest.approx(36.708, abs=1e-3)
+    assert speed_reading_reduction(45) == pytest.approx(31.034, abs=1e-3)
+    assert speed_reading_reduction(0) == 0.0
     with pytest.raises(ValueError, match="not a rate"):
-        cm.speed_reading_reduction(-100)
+        speed_reading_reduction(-100)
 
 
 def test_claim_map_cells_and_both_readings():
@@ -169,3 +170,12 @@ def test_claim_maps_from_a_real_offline_grid(tmp_path):
     assert not (cells["latency_reading"] == "holds").any()
     fig = cm.plot_claim_map(cells, title="again vs base")
     assert len(fig.axes) == 3  # TTFT, TPOT, colour bar
+
+    # the report's cell draws the same map from the run directory
+    from evalkit.analysis.load import load_report
+    from evalkit.ui.cells.report import plot_claim_maps
+
+    run.write_stage_records("latency", result.records)
+    shown = plot_claim_maps(load_report(cfg, run))
+    assert shown.name == "claim-map-again-vs-base" and "again vs base" in shown.svg
+    assert "claim holds at 0 (latency reading)" in shown.caption

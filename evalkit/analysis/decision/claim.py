@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from evalkit.analysis.claims import claim_verdict
+from evalkit.analysis.claims import claim_verdict, speed_reading_reduction
 from evalkit.analysis.decision.words import point_exclusion
 from evalkit.analysis.report import Report
 
@@ -38,7 +38,7 @@ class ClaimReading:
     @property
     def speed_equivalent_pct(self) -> float:
         """The latency reduction that is a speed-up of ×(1 + claimed/100)."""
-        return (1 - 1 / (1 + self.claimed_pct / 100)) * 100
+        return speed_reading_reduction(self.claimed_pct)
 
     @property
     def name(self) -> str:

@@ -9,6 +9,12 @@ from evalkit.analysis import decision as dc
 from evalkit.analysis import plots
 from evalkit.analysis import report as rp
 from evalkit.analysis import report_figures as figs
+from evalkit.analysis.claim_map import (
+    claim_map_summary,
+    claim_maps,
+    plot_claim_map,
+    reduction_words,
+)
 from evalkit.analysis.lineage import superseded_by
 from evalkit.analysis.load import RANDOM_WEIGHTS, load_report
 from evalkit.analysis.verdicts import NAMES
@@ -24,6 +30,7 @@ __all__ = [
     "build_report",
     "open_stage",
     "plot_accuracy",
+    "plot_claim_maps",
     "plot_load_curves",
     "plot_quality_vs_speed",
     "plot_rate_curves",
@@ -209,6 +216,37 @@ def show_claims(report: rp.Report):
         return None
     display(table(summary, "{:.1f}"))
     return collapsed("Claim check, point by point", "", detail, "{:.1f}")
+
+
+def plot_claim_maps(report: rp.Report):
+    """Runs with offline batches over 2+ prompt lengths x 2+ batch sizes: per claim, the
+    claim's scheme against its reference and every other scheme, as heat maps of the TTFT
+    and TPOT reduction with the claim in both readings."""
+    maps = claim_maps(report.points(), report.point_samples(), report.claims)
+    if not maps:
+        return None
+    display(md("## Claim map: where the reduction grows, peaks and fades\n\n"
+               "Offline whole batches (vllm.LLM) over prompt length x batch size. Each cell: "
+               "the p50 reduction of the first scheme against the second with its 95 % "
+               "interval; framed solid where the latency reading of the claim holds "
+               "(time cut by the claimed %), dashed where only the speed reading holds "
+               "(rate x (1 + claim/100)); grey: invalid or not measured."))
+    for variant, reference, cells in maps[:-1]:
+        display(_claim_map_figure(report, variant, reference, cells))
+    return _claim_map_figure(report, *maps[-1])
+
+
+def _claim_map_figure(report: rp.Report, variant: str, reference: str, cells: pd.DataFrame):
+    summary = claim_map_summary(cells).set_index("metric")
+    words = "; ".join(
+        f"{'TTFT' if m == 'ttft_ms' else 'TPOT'}: best {reduction_words(r.best_pct)} at "
+        f"{r.best_at}, worst {reduction_words(r.worst_pct)} at {r.worst_at}; claim holds at "
+        f"{r.latency_reading_holds} (latency reading) / {r.speed_reading_holds} (speed "
+        f"reading) of {r.valid_cells} valid cells"
+        for m, r in summary.iterrows() if r.get("valid_cells", 0))
+    title = f"{variant} vs {reference} ({report.model}, {report.hardware})"
+    return shown(plot_claim_map(cells, title=title), f"claim-map-{variant}-vs-{reference}",
+                 report.caption(words or "no valid cell"))
 
 
 def show_other_evidence(report: rp.Report):
