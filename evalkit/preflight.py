@@ -41,73 +41,74 @@ def load_study(path: str | os.PathLike[str], *, check: bool = True) -> StudyConf
 def semantic_problems(cfg: StudyConfig, path: str = "<config>") -> list[str]:
     """Checks that need the file system or registries but no model load."""
     out: list[str] = []
-    m = cfg.model
-    if m.source == "packaged" and m.name not in assets.PACKAGED_MODELS:
+    model = cfg.model
+    if model.source == "packaged" and model.name not in assets.PACKAGED_MODELS:
         out.append(
-            f"{path}: model.name: unknown packaged model '{m.name}'; allowed: "
+            f"{path}: model.name: unknown packaged model '{model.name}'; allowed: "
             f"{', '.join(assets.PACKAGED_MODELS)}"
         )
-    if m.source == "preset" and m.name not in assets.list_presets():
+    if model.source == "preset" and model.name not in assets.list_presets():
         out.append(
-            f"{path}: model.name: unknown architecture preset '{m.name}'; allowed: "
+            f"{path}: model.name: unknown architecture preset '{model.name}'; allowed: "
             f"{', '.join(assets.list_presets())}"
         )
-    if m.source == "hf_dir" and m.path is not None and not (m.path / "config.json").is_file():
-        out.append(f"{path}: model.path: '{m.path}' is not a checkpoint directory (no config.json)")
-    if m.source == "gguf" and m.path is not None and not (m.path.is_file() and m.path.suffix == ".gguf"):
-        out.append(f"{path}: model.path: '{m.path}' is not an existing .gguf file")
-    if m.trust_remote_code and m.source in ("packaged", "preset", "gguf"):
+    if model.source == "hf_dir" and model.path is not None and not (model.path / "config.json").is_file():
+        out.append(f"{path}: model.path: '{model.path}' is not a checkpoint directory (no config.json)")
+    if model.source == "gguf" and model.path is not None and not (
+            model.path.is_file() and model.path.suffix == ".gguf"):
+        out.append(f"{path}: model.path: '{model.path}' is not an existing .gguf file")
+    if model.trust_remote_code and model.source in ("packaged", "preset", "gguf"):
         # Model code only comes with a Hugging Face checkpoint; turning it on elsewhere
         # would let whatever sits in the converted/cached directory run.
         out.append(f"{path}: model.trust_remote_code: applies to source hf_dir or hub only "
-                   f"(source {m.source} carries no model code); allowed: false")
+                   f"(source {model.source} carries no model code); allowed: false")
 
     if cfg.accuracy is not None:
         allowed = taskpack.available_tasks(cfg.accuracy.data)
-        for i, t in enumerate(cfg.accuracy.tasks):
-            if t not in allowed:
-                hint = get_close_matches(t, allowed, n=2)
+        for i, task in enumerate(cfg.accuracy.tasks):
+            if task not in allowed:
+                hint = get_close_matches(task, allowed, n=2)
                 did = f" (did you mean {' or '.join(hint)}?)" if hint else ""
                 shown = ", ".join(sorted(allowed)[:12]) + (" ..." if len(allowed) > 12 else "")
                 out.append(
-                    f"{path}: accuracy.tasks[{i}]: unknown task '{t}' for data={cfg.accuracy.data}"
+                    f"{path}: accuracy.tasks[{i}]: unknown task '{task}' for data={cfg.accuracy.data}"
                     f"{did}; allowed: {shown}"
                 )
 
     dims = assets.linear_dims(cfg.model)
-    for i, v in enumerate(cfg.variants):
-        scheme = SCHEMES[v.scheme]
-        gs = v.effective_group_size
+    for i, variant in enumerate(cfg.variants):
+        scheme = SCHEMES[variant.scheme]
+        gs = variant.effective_group_size
         if dims and gs:
-            bad = sorted({d for d in dims if d % gs})
+            bad = sorted({dim for dim in dims if dim % gs})
             if bad:
                 out.append(
-                    f"{path}: variants[{i}] ({v.name}): group size {gs} does not divide the "
+                    f"{path}: variants[{i}] ({variant.name}): group size {gs} does not divide the "
                     f"model's linear input dims {bad}; allowed: a group size dividing all of "
                     f"{sorted(set(dims))} (set variants[{i}].group_size)"
                 )
         if cfg.engine.device == "cpu":
             ok, why = cpu_kernel_expected(scheme)
-            if not ok and v.accuracy_backend == "vllm":
+            if not ok and variant.accuracy_backend == "vllm":
                 out.append(
-                    f"{path}: variants[{i}] ({v.name}): accuracy_backend=vllm on a CPU engine "
+                    f"{path}: variants[{i}] ({variant.name}): accuracy_backend=vllm on a CPU engine "
                     f"is impossible: {why}; allowed: accuracy_backend auto or hf"
                 )
             if not ok and cfg.latency is not None and cfg.latency.unsupported == "error":
                 out.append(
-                    f"{path}: variants[{i}] ({v.name}): latency on a CPU engine is impossible: "
+                    f"{path}: variants[{i}] ({variant.name}): latency on a CPU engine is impossible: "
                     f"{why}; allowed: latency.unsupported=record, or drop the variant"
                 )
-            if v.method in ("gptq", "awq") and m.source == "preset":
-                out.append(f"{path}: variants[{i}]: {v.method} needs real weights, not a preset")
-        if v.name in cfg.engine.kernel_override and cfg.engine.device != "cuda":
-            out.append(f"{path}: engine.kernel_override[{v.name}]: kernel overrides need device cuda")
-    if m.source == "preset":
-        for i, v in enumerate(cfg.variants):
-            if v.method not in ("none", "rtn"):
+            if variant.method in ("gptq", "awq") and model.source == "preset":
+                out.append(f"{path}: variants[{i}]: {variant.method} needs real weights, not a preset")
+        if variant.name in cfg.engine.kernel_override and cfg.engine.device != "cuda":
+            out.append(f"{path}: engine.kernel_override[{variant.name}]: kernel overrides need device cuda")
+    if model.source == "preset":
+        for i, variant in enumerate(cfg.variants):
+            if variant.method not in ("none", "rtn"):
                 out.append(
-                    f"{path}: variants[{i}] ({v.name}): presets have random weights; only "
-                    f"method rtn is meaningful (got {v.method})"
+                    f"{path}: variants[{i}] ({variant.name}): presets have random weights; only "
+                    f"method rtn is meaningful (got {variant.method})"
                 )
 
     cal = cfg.quantize.calibration.dataset

@@ -166,7 +166,7 @@ def run_study(
         run.log(f"run {run.run_id} of study {cfg.study}: {run.path}")
         if resume is not None:
             _log_resume(run)
-        todo = [s for s in STAGES if s.name in wanted]
+        todo = [stage for stage in STAGES if stage.name in wanted]
         from tqdm.auto import tqdm
 
         bar = tqdm(todo, desc="study", unit="stage", disable=not progress)

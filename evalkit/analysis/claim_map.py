@@ -163,7 +163,7 @@ def plot_claim_map(cells: pd.DataFrame, *, title: str = ""):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
-    metrics = [m for m in CLAIM_METRICS if (cells["metric"] == m).any()]
+    metrics = [name for name in CLAIM_METRICS if (cells["metric"] == name).any()]
     if not metrics:
         raise ValueError("claim map: no TTFT or TPOT point measured by both schemes")
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics), 4.6), squeeze=False)
@@ -177,31 +177,31 @@ def plot_claim_map(cells: pd.DataFrame, *, title: str = ""):
         ax.set_facecolor("#d9d9d9")
         image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", norm=norm, origin="lower",
                           aspect="auto")
-        for r in sub.itertuples():
-            i, j = lengths.index(int(r.input_len)), batches.index(int(r.batch))
-            if not r.valid:
-                ax.text(j, i, "invalid", ha="center", va="center", fontsize=8, color="#444")
+        for cell in sub.itertuples():
+            row, col = lengths.index(int(cell.input_len)), batches.index(int(cell.batch))
+            if not cell.valid:
+                ax.text(col, row, "invalid", ha="center", va="center", fontsize=8, color="#444")
                 continue
-            interval = ("" if math.isnan(r.ci_low_pct) else
-                        f"\n[{r.ci_low_pct:+.0f}, {r.ci_high_pct:+.0f}] %")
-            strong = abs(r.reduction_pct) > 0.6 * span
-            ax.text(j, i, reduction_words(r.reduction_pct) + interval, ha="center",
+            interval = ("" if math.isnan(cell.ci_low_pct) else
+                        f"\n[{cell.ci_low_pct:+.0f}, {cell.ci_high_pct:+.0f}] %")
+            strong = abs(cell.reduction_pct) > 0.6 * span
+            ax.text(col, row, reduction_words(cell.reduction_pct) + interval, ha="center",
                     va="center", fontsize=8, color="white" if strong else "black")
-            frame = ("-" if r.latency_reading == "holds" else
-                     "--" if r.speed_reading == "holds" else None)
+            frame = ("-" if cell.latency_reading == "holds" else
+                     "--" if cell.speed_reading == "holds" else None)
             if frame:
-                ax.add_patch(Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, lw=2.2,
+                ax.add_patch(Rectangle((col - 0.48, row - 0.48), 0.96, 0.96, fill=False, lw=2.2,
                                        ls=frame, edgecolor="black"))
         claimed = float(sub["claimed_pct"].iloc[0]) if "claimed_pct" in sub else math.nan
         measured = np.isfinite(grid)
         if not math.isnan(claimed) and grid.shape[0] > 1 and grid.shape[1] > 1 and measured.all():
             levels = sorted({speed_reading_reduction(claimed), claimed})
-            styles = ["--" if lv < claimed else "-" for lv in levels]
+            styles = ["--" if level < claimed else "-" for level in levels]
             if np.nanmin(grid) < max(levels) and np.nanmax(grid) > min(levels):
                 ax.contour(grid, levels=levels, colors="black", linestyles=styles,
                            linewidths=1.2)
-        ax.set_xticks(range(len(batches)), [str(b) for b in batches])
-        ax.set_yticks(range(len(lengths)), [f"{n:,}" for n in lengths])
+        ax.set_xticks(range(len(batches)), [str(batch) for batch in batches])
+        ax.set_yticks(range(len(lengths)), [f"{length:,}" for length in lengths])
         ax.set_xlabel("batch size (sequences submitted at once)")
         ax.set_ylabel("prompt length (tokens)")
         word = CLAIM_METRICS[metric]

@@ -40,24 +40,24 @@ def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
 
         def read_str() -> str:
             nonlocal pos
-            n = read("<Q")
-            pos += n
-            return bytes(mm[pos - n:pos]).decode("utf-8", errors="replace")
+            length = read("<Q")
+            pos += length
+            return bytes(mm[pos - length:pos]).decode("utf-8", errors="replace")
 
         def skip(vtype: int) -> None:
             nonlocal pos
             if vtype == _GGUF_STRING:
-                n = read("<Q")  # read() moves pos: take the length before adding it
-                pos += n
+                length = read("<Q")  # read() moves pos: take the length before adding it
+                pos += length
             elif vtype == _GGUF_ARRAY:
                 etype, count = read("<I"), read("<Q")
                 if etype in _GGUF_SCALARS:
                     pos += struct.calcsize(_GGUF_SCALARS[etype]) * count
                 elif etype == _GGUF_STRING:  # vocabularies: a tight loop, no calls per item
-                    p, unpack = pos, struct.Struct("<Q").unpack_from
+                    cursor, unpack = pos, struct.Struct("<Q").unpack_from
                     for _ in range(count):
-                        p += 8 + unpack(mm, p)[0]
-                    pos = p
+                        cursor += 8 + unpack(mm, cursor)[0]
+                    pos = cursor
                 else:
                     for _ in range(count):
                         skip(etype)
@@ -169,7 +169,7 @@ def convert_gguf(gguf: Path, out: Path, *, progress: bool = False) -> dict[str, 
     cfg_dict["dtype"] = CHECKPOINT_DTYPE
     config = AutoConfig.for_model(model_type, **cfg_dict)
     dtype = getattr(torch, CHECKPOINT_DTYPE)
-    state = {k: v.to(dtype) for k, v in src.state_dict().items()}
+    state = {name: tensor.to(dtype) for name, tensor in src.state_dict().items()}
     gen_cfg = src.generation_config
     architectures = [type(src).__name__]
     del src
@@ -189,7 +189,7 @@ def convert_gguf(gguf: Path, out: Path, *, progress: bool = False) -> dict[str, 
     check_special_tokens(out, token_flags)
     t_total = time.perf_counter() - t0
     say_progress(progress, f"  saved {CHECKPOINT_DTYPE} checkpoint in {t_total:.0f} s")
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(param.numel() for param in model.parameters())
     return {
         "architecture": architectures[0], "model_type": model_type, "dtype": CHECKPOINT_DTYPE,
         "parameters": n_params, "vocab_size": getattr(config, "vocab_size", None),
@@ -197,7 +197,7 @@ def convert_gguf(gguf: Path, out: Path, *, progress: bool = False) -> dict[str, 
         "tokenizer_s": round(t_tok, 2), "dequantize_s": round(t_load, 2),
         "convert_total_s": round(t_total, 2),
         "converter_version": CONVERTER_VERSION,
-        "tools": {d: _dist_version(d) for d in ("transformers", "torch", "gguf")},
+        "tools": {dist: _dist_version(dist) for dist in ("transformers", "torch", "gguf")},
     }
 
 

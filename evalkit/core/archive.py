@@ -127,30 +127,30 @@ def archive_run(path: str | os.PathLike[str], *, dry_run: bool = False) -> Archi
         removed: list[str] = []
         compressed: list[str] = []
         delta = 0  # bytes after - bytes before
-        for f in _duplicates(run):
-            delta -= f.stat().st_size
-            removed.append(f.relative_to(run).as_posix())
+        for duplicate in _duplicates(run):
+            delta -= duplicate.stat().st_size
+            removed.append(duplicate.relative_to(run).as_posix())
             if not dry_run:
-                _unlink(f)
-        for f in sorted((run / "raw").rglob(f"*{PROMPTS_SUFFIX}*")):
-            if not f.name.endswith((PROMPTS_SUFFIX, PROMPTS_SUFFIX + ".gz")):
+                _unlink(duplicate)
+        for prompts_file in sorted((run / "raw").rglob(f"*{PROMPTS_SUFFIX}*")):
+            if not prompts_file.name.endswith((PROMPTS_SUFFIX, PROMPTS_SUFFIX + ".gz")):
                 continue
-            delta -= f.stat().st_size
-            removed.append(f.relative_to(run).as_posix())
+            delta -= prompts_file.stat().st_size
+            removed.append(prompts_file.relative_to(run).as_posix())
             if not dry_run:
-                _record_prompt_digest(f)
-                _unlink(f)
-        for f, log in _compressible(run):
-            gz = _gz(f)
-            payload = _payload(f, log=log)
+                _record_prompt_digest(prompts_file)
+                _unlink(prompts_file)
+        for to_compress, log in _compressible(run):
+            gz = _gz(to_compress)
+            payload = _payload(to_compress, log=log)
             old_gz = gz.stat().st_size if gz.is_file() else 0
             new_gz = old_gz if payload is None else len(payload)
-            delta += new_gz - old_gz - f.stat().st_size
-            compressed.append(f.relative_to(run).as_posix())
+            delta += new_gz - old_gz - to_compress.stat().st_size
+            compressed.append(to_compress.relative_to(run).as_posix())
             if not dry_run:
                 if payload is not None:
                     atomic_write_bytes(gz, payload)
-                _unlink(f)
+                _unlink(to_compress)
         if had_lock:
             removed.append(LOCK_NAME)
         if dry_run:

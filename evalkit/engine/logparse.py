@@ -162,21 +162,21 @@ def provenance(log_text: str) -> dict[str, str | None]:
     for key, pats in _PROVENANCE_PATTERNS.items():
         out[key] = None
         for pat in pats:
-            m = re.search(pat, log_text)
-            if m:
-                out[key] = m.group(1)
+            match = re.search(pat, log_text)
+            if match:
+                out[key] = match.group(1)
                 break
     if out["quantization"] == "None":
         out["quantization"] = "none"
     kernels: list[str] = []
-    for m in _KERNEL_RE.finditer(log_text):
-        pair = f"{m.group(1)} for {m.group(2)}"
+    for match in _KERNEL_RE.finditer(log_text):
+        pair = f"{match.group(1)} for {match.group(2)}"
         if pair not in kernels:
             kernels.append(pair)
     out["linear_kernels"] = "; ".join(kernels) or None
     moe: list[str] = []
-    for m in _MOE_RE.finditer(log_text):
-        name = m.group(1) or f"{m.group(2)} {m.group(3)}"
+    for match in _MOE_RE.finditer(log_text):
+        name = match.group(1) or f"{match.group(2)} {match.group(3)}"
         if name not in moe:
             moe.append(name)
     out["moe_kernels"] = "; ".join(moe) or None

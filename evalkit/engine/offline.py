@@ -82,7 +82,7 @@ def run_offline(
         EngineError: the child failed or timed out.
     """
     check_checkpoint(model_path, weights=load_format != "dummy")
-    pts = [dict(p) for p in points]
+    pts = [dict(point) for point in points]
     spec = {
         "model": str(model_path), "points": pts, "iters": iters, "warmups": warmups,
         "seed": seed, "out": str(out_path),

@@ -154,15 +154,15 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
             under ``min(ACHIEVED_MIN, 1 - 3 / sqrt(n)) x offered`` (3 standard deviations of
             a Poisson count of n arrivals).
     """
-    m = np.asarray(window.mask, dtype=bool)
-    cols = [np.asarray(c, dtype=float).ravel() for c in (start_s, latency_s, ttft_s)]
+    mask = np.asarray(window.mask, dtype=bool)
+    cols = [np.asarray(column, dtype=float).ravel() for column in (start_s, latency_s, ttft_s)]
     good = np.asarray(ok, dtype=bool).ravel()
-    if any(c.size != m.size for c in (*cols, good)):
-        raise StageError(f"flow needs one value per request of the window ({m.size}), got "
-                         f"{[c.size for c in (*cols, good)]}")
+    if any(column.size != mask.size for column in (*cols, good)):
+        raise StageError(f"flow needs one value per request of the window ({mask.size}), got "
+                         f"{[column.size for column in (*cols, good)]}")
     order = np.argsort(cols[0], kind="stable")
-    keep = m[order]
-    send, lat, ttft, good = (c[order][keep] for c in (*cols, good))
+    keep = mask[order]
+    send, lat, ttft, good = (column[order][keep] for column in (*cols, good))
     arrival = _rate(send)
     # completions of any of the trial's requests inside the window's sending interval: in a
     # steady state as many finish per second as arrive, whatever the latency distribution
@@ -174,15 +174,15 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
                 if t1 > t0 else math.nan)
     failed = int((~good).sum())
     reasons = []
-    n = int(send.size)
-    if offered_rate is not None and n >= 2 and math.isfinite(arrival):
-        cut_in = min(ACHIEVED_MIN, 1.0 - 3.0 / math.sqrt(n))
+    n_sent = int(send.size)
+    if offered_rate is not None and n_sent >= 2 and math.isfinite(arrival):
+        cut_in = min(ACHIEVED_MIN, 1.0 - 3.0 / math.sqrt(n_sent))
         if arrival < cut_in * offered_rate:
             reasons.append(f"requests left the client at {arrival:.3g} req/s < {cut_in:.2g} "
                            f"x offered {offered_rate:.3g} req/s (they waited for the in-flight "
                            "cap or the client)")
-    k = int(good.sum())
-    cut = min(ACHIEVED_MIN, 1.0 - 2.0 * math.sqrt(2.0 / k)) if k else ACHIEVED_MIN
+    n_ok = int(good.sum())
+    cut = min(ACHIEVED_MIN, 1.0 - 2.0 * math.sqrt(2.0 / n_ok)) if n_ok else ACHIEVED_MIN
     med_lat = float(np.median(lat[good])) if good.any() else math.nan
     long_enough = (t1 - t0) >= FLOW_MIN_LATENCIES * med_lat
     if long_enough and achieved < cut * arrival:
@@ -193,8 +193,8 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
                        f"({failed / send.size:.1%} > {FAILED_MAX_PCT:g}%)")
     tt = ttft[good & np.isfinite(ttft)]
     if tt.size >= TTFT_GROWTH_MIN_REQUESTS:
-        k = tt.size // 3
-        first, last = float(np.median(tt[:k])), float(np.median(tt[-k:]))
+        third = tt.size // 3
+        first, last = float(np.median(tt[:third])), float(np.median(tt[-third:]))
         if last > TTFT_GROWTH * first and (last - first) * 1e3 > TTFT_GROWTH_MIN_MS:
             reasons.append(f"median TTFT grows from {first * 1e3:.4g} ms (first third) to "
                            f"{last * 1e3:.4g} ms (last third)")
@@ -331,24 +331,26 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
     if not points or resamples < 1 or not 0 < confidence < 1 or not 0 <= percentile <= 100:
         raise StageError(f"capacity at SLO: {len(points)} rate point(s), resamples {resamples}, "
                          f"confidence {confidence}, percentile {percentile}")
-    pts = sorted(points, key=lambda p: p.rate)
-    rates = np.asarray([p.rate for p in pts], dtype=float)
+    pts = sorted(points, key=lambda point: point.rate)
+    rates = np.asarray([point.rate for point in pts], dtype=float)
     if not (np.isfinite(rates).all() and (rates > 0).all() and (np.diff(rates) > 0).all()):
         raise StageError(f"rates must be finite, > 0 and distinct, got {rates.tolist()}")
-    sat = np.asarray([bool(p.saturated) for p in pts])
-    margins = np.asarray([slo_margin(p.samples, limits, percentile) for p in pts])
+    sat = np.asarray([bool(point.saturated) for point in pts])
+    margins = np.asarray([slo_margin(point.samples, limits, percentile) for point in pts])
     value = float(_crossing(rates, sat, margins[None, :])[0][0])
     passes = ~sat & (margins <= 1)
-    passing = tuple(float(r) for r in rates[passes])
-    f = int(np.argmin(passes)) if not passes.all() else None
+    passing = tuple(float(rate) for rate in rates[passes])
+    first_fail = int(np.argmin(passes)) if not passes.all() else None
     rng = np.random.default_rng(seed)
     boot = np.empty((resamples, rates.size))
-    for j, p in enumerate(pts):
+    for j, point in enumerate(pts):
         per_metric = []
-        for m, parts in _pooled(p.samples, limits).items():
-            b = np.concatenate([x[rng.integers(0, x.size, size=(resamples, x.size))]
-                                for x in parts], axis=1)
-            per_metric.append(_percentile(b, percentile) / limits[m])
+        for metric, parts in _pooled(point.samples, limits).items():
+            resampled = np.concatenate(
+                [trial_values[rng.integers(0, trial_values.size,
+                                           size=(resamples, trial_values.size))]
+                 for trial_values in parts], axis=1)
+            per_metric.append(_percentile(resampled, percentile) / limits[metric])
         boot[:, j] = np.max(per_metric, axis=0)
     draws, upper = _crossing(rates, sat, boot)
     # Where the first failing rate is saturated, no margin crosses 1 between the two rates:
@@ -360,29 +362,31 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
     alpha = 1 - confidence
     lo, hi = np.quantile(np.nan_to_num(draws, nan=0.0), [alpha / 2, 1 - alpha / 2])
     lo, hi = min(float(lo), value), max(float(hi), value)  # the claimed value is an end
-    censored = "above" if f is None else "below" if f == 0 else "none"
-    if f is None:
+    censored = "above" if first_fail is None else "below" if first_fail == 0 else "none"
+    if first_fail is None:
         note = (f"every rate met the p{percentile:g} limits (up to {rates[-1]:g} req/s): "
                 f"capacity is at least the top rate measured")
-    elif f == 0:
+    elif first_fail == 0:
         lo = hi = math.nan
         note = (f"the lowest rate {rates[0]:g} req/s already fails "
                 f"({'saturated' if sat[0] else _misses(pts[0], limits, percentile)}): "
                 f"capacity is below the lowest rate measured")
     else:
-        r0, r1 = rates[f - 1], rates[f]
-        if sat[f] or math.isinf(margins[f]):
-            why = "is saturated" if sat[f] else f"has {_misses(pts[f], limits, percentile)}"
+        r0, r1 = rates[first_fail - 1], rates[first_fail]
+        if sat[first_fail] or math.isinf(margins[first_fail]):
+            why = ("is saturated" if sat[first_fail]
+                   else f"has {_misses(pts[first_fail], limits, percentile)}")
             note = (f"last passing rate {r0:g} req/s: {r1:g} req/s {why}, not sustainable, so "
                     f"nothing above {r0:g} req/s is claimed (capacity lies in [{r0:g}, {r1:g})"
                     " req/s: the interval spans the rates' resolution)")
         else:
             note = (f"interpolated between {r0:g} (meets p{percentile:g} limits) and {r1:g} "
-                    f"req/s ({_misses(pts[f], limits, percentile)})")
-        if above := [f"{r:g}" for r in passing if r > r1]:
+                    f"req/s ({_misses(pts[first_fail], limits, percentile)})")
+        if above := [f"{rate:g}" for rate in passing if rate > r1]:
             note += f"; higher rates {', '.join(above)} req/s pass again but are ignored"
     return Capacity(value=value, ci_low=float(lo), ci_high=float(hi), censored=censored,
-                    passing=passing, first_failing=None if f is None else float(rates[f]),
+                    passing=passing,
+                    first_failing=None if first_fail is None else float(rates[first_fail]),
                     draws=draws, note=note)
 
 

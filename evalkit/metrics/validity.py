@@ -171,10 +171,11 @@ def guard_point(df: pd.DataFrame, *, floors: FloorModel | None, hit_rate: float,
         return df
     first = point.iloc[0]
     mode = str(first["mode"])
-    fields = {k: first[k] for k in ("mode", "load", "workload", "concurrency",
-                                     "request_rate", "input_len", "output_len")}
-    ident = {k: first[k] for k in ("run_id", "study", "model", "variant", "scheme", "method",
-                                    "stage", "backend", "hardware")}
+    fields = {column: first[column] for column in ("mode", "load", "workload", "concurrency",
+                                                   "request_rate", "input_len", "output_len")}
+    ident = {column: first[column] for column in ("run_id", "study", "model", "variant",
+                                                  "scheme", "method", "stage", "backend",
+                                                  "hardware")}
     n_in = int(floor_input_len if floor_input_len is not None else first["input_len"])
     batch = int(first["concurrency"])
     offline = mode == "offline"

@@ -77,28 +77,28 @@ def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[s
     window = summary.get("window")
     rate = not math.isinf(float(fields.get("request_rate", math.inf)))
     used, windows, flows = [], [], []
-    for d in details:
-        if rate and window and d.get("start_times"):
-            w = tr.steady_window(d["start_times"], warmup_pct=window["warmup_pct"],
-                                 cooldown_pct=window["cooldown_pct"], by=window["by"])
-            lat = request_latencies(d)
-            ok = [not e for e in d.get("errors") or []]
+    for detail in details:
+        if rate and window and detail.get("start_times"):
+            steady = tr.steady_window(detail["start_times"], warmup_pct=window["warmup_pct"],
+                                      cooldown_pct=window["cooldown_pct"], by=window["by"])
+            latencies = request_latencies(detail)
+            ok = [not error for error in detail.get("errors") or []]
             offered = float(summary.get("offered_rate", fields["request_rate"]))
-            flows.append(tr.flow(d["start_times"], lat, d.get("ttfts") or [], ok, w,
-                                 offered_rate=offered))
-            windows.append(w)
-            used.append(window_detail(d, w.mask))
+            flows.append(tr.flow(detail["start_times"], latencies, detail.get("ttfts") or [], ok,
+                                 steady, offered_rate=offered))
+            windows.append(steady)
+            used.append(window_detail(detail, steady.mask))
         else:
-            used.append(dict(d))
-    per_trial = [per_request_metrics(d) for d in used]
-    m = pool_metrics(per_trial)
-    rows = point_rows(m, **fields) + interval_rows(m, seed=seed, **fields)
-    saturated = any(f.saturated for f in flows)
-    reason = next((f.reason for f in flows if f.saturated), "")
-    samples: dict[str, list[np.ndarray]] = {k: [] for k in SLO_METRICS}
-    for d in used:
-        for k, v in _slo_samples(d).items():
-            samples[k].append(v)
+            used.append(dict(detail))
+    per_trial = [per_request_metrics(detail) for detail in used]
+    pooled = pool_metrics(per_trial)
+    rows = point_rows(pooled, **fields) + interval_rows(pooled, seed=seed, **fields)
+    saturated = any(flow.saturated for flow in flows)
+    reason = next((flow.reason for flow in flows if flow.saturated), "")
+    samples: dict[str, list[np.ndarray]] = {metric: [] for metric in SLO_METRICS}
+    for detail in used:
+        for metric, values in _slo_samples(detail).items():
+            samples[metric].append(values)
     if rate:
         rows += _rate_rows(summary, fields, windows, flows, saturated, reason)
         rows += _goodput_rows(summary.get("slo") or {}, samples, flows, fields)
@@ -106,14 +106,16 @@ def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[s
     delta = summary.get("server_metrics")
     if delta:
         srows = server_metric_rows(delta, **{**fields, "mode": "server-metrics"})
-        for x in srows:
-            x["backend"] = "vllm-server"
+        for row in srows:
+            row["backend"] = "vllm-server"
         rows += srows
-    lens = [int(x) for d in used for x, e in zip(d.get("input_lens") or [],
-                                                 d.get("errors") or [], strict=False)
-            if x and not e]
-    mean_out = m["output_tokens"] / m["completed"] if m["completed"] else math.nan
-    return PointData(rows, saturated, reason, samples, m["completed"], m["failed"],
+    lens = [int(length) for detail in used
+            for length, error in zip(detail.get("input_lens") or [],
+                                     detail.get("errors") or [], strict=False)
+            if length and not error]
+    mean_out = (pooled["output_tokens"] / pooled["completed"] if pooled["completed"]
+                else math.nan)
+    return PointData(rows, saturated, reason, samples, pooled["completed"], pooled["failed"],
                      min(lens) if lens else None, mean_out)
 
 

@@ -178,68 +178,70 @@ class RateSweep:
             bar.update(max(0, self.planned() - len(pts)))
             self.write_capacity(v, w, measured)
 
-    def write_capacity(self, v: Variant, w: Workload, measured: list[tuple[Point, PointData]]
-                       ) -> None:
-        """Capacity at the SLO of ``v`` under ``w``'s traffic: records and the raw draws."""
+    def write_capacity(self, variant: Variant, workload: Workload,
+                       measured: list[tuple[Point, PointData]]) -> None:
+        """Capacity at the SLO of ``variant`` under ``workload``'s traffic: records and the raw draws."""
         st, cfg = self.st, self.st.cfg
         slo = cfg.report.slo
-        limits = {k: x for k, x in slo.limits().items() if k in ("ttft_ms", "tpot_ms",
-                                                                  "e2el_ms")}
-        valid = [(p, d) for p, d in measured if self._valid(v, p)]
+        limits = {metric: limit for metric, limit in slo.limits().items()
+                  if metric in ("ttft_ms", "tpot_ms", "e2el_ms")}
+        valid = [(point, data) for point, data in measured if self._valid(variant, point)]
         left_out = len(measured) - len(valid)
-        load = load_label(1.0, lengths_vary=w.lengths_vary,
+        load = load_label(1.0, lengths_vary=workload.lengths_vary,
                           burstiness=cfg.latency.traffic.burstiness)  # type: ignore[union-attr]
-        fields = dict(mode="capacity", load=load, workload=w.name, input_len=w.input_len,
-                      output_len=w.output_len)
+        fields = dict(mode="capacity", load=load, workload=workload.name,
+                      input_len=workload.input_len, output_len=workload.output_len)
         gpus = cfg.engine.tensor_parallel_size
         if not valid:
             why = "no valid rate point" + (f" ({left_out} invalid)" if left_out else "")
             df = rec.make_records([dict(metric="capacity_req_s", stat="value", unit="req/s",
                                         higher_is_better=True, value=math.nan, status="failed",
-                                        note=why, **fields)], **st.common(v))
-            st.save_unit(v, capacity_key(v.name, w.name), df, "failed")
+                                        note=why, **fields)], **st.common(variant))
+            st.save_unit(variant, capacity_key(variant.name, workload.name), df, "failed")
             return
         cap = tr.capacity_at_slo(
-            [tr.RatePoint(p.request_rate, d.saturated, d.samples) for p, d in valid], limits,
+            [tr.RatePoint(point.request_rate, data.saturated, data.samples)
+             for point, data in valid], limits,
             percentile=slo.percentile, seed=cfg.latency.seed)  # type: ignore[union-attr]
-        outs = [d.mean_output_tokens for _, d in valid if math.isfinite(d.mean_output_tokens)]
-        out_tok = float(np.mean(outs)) if outs else float(w.output_len)
+        outs = [data.mean_output_tokens for _, data in valid
+                if math.isfinite(data.mean_output_tokens)]
+        out_tok = float(np.mean(outs)) if outs else float(workload.output_len)
         note = cap.note + (f"; {left_out} invalid rate point(s) left out" if left_out else "")
         rows: list[dict[str, Any]] = []
         triple = (cap.value, cap.ci_low, cap.ci_high)
         for metric, unit, scale in (("capacity_req_s", "req/s", 1.0),
                                     ("capacity_req_s_per_gpu", "req/s", 1.0 / gpus),
                                     ("capacity_output_tok_s_per_gpu", "tok/s", out_tok / gpus)):
-            for stat, x in zip(("value", "ci_low", "ci_high"), triple, strict=True):
+            for stat, estimate in zip(("value", "ci_low", "ci_high"), triple, strict=True):
                 rows.append(dict(metric=metric, stat=stat, unit=unit, higher_is_better=True,
-                                 value=x * scale, n=len(valid), **fields,
+                                 value=estimate * scale, n=len(valid), **fields,
                                  note=note if metric == "capacity_req_s" else None))
         price = cfg.report.cost_per_gpu_hour_usd
         if price is not None:
-            for stat, x in zip(("value", "ci_low", "ci_high"), (cap.value, cap.ci_high,
-                                                                cap.ci_low), strict=True):
+            for stat, estimate in zip(("value", "ci_low", "ci_high"),
+                                      (cap.value, cap.ci_high, cap.ci_low), strict=True):
                 rows.append(dict(metric="cost_usd_per_m_output_tokens", stat=stat, unit="USD",
                                  higher_is_better=False, n=len(valid), **fields,
-                                 value=tr.cost_per_million_tokens(price, gpus, x * out_tok),
+                                 value=tr.cost_per_million_tokens(price, gpus, estimate * out_tok),
                                  note=f"{price:g} USD per GPU-hour x {gpus} GPU(s) / output "
                                       "tokens per hour at capacity, x 1e6"))
-        best = [d for p, d in valid if p.request_rate in cap.passing]
+        best = [data for point, data in valid if point.request_rate in cap.passing]
         jpt = _row_value(best[-1].rows, "energy_j_per_output_token") if best else math.nan
-        jnote = next((r.get("note") for r in (best[-1].rows if best else [])
-                      if r["metric"] == "energy_j_per_output_token"), "no rate met the SLO")
+        jnote = next((row.get("note") for row in (best[-1].rows if best else [])
+                      if row["metric"] == "energy_j_per_output_token"), "no rate met the SLO")
         rows.append(dict(metric="energy_j_per_output_token", stat="value", unit="J/token",
                          higher_is_better=False, value=jpt, **fields,
                          note=f"at the highest rate that met the SLO: {jnote}"))
-        df = rec.make_records(rows, **st.common(v))
-        atomic_write_json(st.raw / v.name / f"capacity_{w.name}.json", {
+        df = rec.make_records(rows, **st.common(variant))
+        atomic_write_json(st.raw / variant.name / f"capacity_{workload.name}.json", {
             "value": cap.value, "ci_low": cap.ci_low, "ci_high": cap.ci_high,
-            "censored": cap.censored, "draws": [float(x) for x in cap.draws],
-            "rates": [p.request_rate for p, _ in valid], "passing": list(cap.passing),
+            "censored": cap.censored, "draws": [float(draw) for draw in cap.draws],
+            "rates": [point.request_rate for point, _ in valid], "passing": list(cap.passing),
             "limits": limits, "percentile": slo.percentile, "note": note,
             "output_tokens_per_request": out_tok, "gpus": gpus})
-        st.save_unit(v, capacity_key(v.name, w.name), df, "ok")
-        self.run.log(f"latency: {v.name} {w.name} capacity at SLO {cap.value:.3g} req/s "
-                     f"[{cap.ci_low:.3g}, {cap.ci_high:.3g}] ({cap.censored}): {note}")
+        st.save_unit(variant, capacity_key(variant.name, workload.name), df, "ok")
+        self.run.log(f"latency: {variant.name} {workload.name} capacity at SLO "
+                     f"{cap.value:.3g} req/s [{cap.ci_low:.3g}, {cap.ci_high:.3g}] ({cap.censored}): {note}")
 
     def _valid(self, v: Variant, p: Point) -> bool:
         done = self.run.units.done(p.key(v.name))

@@ -52,7 +52,7 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     """
     stage_file = run.stage_records_path(STAGE)
     units = sorted(run.path.glob(f"raw/{STAGE}/*/units/*.parquet"))
-    unit_records = [rec.read_records(u) for u in units]
+    unit_records = [rec.read_records(unit) for unit in units]
     if stage_file.is_file():
         old = rec.read_records(stage_file)
     elif units:
@@ -67,7 +67,7 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     gbps = gpu_bandwidth_gbps(hw)
     st.bandwidth = (gbps, f"vendor peak for {hw}") if gbps else (None, f"{hw}: bandwidth unknown")
     caching = recorded_prefix_caching(run)
-    variants = {v.name: v for v in cfg.variants}
+    variants = {variant.name: variant for variant in cfg.variants}
     ident = ["run_id", "study", "model", "variant", "scheme", "method", "stage", "hardware"]
     offline_rows_of: dict[Path, list[dict[str, Any]]] = {}
     frames = [old]
@@ -76,17 +76,18 @@ def rebuild_records(run: Run) -> pd.DataFrame:
         if pts.empty or str(pts.iloc[0]["variant"]) not in variants:
             continue
         first = pts.iloc[0]
-        v = variants[str(first["variant"])]
+        variant = variants[str(first["variant"])]
         vdir = unit.parent.parent
-        fields = {k: first[k] for k in ("mode", "load", "workload", "concurrency",
-                                         "request_rate", "input_len", "output_len")}
-        common = {k: first[k] for k in ident}
+        fields = {column: first[column] for column in ("mode", "load", "workload", "concurrency",
+                                                       "request_rate", "input_len", "output_len")}
+        common = {column: first[column] for column in ident}
         if first["mode"] == "server":
             name = point_stem(first["workload"], first["concurrency"], first["request_rate"])
             files = trial_files(vdir, name)
             if not files:
                 continue
-            details = [read_json(f.with_suffix("") if f.suffix == ".gz" else f) for f in files]
+            details = [read_json(trial_file.with_suffix("") if trial_file.suffix == ".gz"
+                                 else trial_file) for trial_file in files]
             summary_file = vdir / f"{name}.summary.json"
             summary = read_json(summary_file) if json_exists(summary_file) else {}
             summary.setdefault("slo", cfg.report.slo.limits())  # goodput of a rate point
@@ -98,10 +99,10 @@ def rebuild_records(run: Run) -> pd.DataFrame:
             data = server_point_records(details, fields, summary=summary,
                                         seed=cfg.latency.seed if cfg.latency else 0)
             delta = summary.get("server_metrics")
-            wl = next((w for w in (cfg.latency.workloads if cfg.latency else ())
-                       if w.name == first["workload"]), None)
+            wl = next((workload for workload in (cfg.latency.workloads if cfg.latency else ())
+                       if workload.name == first["workload"]), None)
             new = rec.make_records(data.rows, **{"backend": first["backend"], **common})
-            new = st.guard(v, new, server_delta=delta or {}, prefix_caching=caching,
+            new = st.guard(variant, new, server_delta=delta or {}, prefix_caching=caching,
                            jit=summary.get("jit_events") or (),
                            floor_input_len=data.min_prompt_len
                            if wl is not None and wl.lengths_vary else None)
@@ -117,7 +118,7 @@ def rebuild_records(run: Run) -> pd.DataFrame:
                 fields["load"] = "batch"
             new = rec.make_records(offline_rows(its, **fields),
                                    **{"backend": first["backend"], **common})
-            new = st.guard(v, new, offline_iters=its, prefix_caching=caching)
+            new = st.guard(variant, new, offline_iters=its, prefix_caching=caching)
         rec.write_records(new, unit)
         frames.append(new)
     frames += _capacities(st, cfg)

@@ -62,21 +62,21 @@ def _healthy(base_url: str) -> bool:
 
 
 def _warmups(st: LatencyStage, p: Point, n: int) -> int:
-    lat = st.lat
-    if not lat.warmups:
+    lat_spec = st.lat
+    if not lat_spec.warmups:
         return 0
     if p.is_rate:
         # arrivals at a rate meet every batch size up to what the rate builds: a warm-up
         # wave of a quarter of a trial (at most 32) covers the small and middle shapes
-        return max(lat.warmups, min(n // 4, 32))
+        return max(lat_spec.warmups, min(n // 4, 32))
     # At least one full wave at the point's concurrency: with fewer, the first timed trial
     # meets batch shapes the engine has not run yet (on the 8B claim run, trial 1 at
     # chat x 64 was 16-19% slower than trials 2-3 after two warm-up requests).
-    return max(lat.warmups, p.concurrency)
+    return max(lat_spec.warmups, p.concurrency)
 
 
-def measure_point(st: LatencyStage, session: VariantSession, tokenizer: Path, vdir: Path, p: Point,
-                  vocab: int) -> PointData:
+def measure_point(st: LatencyStage, session: VariantSession, tokenizer: Path, vdir: Path,
+                  point: Point, vocab: int) -> PointData:
     """One server point: warm-up, trials of vLLM's client, records from the raw files.
 
     The warm-up and every trial send prompts of their own (:func:`prompt_seed`; a mix's
@@ -84,45 +84,47 @@ def measure_point(st: LatencyStage, session: VariantSession, tokenizer: Path, vd
     block); the ``/metrics`` scrape and the energy counter bracket the trials only, so the
     cache hit rate and joules cover exactly the timed requests.
     """
-    v, lat = session.variant, st.lat
-    key = p.key(v.name)
-    w, c, r = p.workload, p.concurrency, p.request_rate
-    name = p.stem()
+    variant, lat_spec = session.variant, st.lat
+    key = point.key(variant.name)
+    workload, concurrency, request_rate = point.workload, point.concurrency, point.request_rate
+    name = point.stem()
     for old in trial_files(vdir, name):
         # Left by an interrupted attempt whose unit was never marked done.
         st.run.log(f"latency: replacing unfinished result {old}")
         old.unlink()
-    trials = st.trials_for(p)
-    n = st.requests_for(p, trials)
-    warm_up(session.base_url, v.name, w, _warmups(st, p, n), concurrency=c,
-            vocab_size=vocab, seed=prompt_seed(lat.seed, w.name, c, r, 0, "warmup"),
-            timeout_s=lat.request_timeout_for(w))
-    needs_file = vllm_range_ratio(w) is None
+    trials = st.trials_for(point)
+    n_requests = st.requests_for(point, trials)
+    warm_up(session.base_url, variant.name, workload, _warmups(st, point, n_requests),
+            concurrency=concurrency, vocab_size=vocab,
+            seed=prompt_seed(lat_spec.seed, workload.name, concurrency, request_rate, 0, "warmup"),
+            timeout_s=lat_spec.request_timeout_for(workload))
+    needs_file = vllm_range_ratio(workload) is None
     meter = st.energy_meter()
     log_from = _log_size(session.log_path)
-    before = eng.scrape_metrics(session.base_url) if lat.scrape_metrics else None
+    before = eng.scrape_metrics(session.base_url) if lat_spec.scrape_metrics else None
     details, commands, summaries, energy = [], [], [], []
     prompts: dict[str, Any] = {}
     t0 = time.monotonic()
-    per_request = lat.request_timeout_for(w)
-    waves = -(-n // c)
-    limit = 60.0 + per_request * waves + (n / r if p.is_rate else 0.0)
-    for t in range(trials):
-        result = vdir / f"{name}_t{t}.json"
-        seed = prompt_seed(lat.seed, w.name, c, r, t)
+    per_request = lat_spec.request_timeout_for(workload)
+    waves = -(-n_requests // concurrency)
+    limit = 60.0 + per_request * waves + (n_requests / request_rate if point.is_rate else 0.0)
+    for trial in range(trials):
+        result = vdir / f"{name}_t{trial}.json"
+        seed = prompt_seed(lat_spec.seed, workload.name, concurrency, request_rate, trial)
         dataset = None
         if needs_file:
-            reqs = mixes.build_requests(w, n, seed=seed, tokenizer=st.hf_tokenizer(tokenizer),
-                                        nonce=f"{name}-t{t}")
-            dataset = mixes.write_jsonl(reqs, vdir / f"{name}_t{t}.prompts.jsonl")
+            reqs = mixes.build_requests(workload, n_requests, seed=seed,
+                                        tokenizer=st.hf_tokenizer(tokenizer), nonce=f"{name}-t{trial}")
+            dataset = mixes.write_jsonl(reqs, vdir / f"{name}_t{trial}.prompts.jsonl")
             prompts[dataset.name] = {"sha256": hashlib.sha256(dataset.read_bytes()).hexdigest(),
                                      "requests": len(reqs), **mixes.describe(reqs)}
         cmd = bench_command(
-            base_url=session.base_url, served_model_name=v.name, tokenizer=tokenizer,
-            workload=w, concurrency=c, request_rate=r, num_prompts=n, seed=seed,
+            base_url=session.base_url, served_model_name=variant.name, tokenizer=tokenizer,
+            workload=workload, concurrency=concurrency, request_rate=request_rate,
+            num_prompts=n_requests, seed=seed,
             result_dir=vdir, result_filename=result.name,
             trust_remote_code=st.cfg.model.trust_remote_code, dataset_path=dataset,
-            burstiness=p.burstiness)
+            burstiness=point.burstiness)
         meter.start()
         run_bench(cmd, log_path=vdir / f"{name}.bench.log", timeout_s=limit,
                   hint=f" ({waves} waves x latency.request_timeout_s {per_request:.0f} s "
@@ -145,41 +147,42 @@ def measure_point(st: LatencyStage, session: VariantSession, tokenizer: Path, vd
         commands.append(["vllm", "bench", "serve", *cmd])
         summaries.append(bench_summary(detail))
     wall = time.monotonic() - t0
-    after = eng.scrape_metrics(session.base_url) if lat.scrape_metrics else None
+    after = eng.scrape_metrics(session.base_url) if lat_spec.scrape_metrics else None
     time.sleep(0.2)  # the server's last log lines of the window reach its file
     jit = eng.jit_events(_log_since(session.log_path, log_from))
     summary: dict[str, Any] = {
-        "key": key.encode(), "trials": trials, "requests_per_trial": n,
+        "key": key.encode(), "trials": trials, "requests_per_trial": n_requests,
         "bench_commands": commands, "bench_wall_s": wall, "bench": summaries,
         "energy": energy, "jit_events": jit,
     }
     if prompts:
         summary["prompts"] = prompts
-    if p.is_rate and lat.traffic is not None:
-        t_ = lat.traffic
-        summary.update(offered_rate=r, burstiness=p.burstiness,
+    if point.is_rate and lat_spec.traffic is not None:
+        traffic = lat_spec.traffic
+        summary.update(offered_rate=request_rate, burstiness=point.burstiness,
                        slo=st.cfg.report.slo.limits(),
-                       window={"warmup_pct": t_.warmup_pct, "cooldown_pct": t_.cooldown_pct,
-                               "by": t_.window_by})
+                       window={"warmup_pct": traffic.warmup_pct,
+                               "cooldown_pct": traffic.cooldown_pct, "by": traffic.window_by})
     delta = None
     if before is not None and after is not None:
         delta = eng.metrics_delta(before, after)
         summary["server_metrics"] = delta
-    fields = p.fields()
-    fields["load"] = effective_load(p.load, c, r, n)
+    fields = point.fields()
+    fields["load"] = effective_load(point.load, concurrency, request_rate, n_requests)
     summary["load"] = fields["load"]
-    data = server_point_records(details, fields, summary=summary, seed=lat.seed)
-    summary["evalkit"] = {f"{x['stat']}_{x['metric']}": x["value"] for x in data.rows
-                          if x.get("mode") != "server-metrics"}
+    data = server_point_records(details, fields, summary=summary, seed=lat_spec.seed)
+    summary["evalkit"] = {f"{row['stat']}_{row['metric']}": row["value"] for row in data.rows
+                          if row.get("mode") != "server-metrics"}
     summary["saturated"], summary["saturation_reason"] = data.saturated, data.reason
-    df = st.guard(v, rec.make_records(data.rows, **st.common(v)), server_delta=delta,
-                  jit=jit, floor_input_len=data.min_prompt_len if w.lengths_vary else None)
+    df = st.guard(variant, rec.make_records(data.rows, **st.common(variant)),
+                  server_delta=delta, jit=jit,
+                  floor_input_len=data.min_prompt_len if workload.lengths_vary else None)
     atomic_write_json(vdir / f"{name}.summary.json", summary)
-    st.save_unit(v, key, df, "ok")
+    st.save_unit(variant, key, df, "ok")
     rows = data.rows
     hit = stat_of(df.to_dict("records"), "prefix_cache_hit_rate", "value")
     bad = val.invalid_summary(df)
-    rate = f" at {r:g} req/s ({p.load})" if p.is_rate else ""
+    rate = f" at {request_rate:g} req/s ({point.load})" if point.is_rate else ""
     st.run.log(
         f"latency: {key.encode()}{rate}: {data.completed} ok, {data.failed} failed ({trials} "
         f"trial(s)); TTFT p50 {stat_of(rows, 'ttft_ms', 'p50'):.1f} ms, p90 "

@@ -139,7 +139,7 @@ def _build_real(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec, out
     return {
         "dtype": str(lm.dtype).removeprefix("torch."),
         "calibration_dtype": "float32" if upcast else str(saved_dtype).removeprefix("torch."),
-        "recipe": [type(m).__name__ for m in recipe],
+        "recipe": [type(modifier).__name__ for modifier in recipe],
         "calibration": cal_info,
         "load_s": t_load, "oneshot_s": t_oneshot, "save_s": t_save,
     }

@@ -108,13 +108,14 @@ def run_stage(cfg: StudyConfig, run: Run) -> StageResult:
                     f"{done['checkpoint']} is gone; building it again")
         if scheme.is_base:
             note = "; ".join(resolved.caveats) if resolved.caveats else ""
-            r = _metric_rows(variant, quantize_s=None, size=float(dir_size_bytes(base_path)),
-                             wbytes=base_wbytes, base_wbytes=base_wbytes, note=note)
-            _finish(run, raw_path, variant, r, {
+            variant_rows = _metric_rows(variant, quantize_s=None,
+                                        size=float(dir_size_bytes(base_path)),
+                                        wbytes=base_wbytes, base_wbytes=base_wbytes, note=note)
+            _finish(run, raw_path, variant, variant_rows, {
                 "checkpoint": str(base_path), "key": None, "scheme": scheme.name,
                 "method": variant.method, "load_format": resolved.load_format,
             }, extra={"weights_real": resolved.weights_real, **_expected_kernels(scheme)})
-            rows += r
+            rows += variant_rows
             run.log(f"quantize: {variant.name} = base checkpoint {base_path}")
             continue
         run.log(f"quantize: {variant.name} ({scheme.label}, {variant.method}) ...")
@@ -124,13 +125,14 @@ def run_stage(cfg: StudyConfig, run: Run) -> StageResult:
             msg = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
             failures.append(Failure(UnitKey.quantize(variant.name), "failed", msg))
             run.log(f"quantize: {variant.name} FAILED: {msg}")
-            fr = [dict(variant=variant.name, scheme=variant.scheme, method=variant.method,
-                       stage=STAGE, metric="quantize_time_s", stat="value", value=float("nan"),
-                       unit="s", higher_is_better=False, status="failed", note=msg)]
+            failed_rows = [dict(variant=variant.name, scheme=variant.scheme,
+                                method=variant.method, stage=STAGE, metric="quantize_time_s",
+                                stat="value", value=float("nan"), unit="s",
+                                higher_is_better=False, status="failed", note=msg)]
             atomic_write_json(raw_path, {"variant": variant.name, "status": "failed",
                                          "error": msg, "traceback": traceback.format_exc(),
-                                         "records": fr})
-            rows += fr
+                                         "records": failed_rows})
+            rows += failed_rows
             continue
         meta = read_json(ck.path / METADATA_FILE)
         note_parts = []
@@ -138,18 +140,18 @@ def run_stage(cfg: StudyConfig, run: Run) -> StageResult:
             note_parts.append(f"checkpoint reused from cache (built {meta.get('created_utc')})")
         if not resolved.weights_real:
             note_parts.append("architecture preset: config only, no weights (load_format=dummy)")
-        r = _metric_rows(variant, quantize_s=ck.quantize_s, size=float(ck.size_bytes),
-                         wbytes=ck.weight_bytes, base_wbytes=base_wbytes,
-                         note="; ".join(note_parts))
-        for row in r:
+        variant_rows = _metric_rows(variant, quantize_s=ck.quantize_s,
+                                    size=float(ck.size_bytes), wbytes=ck.weight_bytes,
+                                    base_wbytes=base_wbytes, note="; ".join(note_parts))
+        for row in variant_rows:
             row["hardware"] = meta.get("hardware") or hardware_label(device)
-        _finish(run, raw_path, variant, r, {
+        _finish(run, raw_path, variant, variant_rows, {
             "checkpoint": str(ck.path), "key": ck.key, "scheme": scheme.name,
             "method": variant.method, "cached": ck.cached,
             "load_format": None if resolved.weights_real else "dummy",
         }, extra={"quantization_config": ck.quantization_config, "metadata": meta,
                   "wall_s": ck.wall_s, **_expected_kernels(scheme)})
-        rows += r
+        rows += variant_rows
         run.log(f"quantize: {variant.name} -> {ck.path.name} "
                 f"({'cached' if ck.cached else f'{ck.quantize_s:.1f} s'})")
 
