@@ -23,7 +23,16 @@ import pandas as pd
 
 from evalkit.analysis import capacity as cap
 from evalkit.analysis.claims import VERDICTS, claim_check, claim_summary, claim_verdict
-from evalkit.analysis.quality import PRIMARY_METRICS, accuracy_wide, primary_metric, quality_per_variant
+from evalkit.analysis.quality import (
+    PRIMARY_METRICS,
+    QualitySignal,
+    accuracy_wide,
+    most_sensitive_signal,
+    primary_metric,
+    quality_panel,
+    quality_per_variant,
+    quality_signals,
+)
 from evalkit.analysis.report_figures import (
     gain_label,
     plot_accuracy_deltas,
@@ -44,7 +53,8 @@ from evalkit.metrics import points as pts
 
 #: re-exported: the report's tables, claims and figures lived here before they were split
 __all__ = [
-    "LATENCY_METRICS", "PRIMARY_METRICS", "VERDICTS", "Report", "accuracy_wide", "claim_check",
+    "LATENCY_METRICS", "PRIMARY_METRICS", "VERDICTS", "QualitySignal", "Report", "accuracy_wide",
+    "claim_check", "most_sensitive_signal", "quality_panel", "quality_signals",
     "claim_summary", "claim_verdict", "default_point", "gain_label", "gains", "latency_point",
     "latency_status", "pareto_frontier", "plot_accuracy_deltas", "plot_latency_curves",
     "plot_quality_vs_speed", "plot_speed_gains", "primary_metric", "quality_per_variant",

@@ -27,6 +27,7 @@ from evalkit.ui.sections import (  # noqa: F401 -- re-exported: the report's lat
     goodput,
     invalid_points,
     points_table,
+    quality_panel,
     roofline,
 )
 
