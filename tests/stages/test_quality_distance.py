@@ -156,8 +156,10 @@ def test_gemma_base_vs_itself_and_w4a16_rtn(tmp_path):
 
 @pytest.mark.slow
 def test_topk_approximation_against_full_vocabulary(tmp_path):
-    """vLLM returns top-k prompt logprobs (k <= 20 by default); the approximation on the
-    same real Gemma distributions (base vs W4A16 RTN) stays close to the full computation."""
+    """What vLLM's prompt logprobs allow (top-k per position; k = 20 by default, more with
+    ``--max-logprobs``) against the full-vocabulary computation, on the same real Gemma
+    distributions (base vs W4A16 RTN): the top-k KL stays below the full KL and approaches
+    it as k grows; top-1 agreement and perplexity are exact."""
     import torch  # noqa: PLC0415
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
@@ -166,26 +168,35 @@ def test_topk_approximation_against_full_vocabulary(tmp_path):
     cfg = parse_study(study(tmp_path, quality={"sequences": 2, "seq_len": 96}))
     tok = AutoTokenizer.from_pretrained(str(gemma.path))
     seqs, _ = acc.heldout_sequences(cfg, tok)
-    full, approx = [], []
-    models = [AutoModelForCausalLM.from_pretrained(str(p), torch_dtype=torch.float32).eval()
+    models = [AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
               for p in (gemma.path, w4a16)]
-    k = 20
+    ks = (20, 100, 1000)
+    full: list[dict] = []
+    approx: dict[int, list[dict]] = {k: [] for k in ks}
     for seq in seqs:
         x = torch.tensor([seq])
         with torch.no_grad():
             lb, lv = (torch.log_softmax(m(x).logits[0, :-1].float(), -1) for m in models)
         t = torch.tensor(seq[1:])
-        full.append(qm.token_stats(lb.numpy(), lv.numpy(), t.numpy()))
-        (bl, bi), (vl, vi) = lb.topk(k, -1), lv.topk(k, -1)
         rows = torch.arange(len(t))
-        approx.append(qm.topk_token_stats(bi.numpy(), bl.numpy(), vi.numpy(), vl.numpy(),
-                                          t.numpy(), lb[rows, t].numpy(), lv[rows, t].numpy()))
-    f = np.concatenate([s["kld_nats"] for s in full])
-    a = np.concatenate([s["kld_nats"] for s in approx])
+        full.append(qm.token_stats(lb.numpy(), lv.numpy(), t.numpy()))
+        for k in ks:
+            (bl, bi), (vl, vi) = lb.topk(k, -1), lv.topk(k, -1)
+            approx[k].append(qm.topk_token_stats(
+                bi.numpy(), bl.numpy(), vi.numpy(), vl.numpy(), t.numpy(),
+                lb[rows, t].numpy(), lv[rows, t].numpy()))
+
+    def cat(stats: list[dict], fld: str = "kld_nats") -> np.ndarray:
+        return np.concatenate([s[fld] for s in stats])
+
+    f = cat(full)
+    means = [cat(approx[k]).mean() for k in ks]
     assert f.mean() > 1e-3
-    # the mean agrees within 25 %, and per token the two are strongly correlated
-    assert abs(a.mean() - f.mean()) <= 0.25 * f.mean(), (a.mean(), f.mean())
-    assert np.corrcoef(a, f)[0, 1] > 0.9
+    # a lower estimate of the mean (the tail bucket hides differences inside the tail) that
+    # grows with k; at k = 1000 within 15 % of the full value and per token nearly the same
+    assert means[0] < means[1] < means[2] <= f.mean(), (means, f.mean())
+    assert means[2] >= 0.85 * f.mean(), (means, f.mean())
+    assert np.corrcoef(cat(approx[1000]), f)[0, 1] > 0.98
+    assert np.corrcoef(cat(approx[20]), f)[0, 1] > 0.5  # k = 20 still ranks tokens alike
     for fld in ("top1_agree", "nll_base_nats", "nll_variant_nats"):  # exact from top-k
-        assert np.concatenate([s[fld] for s in approx]) == pytest.approx(
-            np.concatenate([s[fld] for s in full]), abs=1e-6)
+        assert cat(approx[20], fld) == pytest.approx(cat(full, fld), abs=1e-5)

@@ -126,7 +126,7 @@ def _load(checkpoint: Path, device: str, trust_remote_code: bool) -> Any:
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(checkpoint), torch_dtype=getattr(torch, hf_dtype(device)),
+        str(checkpoint), dtype=getattr(torch, hf_dtype(device)),
         trust_remote_code=trust_remote_code)
     return model.to(device).eval()
 
