@@ -83,3 +83,25 @@ def test_quality_panel_one_row_per_variant():
     assert row["top-1 agreement"] == "0.930 [0.910, 0.950]"
     assert row["most sensitive signal"].startswith("mean KLD")
     assert aq.quality_panel(make_records([])).empty
+
+
+def test_report_section_and_cells_show_the_panel():
+    from evalkit.analysis.report import Report  # noqa: PLC0415
+    from evalkit.core.units import StageResult  # noqa: PLC0415
+    from evalkit.ui import sections  # noqa: PLC0415
+    from evalkit.ui.cells import evaluate, report  # noqa: PLC0415
+
+    df = records()
+    df.loc[df["stage"] == "quality", "note"] = "vs base on taskpack:lambada_openai; 16 sequences"
+    r = Report(records=df, study="s", model="m", hardware="cpu", workload=None,
+               concurrency=None, reference=None)
+    text, t = sections.quality_panel(r)
+    assert text.startswith("## Quality beyond accuracy deltas") and "flip rate" in text.lower()
+    assert "base perplexity 20.00" in text and list(t.variant) == ["w4"]
+    assert "mean KLD (nats)" in report.show_quality_panel(r).data.columns
+    # accuracy only: the panel says KLD was not measured
+    acc_only = Report(records=df[df["stage"] == "accuracy"], study="s", model="m",
+                      hardware="cpu", workload=None, concurrency=None, reference=None)
+    assert "KL divergence was not measured" in sections.quality_panel(acc_only)[0]
+    assert "most sensitive signal" in evaluate.show_quality(
+        StageResult("quality", df)).data.columns
