@@ -181,9 +181,13 @@ class QualitySpec(_Model):
     sequences: PosInt = Field(16, description="sequences scored (the bootstrap's unit).")
     seq_len: PosInt = Field(128, description="scored tokens per sequence; the token budget is "
                             "sequences x seq_len.")
-    backend: Literal["hf"] = Field(
+    backend: Literal["hf", "vllm"] = Field(
         "hf", description="hf: transformers, full-vocabulary logits of every variant "
-        "(compressed-tensors checkpoints loaded as the accuracy stage's hf backend does).")
+        "(compressed-tensors checkpoints loaded as the accuracy stage's hf backend does); "
+        "vllm: vLLM's top-k prompt logprobs (k = top_k), KL divergence approximated by the "
+        "top-k plus a tail bucket (docs/definitions.md).")
+    top_k: PosInt = Field(20, description="prompt logprobs per position with backend vllm "
+                          "(vLLM's max_logprobs is set to it).")
     seed: int = Field(0, description="seed of the passage order.")
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec,
                                      description="bootstrap over sequences.")

@@ -15,6 +15,7 @@ to 127.0.0.1 only.
 - :mod:`~evalkit.engine.readiness`: a launched server's readiness, watched from a thread.
 - :mod:`~evalkit.engine.prometheus`: ``/metrics`` parsing and deltas.
 - :mod:`~evalkit.engine.offline`: offline batches in a child process.
+- :mod:`~evalkit.engine.logprobs`: top-k prompt log-probabilities in a child process.
 - :mod:`~evalkit.engine.bench`: ``vllm bench serve``'s own parser and ``main``.
 - :mod:`~evalkit.engine.verdict`: what a run remembers about an engine that cannot serve.
 - :mod:`~evalkit.engine.energy`: GPU board energy of a timed window (NVML).
@@ -31,6 +32,7 @@ from evalkit.engine.logparse import (
     strip_log_prefix,
     unsupported_reason,
 )
+from evalkit.engine.logprobs import prompt_topk_logprobs
 from evalkit.engine.offline import run_offline
 from evalkit.engine.options import (
     engine_cli_args,
@@ -57,6 +59,7 @@ __all__ = [
     "bench_parser",
     "bench_serve", "check_checkpoint", "classify_failure", "engine_cli_args", "engine_cores",
     "engine_env", "engine_kwargs", "engine_verdict", "histogram_quantile", "kv_cache_bytes",
-    "metrics_delta", "parse_metrics", "provenance", "record_engine_verdict", "run_offline",
+    "metrics_delta", "parse_metrics", "prompt_topk_logprobs", "provenance", "record_engine_verdict",
+    "run_offline",
     "scrape_metrics", "stop_process_group", "strip_log_prefix", "unsupported_reason",
 ]

@@ -9,6 +9,7 @@ against the full-vocabulary computation on the same real distributions.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -200,3 +201,43 @@ def test_topk_approximation_against_full_vocabulary(tmp_path):
     assert np.corrcoef(cat(approx[20]), f)[0, 1] > 0.5  # k = 20 still ranks tokens alike
     for fld in ("top1_agree", "nll_base_nats", "nll_variant_nats"):  # exact from top-k
         assert cat(approx[20], fld) == pytest.approx(cat(full, fld), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_vllm_backend_topk_prompt_logprobs(tmp_path):
+    """quality.backend: vllm on CPU: the base against a second copy of itself gives KLD 0
+    and full top-1 agreement; W8A8 RTN a non-zero KLD; the target log-probs vLLM returns line
+    up with transformers' full-vocabulary ones position by position (no off-by-one)."""
+    import torch  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    gemma = _gemma()
+    w8a8 = _checkpoint("w8a8_int8")
+    d = study(tmp_path, variants=[{"name": "base", "scheme": "base"},
+                                  {"name": "base_again", "scheme": "base"},
+                                  {"name": "w8a8", "scheme": "w8a8_int8"}],
+              quality={"sequences": 2, "seq_len": 32, "backend": "vllm", "top_k": 20,
+                       "bootstrap": {"resamples": 200}},
+              engine={"device": "cpu", "max_model_len": 256, "dtype": "float32",
+                      "gpu_memory_utilization": 0.2, "enforce_eager": True})
+    d.pop("accuracy")
+    cfg, run = _run(tmp_path, d, {"w8a8": w8a8})
+    q = acc.run_quality(cfg, run)
+    q.raise_for_failures()
+    r = q.records
+    assert set(r.backend) == {"vllm"} and set(r.n.dropna()) == {64}
+    assert "top-20 prompt logprobs" in r.note.iloc[0]
+    assert _stat(r, "base_again", "kld_nats", "mean") < 1e-6
+    assert _stat(r, "base_again", "top1_agreement", "value") == 1.0
+    assert _stat(r, "w8a8", "kld_nats", "mean") > 1e-5
+
+    topk = np.load(run.path / "raw/quality/base/topk.npz")
+    seqs = json.loads((run.path / "raw/quality/text.json").read_text())["sequences"]
+    model = AutoModelForCausalLM.from_pretrained(str(gemma.path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor(seqs)).logits[:, :-1].float(), -1)
+    t = torch.tensor(seqs)[:, 1:]
+    hf_target = lp.gather(-1, t[..., None])[..., 0].numpy()
+    assert topk["target_lps"].shape == hf_target.shape == (2, 32)
+    assert np.abs(topk["target_lps"] - hf_target).mean() < 0.05
+    assert (topk["ids"][..., 0] == lp.argmax(-1).numpy()).mean() > 0.95

@@ -43,6 +43,7 @@ from evalkit.core.errors import ConfigError, EvalkitError
 from evalkit.core.io import atomic_write_bytes, atomic_write_json, read_json
 from evalkit.core.run import Run, set_cpu_threads
 from evalkit.core.units import Failure, StageResult, UnitKey
+from evalkit.engine import prompt_topk_logprobs
 from evalkit.metrics import quality as qm
 from evalkit.stages import quantize
 from evalkit.stages.accuracy.backends import hf_device, hf_dtype, offline_env
@@ -84,8 +85,9 @@ def heldout_sequences(cfg: StudyConfig, tokenizer: Any) -> tuple[list[list[int]]
     The texts (LAMBADA passages without the study's calibration passages, or the lines of a
     file, in ``quality.seed`` order) are joined with blank lines into one token stream and
     cut into ``quality.sequences`` windows of ``quality.seq_len`` tokens; each window gets
-    the tokenizer's BOS in front (when it has one). Every position of a window is scored
-    (the first from BOS alone), so the token budget is exactly ``sequences x seq_len``.
+    the tokenizer's BOS in front (when it has one; otherwise it takes one text token more,
+    which only conditions). Every text position after BOS is scored (the first from BOS
+    alone), so the token budget is exactly ``sequences x seq_len``.
 
     Raises:
         ConfigError: the text holds fewer tokens than the budget, or the file is unusable.
@@ -104,7 +106,9 @@ def heldout_sequences(cfg: StudyConfig, tokenizer: Any) -> tuple[list[list[int]]
         texts = _file_texts(Path(q.text))
         random.Random(q.seed).shuffle(texts)
         where = f"{q.text} ({len(texts)} texts, order seed {q.seed})"
-    need = q.token_budget
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    step = q.seq_len + (0 if bos else 1)  # without BOS a window's first token is not scored
+    need = q.sequences * step
     ids: list[int] = []
     used = 0
     for t in texts:
@@ -115,10 +119,8 @@ def heldout_sequences(cfg: StudyConfig, tokenizer: Any) -> tuple[list[list[int]]
     if len(ids) < need:
         raise ConfigError(f"quality: the text holds {len(ids)} tokens, sequences x seq_len = "
                           f"{need}; allowed: a budget of at most {len(ids)} tokens")
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    L = q.seq_len
-    seqs = [bos + ids[i * L:(i + 1) * L] for i in range(q.sequences)]
-    return seqs, f"{where}; {used} texts, {q.sequences} x {L} tokens"
+    seqs = [bos + ids[i * step:(i + 1) * step] for i in range(q.sequences)]
+    return seqs, f"{where}; {used} texts, {q.sequences} x {q.seq_len} tokens"
 
 
 def _load(checkpoint: Path, device: str, trust_remote_code: bool) -> Any:
@@ -157,8 +159,6 @@ def run_quality(cfg: StudyConfig, run: Run) -> StageResult:
     if device == "cpu":
         set_cpu_threads(run, QUALITY_STAGE)
     t0 = time.monotonic()
-    failures: dict[str, str] = {}
-    tokens: dict[str, list[dict[str, np.ndarray]]] = {}
     with offline_env():
         from transformers import AutoTokenizer  # noqa: PLC0415
 
@@ -168,35 +168,15 @@ def run_quality(cfg: StudyConfig, run: Run) -> StageResult:
         seqs, where = heldout_sequences(cfg, tok)
         atomic_write_json(run.sub("raw", QUALITY_STAGE, "text.json"),
                           {"source": where, "seq_len": q.seq_len, "sequences": seqs,
-                           "bos": tok.bos_token_id})
-        base = _load(base_ckpt, device, cfg.model.trust_remote_code)
-        others: dict[str, Any] = {}
-        for v in cfg.variants:
-            if v.name == base_v.name:
-                continue
-            try:
-                others[v.name] = _load(Path(quantize.checkpoint_for(run, v.name)), device,
-                                       cfg.model.trust_remote_code)
-            except Exception as exc:  # noqa: BLE001 -- a failed unit is data
-                failures[v.name] = f"{type(exc).__name__}: {exc}".split("\n")[0][:500]
-                run.log(f"quality {v.name}: FAILED to load: {exc}\n{traceback.format_exc()}")
-        run.log(f"quality: {len(others)} variant(s) vs {base_v.name} on {where}")
-        for name in [base_v.name, *others]:
-            tokens[name] = []
-        for seq in seqs:
-            lb = _logprobs(base, seq, device)[:-1]
-            targets = np.asarray(seq[1:], dtype=np.int64)
-            tokens[base_v.name].append(qm.token_stats(lb, lb, targets))
-            for name, model in others.items():
-                if name in failures:
-                    continue
-                try:
-                    lv = _logprobs(model, seq, device)[:-1]
-                    tokens[name].append(qm.token_stats(lb, lv, targets))
-                except Exception as exc:  # noqa: BLE001 -- a failed unit is data
-                    failures[name] = f"{type(exc).__name__}: {exc}".split("\n")[0][:500]
-                    run.log(f"quality {name}: FAILED {exc}\n{traceback.format_exc()}")
-        del base, others
+                           "bos": tok.bos_token_id, "backend": q.backend,
+                           "top_k": q.top_k if q.backend == "vllm" else None})
+        if q.backend == "vllm":
+            tokens, failures = _vllm_tokens(cfg, run, seqs)
+            hardware = hardware_label(cfg.engine.device)
+            where += f"; vLLM top-{q.top_k} prompt logprobs (KLD: top-k plus tail bucket)"
+        else:
+            tokens, failures = _hf_tokens(cfg, run, seqs, device)
+            hardware = hardware_label(device)
     for name, per_seq in tokens.items():
         if name in failures:
             continue
@@ -208,10 +188,84 @@ def run_quality(cfg: StudyConfig, run: Run) -> StageResult:
     run.log(f"quality: {sum(map(len, seqs)) - len(seqs)} tokens per variant, "
             f"{time.monotonic() - t0:.0f} s")
     df = quality_records(cfg, run, {n: t for n, t in tokens.items() if n not in failures},
-                         failures, where, hardware_label(device))
+                         failures, where, hardware, q.backend)
     run.write_stage_records(QUALITY_STAGE, df)
     return StageResult(QUALITY_STAGE, df, [Failure(UnitKey.quality(v), "failed", why)
                                            for v, why in failures.items()])
+
+
+Tokens = dict[str, list[dict[str, np.ndarray]]]
+
+
+def _hf_tokens(cfg: StudyConfig, run: Run, seqs: Sequence[Sequence[int]],
+               device: str) -> tuple[Tokens, dict[str, str]]:
+    """Per-token statistics of every variant from full-vocabulary transformers logits."""
+    base_v = cfg.base_variant
+    assert base_v is not None  # noqa: S101 -- run_quality checked
+    failures: dict[str, str] = {}
+    base = _load(Path(quantize.checkpoint_for(run, base_v.name)), device,
+                 cfg.model.trust_remote_code)
+    others: dict[str, Any] = {}
+    for v in cfg.variants:
+        if v.name == base_v.name:
+            continue
+        try:
+            others[v.name] = _load(Path(quantize.checkpoint_for(run, v.name)), device,
+                                   cfg.model.trust_remote_code)
+        except Exception as exc:  # noqa: BLE001 -- a failed unit is data
+            failures[v.name] = f"{type(exc).__name__}: {exc}".split("\n")[0][:500]
+            run.log(f"quality {v.name}: FAILED to load: {exc}\n{traceback.format_exc()}")
+    run.log(f"quality: {len(others)} variant(s) vs {base_v.name}, hf full vocabulary")
+    tokens: Tokens = {name: [] for name in [base_v.name, *others]}
+    for seq in seqs:
+        lb = _logprobs(base, seq, device)[:-1]
+        targets = np.asarray(seq[1:], dtype=np.int64)
+        tokens[base_v.name].append(qm.token_stats(lb, lb, targets))
+        for name, model in others.items():
+            if name in failures:
+                continue
+            try:
+                lv = _logprobs(model, seq, device)[:-1]
+                tokens[name].append(qm.token_stats(lb, lv, targets))
+            except Exception as exc:  # noqa: BLE001 -- a failed unit is data
+                failures[name] = f"{type(exc).__name__}: {exc}".split("\n")[0][:500]
+                run.log(f"quality {name}: FAILED {exc}\n{traceback.format_exc()}")
+    return tokens, failures
+
+
+def _vllm_tokens(cfg: StudyConfig, run: Run,
+                 seqs: Sequence[Sequence[int]]) -> tuple[Tokens, dict[str, str]]:
+    """Per-token statistics of every variant from vLLM's top-k prompt logprobs, one engine
+    (child process) per variant, the base first."""
+    q, base_v = cfg.quality, cfg.base_variant
+    assert q is not None and base_v is not None  # noqa: S101 -- run_quality checked
+    failures: dict[str, str] = {}
+    got: dict[str, dict[str, np.ndarray]] = {}
+    order = [base_v, *[v for v in cfg.variants if v.name != base_v.name]]
+    for v in order:
+        try:
+            got[v.name] = prompt_topk_logprobs(
+                quantize.checkpoint_for(run, v.name), engine=cfg.engine, sequences=seqs,
+                k=q.top_k, out_path=run.sub("raw", QUALITY_STAGE, v.name, "topk.npz"),
+                log_path=run.sub("logs", f"vllm-quality-{v.name}.log"),
+                trust_remote_code=cfg.model.trust_remote_code)
+            run.log(f"quality {v.name}: vLLM top-{q.top_k} prompt logprobs of {len(seqs)} "
+                    "sequences")
+        except EvalkitError as exc:
+            failures[v.name] = str(exc).split("\n")[0][:500]
+            run.log(f"quality {v.name}: FAILED {exc}")
+    if base_v.name in failures:  # nothing to compare with
+        for v in order[1:]:
+            failures.setdefault(v.name, f"no base logprobs: {failures[base_v.name]}")
+        return {}, failures
+    b = got[base_v.name]
+    tokens: Tokens = {}
+    for name, g in got.items():
+        tokens[name] = [qm.topk_token_stats(b["ids"][i], b["lps"][i], g["ids"][i], g["lps"][i],
+                                            np.asarray(seq[1:]), b["target_lps"][i],
+                                            g["target_lps"][i])
+                        for i, seq in enumerate(seqs)]
+    return tokens, failures
 
 
 def _variant_fields(v: Variant) -> dict[str, Any]:
@@ -230,7 +284,8 @@ def _estimate_rows(fields: dict[str, Any], metric: str, e: qm.Estimate, unit: st
 
 
 def quality_records(cfg: StudyConfig, run: Run, tokens: dict[str, list[dict[str, np.ndarray]]],
-                    failures: dict[str, str], where: str, hardware: str) -> pd.DataFrame:
+                    failures: dict[str, str], where: str, hardware: str,
+                    backend: str = "hf") -> pd.DataFrame:
     """Records of the quality stage from the per-token statistics of each variant.
 
     Per variant: ``kld_nats`` (``mean``, ``ci_low``, ``ci_high``, ``p99``, ``p99_ci_low``,
@@ -244,7 +299,7 @@ def quality_records(cfg: StudyConfig, run: Run, tokens: dict[str, list[dict[str,
     base_v = cfg.base_variant
     boot = q.bootstrap
     task = text_label(q)
-    common = {"task": task, "backend": "hf", "hardware": hardware, "status": "ok"}
+    common = {"task": task, "backend": backend, "hardware": hardware, "status": "ok"}
     rows: list[dict[str, Any]] = []
     for name, per_seq in tokens.items():
         v = cfg.variant(name)
@@ -284,7 +339,10 @@ def rebuild_quality_records(run: Run) -> pd.DataFrame:
     root = run.path / "raw" / QUALITY_STAGE
     if cfg.quality is None or not (root / "text.json").is_file():
         raise EvalkitError(f"{run.path}: no quality raw files to rebuild records from")
-    where = read_json(root / "text.json")["source"]
+    text = read_json(root / "text.json")
+    where, backend = text["source"], text.get("backend", "hf")
+    if backend == "vllm":
+        where += f"; vLLM top-{text['top_k']} prompt logprobs (KLD: top-k plus tail bucket)"
     tokens: dict[str, list[dict[str, np.ndarray]]] = {}
     for v in cfg.variants:
         f = root / v.name / "tokens.parquet"
@@ -293,7 +351,7 @@ def rebuild_quality_records(run: Run) -> pd.DataFrame:
             tokens[v.name] = [{k: g[k].to_numpy() for k in qm.TOKEN_FIELDS}
                               for _, g in frame.groupby("sequence", sort=True)]
     env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}
-    df = quality_records(cfg, run, tokens, {}, where,
-                         env_hardware_label(env, hf_device(cfg)))
+    device = cfg.engine.device if backend == "vllm" else hf_device(cfg)
+    df = quality_records(cfg, run, tokens, {}, where, env_hardware_label(env, device), backend)
     run.write_stage_records(QUALITY_STAGE, df)
     return df
