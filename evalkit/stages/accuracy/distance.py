@@ -133,13 +133,19 @@ def _load(checkpoint: Path, device: str, trust_remote_code: bool) -> Any:
     return model.to(device).eval()
 
 
-def _logprobs(model: Any, seq: Sequence[int], device: str) -> np.ndarray:
-    """``(len(seq), V)`` log-probabilities; the last position's is dropped by the caller."""
+#: Windows per forward pass: a batch of 4 x 129 tokens halves the time per window on a
+#: 2-core CPU against one at a time; its logits (4 x 129 x 262k float32) take ~0.5 GB.
+BATCH = 4
+
+
+def _logprobs(model: Any, seqs: Sequence[Sequence[int]], device: str) -> np.ndarray:
+    """``(len(seqs), L - 1, V)`` float32 next-token log-probabilities of equal-length windows
+    (the last position, which predicts nothing in the window, dropped)."""
     import torch  # noqa: PLC0415
 
     with torch.no_grad():
-        x = torch.tensor([list(seq)], dtype=torch.long, device=device)
-        logits = model(x).logits[0].float()
+        x = torch.tensor([list(s) for s in seqs], dtype=torch.long, device=device)
+        logits = model(x).logits[:, :-1].float()
         return torch.log_softmax(logits, dim=-1).cpu().numpy()
 
 
@@ -217,16 +223,17 @@ def _hf_tokens(cfg: StudyConfig, run: Run, seqs: Sequence[Sequence[int]],
             run.log(f"quality {v.name}: FAILED to load: {exc}\n{traceback.format_exc()}")
     run.log(f"quality: {len(others)} variant(s) vs {base_v.name}, hf full vocabulary")
     tokens: Tokens = {name: [] for name in [base_v.name, *others]}
-    for seq in seqs:
-        lb = _logprobs(base, seq, device)[:-1]
-        targets = np.asarray(seq[1:], dtype=np.int64)
-        tokens[base_v.name].append(qm.token_stats(lb, lb, targets))
+    for i in range(0, len(seqs), BATCH):
+        chunk = seqs[i:i + BATCH]
+        lb = _logprobs(base, chunk, device)
+        targets = [np.asarray(seq[1:], dtype=np.int64) for seq in chunk]
+        tokens[base_v.name] += [qm.token_stats(lb[j], lb[j], t) for j, t in enumerate(targets)]
         for name, model in others.items():
             if name in failures:
                 continue
             try:
-                lv = _logprobs(model, seq, device)[:-1]
-                tokens[name].append(qm.token_stats(lb, lv, targets))
+                lv = _logprobs(model, chunk, device)
+                tokens[name] += [qm.token_stats(lb[j], lv[j], t) for j, t in enumerate(targets)]
             except Exception as exc:  # noqa: BLE001 -- a failed unit is data
                 failures[name] = f"{type(exc).__name__}: {exc}".split("\n")[0][:500]
                 run.log(f"quality {name}: FAILED {exc}\n{traceback.format_exc()}")
