@@ -152,7 +152,9 @@ def quality_panel(r: rp.Report) -> tuple[str, pd.DataFrame]:
     if t.empty or len(t.columns) <= 1:
         return "", t
     q = r.records[(r.records["stage"] == "quality") & (r.records["status"] == "ok")]
-    where = q["note"].dropna().iloc[0].split(";")[0] if len(q) else ""
+    # the note: "vs BASE on SOURCE; ...; N sequences, T tokens; bootstrap ..."
+    where = (q["note"].dropna().iloc[0].split("; bootstrap")[0].split(" ", 2)[-1]
+             if len(q) else "")
     base_ppl = q[(q["scheme"] == "base") & (q["metric"] == "perplexity") & (q["stat"] == "value")]
     lines = ["## Quality beyond accuracy deltas", "",
              "Per variant against base. **Flip rate**: the fraction of a task's documents whose "
