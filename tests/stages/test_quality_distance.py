@@ -153,6 +153,12 @@ def test_gemma_base_vs_itself_and_w4a16_rtn(tmp_path):
     key = ["variant", "metric", "stat"]
     pd.testing.assert_frame_equal(r.sort_values(key)[key + ["value"]].reset_index(drop=True),
                                   again.sort_values(key)[key + ["value"]].reset_index(drop=True))
+    # a resumed run reuses the finished per-token files instead of scoring again
+    resumed = acc.run_quality(cfg, run).records
+    assert "quality: already done" in (run.path / "logs/run.log").read_text()
+    pd.testing.assert_frame_equal(
+        r.sort_values(key)[key + ["value"]].reset_index(drop=True),
+        resumed.sort_values(key)[key + ["value"]].reset_index(drop=True))
 
 
 @pytest.mark.slow

@@ -161,6 +161,12 @@ def run_quality(cfg: StudyConfig, run: Run) -> StageResult:
     base_v = cfg.base_variant
     if q is None or base_v is None:
         return StageResult(QUALITY_STAGE, rec.empty_records())
+    settings = _settings(q)
+    if _finished(cfg, run, settings):
+        run.log("quality: already done in this run with these settings; records rebuilt "
+                "from raw/quality")
+        df = rebuild_quality_records(run)
+        return StageResult(QUALITY_STAGE, df)
     device = hf_device(cfg)
     if device == "cpu":
         set_cpu_threads(run, QUALITY_STAGE)
@@ -175,7 +181,8 @@ def run_quality(cfg: StudyConfig, run: Run) -> StageResult:
         atomic_write_json(run.sub("raw", QUALITY_STAGE, "text.json"),
                           {"source": where, "seq_len": q.seq_len, "sequences": seqs,
                            "bos": tok.bos_token_id, "backend": q.backend,
-                           "top_k": q.top_k if q.backend == "vllm" else None})
+                           "top_k": q.top_k if q.backend == "vllm" else None,
+                           "settings": settings})
         if q.backend == "vllm":
             tokens, failures = _vllm_tokens(cfg, run, seqs)
             hardware = hardware_label(cfg.engine.device)
@@ -190,7 +197,8 @@ def run_quality(cfg: StudyConfig, run: Run) -> StageResult:
                                          **s}) for i, s in enumerate(per_seq)], ignore_index=True)
         atomic_write_bytes(run.sub("raw", QUALITY_STAGE, name, "tokens.parquet"),
                            frame.to_parquet(index=False))
-        run.units.mark(UnitKey.quality(name), {"tokens": int(len(frame)), "source": where})
+        run.units.mark(UnitKey.quality(name), {"tokens": int(len(frame)), "source": where,
+                                               "settings": settings})
     run.log(f"quality: {sum(map(len, seqs)) - len(seqs)} tokens per variant, "
             f"{time.monotonic() - t0:.0f} s")
     df = quality_records(cfg, run, {n: t for n, t in tokens.items() if n not in failures},
@@ -201,6 +209,23 @@ def run_quality(cfg: StudyConfig, run: Run) -> StageResult:
 
 
 Tokens = dict[str, list[dict[str, np.ndarray]]]
+
+
+def _settings(q: QualitySpec) -> dict[str, Any]:
+    """What the per-token files depend on (the bootstrap only summarizes them)."""
+    return q.model_dump(mode="json", exclude={"bootstrap"})
+
+
+def _finished(cfg: StudyConfig, run: Run, settings: dict[str, Any]) -> bool:
+    """Every variant's per-token file is there, marked done under the same settings (a
+    resumed run reuses them; the study file cannot change within a run, this guards raw
+    files from elsewhere)."""
+    for v in cfg.variants:
+        done = run.units.done(UnitKey.quality(v.name))
+        if done is None or done.get("settings") != settings or not (
+                run.path / "raw" / QUALITY_STAGE / v.name / "tokens.parquet").is_file():
+            return False
+    return (run.path / "raw" / QUALITY_STAGE / "text.json").is_file()
 
 
 def _hf_tokens(cfg: StudyConfig, run: Run, seqs: Sequence[Sequence[int]],
