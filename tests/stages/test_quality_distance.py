@@ -61,6 +61,12 @@ def test_quality_section_validation(tmp_path):
             parse_study({**d, "quality": bad}, "s.yaml")
     with pytest.raises(ConfigError, match="compares every variant with the base"):
         parse_study({**d, "variants": [{"name": "q", "scheme": "w4a16"}]}, "s.yaml")
+    from evalkit.preflight import load_study  # noqa: PLC0415
+
+    src = tmp_path / "s.yaml"
+    src.write_text(yaml.safe_dump({**d, "quality": {"text": str(tmp_path / "missing.txt")}}))
+    with pytest.raises(ConfigError, match="quality.text: no such file"):
+        load_study(src)
 
 
 def _gemma():
@@ -247,3 +253,17 @@ def test_vllm_backend_topk_prompt_logprobs(tmp_path):
     assert topk["target_lps"].shape == hf_target.shape == (2, 32)
     assert np.abs(topk["target_lps"] - hf_target).mean() < 0.05
     assert (topk["ids"][..., 0] == lp.argmax(-1).numpy()).mean() > 0.95
+
+
+def test_heldout_text_leaves_out_the_calibration_passages():
+    from evalkit.assets import taskpack  # noqa: PLC0415
+
+    try:
+        cal = taskpack.calibration_texts(16, 0)
+    except EvalkitError as exc:
+        pytest.skip(f"task pack not available: {exc}")
+    held = taskpack.heldout_texts(cal, seed=0)
+    assert held and not set(held) & set(cal)
+    assert held == taskpack.heldout_texts(cal, seed=0)  # seeded order
+    assert held != taskpack.heldout_texts(cal, seed=1)
+    assert len(taskpack.heldout_texts([], seed=0)) == len(held) + len(set(cal))
