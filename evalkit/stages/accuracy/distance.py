@@ -8,10 +8,10 @@ in the same notebook after lm-eval. Its records carry ``stage = "quality"`` and 
 ``records/quality.parquet``.
 
 What it does: builds ``quality.sequences`` windows of ``quality.seq_len`` tokens from the
-held-out text (:func:`heldout_sequences`), loads the base and every other variant once,
-and for each window takes the base's full-vocabulary next-token log-probabilities, then
-each variant's, and reduces them to per-token KL(base || variant), top-1 agreement and both
-negative log-likelihoods (:func:`evalkit.metrics.quality.token_stats`). Only these
+held-out text (:func:`heldout_sequences`), scores every window with the base (its
+full-vocabulary next-token log-probabilities stay in memory), then loads one variant at a
+time, scores the same windows and reduces both to per-token KL(base || variant), top-1
+agreement and both negative log-likelihoods (:func:`evalkit.metrics.quality.token_stats`). Only these
 per-token numbers are kept (``raw/quality/<variant>/tokens.parquet``); the summaries and
 bootstrap intervals over sequences come from
 :func:`evalkit.metrics.quality.summarize_distances`.
@@ -230,38 +230,45 @@ def _finished(cfg: StudyConfig, run: Run, settings: dict[str, Any]) -> bool:
 
 def _hf_tokens(cfg: StudyConfig, run: Run, seqs: Sequence[Sequence[int]],
                device: str) -> tuple[Tokens, dict[str, str]]:
-    """Per-token statistics of every variant from full-vocabulary transformers logits."""
+    """Per-token statistics of every variant from full-vocabulary transformers logits.
+
+    The base scores every window once and its log-probabilities stay in memory (float32:
+    2048 tokens x 262k vocabulary = 2.1 GB); then one variant at a time is loaded, scored
+    and freed, so memory holds one model whatever the number of variants.
+    """
+    import gc  # noqa: PLC0415
+
     base_v = cfg.base_variant
-    assert base_v is not None  # noqa: S101 -- run_quality checked
+    if base_v is None:
+        raise ConfigError("quality compares every variant with the base: the study has none")
     failures: dict[str, str] = {}
-    base = _load(Path(quantize.checkpoint_for(run, base_v.name)), device,
-                 cfg.model.trust_remote_code)
-    others: dict[str, Any] = {}
-    for v in cfg.variants:
-        if v.name == base_v.name:
-            continue
+    targets = [np.asarray(seq[1:], dtype=np.int64) for seq in seqs]
+    model = _load(Path(quantize.checkpoint_for(run, base_v.name)), device,
+                  cfg.model.trust_remote_code)
+    lb = np.concatenate([_logprobs(model, seqs[i:i + BATCH], device)
+                         for i in range(0, len(seqs), BATCH)])
+    del model
+    gc.collect()
+    tokens: Tokens = {base_v.name: [qm.token_stats(lb[j], lb[j], t)
+                                    for j, t in enumerate(targets)]}
+    others = [v for v in cfg.variants if v.name != base_v.name]
+    run.log(f"quality: {len(others)} variant(s) vs {base_v.name}, hf full vocabulary")
+    for v in others:
         try:
-            others[v.name] = _load(Path(quantize.checkpoint_for(run, v.name)), device,
-                                   cfg.model.trust_remote_code)
+            model = _load(Path(quantize.checkpoint_for(run, v.name)), device,
+                          cfg.model.trust_remote_code)
+            per_seq = []
+            for i in range(0, len(seqs), BATCH):
+                lv = _logprobs(model, seqs[i:i + BATCH], device)
+                per_seq += [qm.token_stats(lb[i + j], lv[j], targets[i + j])
+                            for j in range(len(lv))]
+            tokens[v.name] = per_seq
         except Exception as exc:  # noqa: BLE001 -- a failed unit is data
             failures[v.name] = f"{type(exc).__name__}: {exc}".split("\n")[0][:500]
-            run.log(f"quality {v.name}: FAILED to load: {exc}\n{traceback.format_exc()}")
-    run.log(f"quality: {len(others)} variant(s) vs {base_v.name}, hf full vocabulary")
-    tokens: Tokens = {name: [] for name in [base_v.name, *others]}
-    for i in range(0, len(seqs), BATCH):
-        chunk = seqs[i:i + BATCH]
-        lb = _logprobs(base, chunk, device)
-        targets = [np.asarray(seq[1:], dtype=np.int64) for seq in chunk]
-        tokens[base_v.name] += [qm.token_stats(lb[j], lb[j], t) for j, t in enumerate(targets)]
-        for name, model in others.items():
-            if name in failures:
-                continue
-            try:
-                lv = _logprobs(model, chunk, device)
-                tokens[name] += [qm.token_stats(lb[j], lv[j], t) for j, t in enumerate(targets)]
-            except Exception as exc:  # noqa: BLE001 -- a failed unit is data
-                failures[name] = f"{type(exc).__name__}: {exc}".split("\n")[0][:500]
-                run.log(f"quality {name}: FAILED {exc}\n{traceback.format_exc()}")
+            run.log(f"quality {v.name}: FAILED {exc}\n{traceback.format_exc()}")
+        finally:
+            model = None
+            gc.collect()
     return tokens, failures
 
 
@@ -270,7 +277,8 @@ def _vllm_tokens(cfg: StudyConfig, run: Run,
     """Per-token statistics of every variant from vLLM's top-k prompt logprobs, one engine
     (child process) per variant, the base first."""
     q, base_v = cfg.quality, cfg.base_variant
-    assert q is not None and base_v is not None  # noqa: S101 -- run_quality checked
+    if q is None or base_v is None:
+        raise ConfigError("quality: the study needs a quality section and a base variant")
     failures: dict[str, str] = {}
     got: dict[str, dict[str, np.ndarray]] = {}
     order = [base_v, *[v for v in cfg.variants if v.name != base_v.name]]
