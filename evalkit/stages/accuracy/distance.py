@@ -23,6 +23,7 @@ fields). :func:`rebuild_quality_records` recomputes the records from them.
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import time
@@ -236,8 +237,6 @@ def _hf_tokens(cfg: StudyConfig, run: Run, seqs: Sequence[Sequence[int]],
     2048 tokens x 262k vocabulary = 2.1 GB); then one variant at a time is loaded, scored
     and freed, so memory holds one model whatever the number of variants.
     """
-    import gc  # noqa: PLC0415
-
     base_v = cfg.base_variant
     if base_v is None:
         raise ConfigError("quality compares every variant with the base: the study has none")
