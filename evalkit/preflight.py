@@ -114,6 +114,10 @@ def semantic_problems(cfg: StudyConfig, path: str = "<config>") -> list[str]:
     cal = cfg.quantize.calibration.dataset
     if not cal.startswith("taskpack:") and not Path(cal).is_file():
         out.append(f"{path}: quantize.calibration.dataset: no such file '{cal}'")
+    if cfg.quality is not None and not cfg.quality.text.startswith("taskpack:") \
+            and not Path(cfg.quality.text).is_file():
+        out.append(f"{path}: quality.text: no such file '{cfg.quality.text}'; allowed: "
+                   "taskpack:lambada_openai or an existing .txt/.jsonl file")
 
     root = cfg.output_root
     probe = root

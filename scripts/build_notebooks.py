@@ -39,13 +39,18 @@ NOTEBOOKS = {
                "(tasks, few-shot, limit, seed, chat template, batch policy), through vLLM where it "
                "has a kernel for the scheme on this hardware, else through lm-eval's `hf` "
                "backend. Deltas against base are paired (same documents), with 95% "
-               "paired-bootstrap intervals and McNemar p-values."),
+               "paired-bootstrap intervals and McNemar p-values.\n\nWith a `quality` section "
+               "it then compares every variant's next-token distributions with the base's "
+               "on held-out text: KL divergence, top-1 agreement and perplexity, with "
+               "bootstrap intervals over sequences."),
         ("params", PARAMS),
         ("code", "import evalkit.ui.cells.evaluate as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"accuracy\")"),
         ("code", "result = ek.accuracy(ctx)"),
         ("code", "ek.show_accuracy(result)"),
         ("code", "ek.plot_accuracy(result)"),
-        ("code", "ek.check_stage(result, ctx)"),
+        ("code", "quality = ek.quality(ctx)"),
+        ("code", "ek.show_quality(quality)"),
+        ("code", "ek.check_stage(result, ctx)\nek.check_stage(quality, ctx)"),
     ]),
     "03_latency": ("evalkit-eval", [
         ("md", "# 03 · Latency\n\nStarts a vLLM OpenAI server per variant on 127.0.0.1 and "
@@ -82,6 +87,7 @@ NOTEBOOKS = {
         ("code", "ek.plot_quality_vs_speed(report, metric=\"ttft_ms\")"),
         ("code", "ek.plot_quality_vs_speed(report, metric=\"tpot_ms\")"),
         ("code", "ek.plot_accuracy(report.records)"),
+        ("code", "ek.show_quality_panel(report)"),
         ("code", "ek.show_claims(report)"),
         ("code", "ek.plot_claim_maps(report)"),
         ("code", "ek.show_roofline(report)"),

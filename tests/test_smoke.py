@@ -82,7 +82,7 @@ def test_records(smoke_run):
     assert list(df.columns) == list(COLUMNS)
     assert set(df["schema_version"]) == {SCHEMA_VERSION}
     assert set(df["run_id"]) == {"smoke-1"}
-    assert {"quantize", "accuracy", "latency"} <= set(df["stage"])
+    assert {"quantize", "accuracy", "quality", "latency"} <= set(df["stage"])
 
     acc = df[(df["stage"] == "accuracy") & (df["status"] == "ok")]
     base = acc[(acc["variant"] == "base") & (acc["task"] == "arc_easy")]
@@ -90,7 +90,11 @@ def test_records(smoke_run):
     val = base.loc[base["stat"] == "value", "value"]
     assert ((val > 0) & (val < 1)).all()
     q = acc[acc["variant"] == "w8a8_int8"]
-    assert {"delta", "ci_low", "ci_high"} <= set(q["stat"])
+    assert {"delta", "ci_low", "ci_high", "flip_rate", "c2w", "w2c"} <= set(q["stat"])
+    dist = df[(df["stage"] == "quality") & (df["status"] == "ok")]
+    kl = dist[(dist["metric"] == "kld_nats") & (dist["stat"] == "mean")]
+    assert set(kl["variant"]) == {"w8a8_int8", "w4a8_fp8"} and (kl["value"] > 0).all()
+    assert set(dist["n"].dropna()) == {2 * 16}
 
     lat = df[(df["stage"] == "latency") & (df["mode"] == "server")]
     ok = lat[(lat["variant"] == "base") & (lat["status"] == "ok")]
@@ -115,7 +119,8 @@ def test_records(smoke_run):
 def test_report_content(smoke_run):
     _, run, _ = smoke_run
     html = (run / "report.html").read_text()
-    for words in ("quality vs speed", "Claim check", "Client vs server", "Environment",
+    for words in ("quality vs speed", "Quality beyond accuracy deltas", "top-1 agreement",
+                  "Claim check", "Client vs server", "Environment",
                   "dequantized 4-bit GGUF", "not reproduced", "holds", "partly"):
         if words in ("not reproduced", "holds", "partly"):
             continue  # the verdict depends on the measurement; checked below

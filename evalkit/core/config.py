@@ -33,6 +33,7 @@ from evalkit.core.specs import (
     EngineSpec,
     LatencySpec,
     ModelSpec,
+    QualitySpec,
     QuantizeSpec,
     ReportSpec,
     SloSpec,
@@ -50,6 +51,7 @@ __all__ = [
     "ModelSpec",
     "NAME_RE",
     "PosInt",
+    "QualitySpec",
     "QuantizeSpec",
     "ReportSpec",
     "SloSpec",
@@ -71,6 +73,9 @@ class StudyConfig(SpecModel):
     quantize: QuantizeSpec = Field(default_factory=QuantizeSpec, description="llm-compressor.")
     accuracy: AccuracySpec | None = Field(None, description="lm-eval settings (None: skip).")
     latency: LatencySpec | None = Field(None, description="latency sweep (None: skip).")
+    quality: QualitySpec | None = Field(
+        None, description="KL divergence / top-1 agreement vs base on held-out text "
+        "(None: skip).")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM options.")
     claims: tuple[Claim, ...] = Field((), description="speed claims to check.")
     report: ReportSpec = Field(default_factory=ReportSpec, description="report options.")
@@ -115,6 +120,14 @@ class StudyConfig(SpecModel):
                     f"report.concurrency {self.report.concurrency} is not a measured level; "
                     f"allowed: {levels}"
                 )
+        if not self.model.weights_are_real and self.quality is not None:
+            raise ValueError(
+                "quality needs real weights; model.source=preset loads random weights "
+                "(speed only): remove 'quality' or use a real model"
+            )
+        if self.quality is not None and self.base_variant is None:
+            raise ValueError("quality compares every variant with the base: add a variant "
+                             "with scheme: base or remove 'quality'")
         if not self.model.weights_are_real and self.accuracy is not None:
             raise ValueError(
                 "accuracy needs real weights; model.source=preset loads random weights "

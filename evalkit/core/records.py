@@ -19,12 +19,14 @@ from evalkit.core.io import atomic_write_bytes
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 #: Versions this code reads: 1.1 added the ``invalid`` status (a latency point whose
 #: validity checks failed, see evalkit.metrics.validity); 1.2 made ``mode`` a latency column;
-#: 1.3 added ``load`` (a server point's load pattern) and the ``capacity`` mode. Older files
-#: are read as 1.3 (``load`` empty).
-READABLE_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+#: 1.3 added ``load`` (a server point's load pattern) and the ``capacity`` mode; 1.4 added the
+#: ``quality`` stage (KL divergence, top-1 agreement and perplexity vs base on held-out text)
+#: and the accuracy flip statistics (``c2w``, ``w2c``, ``flip_rate``, ... with intervals), new
+#: rows only. Older files are read as 1.4 (``load`` empty, no quality rows).
+READABLE_VERSIONS = ("1.0", "1.1", "1.2", "1.3", "1.4")
 
 #: column -> (dtype, description). Order is the on-disk column order.
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -35,8 +37,9 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "variant": ("string", "variant name from the study file"),
     "scheme": ("string", "scheme registry name (base, w4a16, w4a8_fp8, ...)"),
     "method": ("string", "quantization method (none, rtn, gptq, awq)"),
-    "stage": ("string", "quantize | accuracy | latency"),
-    "task": ("string", "lm-eval task (accuracy rows), else empty"),
+    "stage": ("string", "quantize | accuracy | quality | latency"),
+    "task": ("string", "lm-eval task (accuracy rows), held-out text source (quality rows), "
+             "else empty"),
     "workload": ("string", "latency workload name, else empty"),
     "mode": ("string", "how a latency row was measured: server | offline | server-metrics | "
              "startup | roofline | capacity; empty on other stages (the engine is in backend)"),
@@ -47,7 +50,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "stat": ("string", "value | stderr | mean | p50 | p90 | p99 | ci_low | ci_high | "
               "p50_ci_low | p50_ci_high | trial_spread_pct | ..."),
     "value": ("float64", "the number; NaN where it cannot be computed, never 0"),
-    "unit": ("string", "unit of value (ms, tok/s, fraction, bytes, s, %, count)"),
+    "unit": ("string", "unit of value (ms, tok/s, fraction, bytes, s, %, count, nats, "
+             "perplexity)"),
     "higher_is_better": ("boolean", "direction of the metric; NA where it has none"),
     "concurrency": ("Int64", "max concurrent requests / batch size (latency)"),
     "request_rate": ("float64", "request rate in req/s, inf = all at once (latency)"),
@@ -61,7 +65,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "note": ("string", "reason for a non-ok status, caveats"),
 }
 
-STAGES = ("quantize", "accuracy", "latency")
+STAGES = ("quantize", "accuracy", "quality", "latency")
 STATUSES = ("ok", "unsupported", "failed", "invalid")
 
 

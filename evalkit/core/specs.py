@@ -162,6 +162,47 @@ class AccuracySpec(SpecModel):
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec, description="CI settings.")
 
 
+class QualitySpec(SpecModel):
+    """Distribution distance against the base on held-out text (KL divergence, top-1
+    agreement, perplexity); see docs/definitions.md#distribution-distance."""
+
+    text: str = Field(
+        "taskpack:lambada_openai",
+        description="held-out text: taskpack:lambada_openai (LAMBADA book passages from the "
+        "local task pack, leaving out the study's own calibration passages) or a path to a "
+        ".txt (one text per line) or .jsonl (records with a 'text' field) file.",
+    )
+    sequences: PosInt = Field(16, description="sequences scored (the bootstrap's unit).")
+    seq_len: PosInt = Field(128, description="scored tokens per sequence; the token budget is "
+                            "sequences x seq_len.")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers, full-vocabulary logits of every variant "
+        "(compressed-tensors checkpoints loaded as the accuracy stage's hf backend does); "
+        "vllm: vLLM's top-k prompt logprobs (k = top_k), KL divergence approximated by the "
+        "top-k plus a tail bucket (docs/definitions.md).")
+    top_k: PosInt = Field(20, description="prompt logprobs per position with backend vllm "
+                          "(vLLM's max_logprobs is set to it).")
+    seed: int = Field(0, description="seed of the passage order.")
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec,
+                                     description="bootstrap over sequences.")
+
+    @property
+    def token_budget(self) -> int:
+        """Scored tokens per variant: ``sequences x seq_len``."""
+        return self.sequences * self.seq_len
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        if v.startswith("taskpack:"):
+            if v != "taskpack:lambada_openai":
+                raise ValueError(f"unknown text source '{v}'; allowed: taskpack:lambada_openai "
+                                 "or a .txt/.jsonl path")
+        elif not v.endswith((".txt", ".jsonl")):
+            raise ValueError(f"quality text file '{v}' must be .txt or .jsonl")
+        return v
+
+
 class Workload(SpecModel):
     name: str = Field(pattern=NAME_RE, description="label used in records (chat, summarize).")
     input_len: PosInt = Field(description="prompt tokens per request.")

@@ -48,8 +48,8 @@ def rate_label(rate: float) -> str:
 
 @dataclass(frozen=True)
 class UnitKey:
-    """One unit of one stage. Build it with :meth:`quantize`, :meth:`accuracy` or
-    :meth:`latency`; :meth:`encode` is the one encoder of a key."""
+    """One unit of one stage. Build it with :meth:`quantize`, :meth:`accuracy`,
+    :meth:`quality` or :meth:`latency`; :meth:`encode` is the one encoder of a key."""
 
     stage: str
     variant: str
@@ -68,13 +68,17 @@ class UnitKey:
         return cls("accuracy", variant, task=task)
 
     @classmethod
+    def quality(cls, variant: str) -> UnitKey:
+        return cls("quality", variant)
+
+    @classmethod
     def latency(cls, variant: str, mode: str, workload: str, concurrency: int,
                 request_rate: float) -> UnitKey:
         return cls("latency", variant, mode=mode, workload=workload,
                    concurrency=int(concurrency), request_rate=float(request_rate))
 
     def encode(self) -> str:
-        """``variant`` (quantize), ``variant/task`` (accuracy),
+        """``variant`` (quantize, quality), ``variant/task`` (accuracy),
         ``variant/mode/workload/c<C>/r<R>`` (latency)."""
         if self.stage == "accuracy":
             return f"{self.variant}/{self.task}"

@@ -45,7 +45,7 @@ commands:
   assets list|prepare    list or build the packaged offline models and task pack
   env                    print the environment record written into each run (env.json)
   kernels                register the evalkit-eval and evalkit-quantize Jupyter kernels
-  rebuild RUN            recompute a run's latency records from its raw per-request data
+  rebuild RUN            recompute a run's latency (and quality) records from its raw data
   compare RUN_A RUN_B    change in quality and latency from run A to run B, with intervals;
                          exit 5 when a regression beyond noise is flagged (for cron alerts);
                          --previous RUN compares RUN with the study's previous run
@@ -165,6 +165,9 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
         df = accuracy.rebuild_records(run)
         print(f"{run.path}: {len(df)} accuracy records assembled from finished units "
               "(the stage was interrupted)")
+    if run.config().quality is not None and (run.path / "raw/quality/text.json").is_file():
+        df = accuracy.rebuild_quality_records(run)
+        print(f"{run.path}: {len(df)} quality records rebuilt from the per-token files")
     if run.stage_records_path("latency").is_file() or any(
             run.path.glob("raw/latency/*/units/*.parquet")):
         df = latency.rebuild_records(run)

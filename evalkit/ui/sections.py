@@ -15,6 +15,7 @@ from evalkit.analysis import capacity as cap
 from evalkit.analysis import compare as cmp
 from evalkit.analysis import report as rp
 from evalkit.analysis.claims import claim_summary
+from evalkit.analysis.quality import quality_panel as quality_table
 from evalkit.core.environment import machine_id
 from evalkit.metrics import points as pts
 from evalkit.metrics import validity as val
@@ -144,6 +145,36 @@ def claims(r: rp.Report) -> tuple[str, pd.DataFrame, pd.DataFrame]:
                      + "; claims that do not apply are shown for reference and cannot be "
                      "confirmed or refuted here.")
     return "\n".join(lines), summary, detail
+
+
+def quality_panel(r: rp.Report) -> tuple[str, pd.DataFrame]:
+    """Per variant: accuracy delta and flip rate per task, KL divergence, top-1 agreement and
+    perplexity on held-out text, each with its interval, and the most sensitive signal."""
+    t = quality_table(r.records)
+    if t.empty or len(t.columns) <= 1:
+        return "", t
+    q = r.records[(r.records["stage"] == "quality") & (r.records["status"] == "ok")]
+    # the note: "vs BASE on SOURCE; ...; N sequences, T tokens; bootstrap ..."
+    where = (q["note"].dropna().iloc[0].split("; bootstrap")[0].split(" ", 2)[-1]
+             if len(q) else "")
+    base_ppl = q[(q["scheme"] == "base") & (q["metric"] == "perplexity") & (q["stat"] == "value")]
+    lines = ["## Quality beyond accuracy deltas", "",
+             "Per variant against base. **Flip rate**: the fraction of a task's documents whose "
+             "correctness changed (either way; Wilson 95% interval), which an accuracy delta "
+             "hides when gains and losses cancel. "]
+    if len(q):
+        lines[-1] += (
+            "**KLD**: per-token KL(base ‖ variant) of the next-token distributions over the "
+            "full vocabulary (mean and p99 over tokens), **top-1 agreement**: the fraction of "
+            "tokens whose most likely next token is the same, **perplexity** of the variant; "
+            f"measured {where.strip()} (bootstrap 95% intervals over sequences"
+            + (f"; base perplexity {base_ppl['value'].iloc[0]:.2f}" if len(base_ppl) else "")
+            + "). ")
+    else:
+        lines[-1] += "KL divergence was not measured (the study has no `quality` section). "
+    lines[-1] += ("**Most sensitive signal**: the one furthest from \"no change\" relative to "
+                  "its own interval (definitions: docs/definitions.md#quality-beyond-accuracy).")
+    return "\n".join(lines), t
 
 
 def invalid_points(r: rp.Report) -> tuple[str, pd.DataFrame]:

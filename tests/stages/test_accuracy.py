@@ -176,7 +176,9 @@ def test_paired_records_known_values(tmp_path):
     rows = acc.paired_records(unit("base", rb, sb), unit("w8a8", rv, sv), "arc_easy_local",
                               _cfg(tmp_path), "cpu")
     got = {r["stat"]: r for r in rows}
-    assert set(got) == {"delta", "ci_low", "ci_high", "recovery_pct", "p_value"}
+    flip_stats = {"c2w", "w2c"} | {f"{r}{s}" for r in ("flip_rate", "c2w_rate", "w2c_rate")
+                                   for s in ("", "_ci_low", "_ci_high")}
+    assert set(got) == {"delta", "ci_low", "ci_high", "recovery_pct", "p_value"} | flip_stats
     assert got["delta"]["value"] == pytest.approx(v.mean() - b.mean())
     assert got["ci_low"]["value"] < got["delta"]["value"] < got["ci_high"]["value"] < 0
     assert got["recovery_pct"]["value"] == pytest.approx(v.mean() / b.mean() * 100)
@@ -184,8 +186,27 @@ def test_paired_records_known_values(tmp_path):
     discordant = int(((u >= 0.5) & (u < 0.6)).sum())
     assert f"b={discordant} c=0" in got["p_value"]["note"]
     assert got["p_value"]["value"] < 1e-6
+    # flips: only correct -> wrong here, so the flip rate is minus the delta
+    assert got["c2w"]["value"] == discordant and got["w2c"]["value"] == 0
+    assert got["flip_rate"]["value"] == pytest.approx(discordant / 400)
+    assert got["flip_rate"]["value"] == pytest.approx(-got["delta"]["value"])
+    assert got["flip_rate_ci_low"]["value"] < discordant / 400 < got["flip_rate_ci_high"]["value"]
+    assert got["w2c_rate_ci_low"]["value"] == 0 < got["w2c_rate_ci_high"]["value"]
+    assert got["c2w"]["unit"] == "count" and got["flip_rate"]["unit"] == "fraction"
     df = rec.make_records(rows, variant="w8a8", stage="accuracy")
-    assert len(df) == 5
+    assert len(df) == 5 + len(flip_stats)
+
+
+def test_paired_records_equal_accuracy_different_documents(tmp_path):
+    """Equal accuracy, half the documents answered differently: delta 0, flip rate 0.5."""
+    b = np.array([1, 0] * 50, dtype=float)
+    v = 1 - b
+    rb, sb = lm_eval_output("t", {"acc": b})
+    rv, sv = lm_eval_output("t", {"acc": v})
+    got = {r["stat"]: r["value"] for r in acc.paired_records(
+        unit("base", rb, sb), unit("v", rv, sv), "t", _cfg(tmp_path), "cpu")}
+    assert got["delta"] == 0 and got["flip_rate"] == 1.0
+    assert got["c2w"] == got["w2c"] == 50
 
 
 def test_paired_records_refuse_different_documents(tmp_path):
@@ -208,6 +229,7 @@ def test_paired_records_non_binary_metric_uses_permutation(tmp_path):
     rows = acc.paired_records(unit("base", rb, sb), unit("v", rv, sv), "t", _cfg(tmp_path), "c")
     p = next(r for r in rows if r["stat"] == "p_value")
     assert "permutation" in p["note"] and p["value"] < 0.01
+    assert not any(r["stat"].startswith("flip") for r in rows)  # flips need 0/1 scores
 
 
 # ---------------------------------------------------------------- table and cache

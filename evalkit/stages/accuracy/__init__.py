@@ -62,7 +62,9 @@ version and the backend with its options; a hit is reused, logged, and noted ("c
 Modules: :mod:`~evalkit.stages.accuracy.stage` (the stage), :mod:`~evalkit.stages.accuracy.runner`
 (one variant), :mod:`~evalkit.stages.accuracy.server` (one variant's vLLM server),
 :mod:`~evalkit.stages.accuracy.backends` (vLLM or transformers, lm-eval calls),
-:mod:`~evalkit.stages.accuracy.results` (records), :mod:`~evalkit.stages.accuracy.caching`,
+:mod:`~evalkit.stages.accuracy.results` (records, flips), :mod:`~evalkit.stages.accuracy.caching`,
+:mod:`~evalkit.stages.accuracy.distance` (the study's ``quality`` section: KL divergence,
+top-1 agreement and perplexity vs base on held-out text, records of stage ``quality``),
 :mod:`~evalkit.stages.accuracy.settings`.
 """
 
@@ -81,6 +83,12 @@ from evalkit.stages.accuracy.backends import (
     tokenizer_adds_bos,
 )
 from evalkit.stages.accuracy.caching import accuracy_cache_dir, cache_key, checkpoint_fingerprint
+from evalkit.stages.accuracy.distance import (
+    QUALITY_STAGE,
+    heldout_sequences,
+    rebuild_quality_records,
+    run_quality,
+)
 from evalkit.stages.accuracy.results import (
     MetricSummary,
     UnitResult,
@@ -100,10 +108,11 @@ from evalkit.stages.accuracy.settings import (
 from evalkit.stages.accuracy.stage import accuracy_table, rebuild_records, run_stage
 
 __all__ = [
-    "STAGE", "SCORE_COLUMNS", "BackendPlan", "MetricSummary", "UnitResult", "accuracy_cache_dir",
-    "accuracy_table", "cache_key", "checkpoint_fingerprint", "eval_settings", "hf_activation_note",
-    "hf_device", "hf_dtype", "lm_eval_version", "make_api_lm", "make_hf_lm", "metric_label",
-    "metric_unit", "offline_env", "paired_records", "per_doc_scores", "plan_backend",
-    "rebuild_records", "run_lm_eval", "run_stage", "scores_reproduce", "summarize",
-    "task_manager", "tokenizer_adds_bos", "unit_records",
+    "QUALITY_STAGE", "STAGE", "SCORE_COLUMNS", "BackendPlan", "MetricSummary", "UnitResult",
+    "accuracy_cache_dir", "accuracy_table", "cache_key", "checkpoint_fingerprint",
+    "eval_settings", "heldout_sequences", "hf_activation_note", "hf_device", "hf_dtype",
+    "lm_eval_version", "make_api_lm", "make_hf_lm", "metric_label", "metric_unit", "offline_env",
+    "paired_records", "per_doc_scores", "plan_backend", "rebuild_quality_records",
+    "rebuild_records", "run_lm_eval", "run_quality", "run_stage", "scores_reproduce", "summarize",
+    "task_manager", "tokenizer_adds_bos", "unit_records"
 ]

@@ -21,7 +21,7 @@ from evalkit.core.io import (
     atomic_write_text,
     read_json,
 )
-from evalkit.metrics import stats
+from evalkit.metrics import quality, stats
 from evalkit.metrics.accuracy import metric_label
 from evalkit.stages.accuracy.settings import SCORE_COLUMNS, _acc, metric_unit
 
@@ -176,7 +176,8 @@ def unit_records(u: UnitResult, lm_task: str, hardware: str) -> list[dict[str, A
 
 def paired_records(base: UnitResult, var: UnitResult, lm_task: str, cfg: StudyConfig,
                    hardware: str) -> list[dict[str, Any]]:
-    """delta, ci_low, ci_high, recovery_pct and p_value rows of ``var`` against ``base``.
+    """delta, ci_low, ci_high, recovery_pct and p_value rows of ``var`` against ``base``; for
+    0/1 metrics also the flips (:func:`flip_rows`).
 
     Documents are matched by (subtask, doc_id) and must be the same set with the same
     document hashes in both runs.
@@ -220,7 +221,8 @@ def paired_records(base: UnitResult, var: UnitResult, lm_task: str, cfg: StudyCo
             bb, vv = j.score_b.to_numpy(), j.score_v.to_numpy()
             br = stats.paired_bootstrap(bb, vv, resamples=boot.resamples,
                                         confidence=boot.confidence, seed=boot.seed)
-            if stats.is_binary(bb) and stats.is_binary(vv):
+            binary = stats.is_binary(bb) and stats.is_binary(vv)
+            if binary:
                 mc = stats.mcnemar(bb, vv)
                 p = mc.p_value
                 notes.append(f"McNemar {'exact' if mc.exact else 'chi2'} b={mc.b} c={mc.c}")
@@ -232,6 +234,7 @@ def paired_records(base: UnitResult, var: UnitResult, lm_task: str, cfg: StudyCo
             notes.append(f"paired bootstrap {boot.resamples}x, {boot.confidence:.0%}")
             vals = {"delta": br.delta, "ci_low": br.ci_low, "ci_high": br.ci_high, "p_value": p}
         else:
+            binary = False
             notes.append("no per-document mean score for this metric: delta from lm-eval "
                          "values, no interval or test")
             vals = {"delta": m.value - b.value, "ci_low": math.nan, "ci_high": math.nan,
@@ -243,4 +246,24 @@ def paired_records(base: UnitResult, var: UnitResult, lm_task: str, cfg: StudyCo
                      "note": note})
         rows.append({**common, "stat": "p_value", "value": vals["p_value"],
                      "unit": "probability", "higher_is_better": None, "note": note})
+        if binary:
+            rows += flip_rows(quality.flips(bb, vv, boot.confidence), common, base.variant)
+    return rows
+
+
+def flip_rows(f: quality.FlipResult, common: Mapping[str, Any],
+              base_name: str) -> list[dict[str, Any]]:
+    """Flip records of one metric: ``c2w`` and ``w2c`` (counts), ``flip_rate``,
+    ``c2w_rate``, ``w2c_rate`` (fractions of the documents) and each rate's Wilson interval
+    (``<rate>_ci_low``, ``<rate>_ci_high``). A flip in either direction is a divergence from
+    the base, so no rate has a better direction except ``c2w_rate`` (lower is better)."""
+    note = (f"flips vs {base_name} on {f.n} paired documents: {f.c2w} correct->wrong, "
+            f"{f.w2c} wrong->correct; Wilson intervals")
+    rows = [{**common, "stat": s, "value": float(k), "unit": "count", "higher_is_better": None,
+             "note": note} for s, k in (("c2w", f.c2w), ("w2c", f.w2c))]
+    for name, e, hib in (("flip_rate", f.flip_rate, None), ("c2w_rate", f.c2w_rate, False),
+                         ("w2c_rate", f.w2c_rate, None)):
+        for suffix, val in (("", e.value), ("_ci_low", e.ci_low), ("_ci_high", e.ci_high)):
+            rows.append({**common, "stat": name + suffix, "value": val, "unit": "fraction",
+                         "higher_is_better": hib, "note": note})
     return rows

@@ -6,7 +6,7 @@ import pandas as pd
 
 from evalkit.analysis import plots
 from evalkit.analysis.capacity import rate_rows
-from evalkit.analysis.quality import accuracy_wide
+from evalkit.analysis.quality import accuracy_wide, quality_panel
 from evalkit.analysis.report_figures import plot_accuracy_deltas
 from evalkit.core.records import empty_records
 from evalkit.core.units import StageResult
@@ -18,7 +18,7 @@ from evalkit.ui.display import display, md, table
 from evalkit.ui.figures import shown
 
 __all__ = ["accuracy", "check_stage", "latency", "open_stage", "plot_accuracy", "plot_latency",
-           "show_accuracy", "show_latency"]
+           "quality", "show_accuracy", "show_latency", "show_quality"]
 
 
 def accuracy(ctx: StageContext) -> StageResult:
@@ -30,6 +30,21 @@ def accuracy(ctx: StageContext) -> StageResult:
                     if ctx.cfg.latency is not None else None)
     # failed units are data: the notebook shows its tables, then check_stage fails it
     return acc.run_stage(ctx.cfg, ctx.run, before_close=before_close)
+
+
+def quality(ctx: StageContext) -> StageResult:
+    """KL divergence, top-1 agreement and perplexity vs base on held-out text (the study's
+    ``quality`` section; empty without it)."""
+    if ctx.cfg.quality is None:
+        return StageResult(acc.QUALITY_STAGE, empty_records())
+    return acc.run_quality(ctx.cfg, ctx.run)
+
+
+def show_quality(result: Records):
+    records = records_of(result)
+    if records.empty:
+        return md("_distribution distance was not measured (no `quality` section)_")
+    return table(quality_panel(records))
 
 
 def latency(ctx: StageContext) -> StageResult:

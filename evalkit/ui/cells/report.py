@@ -50,6 +50,7 @@ __all__ = [
     "show_invalid",
     "show_other_evidence",
     "show_points",
+    "show_quality_panel",
     "show_rate_points",
     "show_roofline",
 ]
@@ -207,6 +208,15 @@ def plot_quality_vs_speed(report: rp.Report, metric: str = "ttft_ms"):
         t = t.assign(**{gain_col: float("nan")})
     return shown(figs.plot_quality_vs_speed(t, gain_col=gain_col),
                  f"quality-vs-{short}", report.caption(f"Quality vs {short.upper()} gain."))
+
+
+def show_quality_panel(report: rp.Report):
+    """Per variant: accuracy delta, flips, KLD and top-1 agreement, each with its interval."""
+    text, t = sections.quality_panel(report)
+    if not text:
+        return None
+    display(md(text))
+    return table(t)
 
 
 def show_claims(report: rp.Report):
