@@ -322,10 +322,10 @@ def run(a: argparse.Namespace, work: Path) -> int:
 
     from evalkit import engine as eng
     from evalkit.assets import mixes
-    from evalkit.core.config import EngineSpec, Workload
     from evalkit.core.environment import cpu_name, hardware_label
     from evalkit.core.errors import AssetError, EngineError
     from evalkit.core.io import read_json
+    from evalkit.core.specs import EngineSpec, Workload
     from evalkit.core.traffic import Lengths, TrafficSpec
     from evalkit.engine import options, process
     from evalkit.stages.latency.client import bench_command, prompt_seed, run_bench, warm_up

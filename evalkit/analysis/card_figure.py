@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import textwrap
 
-from evalkit.analysis.decision import TONES, Card
+from evalkit.analysis.decision import Card
+from evalkit.analysis.decision.words import TONES
 from evalkit.analysis.palette import scheme_color
 
 TONE_COLORS = {k: v[0] for k, v in TONES.items()}

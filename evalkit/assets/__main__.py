@@ -10,8 +10,8 @@ from evalkit.assets.models import prepare
 from evalkit.assets.packaged import PACKAGED_MODELS
 from evalkit.assets.presets import list_presets, preset_config
 from evalkit.core.cache import cache_dir
-from evalkit.core.config import ModelSpec
 from evalkit.core.errors import EvalkitError
+from evalkit.core.specs import ModelSpec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,8 @@ from evalkit.assets.packaged import PACKAGED_MODELS
 from evalkit.assets.presets import list_presets, preset_config
 from evalkit.assets.resolved import CONVERTER_VERSION, sha256_index, sha256_index_key
 from evalkit.core.cache import cache_dir
-from evalkit.core.config import ModelSpec
 from evalkit.core.io import read_json
+from evalkit.core.specs import ModelSpec
 from evalkit.metrics.roofline import text_config
 
 

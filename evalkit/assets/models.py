@@ -30,9 +30,9 @@ from evalkit.assets.resolved import (
     say_progress,
 )
 from evalkit.core.cache import cache_dir
-from evalkit.core.config import ModelSpec
 from evalkit.core.errors import ConfigError
 from evalkit.core.io import read_json, sha256_file
+from evalkit.core.specs import ModelSpec
 
 #: the assets API (the other modules of the package are its parts)
 __all__ = [

@@ -23,12 +23,10 @@ from pydantic import (
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.schemes import SCHEMES
-from evalkit.core.spec_base import PosInt, SpecModel
+from evalkit.core.spec_base import SpecModel
 from evalkit.core.specs import (
     NAME_RE,
     AccuracySpec,
-    BootstrapSpec,
-    Calibration,
     Claim,
     EngineSpec,
     LatencySpec,
@@ -36,31 +34,10 @@ from evalkit.core.specs import (
     QualitySpec,
     QuantizeSpec,
     ReportSpec,
-    SloSpec,
     Variant,
-    Workload,
 )
 
-__all__ = [
-    "AccuracySpec",
-    "BootstrapSpec",
-    "Calibration",
-    "Claim",
-    "EngineSpec",
-    "LatencySpec",
-    "ModelSpec",
-    "NAME_RE",
-    "PosInt",
-    "QualitySpec",
-    "QuantizeSpec",
-    "ReportSpec",
-    "SloSpec",
-    "StudyConfig",
-    "Variant",
-    "Workload",
-    "parse_study",
-    "read_study",
-]
+__all__ = ["StudyConfig", "parse_study", "read_study"]
 
 
 class StudyConfig(SpecModel):

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit.core.config import EngineSpec
 from evalkit.core.environment import hardware_label
 from evalkit.core.errors import EngineError
 from evalkit.core.io import atomic_write_bytes, atomic_write_json, read_json
+from evalkit.core.specs import EngineSpec
 from evalkit.engine.checkpoint import check_checkpoint
 from evalkit.engine.logparse import classify_failure
 from evalkit.engine.offline import shutdown_llm

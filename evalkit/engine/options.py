@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from evalkit.core.config import EngineSpec
 from evalkit.core.environment import free_cpu_cores
 from evalkit.core.offline import OFFLINE_ENV
+from evalkit.core.specs import EngineSpec
 
 
 def engine_env(engine: EngineSpec, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:

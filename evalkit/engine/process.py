@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evalkit.core.config import EngineSpec
 from evalkit.core.errors import EngineError
+from evalkit.core.specs import EngineSpec
 from evalkit.engine.options import engine_cores
 
 HEALTH_POLL_S = 0.5

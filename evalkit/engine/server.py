@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from evalkit.core.config import EngineSpec
 from evalkit.core.environment import hardware_label
 from evalkit.core.errors import EngineError
+from evalkit.core.specs import EngineSpec
 from evalkit.engine.checkpoint import check_checkpoint
 from evalkit.engine.logparse import classify_failure
 from evalkit.engine.options import engine_cli_args, engine_env

@@ -15,8 +15,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.config import StudyConfig
 from evalkit.core.run import Run
+from evalkit.core.specs import Variant
 from evalkit.engine import VLLMServer
 
 

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from evalkit.analysis.card_figure import plot_verdict_card
-from evalkit.analysis.decision import TONES, Card, Cell
+from evalkit.analysis.decision import Card, Cell
+from evalkit.analysis.decision.words import TONES
 from evalkit.analysis.palette import scheme_color
 from evalkit.core.io import atomic_write_bytes
 

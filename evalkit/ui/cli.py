@@ -20,11 +20,11 @@ from evalkit.analysis.summary import render
 from evalkit.assets import models as assets
 from evalkit.assets import taskpack
 from evalkit.core.archive import archive_run
-from evalkit.core.config import ModelSpec
 from evalkit.core.environment import environment_info
 from evalkit.core.errors import ConfigError, EvalkitError
 from evalkit.core.records import load_runs
 from evalkit.core.run import REPORT_HTML, list_runs, open_run
+from evalkit.core.specs import ModelSpec
 from evalkit.preflight import load_study
 from evalkit.runner import run_study
 from evalkit.stages import accuracy, latency

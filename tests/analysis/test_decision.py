@@ -11,7 +11,7 @@ from evalkit.analysis import decision as dc
 from evalkit.analysis.quality import quality_signal
 from evalkit.analysis.report import Report
 from evalkit.core import records as rec
-from evalkit.core.config import Claim
+from evalkit.core.specs import Claim
 
 #: p50 E2E / TTFT / TPOT (ms) at one request in flight; W4A8-FP8 is the fastest
 SPEED = {"w4a16": (1000.0, 100.0, 7.0), "w4a8_fp8": (600.0, 50.0, 4.5),

@@ -30,7 +30,7 @@ from evalkit.analysis.speed import (
     quality_speed,
 )
 from evalkit.core import records as rec
-from evalkit.core.config import Claim
+from evalkit.core.specs import Claim
 from evalkit.metrics import points as pts
 from evalkit.metrics.points import latency_points
 

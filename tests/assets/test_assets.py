@@ -21,8 +21,8 @@ from evalkit.assets import models as assets
 from evalkit.assets import presets as presets_mod
 from evalkit.assets import resolved
 from evalkit.core.cache import cache_dir
-from evalkit.core.config import ModelSpec
 from evalkit.core.errors import AssetError, ConfigError
+from evalkit.core.specs import ModelSpec
 from evalkit.engine.offline import shutdown_llm
 
 REQUIRED_PRESETS = ("llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "qwen3-30b-a3b", "command-a")

@@ -14,9 +14,8 @@ import pytest
 
 from evalkit.assets import mixes
 from evalkit.assets import models as assets
-from evalkit.core.config import ModelSpec
 from evalkit.core.errors import AssetError, ConfigError
-from evalkit.core.specs import Workload
+from evalkit.core.specs import ModelSpec, Workload
 from evalkit.core.traffic import Lengths
 
 

@@ -223,7 +223,7 @@ def test_two_pack_tasks_score_on_gemma(tm):
     import lm_eval
 
     from evalkit.assets import models as assets
-    from evalkit.core.config import ModelSpec
+    from evalkit.core.specs import ModelSpec
 
     model = assets.prepare(ModelSpec(source="packaged", name="gemma3-270m"))
     res = lm_eval.simple_evaluate(

@@ -329,7 +329,7 @@ def test_trust_remote_code_only_where_model_code_exists(tmp_path, source):
 
 
 def test_executor_reaches_the_engine(tmp_path):
-    from evalkit.core.config import EngineSpec
+    from evalkit.core.specs import EngineSpec
     from evalkit.engine.options import engine_cli_args, engine_env, engine_kwargs
 
     def args(e):
@@ -349,7 +349,7 @@ def test_executor_reaches_the_engine(tmp_path):
 
 
 def test_kv_cache_size_reaches_server_and_offline_engine():
-    from evalkit.core.config import EngineSpec
+    from evalkit.core.specs import EngineSpec
     from evalkit.engine.options import engine_cli_args, engine_kwargs
 
     def args(e):

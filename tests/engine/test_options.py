@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evalkit.core.config import EngineSpec
+from evalkit.core.specs import EngineSpec
 
 
 def test_cpu_engines_run_on_the_cores_other_work_leaves_free(monkeypatch):

@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from evalkit.core.config import EngineSpec
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
+from evalkit.core.specs import EngineSpec
 from evalkit.engine.logparse import provenance
 from evalkit.engine.process import group_members
 from evalkit.engine.prometheus import scrape_metrics

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from evalkit.core import records as rec
-from evalkit.core.config import EngineSpec
+from evalkit.core.specs import EngineSpec
 from evalkit.engine.options import engine_cli_args, engine_kwargs
 from evalkit.metrics import latency as LM
 from evalkit.metrics import roofline as R

@@ -19,10 +19,23 @@ import pandas as pd
 import pytest
 
 from evalkit.core import records as rec
-from evalkit.core.config import Variant, parse_study
+from evalkit.core.config import parse_study
 from evalkit.core.errors import EvalkitError
+from evalkit.core.specs import Variant
 from evalkit.core.units import StageResult, UnitKey
+from evalkit.metrics.accuracy import metric_label
 from evalkit.stages import accuracy as acc
+from evalkit.stages.accuracy.backends import BackendPlan, hf_activation_note, hf_dtype, plan_backend
+from evalkit.stages.accuracy.caching import cache_key, checkpoint_fingerprint
+from evalkit.stages.accuracy.results import (
+    UnitResult,
+    paired_records,
+    per_doc_scores,
+    scores_reproduce,
+    summarize,
+    unit_records,
+)
+from evalkit.stages.accuracy.settings import SCORE_COLUMNS, eval_settings, metric_unit
 
 REPO = Path(__file__).resolve().parents[2]
 QUANTIZE_PY = REPO / ".venv" / "quantize" / "bin" / "python"
@@ -56,10 +69,10 @@ def lm_eval_output(task: str, per_doc: dict[str, list[float]], *, filt: str = "n
     return results, samples
 
 
-def unit(variant: str, results: dict, samples: dict, backend: str = "hf") -> acc.UnitResult:
-    return acc.UnitResult(variant=variant, task="arc_easy", backend=backend, results=results,
+def unit(variant: str, results: dict, samples: dict, backend: str = "hf") -> UnitResult:
+    return UnitResult(variant=variant, task="arc_easy", backend=backend, results=results,
                           samples_path=Path("/nonexistent"),
-                          scores=acc.per_doc_scores(samples), seconds=1.0)
+                          scores=per_doc_scores(samples), seconds=1.0)
 
 
 def study(tmp: Path, **over) -> dict:
@@ -82,49 +95,49 @@ def study(tmp: Path, **over) -> dict:
 
 
 def test_metric_label_and_unit():
-    assert acc.metric_label("acc", "none") == "acc"
-    assert acc.metric_label("exact_match", "flexible-extract") == "exact_match[flexible-extract]"
-    assert acc.metric_unit("acc_norm", False) == "fraction"
-    assert acc.metric_unit("anything", True) == "fraction"
-    assert acc.metric_unit("word_perplexity", False) == "perplexity"
-    assert acc.metric_unit("bleu", False) == "score"
+    assert metric_label("acc", "none") == "acc"
+    assert metric_label("exact_match", "flexible-extract") == "exact_match[flexible-extract]"
+    assert metric_unit("acc_norm", False) == "fraction"
+    assert metric_unit("anything", True) == "fraction"
+    assert metric_unit("word_perplexity", False) == "perplexity"
+    assert metric_unit("bleu", False) == "score"
 
 
 def test_plan_backend_auto_and_forced():
     avx512 = {"avx2", "avx512f"}
     avx2 = {"avx2"}
     base = Variant(name="b", scheme="base")
-    assert acc.plan_backend(base, "cpu", avx2) == acc.BackendPlan("vllm", True)
+    assert plan_backend(base, "cpu", avx2) == BackendPlan("vllm", True)
     w4a16 = Variant(name="w", scheme="w4a16")
-    assert acc.plan_backend(w4a16, "cpu", avx512).backend == "vllm"
-    p = acc.plan_backend(w4a16, "cpu", avx2)
+    assert plan_backend(w4a16, "cpu", avx512).backend == "vllm"
+    p = plan_backend(w4a16, "cpu", avx2)
     assert p.backend == "hf" and "avx512f" in p.note
     fp8 = Variant(name="f", scheme="w4a8_fp8")
-    p = acc.plan_backend(fp8, "cpu", avx512)
+    p = plan_backend(fp8, "cpu", avx512)
     assert p.backend == "hf" and "no CPU scheme" in p.note
-    assert acc.plan_backend(fp8, "cuda", set()) == acc.BackendPlan("vllm", True)
-    assert acc.plan_backend(Variant(name="x", scheme="w8a8_int8", accuracy_backend="hf"),
-                            "cpu", avx512) == acc.BackendPlan("hf", False)
-    assert acc.plan_backend(Variant(name="x", scheme="w8a8_int8", accuracy_backend="vllm"),
-                            "cpu", avx512) == acc.BackendPlan("vllm", False)
+    assert plan_backend(fp8, "cuda", set()) == BackendPlan("vllm", True)
+    assert plan_backend(Variant(name="x", scheme="w8a8_int8", accuracy_backend="hf"),
+                            "cpu", avx512) == BackendPlan("hf", False)
+    assert plan_backend(Variant(name="x", scheme="w8a8_int8", accuracy_backend="vllm"),
+                            "cpu", avx512) == BackendPlan("vllm", False)
 
 
 def test_hf_dtype_choice():
-    assert acc.hf_dtype("cpu") == "float32"
-    assert acc.hf_dtype("cuda") == "bfloat16"
+    assert hf_dtype("cpu") == "float32"
+    assert hf_dtype("cuda") == "bfloat16"
 
 
 def test_hf_activation_note_from_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert acc.hf_activation_note(tmp_path) == ""
+    assert hf_activation_note(tmp_path) == ""
     q = {"quant_method": "compressed-tensors", "config_groups": {"group_0": {
         "weights": {"num_bits": 4, "type": "int"}, "input_activations": None}}}
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": q}))
-    assert "weight-only" in acc.hf_activation_note(tmp_path)
+    assert "weight-only" in hf_activation_note(tmp_path)
     q["config_groups"]["group_0"]["input_activations"] = {"num_bits": 8, "type": "int",
                                                           "dynamic": True}
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": q}))
-    assert "int8 dynamic" in acc.hf_activation_note(tmp_path)
+    assert "int8 dynamic" in hf_activation_note(tmp_path)
 
 
 # ---------------------------------------------------------------- parsing
@@ -132,30 +145,30 @@ def test_hf_activation_note_from_config(tmp_path):
 
 def test_summarize_and_per_doc_scores():
     r, s = lm_eval_output("arc_easy_local", {"acc": [1, 0, 1, 1], "acc_norm": [1, 1, 0, 1]})
-    ms = acc.summarize(r, "arc_easy_local")
+    ms = summarize(r, "arc_easy_local")
     assert [m.label for m in ms] == ["acc", "acc_norm"]
     assert ms[0].value == 0.75 and ms[0].n == 4 and ms[0].higher_is_better is True
-    sc = acc.per_doc_scores(s)
-    assert list(sc.columns) == acc.SCORE_COLUMNS and len(sc) == 8
-    assert all(acc.scores_reproduce(sc, m) for m in ms)
+    sc = per_doc_scores(s)
+    assert list(sc.columns) == SCORE_COLUMNS and len(sc) == 8
+    assert all(scores_reproduce(sc, m) for m in ms)
     with pytest.raises(EvalkitError, match="no entry"):
-        acc.summarize(r, "hellaswag_local")
+        summarize(r, "hellaswag_local")
 
 
 def test_per_doc_scores_skips_non_scalar_and_detects_non_mean():
     r, s = lm_eval_output("t", {"bleu": [0.2, 0.4]})
     for x in s["t"]:
         x["bleu"] = ["ref", "pred"]  # corpus-level metrics log tuples, not scores
-    assert acc.per_doc_scores(s).empty
+    assert per_doc_scores(s).empty
     r, s = lm_eval_output("t", {"perplexity": [1.0, 3.0]}, hib={"perplexity": False})
     r["results"]["t"]["perplexity,none"] = 7.4  # aggregated as exp(-mean), not a mean
-    m = acc.summarize(r, "t")[0]
-    assert not acc.scores_reproduce(acc.per_doc_scores(s), m)
+    m = summarize(r, "t")[0]
+    assert not scores_reproduce(per_doc_scores(s), m)
 
 
 def test_filters_become_metric_suffix():
     r, s = lm_eval_output("gsm8k_local", {"exact_match": [1, 0, 0]}, filt="strict-match")
-    m = acc.summarize(r, "gsm8k_local")[0]
+    m = summarize(r, "gsm8k_local")[0]
     assert m.label == "exact_match[strict-match]"
 
 
@@ -173,7 +186,7 @@ def test_paired_records_known_values(tmp_path):
     v = (u < 0.5).astype(float)  # variant loses exactly the docs with 0.5 <= u < 0.6
     rb, sb = lm_eval_output("arc_easy_local", {"acc": b})
     rv, sv = lm_eval_output("arc_easy_local", {"acc": v})
-    rows = acc.paired_records(unit("base", rb, sb), unit("w8a8", rv, sv), "arc_easy_local",
+    rows = paired_records(unit("base", rb, sb), unit("w8a8", rv, sv), "arc_easy_local",
                               _cfg(tmp_path), "cpu")
     got = {r["stat"]: r for r in rows}
     flip_stats = {"c2w", "w2c"} | {f"{r}{s}" for r in ("flip_rate", "c2w_rate", "w2c_rate")
@@ -203,7 +216,7 @@ def test_paired_records_equal_accuracy_different_documents(tmp_path):
     v = 1 - b
     rb, sb = lm_eval_output("t", {"acc": b})
     rv, sv = lm_eval_output("t", {"acc": v})
-    got = {r["stat"]: r["value"] for r in acc.paired_records(
+    got = {r["stat"]: r["value"] for r in paired_records(
         unit("base", rb, sb), unit("v", rv, sv), "t", _cfg(tmp_path), "cpu")}
     assert got["delta"] == 0 and got["flip_rate"] == 1.0
     assert got["c2w"] == got["w2c"] == 50
@@ -213,11 +226,11 @@ def test_paired_records_refuse_different_documents(tmp_path):
     rb, sb = lm_eval_output("arc_easy_local", {"acc": [1, 0, 1]})
     rv, sv = lm_eval_output("arc_easy_local", {"acc": [1, 0, 1]}, doc_ids=[0, 1, 5])
     with pytest.raises(EvalkitError, match="different documents"):
-        acc.paired_records(unit("base", rb, sb), unit("v", rv, sv), "arc_easy_local",
+        paired_records(unit("base", rb, sb), unit("v", rv, sv), "arc_easy_local",
                            _cfg(tmp_path), "cpu")
     rv, sv = lm_eval_output("arc_easy_local", {"acc": [1, 0, 1]}, hashes=["h0", "X", "h2"])
     with pytest.raises(EvalkitError, match="different document contents"):
-        acc.paired_records(unit("base", rb, sb), unit("v", rv, sv), "arc_easy_local",
+        paired_records(unit("base", rb, sb), unit("v", rv, sv), "arc_easy_local",
                            _cfg(tmp_path), "cpu")
 
 
@@ -226,7 +239,7 @@ def test_paired_records_non_binary_metric_uses_permutation(tmp_path):
     b = rng.random(200)
     rb, sb = lm_eval_output("t", {"f1": b})
     rv, sv = lm_eval_output("t", {"f1": np.clip(b - 0.1, 0, 1)})
-    rows = acc.paired_records(unit("base", rb, sb), unit("v", rv, sv), "t", _cfg(tmp_path), "c")
+    rows = paired_records(unit("base", rb, sb), unit("v", rv, sv), "t", _cfg(tmp_path), "c")
     p = next(r for r in rows if r["stat"] == "p_value")
     assert "permutation" in p["note"] and p["value"] < 0.01
     assert not any(r["stat"].startswith("flip") for r in rows)  # flips need 0/1 scores
@@ -242,11 +255,11 @@ def test_accuracy_table(tmp_path):
     rv, sv = lm_eval_output("arc_easy_local", {"acc": (u < 0.58).astype(float)})
     ub, uv = unit("base", rb, sb), unit("w8a8", rv, sv)
     rows = [{"variant": "base", "scheme": "base", **r}
-            for r in acc.unit_records(ub, "arc_easy_local", "cpu")]
+            for r in unit_records(ub, "arc_easy_local", "cpu")]
     rows += [{"variant": "w8a8", "scheme": "w8a8_int8", **r}
-             for r in acc.unit_records(uv, "arc_easy_local", "cpu")]
+             for r in unit_records(uv, "arc_easy_local", "cpu")]
     rows += [{"variant": "w8a8", "scheme": "w8a8_int8", **r}
-             for r in acc.paired_records(ub, uv, "arc_easy_local", _cfg(tmp_path), "cpu")]
+             for r in paired_records(ub, uv, "arc_easy_local", _cfg(tmp_path), "cpu")]
     df = rec.make_records(rows, stage="accuracy", run_id="r", study="s")
     t = acc.accuracy_table(df)
     assert len(t) == 1
@@ -262,17 +275,17 @@ def test_accuracy_table(tmp_path):
 
 def test_cache_key_changes_with_settings(tmp_path):
     k = {"task": "arc_easy", "settings": {"limit": 20}, "checkpoint": {"path": "/a"}}
-    assert acc.cache_key(k) == acc.cache_key(json.loads(json.dumps(k)))
-    assert acc.cache_key(k) != acc.cache_key({**k, "settings": {"limit": 21}})
+    assert cache_key(k) == cache_key(json.loads(json.dumps(k)))
+    assert cache_key(k) != cache_key({**k, "settings": {"limit": 21}})
     (tmp_path / "config.json").write_text("{}")
-    fp1 = acc.checkpoint_fingerprint(tmp_path)
+    fp1 = checkpoint_fingerprint(tmp_path)
     os.utime(tmp_path / "config.json", ns=(1, 1))
-    assert acc.checkpoint_fingerprint(tmp_path) != fp1
+    assert checkpoint_fingerprint(tmp_path) != fp1
 
 
 def test_eval_settings_are_shared(tmp_path):
     cfg = _cfg(tmp_path)
-    s = acc.eval_settings(cfg)
+    s = eval_settings(cfg)
     assert s["limit"] == 20 and s["seed"] == 1234 and s["max_length"] == 1024
     assert set(s) >= {"num_fewshot", "apply_chat_template", "batch_size", "max_gen_toks"}
 
@@ -282,7 +295,7 @@ def test_eval_settings_are_shared(tmp_path):
 
 def _gemma():
     from evalkit.assets.models import resolve_model  # noqa: PLC0415
-    from evalkit.core.config import ModelSpec  # noqa: PLC0415
+    from evalkit.core.specs import ModelSpec  # noqa: PLC0415
 
     try:
         return resolve_model(ModelSpec(source="packaged", name="gemma3-270m"))

@@ -12,7 +12,7 @@ import pytest
 
 from evalkit import engine as eng
 from evalkit.core import records as rec
-from evalkit.core.config import Workload
+from evalkit.core.specs import Workload
 from evalkit.metrics import latency as LM
 from evalkit.metrics import roofline as R
 from evalkit.stages.latency.client import bench_command

@@ -25,6 +25,7 @@ from evalkit.core.records import read_records
 from evalkit.core.units import UnitKey
 from evalkit.metrics import quality as qm
 from evalkit.stages import accuracy as acc
+from evalkit.stages.accuracy.distance import heldout_sequences
 
 REPO = Path(__file__).resolve().parents[2]
 QUANTIZE_PY = REPO / ".venv" / "quantize" / "bin" / "python"
@@ -71,7 +72,7 @@ def test_quality_section_validation(tmp_path):
 
 def _gemma():
     from evalkit.assets.models import resolve_model  # noqa: PLC0415
-    from evalkit.core.config import ModelSpec  # noqa: PLC0415
+    from evalkit.core.specs import ModelSpec  # noqa: PLC0415
 
     try:
         return resolve_model(ModelSpec(source="packaged", name="gemma3-270m"))
@@ -180,7 +181,7 @@ def test_topk_approximation_against_full_vocabulary(tmp_path):
     w4a16 = _checkpoint("w4a16")
     cfg = parse_study(study(tmp_path, quality={"sequences": 2, "seq_len": 96}))
     tok = AutoTokenizer.from_pretrained(str(gemma.path))
-    seqs, _ = acc.heldout_sequences(cfg, tok)
+    seqs, _ = heldout_sequences(cfg, tok)
     models = [AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
               for p in (gemma.path, w4a16)]
     ks = (20, 100, 1000)

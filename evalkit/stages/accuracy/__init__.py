@@ -68,51 +68,11 @@ top-1 agreement and perplexity vs base on held-out text, records of stage ``qual
 :mod:`~evalkit.stages.accuracy.settings`.
 """
 
-from evalkit.metrics.accuracy import metric_label
-from evalkit.stages.accuracy.backends import (
-    BackendPlan,
-    hf_activation_note,
-    hf_device,
-    hf_dtype,
-    make_api_lm,
-    make_hf_lm,
-    offline_env,
-    plan_backend,
-    run_lm_eval,
-    task_manager,
-    tokenizer_adds_bos,
-)
-from evalkit.stages.accuracy.caching import accuracy_cache_dir, cache_key, checkpoint_fingerprint
-from evalkit.stages.accuracy.distance import (
-    QUALITY_STAGE,
-    heldout_sequences,
-    rebuild_quality_records,
-    run_quality,
-)
-from evalkit.stages.accuracy.results import (
-    MetricSummary,
-    UnitResult,
-    paired_records,
-    per_doc_scores,
-    scores_reproduce,
-    summarize,
-    unit_records,
-)
-from evalkit.stages.accuracy.settings import (
-    SCORE_COLUMNS,
-    STAGE,
-    eval_settings,
-    lm_eval_version,
-    metric_unit,
-)
+from evalkit.stages.accuracy.distance import QUALITY_STAGE, rebuild_quality_records, run_quality
+from evalkit.stages.accuracy.settings import STAGE
 from evalkit.stages.accuracy.stage import accuracy_table, rebuild_records, run_stage
 
 __all__ = [
-    "QUALITY_STAGE", "STAGE", "SCORE_COLUMNS", "BackendPlan", "MetricSummary", "UnitResult",
-    "accuracy_cache_dir", "accuracy_table", "cache_key", "checkpoint_fingerprint",
-    "eval_settings", "heldout_sequences", "hf_activation_note", "hf_device", "hf_dtype",
-    "lm_eval_version", "make_api_lm", "make_hf_lm", "metric_label", "metric_unit", "offline_env",
-    "paired_records", "per_doc_scores", "plan_backend", "rebuild_quality_records",
-    "rebuild_records", "run_lm_eval", "run_quality", "run_stage", "scores_reproduce", "summarize",
-    "task_manager", "tokenizer_adds_bos", "unit_records"
+    "QUALITY_STAGE", "STAGE", "accuracy_table", "rebuild_quality_records", "rebuild_records",
+    "run_quality", "run_stage",
 ]

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.assets import taskpack
-from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.config import StudyConfig
 from evalkit.core.errors import EngineError
 from evalkit.core.offline import OFFLINE_ENV
 from evalkit.core.schemes import SCHEMES, cpu_kernel_expected
-from evalkit.stages.accuracy.settings import API_MAX_RETRIES, API_TIMEOUT_S, _acc
+from evalkit.core.specs import Variant
+from evalkit.stages.accuracy.settings import API_MAX_RETRIES, API_TIMEOUT_S, accuracy_spec
 
 
 def hf_device(cfg: StudyConfig) -> str:
@@ -221,7 +222,7 @@ def make_hf_lm(checkpoint: Path, cfg: StudyConfig, add_bos_token: bool) -> Any:
     device = hf_device(cfg)
     return HFLM(
         pretrained=str(checkpoint), dtype=hf_dtype(device), device=device,
-        batch_size=_acc(cfg).batch_size, max_length=cfg.engine.max_model_len,
+        batch_size=accuracy_spec(cfg).batch_size, max_length=cfg.engine.max_model_len,
         trust_remote_code=cfg.model.trust_remote_code, add_bos_token=add_bos_token,
     )
 
@@ -231,7 +232,7 @@ def make_api_lm(base_url: str, served_name: str, tokenizer: Path, cfg: StudyConf
     """lm-eval's ``local-completions`` model against a running vLLM server."""
     from lm_eval.models.openai_completions import LocalCompletionsAPI  # noqa: PLC0415
 
-    acc = _acc(cfg)
+    acc = accuracy_spec(cfg)
     return LocalCompletionsAPI(
         base_url=base_url.rstrip("/") + "/v1/completions", model=served_name,
         tokenizer=str(tokenizer), tokenizer_backend="huggingface", tokenized_requests=True,
@@ -252,7 +253,7 @@ def run_lm_eval(lm: Any, lm_task: str, cfg: StudyConfig, tm: Any) -> tuple[dict,
     import lm_eval  # noqa: PLC0415
     from lm_eval.utils import handle_non_serializable  # noqa: PLC0415
 
-    acc = _acc(cfg)
+    acc = accuracy_spec(cfg)
 
     def evaluate() -> Any:
         return lm_eval.simple_evaluate(

@@ -24,7 +24,7 @@ def checkpoint_fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(p), "files": files}
 
 
-def _dir_fingerprint(path: Path) -> str:
+def dir_fingerprint(path: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(Path(path).rglob("*")):
         if f.is_file():

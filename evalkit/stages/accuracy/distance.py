@@ -38,11 +38,12 @@ import pandas as pd
 from evalkit.assets import models as assets
 from evalkit.assets import taskpack
 from evalkit.core import records as rec
-from evalkit.core.config import QualitySpec, StudyConfig, Variant
+from evalkit.core.config import StudyConfig
 from evalkit.core.environment import env_hardware_label, hardware_label
 from evalkit.core.errors import ConfigError, EvalkitError
 from evalkit.core.io import atomic_write_bytes, atomic_write_json, read_json
 from evalkit.core.run import Run, set_cpu_threads
+from evalkit.core.specs import QualitySpec, Variant
 from evalkit.core.units import Failure, StageResult, UnitKey
 from evalkit.engine import prompt_topk_logprobs
 from evalkit.metrics import quality as qm
@@ -307,7 +308,7 @@ def _vllm_tokens(cfg: StudyConfig, run: Run,
     return tokens, failures
 
 
-def _variant_fields(v: Variant) -> dict[str, Any]:
+def variant_fields(v: Variant) -> dict[str, Any]:
     return {"variant": v.name, "scheme": v.scheme, "method": v.method}
 
 
@@ -348,7 +349,7 @@ def quality_records(cfg: StudyConfig, run: Run, tokens: dict[str, list[dict[str,
                 f"sequences {boot.resamples}x, {boot.confidence:.0%}")
         note = f"vs {base_v.name if base_v else '?'} {text}"
 
-        fields = {**_variant_fields(v), **common}
+        fields = {**variant_fields(v), **common}
         if base_v is not None and name == base_v.name:
             rows += _estimate_rows(fields, "perplexity", s.ppl_base, "perplexity", False,
                                    "value", text)
@@ -360,7 +361,7 @@ def quality_records(cfg: StudyConfig, run: Run, tokens: dict[str, list[dict[str,
         rows += _estimate_rows(fields, "perplexity", s.ppl_variant, "perplexity", False,
                                "value", note)
     for name, why in failures.items():
-        rows.append({**_variant_fields(cfg.variant(name)), **common, "metric": "kld_nats",
+        rows.append({**variant_fields(cfg.variant(name)), **common, "metric": "kld_nats",
                      "stat": "mean", "value": float("nan"), "unit": "nats", "status": "failed",
                      "note": why})
     model_name = assets.resolve_model(cfg.model).name

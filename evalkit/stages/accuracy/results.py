@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.config import StudyConfig
 from evalkit.core.errors import EvalkitError
 from evalkit.core.io import (
     atomic_write_bytes,
@@ -21,9 +21,10 @@ from evalkit.core.io import (
     atomic_write_text,
     read_json,
 )
+from evalkit.core.specs import Variant
 from evalkit.metrics import quality, stats
 from evalkit.metrics.accuracy import metric_label
-from evalkit.stages.accuracy.settings import SCORE_COLUMNS, _acc, metric_unit
+from evalkit.stages.accuracy.settings import SCORE_COLUMNS, accuracy_spec, metric_unit
 
 
 @dataclass
@@ -120,7 +121,7 @@ class UnitResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _samples_jsonl(samples: Mapping[str, Sequence[Any]]) -> str:
+def samples_jsonl(samples: Mapping[str, Sequence[Any]]) -> str:
     lines = []
     for subtask, items in samples.items():
         for s in items:
@@ -128,7 +129,7 @@ def _samples_jsonl(samples: Mapping[str, Sequence[Any]]) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def _read_samples_jsonl(path: Path) -> dict[str, list[dict]]:
+def read_samples_jsonl(path: Path) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     with open(path, encoding="utf-8") as fh:
         for line in fh:
@@ -138,20 +139,20 @@ def _read_samples_jsonl(path: Path) -> dict[str, list[dict]]:
     return out
 
 
-def _write_raw(raw: Path, results: dict, samples_text: str, scores: pd.DataFrame) -> None:
+def write_raw(raw: Path, results: dict, samples_text: str, scores: pd.DataFrame) -> None:
     atomic_write_json(raw / "results.json", results)
     atomic_write_text(raw / "samples.jsonl", samples_text)
     atomic_write_bytes(raw / "scores.parquet", scores.to_parquet(index=False))
 
 
-def _finished_unit(variant: str, task: str, raw: Path, done: Mapping[str, Any]) -> UnitResult:
+def finished_unit(variant: str, task: str, raw: Path, done: Mapping[str, Any]) -> UnitResult:
     """A finished (variant, task) read back from its raw files and its unit marker."""
     return UnitResult(variant, task, done["backend"], read_json(raw / "results.json"),
                       raw / "samples.jsonl", pd.read_parquet(raw / "scores.parquet"),
                       float(done.get("seconds", math.nan)), list(done.get("notes", [])))
 
 
-def _variant_fields(cfg: StudyConfig, v: Variant) -> dict[str, Any]:
+def variant_fields(cfg: StudyConfig, v: Variant) -> dict[str, Any]:
     return {"variant": v.name, "scheme": v.scheme, "method": v.method}
 
 
@@ -185,7 +186,7 @@ def paired_records(base: UnitResult, var: UnitResult, lm_task: str, cfg: StudyCo
     Raises:
         EvalkitError: the two evaluations did not score the same documents.
     """
-    boot = _acc(cfg).bootstrap
+    boot = accuracy_spec(cfg).bootstrap
     bsum = {m.label: m for m in summarize(base.results, lm_task)}
     rows = []
     for m in summarize(var.results, lm_task):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.assets import taskpack
-from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.config import StudyConfig
 from evalkit.core.environment import hardware_label
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.core.io import (
@@ -22,6 +22,7 @@ from evalkit.core.io import (
     read_json,
 )
 from evalkit.core.run import Run
+from evalkit.core.specs import Variant
 from evalkit.core.units import UnitKey
 from evalkit.engine import record_engine_verdict
 from evalkit.stages.accuracy.backends import (
@@ -35,26 +36,32 @@ from evalkit.stages.accuracy.backends import (
     tokenizer_adds_bos,
 )
 from evalkit.stages.accuracy.caching import (
-    _dir_fingerprint,
     accuracy_cache_dir,
     cache_key,
     checkpoint_fingerprint,
+    dir_fingerprint,
 )
 from evalkit.stages.accuracy.results import (
     UnitResult,
-    _finished_unit,
-    _read_samples_jsonl,
-    _samples_jsonl,
-    _write_raw,
+    finished_unit,
     per_doc_scores,
+    read_samples_jsonl,
+    samples_jsonl,
     summarize,
+    write_raw,
 )
 from evalkit.stages.accuracy.server import BeforeClose, VariantServer
-from evalkit.stages.accuracy.settings import CACHE_FORMAT, STAGE, _acc, eval_settings, lm_eval_version
+from evalkit.stages.accuracy.settings import (
+    CACHE_FORMAT,
+    STAGE,
+    accuracy_spec,
+    eval_settings,
+    lm_eval_version,
+)
 from evalkit.stages.serving import VariantSession
 
 
-class _VariantRunner:
+class VariantRunner:
     """Evaluates all tasks of one variant, starting at most one server for them."""
 
     def __init__(self, cfg: StudyConfig, run: Run, variant: Variant, checkpoint: Path,
@@ -144,11 +151,11 @@ class _VariantRunner:
         }
 
     def _taskpack_fp(self) -> str | None:
-        if _acc(self.cfg).data != "local":
+        if accuracy_spec(self.cfg).data != "local":
             return None
         if not hasattr(self, "_tp_fp"):
 
-            self._tp_fp = _dir_fingerprint(Path(taskpack.build_task_pack()))
+            self._tp_fp = dir_fingerprint(Path(taskpack.build_task_pack()))
         return self._tp_fp
 
     def _lm_for(self) -> Any:
@@ -192,7 +199,7 @@ class _VariantRunner:
         done = self.done_in_run(task)
         if done is not None:
             self.run.log(f"accuracy {unit}: already done in this run ({done['backend']}), reused")
-            return _finished_unit(v, task, raw, done)
+            return finished_unit(v, task, raw, done)
         settings = eval_settings(self.cfg)
         lm = self._lm_for()  # may switch self.backend to hf; not part of the task's time
         t0 = time.monotonic()
@@ -203,15 +210,15 @@ class _VariantRunner:
         if self.use_cache and (cdir / "results.json").is_file():
             results = read_json(cdir / "results.json")
             samples_text = (cdir / "samples.jsonl").read_text(encoding="utf-8")
-            samples = _read_samples_jsonl(cdir / "samples.jsonl")
+            samples = read_samples_jsonl(cdir / "samples.jsonl")
             notes.append("cached")
             self.run.log(f"accuracy {unit}: cached result reused from {cdir}")
         else:
-            if _acc(self.cfg).data == "local":
+            if accuracy_spec(self.cfg).data == "local":
 
                 taskpack.check_task_data(task)  # a clear error, not one from deep in datasets
             results, samples = run_lm_eval(lm, lm_task, self.cfg, self.tm)
-            samples_text = _samples_jsonl(samples)
+            samples_text = samples_jsonl(samples)
             if self.use_cache and not cdir.exists():
                 with contextlib.suppress(FileExistsError, OSError):
                     with atomic_dir(cdir) as tmp:
@@ -220,7 +227,7 @@ class _VariantRunner:
                         atomic_write_json(tmp / "key.json", material)
         seconds = time.monotonic() - t0
         scores = per_doc_scores(samples)
-        _write_raw(raw, results, samples_text, scores)
+        write_raw(raw, results, samples_text, scores)
         self.run.units.mark(UnitKey.accuracy(v, task), {
             "backend": self.backend, "settings": settings, "cache_key": key,
             "seconds": seconds, "notes": notes, "checkpoint": str(self.checkpoint),

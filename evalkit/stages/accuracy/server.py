@@ -10,10 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.config import StudyConfig
 from evalkit.core.errors import EngineError, EvalkitError
 from evalkit.core.run import Run
 from evalkit.core.schemes import activation_mismatch
+from evalkit.core.specs import Variant
 from evalkit.engine import provenance
 from evalkit.stages.serving import VariantSession
 

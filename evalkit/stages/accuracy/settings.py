@@ -9,6 +9,7 @@ from typing import Any
 
 from evalkit.core.config import StudyConfig
 from evalkit.core.errors import StageError
+from evalkit.core.specs import AccuracySpec
 
 STAGE = "accuracy"
 
@@ -50,7 +51,7 @@ def lm_eval_version() -> str:
 
 def eval_settings(cfg: StudyConfig) -> dict[str, Any]:
     """The lm-eval settings applied to every variant (part of every cache key)."""
-    acc = _acc(cfg)
+    acc = accuracy_spec(cfg)
     return {
         "data": acc.data,
         "num_fewshot": acc.num_fewshot,
@@ -64,7 +65,8 @@ def eval_settings(cfg: StudyConfig) -> dict[str, Any]:
     }
 
 
-def _acc(cfg: StudyConfig):  # noqa: ANN202 -- AccuracySpec
+def accuracy_spec(cfg: StudyConfig) -> AccuracySpec:
+    """The study's accuracy section; a StageError when the study has none."""
     if cfg.accuracy is None:
         raise StageError(f"study {cfg.study} has no 'accuracy' section; nothing to evaluate")
     return cfg.accuracy

@@ -18,7 +18,7 @@ from evalkit.assets import models as assets
 from evalkit.assets import taskpack
 from evalkit.assets.checkpoints import checkpoint_for
 from evalkit.core import records as rec
-from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.config import StudyConfig
 from evalkit.core.environment import env_hardware_label, hardware_label
 from evalkit.core.errors import EngineError, EvalkitError, StageError, UnsupportedSchemeError
 from evalkit.core.io import (
@@ -26,18 +26,19 @@ from evalkit.core.io import (
     read_json,
 )
 from evalkit.core.run import Run, set_cpu_threads
+from evalkit.core.specs import Variant
 from evalkit.core.units import Failure, StageResult, UnitKey
 from evalkit.stages.accuracy.backends import hf_device, offline_env, plan_backend, task_manager
 from evalkit.stages.accuracy.results import (
     UnitResult,
-    _finished_unit,
-    _variant_fields,
+    finished_unit,
     paired_records,
     unit_records,
+    variant_fields,
 )
-from evalkit.stages.accuracy.runner import _VariantRunner
+from evalkit.stages.accuracy.runner import VariantRunner
 from evalkit.stages.accuracy.server import BeforeClose
-from evalkit.stages.accuracy.settings import STAGE, _acc, eval_settings, lm_eval_version
+from evalkit.stages.accuracy.settings import STAGE, accuracy_spec, eval_settings, lm_eval_version
 
 
 def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
@@ -68,7 +69,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
     from tqdm.auto import tqdm  # noqa: PLC0415
 
 
-    acc = _acc(cfg)
+    acc = accuracy_spec(cfg)
     if cfg.engine.device == "cpu" and any(
             plan_backend(v, "cpu").backend == "hf" for v in cfg.variants):
 
@@ -99,7 +100,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
         k = cfg.engine.parallel_starts
         try:
             for i in range(0, len(chosen), k):
-                runners: list[_VariantRunner] = []
+                runners: list[VariantRunner] = []
                 for v in chosen[i:i + k]:
                     try:
                         ckpt = Path(checkpoint_for(run, v.name))
@@ -109,7 +110,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                         run.log(f"accuracy {v.name}: FAILED, no checkpoint: {exc}")
                         bar.update(len(tasks))
                         continue
-                    runners.append(_VariantRunner(cfg, run, v, ckpt, use_cache, bar,
+                    runners.append(VariantRunner(cfg, run, v, ckpt, use_cache, bar,
                                                   before_close))
                 try:
                     launched = [r.variant.name for r in runners if r.launch(tasks)]
@@ -140,7 +141,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
         for (v, t), why in failures.items()])
 
 
-def _evaluate_variant(runner: _VariantRunner, tasks: Sequence[tuple[str, str]],
+def _evaluate_variant(runner: VariantRunner, tasks: Sequence[tuple[str, str]],
                       results: dict[tuple[str, str], UnitResult],
                       failures: dict[tuple[str, str], str], bar: Any) -> None:
     """All tasks of one variant; a failed task is recorded and the next one runs, a failed
@@ -180,14 +181,14 @@ def _stage_records(cfg: StudyConfig, run: Run, chosen: Sequence[Variant],
     for (vname, t), u in results.items():
         hw = hardware["vllm" if u.backend == "vllm" else "hf"]
         lm_task = dict(tasks)[t]
-        rows += [{**_variant_fields(cfg, vmap[vname]), **r} for r in unit_records(u, lm_task, hw)]
+        rows += [{**variant_fields(cfg, vmap[vname]), **r} for r in unit_records(u, lm_task, hw)]
         if base_v is None or vname == base_v.name:
             continue
         bu = results.get((base_v.name, t))
         if bu is None:
             continue
         try:
-            rows += [{**_variant_fields(cfg, vmap[vname]), **r}
+            rows += [{**variant_fields(cfg, vmap[vname]), **r}
                      for r in paired_records(bu, u, lm_task, cfg, hw)]
         except EvalkitError as exc:
             failures[(vname, f"{t} (paired)")] = str(exc)
@@ -198,7 +199,7 @@ def _stage_records(cfg: StudyConfig, run: Run, chosen: Sequence[Variant],
         task = t.removesuffix(" (paired)")
         known = sorted({r["metric"] for r in rows if r["task"] == task}) or ["evaluation"]
         for metric in known:
-            rows.append({**_variant_fields(cfg, vmap[vname]), "task": task, "metric": metric,
+            rows.append({**variant_fields(cfg, vmap[vname]), "task": task, "metric": metric,
                          "stat": "delta" if paired else "value", "value": math.nan,
                          "unit": "fraction", "status": "failed",
                          "note": why.split("\n")[0][:500], "hardware": hardware["vllm"]})
@@ -217,7 +218,7 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     """
 
     cfg = run.config()
-    acc = _acc(cfg)
+    acc = accuracy_spec(cfg)
     tasks = [(t, taskpack.lm_eval_task_name(t, acc.data)) for t in acc.tasks]
     results: dict[tuple[str, str], UnitResult] = {}
     for v in cfg.variants:
@@ -226,7 +227,7 @@ def rebuild_records(run: Run) -> pd.DataFrame:
             raw = run.path / "raw" / STAGE / v.name / t
             if done is None or not json_exists(raw / "results.json"):
                 continue
-            results[(v.name, t)] = _finished_unit(v.name, t, raw, done)
+            results[(v.name, t)] = finished_unit(v.name, t, raw, done)
     if not results:
         raise StageError(f"{run.path}: no finished accuracy units to rebuild records from")
     env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}

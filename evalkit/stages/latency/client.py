@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from evalkit import engine as eng
-from evalkit.core.config import Workload
 from evalkit.core.errors import EngineError
+from evalkit.core.specs import Workload
 from evalkit.core.units import rate_label
 
 

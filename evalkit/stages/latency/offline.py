@@ -10,9 +10,9 @@ from typing import Any
 
 from evalkit import engine as eng
 from evalkit.core import records as rec
-from evalkit.core.config import Variant
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.core.io import atomic_write_json
+from evalkit.core.specs import Variant
 from evalkit.metrics.latency import offline_rows
 from evalkit.stages.latency.client import prompt_seed
 from evalkit.stages.latency.raw import offline_iters

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from evalkit.core.config import LatencySpec, Workload
+from evalkit.core.specs import LatencySpec, Workload
 from evalkit.core.traffic import load_label
 from evalkit.core.units import UnitKey
 from evalkit.stages.latency.raw import point_stem

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from evalkit.core import records as rec
-from evalkit.core.config import Variant, Workload
 from evalkit.core.errors import EngineError
 from evalkit.core.io import atomic_write_json, json_exists, read_json
+from evalkit.core.specs import Variant, Workload
 from evalkit.core.traffic import auto_rates, load_label
 from evalkit.core.units import UnitKey
 from evalkit.metrics import traffic as tr

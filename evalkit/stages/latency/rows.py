@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from evalkit.core import records as rec
-from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.config import StudyConfig
+from evalkit.core.specs import Variant
 from evalkit.metrics import validity as val
 from evalkit.metrics.roofline import (
     decode_bytes_per_step,

@@ -10,11 +10,11 @@ from typing import Any
 
 from evalkit import engine as eng
 from evalkit.core import records as rec
-from evalkit.core.config import Variant
 from evalkit.core.environment import environment_info
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.core.io import atomic_write_json
 from evalkit.core.schemes import activation_mismatch
+from evalkit.core.specs import Variant
 from evalkit.stages.latency.derive import PointData
 from evalkit.stages.latency.points import Point
 from evalkit.stages.latency.rates import RateSweep

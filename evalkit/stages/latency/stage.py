@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.core import records as rec
-from evalkit.core.config import LatencySpec, StudyConfig, Variant
+from evalkit.core.config import StudyConfig
 from evalkit.core.errors import EvalkitError
 from evalkit.core.run import Run
+from evalkit.core.specs import LatencySpec, Variant
 from evalkit.core.units import StageResult
 from evalkit.stages.latency.offline import measure_offline
 from evalkit.stages.latency.rates import RateSweep

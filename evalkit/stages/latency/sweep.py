@@ -15,11 +15,12 @@ import pandas as pd
 from evalkit.assets.checkpoints import checkpoint_for
 from evalkit.assets.models import resolve_model
 from evalkit.core import records as rec
-from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.config import StudyConfig
 from evalkit.core.environment import hardware_label
 from evalkit.core.errors import EvalkitError, StageError
 from evalkit.core.run import Run
 from evalkit.core.schemes import SCHEMES, cpu_latency_skip_reason
+from evalkit.core.specs import Variant
 from evalkit.core.traffic import CLOSED_LOOP_WAVES
 from evalkit.core.units import Failure, FailureKind, UnitKey
 from evalkit.engine.energy import EnergyMeter

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.assets.models import ResolvedModel
-from evalkit.core.config import QuantizeSpec, Variant
 from evalkit.core.environment import hardware_label
 from evalkit.core.errors import AssetError, ConfigError
 from evalkit.core.io import atomic_dir, atomic_write_json, file_lock, read_json
 from evalkit.core.schemes import SCHEMES
+from evalkit.core.specs import QuantizeSpec, Variant
 from evalkit.stages.quantize.checkpoints import (
     CALIBRATED_METHODS,
     METADATA_FILE,

@@ -14,8 +14,8 @@ from typing import Any
 
 from evalkit.assets.models import ResolvedModel
 from evalkit.core.cache import cache_dir
-from evalkit.core.config import QuantizeSpec, Variant
 from evalkit.core.schemes import SCHEMES
+from evalkit.core.specs import QuantizeSpec, Variant
 
 STAGE = "quantize"
 BACKEND = "llm-compressor"

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.assets import taskpack
-from evalkit.core.config import Calibration, QuantizeSpec, Variant
 from evalkit.core.errors import ConfigError
 from evalkit.core.schemes import SCHEMES
+from evalkit.core.specs import Calibration, QuantizeSpec, Variant
 from evalkit.stages.quantize.checkpoints import SMOOTHQUANT_STRENGTH
 
 # --------------------------------------------------------------------------------------

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.assets.models import resolve_model
-from evalkit.core.config import StudyConfig, Variant
+from evalkit.core.config import StudyConfig
 from evalkit.core.environment import hardware_label
 from evalkit.core.io import atomic_write_json, json_exists, read_json
 from evalkit.core.records import make_records
 from evalkit.core.run import Run, set_cpu_threads
 from evalkit.core.schemes import SCHEMES, Scheme, cpu_kernel_expected
+from evalkit.core.specs import Variant
 from evalkit.core.units import Failure, StageResult, UnitKey
 from evalkit.stages.quantize.build import quantize_variant
 from evalkit.stages.quantize.checkpoints import (

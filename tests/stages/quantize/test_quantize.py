@@ -18,9 +18,10 @@ from tiny_model import build_tiny_llama  # noqa: E402
 
 from evalkit.assets.checkpoints import checkpoint_for, checkpoints  # noqa: E402
 from evalkit.assets.models import ResolvedModel  # noqa: E402
-from evalkit.core.config import Calibration, QuantizeSpec, Variant, parse_study  # noqa: E402
+from evalkit.core.config import parse_study  # noqa: E402
 from evalkit.core.errors import StageError  # noqa: E402
 from evalkit.core.run import create_run  # noqa: E402
+from evalkit.core.specs import Calibration, QuantizeSpec, Variant
 from evalkit.stages import quantize as q  # noqa: E402
 from evalkit.stages.quantize.checkpoints import (  # noqa: E402
     METADATA_FILE,
