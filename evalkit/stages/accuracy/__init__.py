@@ -68,11 +68,9 @@ top-1 agreement and perplexity vs base on held-out text, records of stage ``qual
 :mod:`~evalkit.stages.accuracy.settings`.
 """
 
-from evalkit.stages.accuracy.distance import QUALITY_STAGE, rebuild_quality_records, run_quality
-from evalkit.stages.accuracy.settings import STAGE
+from evalkit.stages.accuracy.distance import rebuild_quality_records, run_quality
 from evalkit.stages.accuracy.stage import accuracy_table, rebuild_records, run_stage
 
 __all__ = [
-    "QUALITY_STAGE", "STAGE", "accuracy_table", "rebuild_quality_records", "rebuild_records",
-    "run_quality", "run_stage",
+    "accuracy_table", "rebuild_quality_records", "rebuild_records", "run_quality", "run_stage",
 ]

@@ -13,6 +13,7 @@ from evalkit.core.units import StageResult
 from evalkit.metrics.points import latency_points
 from evalkit.stages import accuracy as acc
 from evalkit.stages import latency as lat
+from evalkit.stages.accuracy.distance import QUALITY_STAGE
 from evalkit.ui.cells.stage import Records, StageContext, check_stage, open_stage, records_of
 from evalkit.ui.display import display, md, table
 from evalkit.ui.figures import shown
@@ -36,7 +37,7 @@ def quality(ctx: StageContext) -> StageResult:
     """KL divergence, top-1 agreement and perplexity vs base on held-out text (the study's
     ``quality`` section; empty without it)."""
     if ctx.cfg.quality is None:
-        return StageResult(acc.QUALITY_STAGE, empty_records())
+        return StageResult(QUALITY_STAGE, empty_records())
     return acc.run_quality(ctx.cfg, ctx.run)
 
 
