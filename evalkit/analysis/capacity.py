@@ -202,7 +202,8 @@ def rate_points(df: pd.DataFrame) -> pd.DataFrame:
                 row[f"{short}_{quantile}_hi"] = _value(group, metric, f"{quantile}_ci_high")
         rows.append(row)
     out = pd.DataFrame(rows, columns=RATE_COLUMNS)
-    order = {variant_name: position for position, variant_name in enumerate(pd.unique(df["variant"].dropna()))}
+    order = {variant_name: position
+             for position, variant_name in enumerate(pd.unique(df["variant"].dropna()))}
     return out.sort_values(["workload", "variant", "offered_rate_req_s"],
                            key=lambda column: column.map(order) if column.name == "variant" else column,
                            kind="stable").reset_index(drop=True)
