@@ -218,8 +218,8 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     """
 
     cfg = run.config()
-    acc = accuracy_spec(cfg)
-    tasks = [(t, taskpack.lm_eval_task_name(t, acc.data)) for t in acc.tasks]
+    acc_spec = accuracy_spec(cfg)
+    tasks = [(t, taskpack.lm_eval_task_name(t, acc_spec.data)) for t in acc_spec.tasks]
     results: dict[tuple[str, str], UnitResult] = {}
     for v in cfg.variants:
         for t, _ in tasks:
