@@ -153,40 +153,40 @@ def rate_points(df: pd.DataFrame) -> pd.DataFrame:
     if rr.empty:
         return pd.DataFrame(columns=RATE_COLUMNS)
     loads = rr["load"].astype("object").where(rr["load"].notna(), None)
-    rr = rr.assign(_load=[load_of("server", x, r) for x, r in zip(loads, rr["request_rate"],
-                                                                   strict=True)])
+    rr = rr.assign(_load=[load_of("server", load_value, req_rate)
+                          for load_value, req_rate in zip(loads, rr["request_rate"], strict=True)])
     host = main_hardware(df)
     rows = []
-    for (variant, workload, load, rate), g in rr.groupby(
+    for (variant, workload, load, rate), group in rr.groupby(
             ["variant", "workload", "_load", "request_rate"], sort=False):
-        timed = g[g["metric"].isin(RATE_METRICS)]
-        st = set(timed["status"].fillna("ok")) or set(g["status"].fillna("ok"))
+        timed = group[group["metric"].isin(RATE_METRICS)]
+        st = set(timed["status"].fillna("ok")) or set(group["status"].fillna("ok"))
         status = "invalid" if "invalid" in st else "ok" if st == {"ok"} else sorted(st - {"ok"})[0]
-        bad = g[g["status"].fillna("ok") != "ok"]["note"].dropna()
-        sat = _value(g, "saturated", "value")
-        offered = _value(g, "offered_rate_req_s", "value")
-        spread = g.loc[g["stat"] == "trial_spread_pct", "n"].dropna()
-        hw = g["hardware"].dropna()
-        caps = g["concurrency"].dropna()
+        bad = group[group["status"].fillna("ok") != "ok"]["note"].dropna()
+        sat = _value(group, "saturated", "value")
+        offered = _value(group, "offered_rate_req_s", "value")
+        spread = group.loc[group["stat"] == "trial_spread_pct", "n"].dropna()
+        hw = group["hardware"].dropna()
+        caps = group["concurrency"].dropna()
         row = {
-            "variant": variant, "scheme": g["scheme"].iloc[0], "workload": workload,
+            "variant": variant, "scheme": group["scheme"].iloc[0], "workload": workload,
             "load": load, "load_text": load_text(load, None, rate),
-            "input_len": _first(g, "input_len"),
-            "output_len": _first(g, "output_len"),
+            "input_len": _first(group, "input_len"),
+            "output_len": _first(group, "output_len"),
             "concurrency_cap": int(caps.iloc[0]) if len(caps) else pd.NA,
             "offered_rate_req_s": float(rate) if math.isnan(offered) else offered,
-            "arrival_rate_req_s": _value(g, "arrival_rate_req_s", "value"),
-            "achieved_rate_req_s": _value(g, "achieved_rate_req_s", "value"),
+            "arrival_rate_req_s": _value(group, "arrival_rate_req_s", "value"),
+            "achieved_rate_req_s": _value(group, "achieved_rate_req_s", "value"),
             # unknown (older records) is not saturated: only a measured flag says so
             "saturated": bool(sat >= 0.5) if not math.isnan(sat) else False,
-            "saturated_note": _text(g, "saturated") if sat >= 0.5 else "",
-            "window_requests": _value(g, "window_requests", "value"),
-            "window_note": _text(g, "window_requests"),
-            "failed_requests": _value(g, "failed_requests", "value"),
-            "output_throughput_tok_s": _value(g, "output_throughput_tok_s", "value"),
-            "request_throughput_req_s": _value(g, "request_throughput_req_s", "value"),
-            "energy_j_per_output_token": _value(g, "energy_j_per_output_token", "value"),
-            "power_w": _value(g, "power_w", "mean"),
+            "saturated_note": _text(group, "saturated") if sat >= 0.5 else "",
+            "window_requests": _value(group, "window_requests", "value"),
+            "window_note": _text(group, "window_requests"),
+            "failed_requests": _value(group, "failed_requests", "value"),
+            "output_throughput_tok_s": _value(group, "output_throughput_tok_s", "value"),
+            "request_throughput_req_s": _value(group, "request_throughput_req_s", "value"),
+            "energy_j_per_output_token": _value(group, "energy_j_per_output_token", "value"),
+            "power_w": _value(group, "power_w", "mean"),
             "trials": int(spread.iloc[0]) if len(spread) else 1,
             "single_trial": not (len(spread) and int(spread.iloc[0]) > 1),
             "hardware": str(hw.iloc[0]) if len(hw) else host,
@@ -194,17 +194,18 @@ def rate_points(df: pd.DataFrame) -> pd.DataFrame:
             "status": status,
             "note": str(bad.iloc[0]).split(";")[0].removeprefix("INVALID: ") if len(bad) else "",
         }
-        for m in RATE_METRICS:
-            short = m.removesuffix("_ms")
-            for q in ("p50", "p90"):
-                row[f"{short}_{q}_ms"] = _value(g, m, q)
-                row[f"{short}_{q}_lo"] = _value(g, m, f"{q}_ci_low")
-                row[f"{short}_{q}_hi"] = _value(g, m, f"{q}_ci_high")
+        for metric in RATE_METRICS:
+            short = metric.removesuffix("_ms")
+            for quantile in ("p50", "p90"):
+                row[f"{short}_{quantile}_ms"] = _value(group, metric, quantile)
+                row[f"{short}_{quantile}_lo"] = _value(group, metric, f"{quantile}_ci_low")
+                row[f"{short}_{quantile}_hi"] = _value(group, metric, f"{quantile}_ci_high")
         rows.append(row)
     out = pd.DataFrame(rows, columns=RATE_COLUMNS)
-    order = {v: i for i, v in enumerate(pd.unique(df["variant"].dropna()))}
+    order = {variant_name: position
+             for position, variant_name in enumerate(pd.unique(df["variant"].dropna()))}
     return out.sort_values(["workload", "variant", "offered_rate_req_s"],
-                           key=lambda c: c.map(order) if c.name == "variant" else c,
+                           key=lambda column: column.map(order) if column.name == "variant" else column,
                            kind="stable").reset_index(drop=True)
 
 
@@ -307,33 +308,34 @@ def capacity_summary(df: pd.DataFrame, files: Mapping[tuple[str, str], Mapping[s
     have = set(cap["variant"])
     ref = reference if reference in have else base
     rows = []
-    for (variant, workload), g in cap.groupby(["variant", "workload"], sort=False):
+    for (variant, workload), group in cap.groupby(["variant", "workload"], sort=False):
         raw = files.get((str(variant), str(workload)))
-        note = _text(g, "capacity_req_s")
-        loads = g["load"].dropna()
+        note = _text(group, "capacity_req_s")
+        loads = group["load"].dropna()
         limits = (raw or {}).get("limits") or dict(slo or {})
         pct = float((raw or {}).get("percentile", percentile))
         row = {
-            "variant": variant, "scheme": g["scheme"].iloc[0], "workload": workload,
+            "variant": variant, "scheme": group["scheme"].iloc[0], "workload": workload,
             "load": str(loads.iloc[0]) if len(loads) else "poisson",
-            "input_len": _first(g, "input_len"),
-            "output_len": _first(g, "output_len"),
+            "input_len": _first(group, "input_len"),
+            "output_len": _first(group, "output_len"),
             "censored": _censored(raw, note), "capacity_note": note,
-            "energy_j_per_token": _value(g, "energy_j_per_output_token", "value"),
+            "energy_j_per_token": _value(group, "energy_j_per_output_token", "value"),
             "slo": slo_statement(limits, pct),
-            "hardware": "" if pd.isna(_first(g, "hardware")) else str(_first(g, "hardware")),
+            "hardware": "" if pd.isna(_first(group, "hardware")) else str(_first(group, "hardware")),
             # failed / unsupported: the sweep could not run (no valid rate point, no kernel)
-            "status": next((x for x in g.loc[g["metric"] == "capacity_req_s", "status"].dropna()
-                            if x != "ok"), "ok"),
+            "status": next((rate_status for rate_status
+                            in group.loc[group["metric"] == "capacity_req_s", "status"].dropna()
+                            if rate_status != "ok"), "ok"),
         }
         for col, metric in (("req_s", "capacity_req_s"), ("req_s_per_gpu", "capacity_req_s_per_gpu"),
                             ("output_tok_s_per_gpu", "capacity_output_tok_s_per_gpu")):
-            row[col] = _value(g, metric, "value")
-            row[f"{col}_lo"] = _value(g, metric, "ci_low")
-            row[f"{col}_hi"] = _value(g, metric, "ci_high")
+            row[col] = _value(group, metric, "value")
+            row[f"{col}_lo"] = _value(group, metric, "ci_low")
+            row[f"{col}_hi"] = _value(group, metric, "ci_high")
         if math.isnan(row["req_s"]) and raw and raw.get("value") is not None:
             row["req_s"] = float(raw["value"])
-        row["energy_note"] = ((_text(g, "energy_j_per_output_token") or "not measured")
+        row["energy_note"] = ((_text(group, "energy_j_per_output_token") or "not measured")
                               if math.isnan(row["energy_j_per_token"]) else "")
         tok = row["output_tok_s_per_gpu"]
         if cost_per_gpu_hour_usd is not None and tok > 0:
@@ -344,35 +346,35 @@ def capacity_summary(df: pd.DataFrame, files: Mapping[tuple[str, str], Mapping[s
             row["cost_hi"] = cost_per_million_tokens(cost_per_gpu_hour_usd,
                                                      row["output_tok_s_per_gpu_lo"])
         else:
-            row["cost_usd_per_m_tokens"] = _value(g, "cost_usd_per_m_output_tokens", "value")
-            row["cost_lo"] = _value(g, "cost_usd_per_m_output_tokens", "ci_low")
-            row["cost_hi"] = _value(g, "cost_usd_per_m_output_tokens", "ci_high")
+            row["cost_usd_per_m_tokens"] = _value(group, "cost_usd_per_m_output_tokens", "value")
+            row["cost_lo"] = _value(group, "cost_usd_per_m_output_tokens", "ci_low")
+            row["cost_hi"] = _value(group, "cost_usd_per_m_output_tokens", "ci_high")
         rows.append(row)
     out = pd.DataFrame(rows, columns=CAPACITY_COLUMNS)
     out["reference"] = ref
     out["gain_note"] = ""
     by_key = out.set_index(["variant", "workload"])
-    for i, row in out.iterrows():
+    for label, row in out.iterrows():
         if (ref, row["workload"]) not in by_key.index:
-            out.at[i, "gain_note"] = f"`{ref}` has no capacity for {row['workload']}"
+            out.at[label, "gain_note"] = f"`{ref}` has no capacity for {row['workload']}"
             continue
         if row["variant"] == ref:
-            out.at[i, "gain_note"] = "reference"
+            out.at[label, "gain_note"] = "reference"
             continue
-        r = by_key.loc[(ref, row["workload"])]
+        ref_row = by_key.loc[(ref, row["workload"])]
         raw_v = files.get((str(row["variant"]), str(row["workload"]))) or {}
         raw_r = files.get((str(ref), str(row["workload"]))) or {}
-        gain, lo, hi = capacity_gain(row["req_s"], float(r["req_s"]), raw_v.get("draws"),
+        gain, lo, hi = capacity_gain(row["req_s"], float(ref_row["req_s"]), raw_v.get("draws"),
                                      raw_r.get("draws"), confidence=confidence)
-        why = _gain_note(row["censored"], r["censored"], ref)
-        if row["censored"] == "above" and r["censored"] == "above":
+        why = _gain_note(row["censored"], ref_row["censored"], ref)
+        if row["censored"] == "above" and ref_row["censored"] == "above":
             gain = lo = hi = math.nan
         elif math.isnan(gain):
             why = why or "no capacity: below the lowest rate measured"
         elif math.isnan(lo):
-            why = "; ".join(x for x in (why, "no paired bootstrap draws: no interval") if x)
-        out.loc[i, ["gain_pct", "gain_lo", "gain_hi"]] = [gain, lo, hi]
-        out.at[i, "gain_note"] = why
+            why = "; ".join(part for part in (why, "no paired bootstrap draws: no interval") if part)
+        out.loc[label, ["gain_pct", "gain_lo", "gain_hi"]] = [gain, lo, hi]
+        out.at[label, "gain_note"] = why
     return out
 
 

@@ -30,54 +30,55 @@ def plot_verdict_card(card: Card):
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.axis("off")
-    y = 0.35
-    ax.text(0.2, y, card.title, fontsize=14, weight="bold", va="center")
-    y += 0.35
+    top = 0.35
+    ax.text(0.2, top, card.title, fontsize=14, weight="bold", va="center")
+    top += 0.35
     wrap = int(width * 13)
     if card.claim_text:
-        ax.text(0.2, y, textwrap.shorten(f"Claim: “{card.claim_text}”", wrap), fontsize=9,
+        ax.text(0.2, top, textwrap.shorten(f"Claim: “{card.claim_text}”", wrap), fontsize=9,
                 va="center")
-        y += 0.28
-        for r in card.readings:
-            ax.text(0.2, y, f"{r.name} {r.claimed_pct:.0f} %: {r.holds()}", fontsize=9,
+        top += 0.28
+        for reading in card.readings:
+            ax.text(0.2, top, f"{reading.name} {reading.claimed_pct:.0f} %: {reading.holds()}", fontsize=9,
                     weight="bold", va="center")
-            y += 0.26
-            ax.text(0.5, y, textwrap.shorten(f"{r.verdict_latency()} · {r.verdict_speed()}",
+            top += 0.26
+            ax.text(0.5, top, textwrap.shorten(f"{reading.verdict_latency()} · {reading.verdict_speed()}",
                                              wrap), fontsize=8, va="center")
-            y += 0.26
+            top += 0.26
     if card.sentence:
         for line in textwrap.wrap(card.sentence.replace("`", ""), wrap)[:2]:
-            ax.text(0.2, y, line, fontsize=9, style="italic", va="center")
-            y += 0.26
-    y += 0.1
+            ax.text(0.2, top, line, fontsize=9, style="italic", va="center")
+            top += 0.26
+    top += 0.1
     x0, cw, rh = 0.2, 3.6, 0.95
-    ax.text(x0, y + 0.2, "workload", fontsize=8, weight="bold")
-    for j, s in enumerate(card.shapes):
-        ax.text(3.2 + j * cw, y + 0.2, s, fontsize=8, weight="bold")
-    y += 0.35
+    ax.text(x0, top + 0.2, "workload", fontsize=8, weight="bold")
+    for j, shape in enumerate(card.shapes):
+        ax.text(3.2 + j * cw, top + 0.2, shape, fontsize=8, weight="bold")
+    top += 0.35
     for row in card.rows:
-        ax.text(x0, y + 0.3, textwrap.fill(row, 24), fontsize=8, va="center")
-        for j, s in enumerate(card.shapes):
-            c = card.cell(row, s)
-            x = 3.2 + j * cw
-            tone = c.tone if c is not None else "none"
-            ax.add_patch(plt.Rectangle((x - 0.05, y), cw - 0.1, rh - 0.08,
+        ax.text(x0, top + 0.3, textwrap.fill(row, 24), fontsize=8, va="center")
+        for j, shape in enumerate(card.shapes):
+            card_cell = card.cell(row, shape)
+            cell_x = 3.2 + j * cw
+            tone = card_cell.tone if card_cell is not None else "none"
+            ax.add_patch(plt.Rectangle((cell_x - 0.05, top), cw - 0.1, rh - 0.08,
                                        color=TONE_COLORS[tone], lw=0))
-            if c is None:
-                ax.text(x + 0.1, y + 0.3, "—", fontsize=8, va="center")
+            if card_cell is None:
+                ax.text(cell_x + 0.1, top + 0.3, "—", fontsize=8, va="center")
                 continue
-            if c.variant:
-                ax.add_patch(plt.Rectangle((x + 0.05, y + 0.1), 0.15, 0.15,
-                                           color=scheme_color(c.scheme), lw=0))
-            ax.text(x + 0.28, y + 0.18, c.headline, fontsize=9, weight="bold", va="center")
-            ax.text(x + 0.05, y + 0.45, textwrap.shorten(c.gain, 58), fontsize=7, va="center")
-            ax.text(x + 0.05, y + 0.68, textwrap.shorten(c.quality + (" ⚠" if c.notes else ""),
-                                                         58), fontsize=7, va="center")
-        y += rh
-    for n in card.notes:
-        ax.text(0.2, y + 0.15, textwrap.shorten("⚠ " + n, wrap), fontsize=7, va="center")
-        y += 0.25
-    ax.text(0.2, y + 0.2, "green: quality within tolerance · orange: its interval "
+            if card_cell.variant:
+                ax.add_patch(plt.Rectangle((cell_x + 0.05, top + 0.1), 0.15, 0.15,
+                                           color=scheme_color(card_cell.scheme), lw=0))
+            ax.text(cell_x + 0.28, top + 0.18, card_cell.headline, fontsize=9, weight="bold", va="center")
+            ax.text(cell_x + 0.05, top + 0.45, textwrap.shorten(card_cell.gain, 58), fontsize=7, va="center")
+            ax.text(cell_x + 0.05, top + 0.68,
+                    textwrap.shorten(card_cell.quality + (" ⚠" if card_cell.notes else ""), 58),
+                    fontsize=7, va="center")
+        top += rh
+    for note in card.notes:
+        ax.text(0.2, top + 0.15, textwrap.shorten("⚠ " + note, wrap), fontsize=7, va="center")
+        top += 0.25
+    ax.text(0.2, top + 0.2, "green: quality within tolerance · orange: its interval "
             "reaches past it · yellow: speed only (random weights) · red: quality lost · "
             "blue-grey: no clear winner · grey: no deciding point", fontsize=7, color="#444",
             va="center")

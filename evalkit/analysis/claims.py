@@ -67,30 +67,30 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
         concurrent requests) or ``offline`` (concurrency = batch size).
     """
     rows = []
-    q = float(stat[1:]) if stat.startswith("p") else 50.0
+    quantile = float(stat[1:]) if stat.startswith("p") else 50.0
     lat_all = df[(df["stage"] == "latency") & (df["mode"].isin(["server", "offline"]))
                  & (df["stat"] == stat)]
-    is_hopper = any(k in hardware for k in ("H100", "H200", "H800", "GH200"))
-    for c in claims:
-        applies = c.hardware == "any" or (c.hardware == "hopper") == is_hopper
-        for metric, claimed in (("ttft_ms", c.ttft_reduction_pct), ("tpot_ms", c.tpot_reduction_pct)):
+    is_hopper = any(gpu in hardware for gpu in ("H100", "H200", "H800", "GH200"))
+    for claim in claims:
+        applies = claim.hardware == "any" or (claim.hardware == "hopper") == is_hopper
+        for metric, claimed in (("ttft_ms", claim.ttft_reduction_pct), ("tpot_ms", claim.tpot_reduction_pct)):
             if claimed is None:
                 continue
             sub = lat_all[(lat_all["metric"] == metric)
-                          & lat_all["variant"].isin([c.variant, c.reference])]
+                          & lat_all["variant"].isin([claim.variant, claim.reference])]
             keys = sub[["mode", "workload", "concurrency", "input_len", "output_len"]
                        ].drop_duplicates().sort_values(["mode", "workload", "concurrency"],
                                                         ascending=[False, True, True])
             if keys.empty:
-                rows.append({"claim": c.name, "metric": metric, "claimed_pct": claimed,
+                rows.append({"claim": claim.name, "metric": metric, "claimed_pct": claimed,
                              "measured_pct": np.nan, "verdict": "not measured",
                              "applies": applies})
                 continue
-            for _, k in keys.iterrows():
-                at = sub[(sub["mode"] == k["mode"]) & (sub["workload"] == k["workload"])
-                         & (sub["concurrency"] == k["concurrency"])]
-                v_row = at[at["variant"] == c.variant]
-                r_row = at[at["variant"] == c.reference]
+            for _, point in keys.iterrows():
+                at = sub[(sub["mode"] == point["mode"]) & (sub["workload"] == point["workload"])
+                         & (sub["concurrency"] == point["concurrency"])]
+                v_row = at[at["variant"] == claim.variant]
+                r_row = at[at["variant"] == claim.reference]
                 bad = at[at["status"] == "invalid"]
                 ok_v = v_row[v_row["status"] == "ok"]["value"]
                 ok_r = r_row[r_row["status"] == "ok"]["value"]
@@ -99,23 +99,25 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
                 tried = False
                 lo = hi = np.nan
                 if not math.isnan(measured):
-                    conc = int(k["concurrency"])
+                    conc = int(point["concurrency"])
                     tried = True
                     lo, hi = pts.reduction_interval(
-                        pts.samples_at(samples, c.reference, k["mode"], k["workload"], conc, metric),
-                        pts.samples_at(samples, c.variant, k["mode"], k["workload"], conc, metric),
-                        mode=k["mode"], q=q)
+                        pts.samples_at(samples, claim.reference, point["mode"], point["workload"],
+                                       conc, metric),
+                        pts.samples_at(samples, claim.variant, point["mode"], point["workload"],
+                                       conc, metric),
+                        mode=point["mode"], q=quantile)
                 if len(bad):
                     verdict = "invalid"
                 elif math.isnan(measured):
                     verdict = "not measured"
                 else:
-                    verdict = claim_verdict(lo, hi, claimed, c.tolerance_pct)
+                    verdict = claim_verdict(lo, hi, claimed, claim.tolerance_pct)
                 rows.append({
-                    "claim": c.name, "metric": metric, "mode": k["mode"],
-                    "workload": k["workload"],
-                    "input_len": k["input_len"], "output_len": k["output_len"],
-                    "concurrency": int(k["concurrency"]),
+                    "claim": claim.name, "metric": metric, "mode": point["mode"],
+                    "workload": point["workload"],
+                    "input_len": point["input_len"], "output_len": point["output_len"],
+                    "concurrency": int(point["concurrency"]),
                     "reference_ms": float(r_row["value"].iloc[0]) if len(r_row) else np.nan,
                     "variant_ms": float(v_row["value"].iloc[0]) if len(v_row) else np.nan,
                     "claimed_pct": claimed, "measured_pct": measured,

@@ -75,14 +75,14 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
                     & (df["metric"] == "ttft_ms")].drop_duplicates(
                         ["variant", "mode", "workload", "concurrency", "request_rate"])
         hits = df[(df["stage"] == "latency") & (df["metric"] == "prefix_cache_hit_rate")]
-        why = "; ".join(f"{c}: {n}" for c, n in val.invalid_counts(df).items())
+        why = "; ".join(f"{check}: {count}" for check, count in val.invalid_counts(df).items())
         span = (f" (prompt-token cache hit rates {hits['value'].min():.0%} to "
                 f"{hits['value'].max():.0%})" if hits["value"].notna().any() else "")
         caveats.insert(0, f"**{len(invalid)} of {len(points)} latency points are INVALID and left "
                        f"out of every table, figure and claim check** — {why}{span}. See "
                        "'Invalid points' at the end.")
     eager_gpu = cfg.engine.device == "cuda" and cfg.engine.enforce_eager
-    real = not (cfg.model.source == "preset" or any(RANDOM_WEIGHTS in c for c in caveats))
+    real = not (cfg.model.source == "preset" or any(RANDOM_WEIGHTS in caveat for caveat in caveats))
     return rp.Report(
         records=df, study=cfg.study, model=model, hardware=hardware, workload=wl,
         concurrency=conc, reference=cfg.report.reference_variant, caveats=caveats, env=env,
@@ -95,8 +95,9 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
         claim_caveat=("the engine ran eager (no CUDA graphs, no torch.compile): not the "
                       "serving setup a speed claim is about" if eager_gpu else None),
         real_weights=real, eager_gpu=eager_gpu,
-        stage_states={k: str(v.get("state")) for k, v in run.units.stage_states().items()
-                      if v.get("state") != "done"},
+        stage_states={stage_name: str(stage_state.get("state"))
+                      for stage_name, stage_state in run.units.stage_states().items()
+                      if stage_state.get("state") != "done"},
         quality_tolerance_pts=cfg.report.quality_tolerance_pts,
         title=cfg.report.title or f"{cfg.study} · {model}",
     )

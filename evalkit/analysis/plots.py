@@ -199,35 +199,36 @@ def plot_rate_curves(rates: pd.DataFrame, *, metric: str = "ttft_ms",
     fig, panels = _workload_panels(rates, "offered_rate_req_s", "no rate sweep measured")
     for ax, wl, sub in panels:
         ys = []
-        for variant, v in sub.groupby("variant", sort=False):
-            c = colors[variant]
-            ok = v[(v["status"] == "ok") & ~v["saturated"].astype(bool)]
-            for q, ls in (("p50", "-"), ("p90", "--")):
-                y, lo, hi = f"{short}_{q}_ms", f"{short}_{q}_lo", f"{short}_{q}_hi"
-                if ok[y].notna().any():
-                    ax.plot(ok["offered_rate_req_s"], ok[y], ls=ls, marker="o", ms=4, color=c,
-                            label=f"{variant} {q}")
+        for variant, variant_rows in sub.groupby("variant", sort=False):
+            color = colors[variant]
+            ok = variant_rows[(variant_rows["status"] == "ok") & ~variant_rows["saturated"].astype(bool)]
+            for quantile, ls in (("p50", "-"), ("p90", "--")):
+                column, lo, hi = f"{short}_{quantile}_ms", f"{short}_{quantile}_lo", f"{short}_{quantile}_hi"
+                if ok[column].notna().any():
+                    ax.plot(ok["offered_rate_req_s"], ok[column], ls=ls, marker="o", ms=4, color=color,
+                            label=f"{variant} {quantile}")
                 if ok[[lo, hi]].notna().all(axis=1).any():
-                    ax.fill_between(ok["offered_rate_req_s"], ok[lo], ok[hi], color=c,
+                    ax.fill_between(ok["offered_rate_req_s"], ok[lo], ok[hi], color=color,
                                     alpha=0.15, lw=0)
-                ys += list(v[y].dropna())
-            _disclose(ax, ok, "offered_rate_req_s", f"{short}_p50_ms", c)
-            sat = v[v["saturated"].astype(bool) & (v["status"] == "ok")]
-            for q, ls in (("p50", "-"), ("p90", "--")):
+                ys += list(variant_rows[column].dropna())
+            _disclose(ax, ok, "offered_rate_req_s", f"{short}_p50_ms", color)
+            sat = variant_rows[variant_rows["saturated"].astype(bool) & (variant_rows["status"] == "ok")]
+            for quantile, ls in (("p50", "-"), ("p90", "--")):
                 if len(sat):
-                    y = f"{short}_{q}_ms"
+                    column = f"{short}_{quantile}_ms"
                     # a thin trace from the last sustainable rate says whose red x it is
                     trace = pd.concat([ok.tail(1), sat.head(1)])
-                    ax.plot(trace["offered_rate_req_s"], trace[y], ls=ls, lw=0.8, alpha=0.5,
-                            color=c, label="_nolegend_")
-                    ax.scatter(sat["offered_rate_req_s"], sat[y], marker="x", color="red", s=60,
+                    ax.plot(trace["offered_rate_req_s"], trace[column], ls=ls, lw=0.8, alpha=0.5,
+                            color=color, label="_nolegend_")
+                    ax.scatter(sat["offered_rate_req_s"], sat[column], marker="x", color="red", s=60,
                                zorder=5, label=SATURATED_LABEL)
-            for r in sat.itertuples():
+            for point in sat.itertuples():
                 ax.annotate(f"{variant}: saturated",
-                            (r.offered_rate_req_s, getattr(r, f"{short}_p90_ms")),
+                            (point.offered_rate_req_s, getattr(point, f"{short}_p90_ms")),
                             textcoords="offset points", xytext=(-4, 6), ha="right", fontsize=7,
                             color="red")
-            bad = v[(v["status"] == "invalid") & v[f"{short}_p50_ms"].notna()]
+            bad = variant_rows[(variant_rows["status"] == "invalid")
+                               & variant_rows[f"{short}_p50_ms"].notna()]
             if len(bad):
                 ax.scatter(bad["offered_rate_req_s"], bad[f"{short}_p50_ms"], marker="x",
                            color="grey", s=50, zorder=4, label=INVALID_LABEL)
@@ -235,11 +236,11 @@ def plot_rate_curves(rates: pd.DataFrame, *, metric: str = "ttft_ms",
             ax.axhline(slo_ms, color="black", ls=":", lw=1.2,
                        label=f"SLO: p{percentile:g} {short.upper()} ≤ {slo_ms:g} ms")
             ys.append(slo_ms)
-        ys = [y for y in ys if y > 0 and np.isfinite(y)]
+        ys = [latency for latency in ys if latency > 0 and np.isfinite(latency)]
         if ys and max(ys) / min(ys) > 30:  # a saturated point's latency dwarfs the rest
             ax.set_yscale("log")
-        loads = ", ".join(sorted({"Poisson" if x == "poisson" else str(x)
-                                  for x in sub["load"].dropna()})) or "Poisson"
+        loads = ", ".join(sorted({"Poisson" if load == "poisson" else str(load)
+                                  for load in sub["load"].dropna()})) or "Poisson"
         ax.set_title(f"{wl} (in {sub['input_len'].iloc[0]} / out {sub['output_len'].iloc[0]} "
                      "tokens)")
         ax.set_xlabel(f"offered rate (req/s, {loads} arrivals)")

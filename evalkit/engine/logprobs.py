@@ -56,10 +56,10 @@ def prompt_topk_logprobs(
         EngineError: the child failed or timed out.
     """
     check_checkpoint(model_path)
-    lengths = {len(s) for s in sequences}
+    lengths = {len(sequence) for sequence in sequences}
     if len(lengths) != 1:
         raise EngineError(f"prompt logprobs need sequences of one length, got {sorted(lengths)}")
-    spec = {"model": str(model_path), "sequences": [list(map(int, s)) for s in sequences],
+    spec = {"model": str(model_path), "sequences": [list(map(int, sequence)) for sequence in sequences],
             "k": int(k), "out": str(out_path),
             "engine_kwargs": {**engine_kwargs(engine, load_format=None, tokenizer=None,
                                               trust_remote_code=trust_remote_code),
@@ -89,8 +89,8 @@ def prompt_topk_logprobs(
         raise classify_failure(text, what=f"vLLM prompt logprobs for {model_path}",
                                model_path=model_path, hardware=hardware_label(engine.device),
                                log_path=log_path, returncode=code)
-    with np.load(out_path) as z:
-        return {name: z[name] for name in ("ids", "lps", "target_lps")}
+    with np.load(out_path) as arrays:
+        return {name: arrays[name] for name in ("ids", "lps", "target_lps")}
 
 
 def logprobs_child(spec_path: Path) -> None:

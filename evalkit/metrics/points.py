@@ -127,47 +127,47 @@ def latency_points(df: pd.DataFrame, *, gpus_per_engine: int = 1,
         return pd.DataFrame(columns=POINT_COLUMNS)
     host = main_hardware(df)
     rows = []
-    for (variant, mode, workload, conc), g in lat.groupby(["variant", *KEY], sort=False):
-        timed = g[g["metric"].isin(["ttft_ms", "tpot_ms", "e2el_ms"])]
+    for (variant, mode, workload, conc), group in lat.groupby(["variant", *KEY], sort=False):
+        timed = group[group["metric"].isin(["ttft_ms", "tpot_ms", "e2el_ms"])]
         if timed.empty:
             continue
         st = set(timed["status"].fillna("ok"))
         status = "invalid" if "invalid" in st else "ok" if st == {"ok"} else sorted(st - {"ok"})[0]
         bad = timed[timed["status"].fillna("ok") != "ok"]["note"].dropna()
         note = (str(bad.iloc[0]).split(";")[0].removeprefix("INVALID: ") if len(bad) else "")
-        hw = g["hardware"].dropna()
+        hw = group["hardware"].dropna()
         hardware = str(hw.iloc[0]) if len(hw) else host
-        trials = _trials(g, mode)
-        tok_s = _first(g, "output_throughput_tok_s", "value" if mode == "server" else "mean")
+        trials = _trials(group, mode)
+        tok_s = _first(group, "output_throughput_tok_s", "value" if mode == "server" else "mean")
         row = {
-            "variant": variant, "scheme": g["scheme"].iloc[0], "mode": mode,
-            "workload": workload, "input_len": int(g["input_len"].dropna().iloc[0]),
-            "output_len": int(g["output_len"].dropna().iloc[0]), "concurrency": int(conc),
-            "regime": regime(mode, g["input_len"].dropna().iloc[0], conc),
+            "variant": variant, "scheme": group["scheme"].iloc[0], "mode": mode,
+            "workload": workload, "input_len": int(group["input_len"].dropna().iloc[0]),
+            "output_len": int(group["output_len"].dropna().iloc[0]), "concurrency": int(conc),
+            "regime": regime(mode, group["input_len"].dropna().iloc[0], conc),
             "hardware": hardware, "other_host": hardware != host, "trials": trials,
             "single_trial": trials <= 1, "status": status, "note": note,
-            "e2el_ms": _first(g, "e2el_ms", "p50"),
+            "e2el_ms": _first(group, "e2el_ms", "p50"),
             "output_throughput_tok_s": tok_s,
             "output_tok_s_per_gpu": tok_s / gpus_per_engine if gpus_per_engine else math.nan,
-            "request_throughput_req_s": _first(g, "request_throughput_req_s", "value"),
-            "ttft_pct_of_floor": _first(g, "ttft_pct_of_floor", "p50" if mode == "server"
+            "request_throughput_req_s": _first(group, "request_throughput_req_s", "value"),
+            "ttft_pct_of_floor": _first(group, "ttft_pct_of_floor", "p50" if mode == "server"
                                         else "mean"),
-            "tpot_pct_of_floor": _first(g, "tpot_pct_of_floor", "p50" if mode == "server"
+            "tpot_pct_of_floor": _first(group, "tpot_pct_of_floor", "p50" if mode == "server"
                                         else "mean"),
-            "prefix_cache_hit_rate": _first(g, "prefix_cache_hit_rate", "value"),
+            "prefix_cache_hit_rate": _first(group, "prefix_cache_hit_rate", "value"),
         }
-        for m in ("ttft", "tpot", "e2el"):
-            row[f"{m}_ms"] = _first(g, f"{m}_ms", "p50")
-            row[f"{m}_lo"] = _first(g, f"{m}_ms", "p50_ci_low")
-            row[f"{m}_hi"] = _first(g, f"{m}_ms", "p50_ci_high")
-            for q in ("p90", "p99"):  # the tails, with their 95% intervals where recorded
-                row[f"{m}_{q}_ms"] = _first(g, f"{m}_ms", q)
-                row[f"{m}_{q}_lo"] = _first(g, f"{m}_ms", f"{q}_ci_low")
-                row[f"{m}_{q}_hi"] = _first(g, f"{m}_ms", f"{q}_ci_high")
-            if m != "e2el" and mode == "offline" and samples is not None and len(samples):
-                s = samples_at(samples, variant, mode, workload, int(conc), f"{m}_ms")["value"]
-                if len(s):
-                    row[f"{m}_lo"], row[f"{m}_hi"] = float(s.min()), float(s.max())
+        for metric in ("ttft", "tpot", "e2el"):
+            row[f"{metric}_ms"] = _first(group, f"{metric}_ms", "p50")
+            row[f"{metric}_lo"] = _first(group, f"{metric}_ms", "p50_ci_low")
+            row[f"{metric}_hi"] = _first(group, f"{metric}_ms", "p50_ci_high")
+            for quantile in ("p90", "p99"):  # the tails, with their 95% intervals where recorded
+                row[f"{metric}_{quantile}_ms"] = _first(group, f"{metric}_ms", quantile)
+                row[f"{metric}_{quantile}_lo"] = _first(group, f"{metric}_ms", f"{quantile}_ci_low")
+                row[f"{metric}_{quantile}_hi"] = _first(group, f"{metric}_ms", f"{quantile}_ci_high")
+            if metric != "e2el" and mode == "offline" and samples is not None and len(samples):
+                values = samples_at(samples, variant, mode, workload, int(conc), f"{metric}_ms")["value"]
+                if len(values):
+                    row[f"{metric}_lo"], row[f"{metric}_hi"] = float(values.min()), float(values.max())
         rows.append(row)
     return pd.DataFrame(rows, columns=POINT_COLUMNS)
 

@@ -226,20 +226,20 @@ def topk_token_stats(base_ids: np.ndarray, base_lps: np.ndarray, variant_ids: np
     n_tok = bi.shape[0]
     kld = np.empty(n_tok)
     agree = np.empty(n_tok)
-    for t in range(n_tok):
-        p = np.exp(bl[t])
-        qmap = dict(zip(vi[t].tolist(), np.exp(vl[t]).tolist(), strict=True))
+    for pos in range(n_tok):
+        base_probs = np.exp(bl[pos])
+        qmap = dict(zip(vi[pos].tolist(), np.exp(vl[pos]).tolist(), strict=True))
         q_rest = max(1.0 - sum(qmap.values()), 0.0)
         q_floor = min(min(qmap.values()), q_rest)
-        q = np.array([qmap.get(i, q_floor) for i in bi[t].tolist()])
-        q = np.maximum(q, 1e-12)
-        p_tail = max(1.0 - p.sum(), 0.0)
-        q_tail = max(1.0 - q.sum(), 1e-12)
-        k = float(np.sum(p * (np.log(p) - np.log(q))))
+        variant_probs = np.array([qmap.get(token, q_floor) for token in bi[pos].tolist()])
+        variant_probs = np.maximum(variant_probs, 1e-12)
+        p_tail = max(1.0 - base_probs.sum(), 0.0)
+        q_tail = max(1.0 - variant_probs.sum(), 1e-12)
+        kl = float(np.sum(base_probs * (np.log(base_probs) - np.log(variant_probs))))
         if p_tail > 0:
-            k += p_tail * (math.log(p_tail) - math.log(q_tail))
-        kld[t] = max(k, 0.0)
-        agree[t] = float(bi[t][int(np.argmax(bl[t]))] == vi[t][int(np.argmax(vl[t]))])
+            kl += p_tail * (math.log(p_tail) - math.log(q_tail))
+        kld[pos] = max(kl, 0.0)
+        agree[pos] = float(bi[pos][int(np.argmax(bl[pos]))] == vi[pos][int(np.argmax(vl[pos]))])
     return {
         "kld_nats": kld,
         "top1_agree": agree,
@@ -298,20 +298,21 @@ def summarize_distances(per_sequence: Sequence[dict[str, np.ndarray]], *,
                          f"{confidence}")
     if not per_sequence:
         raise ValueError("summarize_distances needs at least one sequence")
-    counts = np.array([len(s["kld_nats"]) for s in per_sequence], dtype=float)
+    counts = np.array([len(seq_stats["kld_nats"]) for seq_stats in per_sequence], dtype=float)
     if (counts == 0).any():
         raise ValueError("every sequence needs at least one scored token")
-    sums = {f: np.array([float(np.sum(s[f])) for s in per_sequence]) for f in TOKEN_FIELDS}
-    kl_tokens = [np.asarray(s["kld_nats"], dtype=float) for s in per_sequence]
+    sums = {field: np.array([float(np.sum(seq_stats[field])) for seq_stats in per_sequence])
+            for field in TOKEN_FIELDS}
+    kl_tokens = [np.asarray(seq_stats["kld_nats"], dtype=float) for seq_stats in per_sequence]
     n_seq, n_tok = len(per_sequence), int(counts.sum())
 
     def stat(idx: np.ndarray) -> np.ndarray:
-        c = counts[idx].sum(axis=-1)
+        count = counts[idx].sum(axis=-1)
         return np.stack([
-            sums["kld_nats"][idx].sum(axis=-1) / c,
-            sums["top1_agree"][idx].sum(axis=-1) / c,
-            np.exp(sums["nll_base_nats"][idx].sum(axis=-1) / c),
-            np.exp(sums["nll_variant_nats"][idx].sum(axis=-1) / c),
+            sums["kld_nats"][idx].sum(axis=-1) / count,
+            sums["top1_agree"][idx].sum(axis=-1) / count,
+            np.exp(sums["nll_base_nats"][idx].sum(axis=-1) / count),
+            np.exp(sums["nll_variant_nats"][idx].sum(axis=-1) / count),
         ], axis=-1)
 
     observed = stat(np.arange(n_seq))
@@ -319,14 +320,14 @@ def summarize_distances(per_sequence: Sequence[dict[str, np.ndarray]], *,
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n_seq, size=(resamples, n_seq))
     boot = stat(idx)
-    p99_boot = np.array([np.percentile(np.concatenate([kl_tokens[i] for i in row]), 99)
+    p99_boot = np.array([np.percentile(np.concatenate([kl_tokens[seq_index] for seq_index in row]), 99)
                          for row in idx])
-    a = (1 - confidence) / 2
-    lo, hi = np.quantile(boot, [a, 1 - a], axis=0)
-    p_lo, p_hi = np.quantile(p99_boot, [a, 1 - a])
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(boot, [tail, 1 - tail], axis=0)
+    p_lo, p_hi = np.quantile(p99_boot, [tail, 1 - tail])
 
-    def est(j: int) -> Estimate:
-        return Estimate(float(observed[j]), float(lo[j]), float(hi[j]), n_tok)
+    def est(column: int) -> Estimate:
+        return Estimate(float(observed[column]), float(lo[column]), float(hi[column]), n_tok)
 
     return DistanceSummary(
         kld_mean=est(0), kld_p99=Estimate(p99_obs, float(p_lo), float(p_hi), n_tok),

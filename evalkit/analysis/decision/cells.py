@@ -120,56 +120,58 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
     cell = Cell(reg, shape, label, link)
     cands = []
     seen = False
-    for v in others:
-        g = rep.gains(v, ref)
-        g = g[(g["regime"] == reg) & (g["metric"] == metric) & g["gain_pct"].notna()]
-        if g.empty:
+    for other in others:
+        gain_rows = rep.gains(other, ref)
+        gain_rows = gain_rows[(gain_rows["regime"] == reg) & (gain_rows["metric"] == metric)
+                              & gain_rows["gain_pct"].notna()]
+        if gain_rows.empty:
             continue
         seen = True
-        why = [excl or point_exclusion(a, t, n) for a, t, n in
-               zip(g["valid"], g["trials"], g["note"], strict=True)]
-        for (_, r), w in zip(g.iterrows(), why, strict=True):
-            if w:
-                evidence.append({"run": label, "row": reg, "comparison": f"{v} vs {ref}",
-                                 "point": _point(r), "gain": pct_words(r["gain_pct"]),
-                                 "why": w})
-        d = g[[w == "" for w in why]]
-        if d.empty:
+        why = [excl or point_exclusion(valid, trials, note) for valid, trials, note in
+               zip(gain_rows["valid"], gain_rows["trials"], gain_rows["note"], strict=True)]
+        for (_, gain_row), reason in zip(gain_rows.iterrows(), why, strict=True):
+            if reason:
+                evidence.append({"run": label, "row": reg, "comparison": f"{other} vs {ref}",
+                                 "point": _point(gain_row), "gain": pct_words(gain_row["gain_pct"]),
+                                 "why": reason})
+        usable = gain_rows[[reason == "" for reason in why]]
+        if usable.empty:
             continue
-        faster = int(d["direction"].str.startswith("faster").sum())
-        slower = int(d["direction"].str.startswith("slower").sum())
-        med = d.iloc[(d["gain_pct"] - d["gain_pct"].median()).abs().argsort().iloc[0]]
-        cands.append((v, faster, slower, float(d["gain_pct"].median()), med, len(d)))
+        faster = int(usable["direction"].str.startswith("faster").sum())
+        slower = int(usable["direction"].str.startswith("slower").sum())
+        med = usable.iloc[(usable["gain_pct"] - usable["gain_pct"].median()).abs().argsort().iloc[0]]
+        cands.append((other, faster, slower, float(usable["gain_pct"].median()), med, len(usable)))
     if not seen:
         return None
     if not cands:
         cell.tone = "none"
-        cell.gain = "; ".join(sorted({e["why"] for e in evidence
-                                      if e["run"] == label and e["row"] == reg}))
+        cell.gain = "; ".join(sorted({item["why"] for item in evidence
+                                      if item["run"] == label and item["row"] == reg}))
         return cell
-    cell.points = max(c[5] for c in cands)
+    cell.points = max(candidate[5] for candidate in cands)
     what = "throughput" if metric == "output_throughput_tok_s" else "E2E"
 
-    def words(c) -> str:
-        v, _, _, m, med, n = c
-        rng = (f"{pct_words(m)}" if n == 1 else f"median {pct_words(m)}")
+    def words(candidate) -> str:
+        cand_variant, _, _, median_gain, med, count = candidate
+        rng = (f"{pct_words(median_gain)}" if count == 1 else f"median {pct_words(median_gain)}")
         return (f"{what} {rng} than {ref} {interval_words(med['ci_low_pct'], med['ci_high_pct'])}"
-                f" · n = {n} point{'s' if n > 1 else ''}")
+                f" · n = {count} point{'s' if count > 1 else ''}")
 
-    wins = sorted([c for c in cands if c[1] > 0 and c[2] == 0], key=lambda c: -c[3])
+    wins = sorted([candidate for candidate in cands if candidate[1] > 0 and candidate[2] == 0],
+                  key=lambda candidate: -candidate[3])
     if wins:
-        ranked = [(c[0], words(c)) for c in wins]
+        ranked = [(candidate[0], words(candidate)) for candidate in wins]
         # the reference is the fallback when every faster scheme loses quality
         ranked.append((ref, f"the reference of {what}"))
         return _pick(rep, ranked, cell)
-    if all(c[2] > 0 and c[1] == 0 for c in cands):
-        best = max(cands, key=lambda c: c[3])
+    if all(candidate[2] > 0 and candidate[1] == 0 for candidate in cands):
+        best = max(cands, key=lambda candidate: candidate[3])
         return _pick(rep, [(ref, f"{best[0]} is {pct_words(best[3])} on {what} · n = "
                                  f"{best[5]} point{'s' if best[5] > 1 else ''}")], cell)
     cell.tone = "open"
-    level = all(c[1] == 0 and c[2] == 0 for c in cands)
+    level = all(candidate[1] == 0 and candidate[2] == 0 for candidate in cands)
     cell.open_kind = "level (either)" if level else "depends on load"
-    cell.gain = "; ".join(f"{c[0]}: {words(c)}" for c in cands)
+    cell.gain = "; ".join(f"{candidate[0]}: {words(candidate)}" for candidate in cands)
     return cell
 
 

@@ -159,11 +159,11 @@ def run_quality(cfg: StudyConfig, run: Run) -> StageResult:
     have ``status="failed"``); nothing is raised for it. Without a ``quality`` section or a
     base variant, empty records.
     """
-    q = cfg.quality
+    quality_spec = cfg.quality
     base_v = cfg.base_variant
-    if q is None or base_v is None:
+    if quality_spec is None or base_v is None:
         return StageResult(QUALITY_STAGE, rec.empty_records())
-    settings = _settings(q)
+    settings = _settings(quality_spec)
     if _finished(cfg, run, settings):
         run.log("quality: already done in this run with these settings; records rebuilt "
                 "from raw/quality")
@@ -181,33 +181,36 @@ def run_quality(cfg: StudyConfig, run: Run) -> StageResult:
                                             trust_remote_code=cfg.model.trust_remote_code)
         seqs, where = heldout_sequences(cfg, tok)
         atomic_write_json(run.sub("raw", QUALITY_STAGE, "text.json"),
-                          {"source": where, "seq_len": q.seq_len, "sequences": seqs,
-                           "bos": tok.bos_token_id, "backend": q.backend,
-                           "top_k": q.top_k if q.backend == "vllm" else None,
+                          {"source": where, "seq_len": quality_spec.seq_len, "sequences": seqs,
+                           "bos": tok.bos_token_id, "backend": quality_spec.backend,
+                           "top_k": quality_spec.top_k if quality_spec.backend == "vllm" else None,
                            "settings": settings})
-        if q.backend == "vllm":
+        if quality_spec.backend == "vllm":
             tokens, failures = _vllm_tokens(cfg, run, seqs)
             hardware = hardware_label(cfg.engine.device)
-            where += f"; vLLM top-{q.top_k} prompt logprobs (KLD: top-k plus tail bucket)"
+            where += f"; vLLM top-{quality_spec.top_k} prompt logprobs (KLD: top-k plus tail bucket)"
         else:
             tokens, failures = _hf_tokens(cfg, run, seqs, device)
             hardware = hardware_label(device)
     for name, per_seq in tokens.items():
         if name in failures:
             continue
-        frame = pd.concat([pd.DataFrame({"sequence": i, "position": np.arange(len(s["kld_nats"])),
-                                         **s}) for i, s in enumerate(per_seq)], ignore_index=True)
+        frame = pd.concat([pd.DataFrame({"sequence": i,
+                                         "position": np.arange(len(seq_stats["kld_nats"])),
+                                         **seq_stats}) for i, seq_stats in enumerate(per_seq)],
+                          ignore_index=True)
         atomic_write_bytes(run.sub("raw", QUALITY_STAGE, name, "tokens.parquet"),
                            frame.to_parquet(index=False))
         run.units.mark(UnitKey.quality(name), {"tokens": int(len(frame)), "source": where,
                                                "settings": settings})
     run.log(f"quality: {sum(map(len, seqs)) - len(seqs)} tokens per variant, "
             f"{time.monotonic() - t0:.0f} s")
-    df = quality_records(cfg, run, {n: t for n, t in tokens.items() if n not in failures},
-                         failures, where, hardware, q.backend)
+    df = quality_records(cfg, run,
+                         {name: per_seq for name, per_seq in tokens.items() if name not in failures},
+                         failures, where, hardware, quality_spec.backend)
     run.write_stage_records(QUALITY_STAGE, df)
-    return StageResult(QUALITY_STAGE, df, [Failure(UnitKey.quality(v), "failed", why)
-                                           for v, why in failures.items()])
+    return StageResult(QUALITY_STAGE, df, [Failure(UnitKey.quality(name), "failed", why)
+                                           for name, why in failures.items()])
 
 
 Tokens = dict[str, list[dict[str, np.ndarray]]]

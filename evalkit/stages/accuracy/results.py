@@ -187,62 +187,62 @@ def paired_records(base: UnitResult, var: UnitResult, lm_task: str, cfg: StudyCo
         EvalkitError: the two evaluations did not score the same documents.
     """
     boot = accuracy_spec(cfg).bootstrap
-    bsum = {m.label: m for m in summarize(base.results, lm_task)}
+    bsum = {metric.label: metric for metric in summarize(base.results, lm_task)}
     rows = []
-    for m in summarize(var.results, lm_task):
-        b = bsum.get(m.label)
-        if b is None:
+    for metric in summarize(var.results, lm_task):
+        base_metric = bsum.get(metric.label)
+        if base_metric is None:
             continue
-        hib = m.higher_is_better if m.higher_is_better is not None else b.higher_is_better
-        common = {"task": var.task, "metric": m.label, "higher_is_better": hib, "n": m.n,
+        hib = metric.higher_is_better if metric.higher_is_better is not None else base_metric.higher_is_better
+        common = {"task": var.task, "metric": metric.label, "higher_is_better": hib, "n": metric.n,
                   "backend": var.backend, "hardware": hardware,
                   "status": "ok"}
-        rec_val = stats.recovery_pct(b.value, m.value, hib if hib is not None else True)
+        rec_val = stats.recovery_pct(base_metric.value, metric.value, hib if hib is not None else True)
         notes = [*var.notes, f"vs {base.variant} ({base.backend})"]
         sel = ["subtask", "doc_id", "doc_hash", "score"]
-        bs = base.scores[(base.scores.metric == m.name) & (base.scores["filter"] == m.filter)][sel]
-        vs = var.scores[(var.scores.metric == m.name) & (var.scores["filter"] == m.filter)][sel]
+        bs = base.scores[(base.scores.metric == metric.name) & (base.scores["filter"] == metric.filter)][sel]
+        vs = var.scores[(var.scores.metric == metric.name) & (var.scores["filter"] == metric.filter)][sel]
         bkeys = set(zip(bs.subtask, bs.doc_id, strict=True))
         vkeys = set(zip(vs.subtask, vs.doc_id, strict=True))
         if bkeys != vkeys:
             raise EvalkitError(
-                f"accuracy {var.task}/{m.label}: {var.variant} and {base.variant} scored "
+                f"accuracy {var.task}/{metric.label}: {var.variant} and {base.variant} scored "
                 f"different documents ({len(bkeys ^ vkeys)} differ); paired statistics need "
                 "identical limit/settings"
             )
-        j = bs.merge(vs, on=["subtask", "doc_id"], suffixes=("_b", "_v"))
-        if (j.doc_hash_b != j.doc_hash_v).any():
+        merged = bs.merge(vs, on=["subtask", "doc_id"], suffixes=("_b", "_v"))
+        if (merged.doc_hash_b != merged.doc_hash_v).any():
             raise EvalkitError(
                 f"accuracy {var.task}: {var.variant} and {base.variant} have different document "
                 "contents under the same doc_id (task data changed between evaluations)"
             )
-        unit = metric_unit(m.name, stats.is_binary(j.score_b.to_numpy()))
-        paired_ok = scores_reproduce(base.scores, b) and scores_reproduce(var.scores, m)
+        unit = metric_unit(metric.name, stats.is_binary(merged.score_b.to_numpy()))
+        paired_ok = scores_reproduce(base.scores, base_metric) and scores_reproduce(var.scores, metric)
         if paired_ok:
-            bb, vv = j.score_b.to_numpy(), j.score_v.to_numpy()
+            bb, vv = merged.score_b.to_numpy(), merged.score_v.to_numpy()
             br = stats.paired_bootstrap(bb, vv, resamples=boot.resamples,
                                         confidence=boot.confidence, seed=boot.seed)
             binary = stats.is_binary(bb) and stats.is_binary(vv)
             if binary:
                 mc = stats.mcnemar(bb, vv)
-                p = mc.p_value
+                p_value = mc.p_value
                 notes.append(f"McNemar {'exact' if mc.exact else 'chi2'} b={mc.b} c={mc.c}")
             else:
                 pt = stats.paired_permutation_test(bb, vv, resamples=boot.resamples,
                                                    seed=boot.seed)
-                p = pt.p_value
+                p_value = pt.p_value
                 notes.append("paired sign-flip permutation test")
             notes.append(f"paired bootstrap {boot.resamples}x, {boot.confidence:.0%}")
-            vals = {"delta": br.delta, "ci_low": br.ci_low, "ci_high": br.ci_high, "p_value": p}
+            vals = {"delta": br.delta, "ci_low": br.ci_low, "ci_high": br.ci_high, "p_value": p_value}
         else:
             binary = False
             notes.append("no per-document mean score for this metric: delta from lm-eval "
                          "values, no interval or test")
-            vals = {"delta": m.value - b.value, "ci_low": math.nan, "ci_high": math.nan,
+            vals = {"delta": metric.value - base_metric.value, "ci_low": math.nan, "ci_high": math.nan,
                     "p_value": math.nan}
         note = "; ".join(notes)
-        for s in ("delta", "ci_low", "ci_high"):
-            rows.append({**common, "stat": s, "value": vals[s], "unit": unit, "note": note})
+        for stat_name in ("delta", "ci_low", "ci_high"):
+            rows.append({**common, "stat": stat_name, "value": vals[stat_name], "unit": unit, "note": note})
         rows.append({**common, "stat": "recovery_pct", "value": rec_val, "unit": "%",
                      "note": note})
         rows.append({**common, "stat": "p_value", "value": vals["p_value"],

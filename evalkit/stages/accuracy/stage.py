@@ -69,24 +69,24 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
     from tqdm.auto import tqdm  # noqa: PLC0415
 
 
-    acc = accuracy_spec(cfg)
+    acc_spec = accuracy_spec(cfg)
     if cfg.engine.device == "cpu" and any(
-            plan_backend(v, "cpu").backend == "hf" for v in cfg.variants):
+            plan_backend(variant, "cpu").backend == "hf" for variant in cfg.variants):
 
         set_cpu_threads(run, "accuracy")
     chosen = list(cfg.variants)
     if variants is not None:
-        unknown = sorted(set(variants) - {v.name for v in cfg.variants})
+        unknown = sorted(set(variants) - {variant.name for variant in cfg.variants})
         if unknown:
             raise StageError(f"accuracy: unknown variants {unknown}; study has "
-                             f"{[v.name for v in cfg.variants]}")
+                             f"{[variant.name for variant in cfg.variants]}")
         base_v = cfg.base_variant
         keep = set(variants) | ({base_v.name} if base_v else set())
-        chosen = [v for v in cfg.variants if v.name in keep]
+        chosen = [variant for variant in cfg.variants if variant.name in keep]
     model_name = assets.resolve_model(cfg.model).name
     hardware_vllm = hardware_label(cfg.engine.device)
     hardware_hf = hardware_label(hf_device(cfg))
-    tasks = [(t, taskpack.lm_eval_task_name(t, acc.data)) for t in acc.tasks]
+    tasks = [(task, taskpack.lm_eval_task_name(task, acc_spec.data)) for task in acc_spec.tasks]
     run.log(f"accuracy: {len(chosen)} variants x {len(tasks)} tasks, settings "
             f"{json.dumps(eval_settings(cfg), sort_keys=True)}, lm-eval {lm_eval_version()}")
 
@@ -97,36 +97,36 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
         # first group's servers start; a group without a server builds it before evaluating
         tm = None
         bar = tqdm(total=len(chosen) * len(tasks), desc="accuracy", unit="task")
-        k = cfg.engine.parallel_starts
+        group_size = cfg.engine.parallel_starts
         try:
-            for i in range(0, len(chosen), k):
+            for i in range(0, len(chosen), group_size):
                 runners: list[VariantRunner] = []
-                for v in chosen[i:i + k]:
+                for variant in chosen[i:i + group_size]:
                     try:
-                        ckpt = Path(checkpoint_for(run, v.name))
+                        ckpt = Path(checkpoint_for(run, variant.name))
                     except EvalkitError as exc:
-                        for t, _ in tasks:
-                            failures[(v.name, t)] = f"no checkpoint: {exc}"
-                        run.log(f"accuracy {v.name}: FAILED, no checkpoint: {exc}")
+                        for task, _ in tasks:
+                            failures[(variant.name, task)] = f"no checkpoint: {exc}"
+                        run.log(f"accuracy {variant.name}: FAILED, no checkpoint: {exc}")
                         bar.update(len(tasks))
                         continue
-                    runners.append(VariantRunner(cfg, run, v, ckpt, use_cache, bar,
+                    runners.append(VariantRunner(cfg, run, variant, ckpt, use_cache, bar,
                                                   before_close))
                 try:
-                    launched = [r.variant.name for r in runners if r.launch(tasks)]
+                    launched = [runner.variant.name for runner in runners if runner.launch(tasks)]
                     if len(launched) > 1:
                         run.log("accuracy: vLLM servers of " + ", ".join(launched)
                                 + " start side by side; each is used alone")
                     if tm is None:  # meanwhile, what needs no server
-                        tm = task_manager(acc.data)
+                        tm = task_manager(acc_spec.data)
                     for runner in runners:
                         runner.tm = tm
                         runner.prepare()
                     for j, runner in enumerate(runners):
                         _evaluate_variant(runner, tasks, results, failures, bar)
                         # before_close runs with the group's other servers up and idle
-                        runner.close(beside=[r.variant.name for r in runners[j + 1:]
-                                             if r.settle()])
+                        runner.close(beside=[other.variant.name for other in runners[j + 1:]
+                                             if other.settle()])
                 finally:
                     for runner in runners:  # an interrupt: stop every server of the group
                         runner.close_quietly()
@@ -137,8 +137,8 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                         {"vllm": hardware_vllm, "hf": hardware_hf})
     run.write_stage_records(STAGE, df)
     return StageResult(STAGE, df, [
-        Failure(UnitKey.accuracy(v, t), "failed", why.split("\n")[0])
-        for (v, t), why in failures.items()])
+        Failure(UnitKey.accuracy(variant_name, task), "failed", why.split("\n")[0])
+        for (variant_name, task), why in failures.items()])
 
 
 def _evaluate_variant(runner: VariantRunner, tasks: Sequence[tuple[str, str]],
@@ -218,8 +218,8 @@ def rebuild_records(run: Run) -> pd.DataFrame:
     """
 
     cfg = run.config()
-    acc = accuracy_spec(cfg)
-    tasks = [(t, taskpack.lm_eval_task_name(t, acc.data)) for t in acc.tasks]
+    acc_spec = accuracy_spec(cfg)
+    tasks = [(t, taskpack.lm_eval_task_name(t, acc_spec.data)) for t in acc_spec.tasks]
     results: dict[tuple[str, str], UnitResult] = {}
     for v in cfg.variants:
         for t, _ in tasks:
