@@ -248,18 +248,21 @@ def paired_records(base: UnitResult, var: UnitResult, lm_task: str, cfg: StudyCo
         rows.append({**common, "stat": "p_value", "value": vals["p_value"],
                      "unit": "probability", "higher_is_better": None, "note": note})
         if binary:
-            rows += flip_rows(quality.flips(bb, vv, boot.confidence), common, base.variant)
+            rows += flip_rows(quality.flips(bb, vv, boot.confidence), common, base.variant,
+                              carried=var.notes)
     return rows
 
 
-def flip_rows(f: quality.FlipResult, common: Mapping[str, Any],
-              base_name: str) -> list[dict[str, Any]]:
+def flip_rows(f: quality.FlipResult, common: Mapping[str, Any], base_name: str,
+              carried: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Flip records of one metric: ``c2w`` and ``w2c`` (counts), ``flip_rate``,
     ``c2w_rate``, ``w2c_rate`` (fractions of the documents) and each rate's Wilson interval
     (``<rate>_ci_low``, ``<rate>_ci_high``). A flip in either direction is a divergence from
-    the base, so no rate has a better direction except ``c2w_rate`` (lower is better)."""
-    note = (f"flips vs {base_name} on {f.n} paired documents: {f.c2w} correct->wrong, "
-            f"{f.w2c} wrong->correct; Wilson intervals")
+    the base, so no rate has a better direction except ``c2w_rate`` (lower is better).
+    ``carried``: the variant's own notes (e.g. the backend it fell back to), carried with
+    its numbers."""
+    note = "; ".join([*carried, (f"flips vs {base_name} on {f.n} paired documents: {f.c2w} "
+                                  f"correct->wrong, {f.w2c} wrong->correct; Wilson intervals")])
     rows = [{**common, "stat": s, "value": float(k), "unit": "count", "higher_is_better": None,
              "note": note} for s, k in (("c2w", f.c2w), ("w2c", f.w2c))]
     for name, e, hib in (("flip_rate", f.flip_rate, None), ("c2w_rate", f.c2w_rate, False),
