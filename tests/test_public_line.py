@@ -129,3 +129,46 @@ def test_ground_floor_loads_without_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_no_stage_imports_another():
+    """Stages meet only through the run directory, ``stages.serving`` and the modules below
+    them (a variant's checkpoint: ``evalkit.assets.checkpoints``)."""
+    found = []
+    for mod, tree in TREES.items():
+        parts = mod.split(".")
+        if len(parts) < 3 or parts[1] != "stages" or parts[2] == "serving":
+            continue
+        for src, names in _imports(tree):
+            targets = [f"{src}.{n}" for n, _ in names] if src == "evalkit.stages" else [src]
+            for target in targets:
+                other = target.split(".")
+                if (len(other) > 2 and other[1] == "stages" and other[2] not in (parts[2], "serving")):
+                    found.append(f"{mod} -> {target}")
+    assert not found, found
+
+
+def test_module_attributes_resolve():
+    """``alias.name`` on an imported evalkit module names something that module defines (a
+    narrowed face or a moved name fails here, not at run time in a notebook)."""
+    import importlib
+
+    missing = []
+    for mod, tree in TREES.items():
+        aliases: dict[str, str] = {}
+        for src, names in _imports(tree):
+            for name, asname in names:
+                if f"{src}.{name}" in MODULES:
+                    aliases[asname or name] = f"{src}.{name}"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases.update({a.asname: a.name for a in node.names
+                                if a.asname and a.name.startswith("evalkit")})
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases):
+                target = aliases[node.value.id]
+                if not hasattr(importlib.import_module(target), node.attr) \
+                        and f"{target}.{node.attr}" not in MODULES:
+                    missing.append(f"{mod}:{node.lineno}: {target}.{node.attr}")
+    assert not missing, "\n".join(missing)

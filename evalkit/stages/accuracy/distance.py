@@ -37,6 +37,7 @@ import pandas as pd
 
 from evalkit.assets import models as assets
 from evalkit.assets import taskpack
+from evalkit.assets.checkpoints import checkpoint_for
 from evalkit.core import records as rec
 from evalkit.core.config import StudyConfig
 from evalkit.core.environment import env_hardware_label, hardware_label
@@ -47,7 +48,6 @@ from evalkit.core.specs import QualitySpec, Variant
 from evalkit.core.units import Failure, StageResult, UnitKey
 from evalkit.engine import prompt_topk_logprobs
 from evalkit.metrics import quality as qm
-from evalkit.stages import quantize
 from evalkit.stages.accuracy.backends import hf_device, hf_dtype, offline_env
 
 QUALITY_STAGE = "quality"
@@ -176,7 +176,7 @@ def run_quality(cfg: StudyConfig, run: Run) -> StageResult:
     with offline_env():
         from transformers import AutoTokenizer  # noqa: PLC0415
 
-        base_ckpt = Path(quantize.checkpoint_for(run, base_v.name))
+        base_ckpt = Path(checkpoint_for(run, base_v.name))
         tok = AutoTokenizer.from_pretrained(str(base_ckpt),
                                             trust_remote_code=cfg.model.trust_remote_code)
         seqs, where = heldout_sequences(cfg, tok)
@@ -246,7 +246,7 @@ def _hf_tokens(cfg: StudyConfig, run: Run, seqs: Sequence[Sequence[int]],
         raise ConfigError("quality compares every variant with the base: the study has none")
     failures: dict[str, str] = {}
     targets = [np.asarray(seq[1:], dtype=np.int64) for seq in seqs]
-    model = _load(Path(quantize.checkpoint_for(run, base_v.name)), device,
+    model = _load(Path(checkpoint_for(run, base_v.name)), device,
                   cfg.model.trust_remote_code)
     lb = np.concatenate([_logprobs(model, seqs[i:i + BATCH], device)
                          for i in range(0, len(seqs), BATCH)])
@@ -258,7 +258,7 @@ def _hf_tokens(cfg: StudyConfig, run: Run, seqs: Sequence[Sequence[int]],
     run.log(f"quality: {len(others)} variant(s) vs {base_v.name}, hf full vocabulary")
     for v in others:
         try:
-            model = _load(Path(quantize.checkpoint_for(run, v.name)), device,
+            model = _load(Path(checkpoint_for(run, v.name)), device,
                           cfg.model.trust_remote_code)
             per_seq = []
             for i in range(0, len(seqs), BATCH):
@@ -288,7 +288,7 @@ def _vllm_tokens(cfg: StudyConfig, run: Run,
     for v in order:
         try:
             got[v.name] = prompt_topk_logprobs(
-                quantize.checkpoint_for(run, v.name), engine=cfg.engine, sequences=seqs,
+                checkpoint_for(run, v.name), engine=cfg.engine, sequences=seqs,
                 k=q.top_k, out_path=run.sub("raw", QUALITY_STAGE, v.name, "topk.npz"),
                 log_path=run.sub("logs", f"vllm-quality-{v.name}.log"),
                 trust_remote_code=cfg.model.trust_remote_code)
