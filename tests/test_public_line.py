@@ -56,20 +56,27 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
+def _module_aliases(tree: ast.Module) -> dict[str, str]:
+    """Local name -> evalkit module, for every module the tree imports (as a name or alias)."""
+    aliases: dict[str, str] = {}
+    for src, names in _imports(tree):
+        for name, asname in names:
+            if f"{src}.{name}" in MODULES:
+                aliases[asname or name] = f"{src}.{name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases.update({a.asname: a.name for a in node.names
+                            if a.asname and a.name.startswith("evalkit")})
+    return aliases
+
+
 def test_no_private_name_crosses_a_module_boundary():
     found = []
     for mod, tree in TREES.items():
-        aliases: dict[str, str] = {}
+        aliases = _module_aliases(tree)
         for src, names in _imports(tree):
-            for name, asname in names:
-                if f"{src}.{name}" in MODULES:
-                    aliases[asname or name] = f"{src}.{name}"
-                elif _private(name) and src != mod:
-                    found.append(f"{mod}: from {src} import {name}")
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                aliases.update({a.asname: a.name for a in node.names
-                                if a.asname and a.name.startswith("evalkit")})
+            found += [f"{mod}: from {src} import {name}" for name, _ in names
+                      if f"{src}.{name}" not in MODULES and _private(name) and src != mod]
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                     and node.value.id in aliases and _private(node.attr)):
@@ -155,15 +162,7 @@ def test_module_attributes_resolve():
 
     missing = []
     for mod, tree in TREES.items():
-        aliases: dict[str, str] = {}
-        for src, names in _imports(tree):
-            for name, asname in names:
-                if f"{src}.{name}" in MODULES:
-                    aliases[asname or name] = f"{src}.{name}"
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                aliases.update({a.asname: a.name for a in node.names
-                                if a.asname and a.name.startswith("evalkit")})
+        aliases = _module_aliases(tree)
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                     and node.value.id in aliases):

