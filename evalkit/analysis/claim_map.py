@@ -171,6 +171,7 @@ def plot_claim_map(cells: pd.DataFrame, *, title: str = ""):
     span = max(float(valid.max()) if len(valid) else 0.0, 60.0)
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-span, vmax=span)
     image = None
+    drawn: set[str] = set()  # line styles drawn (frames or contours): the legend names these
     for ax, metric in zip(axes[0], metrics, strict=True):
         sub = cells[cells["metric"] == metric]
         lengths, batches, grid = claim_map_grid(sub, metric)
@@ -190,6 +191,7 @@ def plot_claim_map(cells: pd.DataFrame, *, title: str = ""):
             frame = ("-" if cell.latency_reading == "holds" else
                      "--" if cell.speed_reading == "holds" else None)
             if frame:
+                drawn.add(frame)
                 ax.add_patch(Rectangle((col - 0.48, row - 0.48), 0.96, 0.96, fill=False, lw=2.2,
                                        ls=frame, edgecolor="black"))
         claimed = float(sub["claimed_pct"].iloc[0]) if "claimed_pct" in sub else math.nan
@@ -200,6 +202,7 @@ def plot_claim_map(cells: pd.DataFrame, *, title: str = ""):
             if np.nanmin(grid) < max(levels) and np.nanmax(grid) > min(levels):
                 ax.contour(grid, levels=levels, colors="black", linestyles=styles,
                            linewidths=1.2)
+                drawn.update(styles)
         ax.set_xticks(range(len(batches)), [str(batch) for batch in batches])
         ax.set_yticks(range(len(lengths)), [f"{length:,}" for length in lengths])
         ax.set_xlabel("batch size (sequences submitted at once)")
@@ -211,12 +214,12 @@ def plot_claim_map(cells: pd.DataFrame, *, title: str = ""):
     fig.subplots_adjust(bottom=0.2, left=0.08, right=0.86, wspace=0.3)
     fig.colorbar(image, cax=fig.add_axes((0.89, 0.25, 0.015, 0.6)),
                  label="reduction vs reference (%; > 0 faster)")
-    handles = [Line2D([], [], color="black", ls="-",
-                      label="latency reading holds (time cut by the claimed %)"),
-               Line2D([], [], color="black", ls="--",
-                      label="speed reading holds (rate x (1 + claim/100))")]
-    fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False,
-               bbox_to_anchor=(0.45, -0.02))
+    handles = [Line2D([], [], color="black", ls=style, label=label) for style, label in (
+        ("-", "latency reading (time cut by the claimed %): frame where it holds"),
+        ("--", "speed reading (rate x (1 + claim/100)): frame where it holds")) if style in drawn]
+    if handles:  # no legend entry without a line of its style in the figure
+        fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False,
+                   bbox_to_anchor=(0.45, -0.02))
     if title:
         fig.suptitle(title)
     return fig

@@ -110,6 +110,10 @@ def test_plot_frames_the_cells_where_a_reading_holds():
     holds = ((ttft["latency_reading"] == "holds") | (ttft["speed_reading"] == "holds")).sum()
     assert len(ttft_ax.patches) == holds == 2
     assert [t.get_text() for t in fig.legends[0].get_texts()][0].startswith("latency reading")
+    # no frame and no contour of a style: no legend entry for it
+    never = cells.assign(latency_reading="partly", speed_reading="partly")
+    never = never[never["input_len"] == 256]  # one row of cells: no contour either
+    assert not cm.plot_claim_map(never).legends
 
 
 def test_no_shared_point_is_an_error():
