@@ -42,8 +42,10 @@ def _problems(tmp_path: Path, data: dict | str) -> list[str]:
 
 
 def test_shipped_configs_validate():
+    # the GPU count is the machine's business (tests/test_preflight.py): a two-GPU study
+    # is valid on a one-GPU host too
     for cfg in sorted((REPO / "configs").glob("*.yaml")):
-        load_study(cfg)
+        load_study(cfg, hardware=False)
 
 
 def test_good_config_and_defaults(tmp_path):
