@@ -94,11 +94,12 @@ def probe_gpus(engine: EngineSpec, *, ray_address: str | None = None
                ) -> tuple[GpuSupply, str | None]:
     """Count the GPUs ``engine`` can be placed on, starting nothing.
 
-    With ``executor: ray`` and a cluster address (``ray_address``, else ``RAY_ADDRESS``):
-    the cluster's GPU resources (``ray.cluster_resources()``; joined with
-    ``ray.init(address=...)``, which connects to a running cluster and never starts one, and
-    left again unless this process had joined it before). Otherwise the GPUs of this
-    machine that CUDA_VISIBLE_DEVICES leaves visible (nvidia-smi): vLLM's Ray executor
+    With ``executor: ray`` and a cluster, that is a cluster address (``ray_address``, else
+    ``RAY_ADDRESS``) or a cluster this process has joined already (a run that schedules
+    its variants on Ray): the cluster's GPU resources (``ray.cluster_resources()``; joined
+    with ``ray.init(address=...)``, which connects to a running cluster and never starts
+    one, and left again unless this process had joined it before). Otherwise the GPUs of
+    this machine that CUDA_VISIBLE_DEVICES leaves visible (nvidia-smi): vLLM's Ray executor
     without an address starts Ray on this machine, with its GPUs only.
 
     Returns:
@@ -121,23 +122,25 @@ def probe_gpus(engine: EngineSpec, *, ray_address: str | None = None
         return here, (f"engine.executor: ray needs the ray package, not importable here "
                       f"({exc}); allowed: install ray in this environment, or executor "
                       "auto or mp (one machine)")
-    if not address or address == "local":
-        return here, None  # "local" starts a Ray of this machine, as no address does
-    unreachable = gcs_unreachable(address)
-    if unreachable:
-        return here, _no_cluster(address, unreachable)
     joined = ray.is_initialized()
+    if not joined and (not address or address == "local"):
+        return here, None  # "local" starts a Ray of this machine, as no address does
+    unreachable = None if joined else gcs_unreachable(str(address))
+    if unreachable:
+        return here, _no_cluster(str(address), unreachable)
     try:
         if not joined:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         gpus = int(ray.cluster_resources().get("GPU", 0))
     except (OSError, RuntimeError, ValueError) as exc:
-        return here, _no_cluster(address, str(exc).splitlines()[0] if str(exc)
+        return here, _no_cluster(str(address), str(exc).splitlines()[0] if str(exc)
                                  else type(exc).__name__)
     finally:
         if not joined and ray.is_initialized():
             ray.shutdown()
-    return GpuSupply(gpus, f"the Ray cluster at {address}", cluster=True), None
+    where = (f"the Ray cluster at {address}" if not joined
+             else "the Ray cluster this process has joined")
+    return GpuSupply(gpus, where, cluster=True), None
 
 
 def _no_cluster(address: str, why: str) -> str:

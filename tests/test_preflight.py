@@ -92,8 +92,10 @@ def test_a_study_spanning_two_nodes_loads_and_reaches_the_engine(tmp_path, monke
         "(vLLM picks mp on one machine), mp, ray"]
 
 
-@pytest.mark.skipif(RAY, reason="the ray package is installed here")
 def test_executor_ray_with_a_cluster_address_but_no_ray_package(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     path = _study(tmp_path, {"device": "cuda", "pipeline_parallel_size": 2, "executor": "ray"})
     with pytest.raises(ConfigError) as info:
@@ -142,6 +144,16 @@ def test_executor_ray_counts_the_gpus_of_the_cluster_at_ray_address(tmp_path, mo
         fits = EngineSpec(device="cuda", pipeline_parallel_size=3, executor="ray")
         assert probe_gpus(fits) == (GpuSupply(3, f"the Ray cluster at {address}",
                                               cluster=True), None)
+        # a process that has joined the cluster already (variants scheduled on Ray) is
+        # counted there without any address, and stays joined
+        monkeypatch.delenv("RAY_ADDRESS")
+        ray.init(address=address, log_to_driver=False)
+        try:
+            assert probe_gpus(fits) == (GpuSupply(
+                3, "the Ray cluster this process has joined", cluster=True), None)
+            assert ray.is_initialized()
+        finally:
+            ray.shutdown()
     finally:
         proc.stdin.close()
         proc.wait(timeout=60)
