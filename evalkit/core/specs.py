@@ -463,6 +463,11 @@ class EngineSpec(SpecModel):
                 f"pipeline_parallel_size must be 1 (got {self.tensor_parallel_size} x "
                 f"{self.pipeline_parallel_size}); allowed: auto (vLLM picks mp on one "
                 "machine), mp, ray")
+        if self.executor == "ray" and self.parallel_starts > 1:
+            raise ValueError("parallel_starts > 1 puts several servers on one engine's GPUs, "
+                             "but vLLM's Ray executor reserves a whole GPU per worker: a "
+                             "second engine would wait for GPUs the first holds; allowed with "
+                             "executor ray: parallel_starts 1")
         if self.device == "cuda" and self.parallel_starts > 1 and self.kv_cache_memory_gib is None:
             raise ValueError("parallel_starts > 1 on device: cuda needs kv_cache_memory_gib: "
                              "a GPU engine sizes its KV cache from the memory free while it "
