@@ -50,7 +50,7 @@ def test_parallel_sizes_and_executor_reach_server_and_offline_engine():
     assert (kw["tensor_parallel_size"], kw["pipeline_parallel_size"]) == (1, 1)
 
 
-def test_parallel_arguments_parse_in_installed_vllm():
+def test_parallel_arguments_parse_in_installed_vllm(tmp_path):
     """vLLM's own argument parser and EngineArgs take what evalkit passes (server argv and
     ``vllm.LLM`` keywords) and read the same sizes and executor back."""
     import dataclasses
@@ -65,10 +65,10 @@ def test_parallel_arguments_parse_in_installed_vllm():
                    executor="ray")
     cli, kw = _args(e)
     parsed = EngineArgs.from_cli_args(
-        EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(["--model", "m", *cli]))
+        EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(["--model", str(tmp_path), *cli]))
     fields = {f.name for f in dataclasses.fields(EngineArgs)}
     assert set(kw) <= fields, set(kw) - fields  # every vllm.LLM keyword is an engine arg
-    from_kw = EngineArgs(model="m", **kw)
+    from_kw = EngineArgs(model=str(tmp_path), **kw)  # a local path: no hub look-up
     for args in (parsed, from_kw):
         assert (args.tensor_parallel_size, args.pipeline_parallel_size,
                 args.distributed_executor_backend) == (4, 2, "ray")
