@@ -257,6 +257,8 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     notes = df[df.metric == "engine_startup_s"].set_index("variant").note
     assert "side by side with again" in notes["base"]
     assert "side by side with base" in notes["again"]
+    # how the engine was spread, as its own log says
+    assert "tensor_parallel_size=1; pipeline_parallel_size=1" in notes["base"]
     prov = json.loads((run.path / "raw/latency/base/provenance.json").read_text())
     assert prov["server_command"][-2:] == ["--distributed-executor-backend", "uni"]
     assert "--no-enable-prefix-caching" in prov["server_command"]
