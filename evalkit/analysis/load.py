@@ -89,7 +89,7 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
         description=cfg.description, claims=cfg.claims,
         base=cfg.base_variant.name if cfg.base_variant else "base",
         previous_run=previous, changes=changed, samples=request_samples(run.path), mode=mode,
-        gpus_per_engine=cfg.engine.tensor_parallel_size if cfg.engine.device == "cuda" else 0,
+        gpus_per_engine=cfg.engine.gpus_per_engine if cfg.engine.device == "cuda" else 0,
         slo=cfg.report.slo.limits(), slo_percentile=cfg.report.slo.percentile,
         cost_per_gpu_hour_usd=cfg.report.cost_per_gpu_hour_usd, run_path=run.path,
         claim_caveat=("the engine ran eager (no CUDA graphs, no torch.compile): not the "

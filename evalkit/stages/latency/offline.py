@@ -68,6 +68,7 @@ def _note_kernels(st: LatencyStage, v: Variant, log_path: Path) -> None:
     prov = eng.provenance(log_path.read_text(encoding="utf-8", errors="replace"))
     atomic_write_json(st.raw / v.name / "offline-provenance.json", {
         "variant": v.name, "scheme": v.scheme, "method": v.method,
+        "engine": st.cfg.engine.model_dump(mode="json"),
         "log": str(log_path.relative_to(st.run.path)), "engine_log": prov})
     st.run.log(f"latency: offline {v.name} kernels: "
                f"{prov.get('linear_kernels') or 'no quantized linear kernel logged'}"

@@ -191,7 +191,7 @@ class RateSweep:
                           burstiness=cfg.latency.traffic.burstiness)  # type: ignore[union-attr]
         fields = dict(mode="capacity", load=load, workload=workload.name,
                       input_len=workload.input_len, output_len=workload.output_len)
-        gpus = cfg.engine.tensor_parallel_size
+        gpus = cfg.engine.gpus_per_engine  # per GPU: every GPU the engine holds
         if not valid:
             why = "no valid rate point" + (f" ({left_out} invalid)" if left_out else "")
             df = rec.make_records([dict(metric="capacity_req_s", stat="value", unit="req/s",

@@ -31,7 +31,8 @@ Bandwidth = tuple[float | None, str]
 
 #: what the engine log says about a server, in its startup record's note, in this order
 _STARTUP_NOTE_KEYS = ("linear_kernels", "moe_kernels", "attention_backend", "quantization", "cuda_graphs",
-                      "compile", "kv_cache_tokens", "vllm_version", "platform")
+                      "compile", "kv_cache_tokens", "tensor_parallel_size",
+                      "pipeline_parallel_size", "executor", "vllm_version", "platform")
 
 
 def nan_point(common: Mapping[str, Any], point: Point, status: str, why: str) -> pd.DataFrame:
@@ -77,7 +78,8 @@ def roofline_records(cfg: StudyConfig, v: Variant, ckpt: Path | None, *, bandwid
     gbps, source = bandwidth
     tp = cfg.engine.tensor_parallel_size
     if gbps and tp > 1:
-        # each GPU streams its own shard of the weights and KV cache
+        # each GPU streams its own shard of the weights and KV cache; pipeline stages do not
+        # count: a token passes them one after another, each reading its own layers
         gbps, source = gbps * tp, f"{source}, x{tp} GPUs (tensor parallel)"
     wb, kvb, config = roofline_inputs(v, ckpt, quant_weight_bytes)
     src = "quantize records" if v.name in quant_weight_bytes else "estimated from config"
@@ -118,7 +120,7 @@ def floor_model(cfg: StudyConfig, v: Variant, ckpt: Path | None, *, hardware: st
     gbps, _ = bandwidth
     wb, _, config = roofline_inputs(v, ckpt, quant_weight_bytes)
     return val.FloorModel(config=config, scheme=v.scheme, hardware=hardware,
-                          gpus=cfg.engine.tensor_parallel_size, weight_bytes=wb,
+                          gpus=cfg.engine.gpus_per_engine, weight_bytes=wb,
                           bandwidth_gbps=gbps,
                           bandwidth_is_peak=cfg.engine.device == "cuda" and bool(gbps))
 

@@ -124,9 +124,15 @@ class LatencyStage:
     def energy_meter(self) -> EnergyMeter:
         """The board-energy meter of this study's engines (NaN readings on a CPU), opened
         once per stage run: points use it one after another."""
-        if self._meter is None:
-            self._meter = EnergyMeter.open(self.cfg.engine.device,
-                                           self.cfg.engine.tensor_parallel_size)
+        engine = self.cfg.engine
+        if self._meter is None and engine.executor == "ray":
+            # Ray places the engine's workers anywhere in its cluster: the GPUs of this
+            # machine's NVML need not be theirs
+            self._meter = EnergyMeter([], None, "not measured: executor ray places the "
+                                      "engine's GPUs in the Ray cluster, beyond this "
+                                      "machine's NVML counters")
+        elif self._meter is None:
+            self._meter = EnergyMeter.open(engine.device, engine.gpus_per_engine)
         return self._meter
 
     def hf_tokenizer(self, path: Path) -> Any:

@@ -1,0 +1,163 @@
+"""evalkit.preflight's GPU check: the GPUs one engine asks for (tensor x pipeline parallel)
+against those found on this machine or in the Ray cluster it would join."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import yaml
+
+from evalkit.core.environment import gpu_info
+from evalkit.core.errors import ConfigError
+from evalkit.core.specs import EngineSpec
+from evalkit.preflight import GpuSupply, gpu_shortfall, load_study, probe_gpus
+
+RAY = importlib.util.find_spec("ray") is not None
+
+
+def test_an_engine_asking_for_more_gpus_than_found_gets_one_line():
+    two_nodes = EngineSpec(device="cuda", tensor_parallel_size=4, pipeline_parallel_size=2,
+                           executor="ray")
+    cluster = GpuSupply(8, "the Ray cluster at auto", cluster=True)
+    assert gpu_shortfall(two_nodes, cluster, "s.yaml") is None
+    line = gpu_shortfall(two_nodes, GpuSupply(4, "the Ray cluster at auto", cluster=True),
+                         "s.yaml")
+    assert line == ("s.yaml: engine.tensor_parallel_size x engine.pipeline_parallel_size: "
+                    "4 x 2 = 8 GPUs requested for one engine, 4 found on the Ray cluster at "
+                    "auto; allowed: a product of at most 4")
+    # on one machine without Ray the message says how an engine spans nodes
+    one = EngineSpec(device="cuda", tensor_parallel_size=2, pipeline_parallel_size=2)
+    line = gpu_shortfall(one, GpuSupply(2, "this machine (nvidia-smi)"), "s.yaml")
+    assert "= 4 GPUs requested" in line and "2 found on this machine (nvidia-smi)" in line
+    assert "engine.executor: ray and RAY_ADDRESS" in line
+    assert gpu_shortfall(one, GpuSupply(4, "this machine (nvidia-smi)")) is None
+    # a CPU engine asks for none; a machine with no GPU and no cluster is not judged, but an
+    # empty cluster is
+    assert gpu_shortfall(EngineSpec(), GpuSupply(0, "this machine (nvidia-smi)")) is None
+    assert gpu_shortfall(one, GpuSupply(0, "this machine (nvidia-smi)")) is None
+    assert "0 found on the Ray cluster" in gpu_shortfall(
+        one, GpuSupply(0, "the Ray cluster at auto", cluster=True))
+
+
+def test_probe_counts_this_machines_visible_gpus_without_starting_ray(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for engine in (EngineSpec(device="cuda", tensor_parallel_size=2),
+                   EngineSpec(device="cuda", pipeline_parallel_size=2, executor="ray")):
+        supply, problem = probe_gpus(engine)
+        assert supply.gpus == len(gpu_info()) and not supply.cluster
+        assert supply.where.startswith("this machine (nvidia-smi")
+        if not (engine.executor == "ray" and not RAY and supply.gpus):
+            assert problem is None, problem
+    if RAY:
+        import ray
+
+        assert not ray.is_initialized()  # counting did not start or join Ray
+
+
+def _study(tmp_path, engine: dict) -> str:
+    p = tmp_path / "study.yaml"
+    p.write_text(yaml.safe_dump({
+        "study": "t", "model": {"source": "preset", "name": "llama-3.1-70b"},
+        "variants": [{"name": "base", "scheme": "base"}],
+        "latency": {"workloads": [{"name": "chat", "input_len": 32, "output_len": 8}],
+                    "concurrency": [1]},
+        "engine": engine, "output_root": str(tmp_path / "out")}), encoding="utf-8")
+    return str(p)
+
+
+def test_a_study_spanning_two_nodes_loads_and_reaches_the_engine(tmp_path, monkeypatch):
+    from evalkit.engine.options import engine_cli_args, engine_kwargs
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = _study(tmp_path, {"device": "cuda", "tensor_parallel_size": 4,
+                             "pipeline_parallel_size": 2, "executor": "ray"})
+    if len(gpu_info()) and not RAY:
+        with pytest.raises(ConfigError, match="engine.executor: ray needs the ray package"):
+            load_study(path)
+    cfg = load_study(path, hardware=False)
+    e = cfg.engine
+    assert (e.tensor_parallel_size, e.pipeline_parallel_size, e.vllm_executor()) == (4, 2, "ray")
+    assert e.gpus_per_engine == 8
+    cli = engine_cli_args(e, load_format="dummy", tokenizer=None, trust_remote_code=False)
+    assert cli[cli.index("--pipeline-parallel-size") + 1] == "2"
+    assert engine_kwargs(e, load_format="dummy", tokenizer=None,
+                         trust_remote_code=False)["pipeline_parallel_size"] == 2
+    with pytest.raises(ConfigError) as info:
+        load_study(_study(tmp_path, {"device": "cuda", "pipeline_parallel_size": 2,
+                                     "executor": "uni"}))
+    assert info.value.problems == [
+        f"{tmp_path / 'study.yaml'}: engine: executor 'uni' runs one process: "
+        "tensor_parallel_size x pipeline_parallel_size must be 1 (got 1 x 2); allowed: auto "
+        "(vLLM picks mp on one machine), mp, ray"]
+
+
+def test_executor_ray_with_a_cluster_address_but_no_ray_package(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    path = _study(tmp_path, {"device": "cuda", "pipeline_parallel_size": 2, "executor": "ray"})
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(
+        f"{path}: engine.executor: ray needs the ray package, not importable here")
+    assert "allowed: install ray in this environment, or executor auto or mp" in \
+        info.value.problems[0]
+
+
+_CLUSTER = """
+import sys, ray
+ray.init(address="local", num_cpus=1, num_gpus=3, include_dashboard=False, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+def test_executor_ray_counts_the_gpus_of_the_cluster_at_ray_address(tmp_path, monkeypatch):
+    """A real Ray cluster of this machine that declares 3 GPUs (Ray counts what a node
+    declares): an engine of 2 x 2 asks for more, one of 1 x 3 fits; a dead address is one
+    line, found in seconds."""
+    import subprocess
+    import sys
+
+    ray = pytest.importorskip("ray")
+    # a throwaway cluster: no token to share between its processes and this one
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    proc = subprocess.Popen([sys.executable, "-c", _CLUSTER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        address = proc.stdout.readline().strip()
+        assert address, "the Ray cluster did not start"
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        too_big = _study(tmp_path, {"device": "cuda", "tensor_parallel_size": 2,
+                                    "pipeline_parallel_size": 2, "executor": "ray"})
+        with pytest.raises(ConfigError) as info:
+            load_study(too_big)
+        assert info.value.problems == [
+            f"{too_big}: engine.tensor_parallel_size x engine.pipeline_parallel_size: 2 x 2 "
+            f"= 4 GPUs requested for one engine, 3 found on the Ray cluster at {address}; "
+            "allowed: a product of at most 3"]
+        assert not ray.is_initialized()  # the probe left the cluster again
+        fits = EngineSpec(device="cuda", pipeline_parallel_size=3, executor="ray")
+        assert probe_gpus(fits) == (GpuSupply(3, f"the Ray cluster at {address}",
+                                              cluster=True), None)
+        # a process that has joined the cluster already (variants scheduled on Ray) is
+        # counted there without any address, and stays joined
+        monkeypatch.delenv("RAY_ADDRESS")
+        ray.init(address=address, log_to_driver=False)
+        try:
+            assert probe_gpus(fits) == (GpuSupply(
+                3, "the Ray cluster this process has joined", cluster=True), None)
+            assert ray.is_initialized()
+        finally:
+            ray.shutdown()
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    supply, problem = probe_gpus(fits, ray_address=address)  # the cluster is gone
+    assert not supply.cluster
+    assert problem.startswith(f"engine.executor: ray: no Ray cluster answers at "
+                              f"RAY_ADDRESS={address} (")
