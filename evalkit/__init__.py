@@ -23,11 +23,12 @@ _HOMES = {
     "load_runs": "evalkit.core.records",
     "load_study": "evalkit.preflight",
     "open_run": "evalkit.core.run",
+    "run_study": "evalkit.runner",
 }
 
 __all__ = [
     "SCHEMA_VERSION", "ConfigError", "EvalkitError", "StudyConfig", "__version__", "load_runs",
-    "load_study", "open_run",
+    "load_study", "open_run", "run_study",
 ]
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from evalkit.core.records import SCHEMA_VERSION, load_runs
     from evalkit.core.run import open_run
     from evalkit.preflight import load_study
+    from evalkit.runner import run_study
 
 
 def __getattr__(name: str) -> Any:
