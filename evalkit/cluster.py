@@ -296,6 +296,7 @@ def _wait(ray: Any, run: Run, tasks: dict[Any, tuple[str, str]], progress: bool,
     errors: list[str] = []
     lost: list[str] = []
     seen: dict[tuple[str, str], str] = {}
+    _log_states(run, seen, quiet=True)  # a resumed run's earlier states are not news
     bar = tqdm(total=len(tasks), desc="variant tasks", unit="task", disable=not progress)
     try:
         while pending:
@@ -328,8 +329,9 @@ def _wait(ray: Any, run: Run, tasks: dict[Any, tuple[str, str]], progress: bool,
     return errors
 
 
-def _log_states(run: Run, seen: dict[tuple[str, str], str]) -> None:
-    """Log each worker stage state that changed since the last call (status.json)."""
+def _log_states(run: Run, seen: dict[tuple[str, str], str], *, quiet: bool = False) -> None:
+    """Log each worker stage state that changed since the last call (status.json); ``quiet``:
+    only remember them."""
     try:
         states = run.units.variant_states()
     except (OSError, ValueError):
@@ -339,5 +341,7 @@ def _log_states(run: Run, seen: dict[tuple[str, str], str]) -> None:
             state = str(st.get("state"))
             if seen.get((variant, stage)) != state:
                 seen[(variant, stage)] = state
+                if quiet:
+                    continue
                 extra = f" ({st['seconds']} s)" if "seconds" in st else ""
                 run.log(f"cluster: {variant} {stage} {state}{extra}")
