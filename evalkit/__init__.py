@@ -3,9 +3,9 @@
 Stages: :mod:`evalkit.stages.quantize` (llm-compressor), :mod:`evalkit.stages.accuracy`
 (lm-eval), :mod:`evalkit.stages.latency` (vLLM), each with ``run_stage(cfg, run) ->
 StageResult``; :mod:`evalkit.analysis` joins and plots; the notebooks in ``notebooks/`` call
-the cells of :mod:`evalkit.ui.cells`, and :mod:`evalkit.runner` executes them. Shared parts:
-:mod:`evalkit.core`, :mod:`evalkit.metrics` (pure), :mod:`evalkit.assets`,
-:mod:`evalkit.engine`.
+the cells of :mod:`evalkit.ui.cells`, and :mod:`evalkit.runner` executes them (the variants
+as Ray tasks through :mod:`evalkit.cluster`). Shared parts: :mod:`evalkit.core`,
+:mod:`evalkit.metrics` (pure), :mod:`evalkit.assets`, :mod:`evalkit.engine`.
 """
 
 from importlib import import_module

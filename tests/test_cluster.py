@@ -362,3 +362,26 @@ def test_worker_killed_mid_variant_then_resume(tmp_path, fault_table):
                 "again; no duplicate records",
                 seconds=time.monotonic() - t_start)
     assert t_kill > t_start
+
+
+def test_done_unsupported_points_keep_their_records_on_a_later_pass(tmp_path):
+    """A cluster worker records a variant's latency as unsupported (no CPU kernel) and marks
+    its points done; the pass over all variants after it (like any resume) must carry those
+    records, not drop them."""
+    from smoke_study import smoke_config
+
+    from evalkit.core.run import create_run
+    from evalkit.preflight import load_study
+    from evalkit.stages import latency as lat
+
+    study = smoke_config(tmp_path)
+    cfg = load_study(study)
+    run = create_run(cfg, study, "u1")
+    share = cfg.model_copy(update={"variants": [cfg.variant("w4a8_fp8")]})
+    first = lat.run_stage(share, run.scoped(["w4a8_fp8"])).records
+    assert len(first) == 2 and set(first["status"]) == {"unsupported"}
+    assert len(list((run.path / "units" / "latency").glob("*.json"))) == 2
+    again = lat.run_stage(share, run).records
+    cols = ["variant", "metric", "stat", "concurrency", "status", "note"]
+    assert again[cols].equals(first[cols])
+    assert {f.kind for f in lat.run_stage(share, run).failures} == {"unsupported"}

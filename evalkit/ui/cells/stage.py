@@ -46,7 +46,7 @@ def open_stage(config_path: str, run_dir: str | None, stage: str,
         run_dir: the run directory; None starts a new run.
         stage: the stage's name.
         variants: only these variants (``evalkit run --cluster`` runs each variant's stages
-            in a worker of its own); None: all.
+            in a worker of its own; a string is one name); None: all.
 
     Raises:
         StageError: a name in ``variants`` is not a variant of the study.
@@ -59,7 +59,8 @@ def open_stage(config_path: str, run_dir: str | None, stage: str,
         run = create_run(cfg, Path(config_path))
     share = None
     if variants is not None:
-        share = tuple(variants)
+        # one name given as a string (papermill -p variants base) is that one variant
+        share = (variants,) if isinstance(variants, str) else tuple(variants)
         names = [v.name for v in cfg.variants]
         unknown = sorted(set(share) - set(names))
         if unknown or not share:
