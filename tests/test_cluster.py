@@ -385,3 +385,24 @@ def test_done_unsupported_points_keep_their_records_on_a_later_pass(tmp_path):
     cols = ["variant", "metric", "stat", "concurrency", "status", "note"]
     assert again[cols].equals(first[cols])
     assert {f.kind for f in lat.run_stage(share, run).failures} == {"unsupported"}
+
+
+def test_points_from_several_nodes_are_named_in_the_report(tmp_path):
+    """Each latency point's marker names its node; a run whose points come from two nodes
+    gets a report caveat naming the nodes and their variants; one node, none."""
+    from evalkit.analysis.load import node_caveat
+
+    store = UnitStore(tmp_path)
+    for variant, host, rid in (("a", "n1", "ab" * 28), ("b", "n2", "cd" * 28)):
+        for c in (1, 2):
+            store.mark(UnitKey.latency(variant, "server", "chat", c, math.inf),
+                       {"records": "x", "status": "ok", "variant": variant,
+                        "node": {"hostname": host, "ray_node_id": rid}})
+    store.mark(UnitKey.latency("c", "server", "chat", 1, math.inf),
+               {"records": "x", "status": "ok"})  # a run from before nodes were recorded
+    nodes = store.unit_nodes("latency")
+    assert nodes == {"n1 (Ray node abababababab...)": ["a"],
+                     "n2 (Ray node cdcdcdcdcdcd...)": ["b"]}
+    text = node_caveat(nodes)
+    assert "measured on 2 nodes" in text and "n1 (Ray node abababababab...): a" in text
+    assert node_caveat({"n1": ["a", "b"]}) is None

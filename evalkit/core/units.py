@@ -254,6 +254,24 @@ class UnitStore:
             return None
         return str(req.get("reason", "stopped")) if req.get("pid") == os.getppid() else None
 
+    def unit_nodes(self, stage: str) -> dict[str, list[str]]:
+        """The nodes the finished units of ``stage`` ran on, as their markers record them
+        (latency points do): ``{node: [variants]}``, the node as ``host`` or ``host (Ray node
+        ID12...)``. Units recorded without a node are left out."""
+        out: dict[str, set[str]] = {}
+        for marker in sorted((self.root / "units" / stage).glob("*.json")):
+            try:
+                info = read_json(marker)
+            except (OSError, ValueError):
+                continue
+            node = info.get("node") if isinstance(info, dict) else None
+            if not isinstance(node, dict) or not node.get("hostname"):
+                continue
+            rid = node.get("ray_node_id")
+            label = str(node["hostname"]) + (f" (Ray node {str(rid)[:12]}...)" if rid else "")
+            out.setdefault(label, set()).add(str(info.get("variant", "?")))
+        return {label: sorted(vs) for label, vs in sorted(out.items())}
+
     def counts(self) -> dict[str, int]:
         """Finished units per stage (engine verdicts are not units)."""
         units = self.root / "units"

@@ -143,7 +143,7 @@ class LatencyStage:
         self.frames.append(df)
         # the node each point ran on: points of one study may come from several cluster nodes
         self.run.units.mark(key, {"records": str(p.relative_to(self.run.path)),
-                                  "status": status, "node": node_info()})
+                                  "status": status, "variant": v.name, "node": node_info()})
 
     def reuse(self, v: Variant, key: UnitKey) -> bool:
         done = self.run.units.done(key)
