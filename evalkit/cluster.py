@@ -199,6 +199,28 @@ def latency_options(ray: Any, cfg: StudyConfig, placement: Placement) -> dict[st
     return opts
 
 
+def check_fits(ray: Any, cfg: StudyConfig) -> None:
+    """Refuse what a variant task cannot do on this cluster, before any task is submitted.
+
+    Raises:
+        ClusterError: no node has the GPUs one variant's engine needs (a task runs on one
+            node; Ray would keep it pending for ever), or the engine would start Ray
+            workers of its own (``distributed_executor_backend: ray``) for GPUs its task
+            already holds.
+    """
+    gpus = variant_gpus(cfg)
+    most = max((float(n.get("Resources", {}).get("GPU", 0)) for n in _alive_nodes(ray)),
+               default=0.0)
+    if gpus > most:
+        raise ClusterError(f"a variant's engine needs {gpus} GPUs (tensor_parallel_size x "
+                           f"pipeline_parallel_size) on one node; the largest node of this "
+                           f"cluster has {most:g}")
+    if gpus and getattr(cfg.engine, "distributed_executor_backend", None) == "ray":
+        raise ClusterError("engine.distributed_executor_backend: ray under --cluster: the "
+                           "variant's task already holds its GPUs; use mp (one node per "
+                           "engine) with --cluster")
+
+
 def run_share(run_path: str, variant: str, stages: Sequence[Any], execute: Callable[..., Any],
               after: Any = None) -> dict[str, Any]:
     """The body of a Ray task: execute ``stages`` for ``variant`` into the run directory.
@@ -261,6 +283,7 @@ def run_variants(run: Run, cfg: StudyConfig, stages: Sequence[Any], execute: Cal
     ray, started = connect(spec)
     try:
         gpus = variant_gpus(cfg)
+        check_fits(ray, cfg)
         work = [s for s in stages if s.name in WORK_STAGES]
         latency = [s for s in stages if s.name == LATENCY_STAGE]
         lat_opts = latency_options(ray, cfg, placement) if latency else {}

@@ -54,6 +54,50 @@ def test_gpus_per_variant_task():
                                pipeline_parallel_size=3)) == 6
 
 
+def _fake_ray(*nodes: tuple[str, str, dict[str, float]]) -> SimpleNamespace:
+    """What :func:`evalkit.cluster.latency_options` and ``check_fits`` read of a cluster:
+    its live nodes (id, host name, resources)."""
+    return SimpleNamespace(nodes=lambda: [
+        {"Alive": True, "NodeID": nid, "NodeManagerHostname": host,
+         "NodeManagerAddress": f"10.0.0.{i}", "Resources": res}
+        for i, (nid, host, res) in enumerate(nodes)])
+
+
+def _gpu_study(tp: int = 1, **engine) -> SimpleNamespace:
+    return SimpleNamespace(engine=SimpleNamespace(device="cuda", tensor_parallel_size=tp,
+                                                  **engine))
+
+
+def test_latency_runs_on_one_accelerator_type_or_one_node():
+    h100 = {"GPU": 8.0, "CPU": 64.0, "accelerator_type:H100": 1.0}
+    h200 = {"GPU": 8.0, "CPU": 64.0, "accelerator_type:H200": 1.0}
+    one_type = _fake_ray(("n1", "gpu1", h100), ("n2", "gpu2", h100))
+    opts = cl.latency_options(one_type, _gpu_study(2), cl.Placement())
+    assert opts == {"num_cpus": 1, "num_gpus": 2, "accelerator_type": "H100"}
+    n1, n2 = "a1" * 28, "b2" * 28  # Ray node ids: 28 bytes in hex
+    mixed = _fake_ray((n1, "gpu1", h100), (n2, "gpu2", h200))
+    with pytest.raises(ClusterError, match=r"accelerator types \['H100', 'H200'\].*--accelerator"):
+        cl.latency_options(mixed, _gpu_study(), cl.Placement())
+    picked = cl.latency_options(mixed, _gpu_study(), cl.Placement(accelerator_type="H200"))
+    assert picked["accelerator_type"] == "H200"
+    with pytest.raises(ClusterError, match="'A100': not in this cluster"):
+        cl.latency_options(mixed, _gpu_study(), cl.Placement(accelerator_type="A100"))
+    pinned = cl.latency_options(mixed, _gpu_study(), cl.Placement(latency_node="gpu2"))
+    assert pinned["scheduling_strategy"].node_id == n2
+    assert "accelerator_type" not in pinned
+    with pytest.raises(ClusterError, match="--latency-node 'gpu9': no live node"):
+        cl.latency_options(mixed, _gpu_study(), cl.Placement(latency_node="gpu9"))
+
+
+def test_a_variant_that_fits_no_node_is_refused_before_any_task():
+    ray = _fake_ray(("n1", "gpu1", {"GPU": 4.0}), ("n2", "gpu2", {"GPU": 4.0}))
+    cl.check_fits(ray, _gpu_study(4))
+    with pytest.raises(ClusterError, match="needs 8 GPUs .* largest node of this cluster has 4"):
+        cl.check_fits(ray, _gpu_study(4, pipeline_parallel_size=2))
+    with pytest.raises(ClusterError, match="distributed_executor_backend: ray"):
+        cl.check_fits(ray, _gpu_study(2, distributed_executor_backend="ray"))
+
+
 def test_missing_ray_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(ClusterError, match=r"needs the Python package 'ray'.*ray==2\.60\.0"):
