@@ -450,3 +450,20 @@ def test_points_from_several_nodes_are_named_in_the_report(tmp_path):
     text = node_caveat(nodes)
     assert "measured on 2 nodes" in text and "n1 (Ray node abababababab...): a" in text
     assert node_caveat({"n1": ["a", "b"]}) is None
+
+
+def test_archive_removes_the_write_locks(tmp_path):
+    from smoke_study import smoke_config
+
+    from evalkit.core.archive import archive_run
+    from evalkit.core.run import create_run
+    from evalkit.preflight import load_study
+
+    study = smoke_config(tmp_path)
+    run = create_run(load_study(study), study, "a1")
+    run.scoped(["base"]).log("a worker's line")  # takes locks/log.lock
+    run.units.set_stage_state("quantize", "done", variant="base")  # locks/status.lock
+    assert sorted(p.name for p in (run.path / "locks").iterdir()) == ["log.lock", "status.lock"]
+    result = archive_run(run.path)
+    assert {"locks/log.lock", "locks/status.lock"} <= set(result.removed)
+    assert not (run.path / "locks").exists()

@@ -138,6 +138,8 @@ def archive_run(path: str | os.PathLike[str], *, dry_run: bool = False) -> Archi
             removed.append(write_lock.relative_to(run).as_posix())
             if not dry_run:
                 _unlink(write_lock)
+        if not dry_run and (run / LOCKS_DIR).is_dir() and not any((run / LOCKS_DIR).iterdir()):
+            (run / LOCKS_DIR).rmdir()
         for prompts_file in sorted((run / "raw").rglob(f"*{PROMPTS_SUFFIX}*")):
             if not prompts_file.name.endswith((PROMPTS_SUFFIX, PROMPTS_SUFFIX + ".gz")):
                 continue
