@@ -3,9 +3,9 @@
 Stages: :mod:`evalkit.stages.quantize` (llm-compressor), :mod:`evalkit.stages.accuracy`
 (lm-eval), :mod:`evalkit.stages.latency` (vLLM), each with ``run_stage(cfg, run) ->
 StageResult``; :mod:`evalkit.analysis` joins and plots; the notebooks in ``notebooks/`` call
-the cells of :mod:`evalkit.ui.cells`, and :mod:`evalkit.runner` executes them. Shared parts:
-:mod:`evalkit.core`, :mod:`evalkit.metrics` (pure), :mod:`evalkit.assets`,
-:mod:`evalkit.engine`.
+the cells of :mod:`evalkit.ui.cells`, and :mod:`evalkit.runner` executes them (the variants
+as Ray tasks through :mod:`evalkit.cluster`). Shared parts: :mod:`evalkit.core`,
+:mod:`evalkit.metrics` (pure), :mod:`evalkit.assets`, :mod:`evalkit.engine`.
 """
 
 from importlib import import_module
@@ -23,11 +23,12 @@ _HOMES = {
     "load_runs": "evalkit.core.records",
     "load_study": "evalkit.preflight",
     "open_run": "evalkit.core.run",
+    "run_study": "evalkit.runner",
 }
 
 __all__ = [
     "SCHEMA_VERSION", "ConfigError", "EvalkitError", "StudyConfig", "__version__", "load_runs",
-    "load_study", "open_run",
+    "load_study", "open_run", "run_study",
 ]
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from evalkit.core.records import SCHEMA_VERSION, load_runs
     from evalkit.core.run import open_run
     from evalkit.preflight import load_study
+    from evalkit.runner import run_study
 
 
 def __getattr__(name: str) -> Any:

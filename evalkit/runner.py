@@ -5,6 +5,11 @@ it in the kernel named in the notebook's metadata (quantize for 01, eval for the
 and saves the executed notebook into the run directory after every cell, so a failure
 leaves the error visible in the saved notebook. Each executed notebook is rendered to
 HTML twice: a stakeholder copy without code and a full copy with code.
+
+With ``cluster`` (``evalkit run --cluster ray[:ADDRESS]``), each variant's quantize,
+accuracy and latency notebooks first run as Ray tasks (:mod:`evalkit.cluster`), writing
+into ``notebooks/variants/VARIANT/``; the stages then run here once over all variants, find
+the units done and join the records, and the report follows.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from evalkit import cluster as cl
 from evalkit.analysis.index import write_index
 from evalkit.core.config import StudyConfig, read_study
 from evalkit.core.errors import Interrupted, RunDirError, StageError
@@ -75,52 +81,72 @@ def _signals_as_interrupt(run: Run) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def execute_stage(run: Run, stage: Stage, *, progress: bool = True) -> Path:
+def execute_stage(run: Run, stage: Stage, *, progress: bool = True,
+                  variants: Sequence[str] | None = None) -> Path:
     """Run one stage's notebook with papermill into the run directory.
+
+    Args:
+        run: the run.
+        stage: the stage.
+        progress: papermill's progress bar.
+        variants: only these variants (a cluster worker's share): the notebook goes to
+            ``notebooks/variants/NAME/``, the state to ``status.json["variants"]``, and it is
+            rendered to HTML (under ``html/variants/NAME/``) only when it fails; None: all.
 
     Raises:
         StageError: a cell raised; the executed notebook (saved) shows the error.
     """
     src = NOTEBOOK_DIR / f"{stage.notebook}.ipynb"
-    out = run.sub("notebooks", f"{stage.notebook}.ipynb")
+    share = "+".join(variants) if variants else None
+    parameters: dict[str, object] = {"config_path": str(run.config_path), "run_dir": str(run.path)}
+    if share:
+        parameters["variants"] = list(variants or ())
+        out = run.sub("notebooks", "variants", share, f"{stage.notebook}.ipynb")
+        html_dir = run.path / "html" / "variants" / share
+        run = run.scoped(variants)
+    else:
+        out = run.sub("notebooks", f"{stage.notebook}.ipynb")
+        html_dir = run.path / "html"
     kernel = notebook_kernel(src)
     t0 = time.monotonic()
-    run.units.set_stage_state(stage.name, "running", kernel=kernel)
+    run.units.set_stage_state(stage.name, "running", variant=share, kernel=kernel,
+                              pid=os.getpid())
     run.log(f"stage {stage.notebook}: start (kernel {kernel})")
     try:
-        execute_notebook(
-            src, out,
-            parameters={"config_path": str(run.config_path), "run_dir": str(run.path)},
-            progress=progress, save_every_cell=True, cwd=run.path,
-        )
+        execute_notebook(src, out, parameters=parameters, progress=progress,
+                         save_every_cell=True, cwd=run.path)
     except NotebookFailed as exc:
         dt = time.monotonic() - t0
-        run.units.set_stage_state(stage.name, "failed", seconds=round(dt, 1), error=exc.ename)
-        _render_quietly(out, run)
+        run.units.set_stage_state(stage.name, "failed", variant=share, seconds=round(dt, 1),
+                                  error=exc.ename)
+        _render_quietly(out, run, html_dir)
         run.log(f"stage {stage.notebook}: FAILED after {dt:.0f}s: {exc.ename}: {exc.evalue}")
         raise StageError(
-            f"stage {stage.notebook} failed in cell {exc.exec_count}: {exc.ename}: "
+            f"stage {stage.notebook}{f' ({share})' if share else ''} failed in cell "
+            f"{exc.exec_count}: {exc.ename}: "
             f"{exc.evalue.splitlines()[0] if exc.evalue else ''} -- see {out}"
         ) from None
     except KeyboardInterrupt:
         dt = time.monotonic() - t0
-        run.units.set_stage_state(stage.name, "interrupted", seconds=round(dt, 1))
-        _render_quietly(out, run)
+        run.units.set_stage_state(stage.name, "interrupted", variant=share, seconds=round(dt, 1))
+        _render_quietly(out, run, html_dir)
         run.log(f"stage {stage.notebook}: interrupted after {dt:.0f}s")
         raise
     dt = time.monotonic() - t0
-    render_html(out, run.path / "html")
-    run.units.set_stage_state(stage.name, "done", seconds=round(dt, 1), kernel=kernel)
+    if not share:
+        render_html(out, html_dir)
+    run.units.set_stage_state(stage.name, "done", variant=share, seconds=round(dt, 1),
+                              kernel=kernel)
     run.log(f"stage {stage.notebook}: done in {dt:.0f}s")
     return out
 
 
-def _render_quietly(notebook: Path, run: Run) -> None:
+def _render_quietly(notebook: Path, run: Run, html_dir: Path) -> None:
     """Render what a failed or interrupted stage left; a render error must not hide the cause."""
     if not notebook.is_file():
         return
     try:
-        render_html(notebook, run.path / "html")
+        render_html(notebook, html_dir)
     except Exception as exc:  # noqa: BLE001 -- secondary failure; the stage error is reported
         run.log(f"could not render {notebook.name}: {exc}")
 
@@ -132,6 +158,9 @@ def run_study(
     resume: str | os.PathLike[str] | None = None,
     stages: Sequence[str] | None = None,
     progress: bool = True,
+    cluster: str | None = None,
+    latency_node: str | None = None,
+    accelerator_type: str | None = None,
 ) -> Run:
     """Validate a study and execute its notebooks into a run directory.
 
@@ -142,18 +171,33 @@ def run_study(
             kept and skipped.
         stages: subset of stage names to run (default all, in order).
         progress: show progress bars.
+        cluster: ``"ray"`` (a local Ray instance) or ``"ray:ADDRESS"`` (an existing Ray
+            cluster): each variant's quantize, accuracy and latency stages run as Ray tasks
+            (:mod:`evalkit.cluster`) before the stages run here over all variants; the run
+            directory must be on a filesystem every node mounts at the same path. None: one
+            machine, stage after stage.
+        latency_node: with ``cluster``, the node (Ray node id, IP or host name) every latency
+            task runs on.
+        accelerator_type: with ``cluster``, the accelerator type (Ray's name, e.g. ``H100``)
+            latency runs on, where the cluster has several.
 
     Returns:
         The run.
 
     Raises:
-        ConfigError, RunDirError, StageError, Interrupted.
+        ConfigError, RunDirError, StageError, ClusterError, Interrupted.
     """
     cfg = load_study(config_path)
     wanted = list(stages) if stages else stage_names()
     unknown = set(wanted) - set(stage_names())
     if unknown:
         raise StageError(f"unknown stage(s) {sorted(unknown)}; allowed: {stage_names()}")
+    spec = cl.ClusterSpec.parse(cluster) if cluster is not None else None
+    if spec is None and (latency_node or accelerator_type):
+        raise StageError("--latency-node and --accelerator-type place a cluster's latency "
+                         "tasks; they need --cluster")
+    if spec is not None:
+        cl.require_ray()  # before a run directory exists
     with ExitStack() as stack:
         # The lock is taken before anything else touches the run: a second process on the
         # same run id refuses (exit 3) instead of interleaving with this one.
@@ -172,6 +216,14 @@ def run_study(
         bar = tqdm(todo, desc="study", unit="stage", disable=not progress)
         failures: list[str] = []
         try:
+            shares = [stage for stage in todo if stage.name != "report"]
+            if spec is not None and shares:
+                for problem in cl.run_variants(
+                        run, run.config(), shares, execute_stage, spec,
+                        cl.Placement(latency_node, accelerator_type), progress=progress):
+                    run.log(f"cluster: {problem}")
+                run.log("cluster: every variant's tasks ended; the stages now run over all "
+                        "variants (finished units are reused)")
             for stage in bar:
                 bar.set_postfix_str(stage.notebook)
                 try:
@@ -187,7 +239,8 @@ def run_study(
         except KeyboardInterrupt:
             raise Interrupted(
                 f"run {run.run_id} interrupted; finished units are kept -- resume with "
-                f"`evalkit run {config_path} --resume {run.run_id}`"
+                f"`evalkit run {config_path} --resume {run.run_id}"
+                + (f" --cluster {spec}`" if spec is not None else "`")
             ) from None
         finally:
             bar.close()

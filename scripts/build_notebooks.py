@@ -16,6 +16,11 @@ PARAMS = '''# Parameters (papermill injects the run's values below this cell).
 config_path = "../configs/demo-cpu.yaml"  # the study file
 run_dir = None  # None: start a new run directory under the study's output_root'''
 
+# Stages 01-03 also take the variants to work on: evalkit run --cluster runs each variant's
+# stages in a worker of its own, then once more over all variants (which finds the work done).
+STAGE_PARAMS = PARAMS + '''
+variants = None  # None: every variant of the study; a list of names: only these'''
+
 SUMMARY_PARAMS = '''# Parameters (evalkit summary injects its arguments below this cell).
 runs = ["../outputs/reference"]  # run directories, or output roots holding runs
 page = "../docs/results.html"  # where the rendered page goes (links to reports are relative to it)'''
@@ -26,8 +31,8 @@ NOTEBOOKS = {
                "llm-compressor and saves compressed-tensors checkpoints (cached by a hash of "
                "model, scheme, method and calibration, so a rerun reuses them). Records per "
                "variant: wall time, checkpoint size, bytes of weights, the `quantization_config`."),
-        ("params", PARAMS),
-        ("code", "import evalkit.ui.cells.quantize as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"quantize\")"),
+        ("params", STAGE_PARAMS),
+        ("code", "import evalkit.ui.cells.quantize as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"quantize\", variants=variants)"),
         ("code", "ek.show_study(ctx)"),
         ("code", "model = ek.resolve_model(ctx)"),
         ("code", "result = ek.quantize(ctx)"),
@@ -43,8 +48,8 @@ NOTEBOOKS = {
                "it then compares every variant's next-token distributions with the base's "
                "on held-out text: KL divergence, top-1 agreement and perplexity, with "
                "bootstrap intervals over sequences."),
-        ("params", PARAMS),
-        ("code", "import evalkit.ui.cells.evaluate as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"accuracy\")"),
+        ("params", STAGE_PARAMS),
+        ("code", "import evalkit.ui.cells.evaluate as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"accuracy\", variants=variants)"),
         ("code", "result = ek.accuracy(ctx)"),
         ("code", "ek.show_accuracy(result)"),
         ("code", "ek.plot_accuracy(result)"),
@@ -59,8 +64,8 @@ NOTEBOOKS = {
                "TTFT, TPOT = (E2E − TTFT)/(output tokens − 1), ITL and E2E follow vLLM's "
                "definitions; the server's `/metrics` histograms are read before and after each "
                "point as a cross-check."),
-        ("params", PARAMS),
-        ("code", "import evalkit.ui.cells.evaluate as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"latency\")"),
+        ("params", STAGE_PARAMS),
+        ("code", "import evalkit.ui.cells.evaluate as ek\n\nctx = ek.open_stage(config_path, run_dir, stage=\"latency\", variants=variants)"),
         ("code", "result = ek.latency(ctx)"),
         ("code", "ek.show_latency(result)"),
         ("code", "ek.plot_latency(result, metric=\"ttft_ms\")"),

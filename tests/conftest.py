@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from smoke_study import evalkit, smoke_config
 
 FAULT_ROWS = pytest.StashKey[list[dict]]()
 
@@ -57,3 +58,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
         terminalreporter.write_line(f"table also written to {out}")
     except (AttributeError, OSError):
         pass
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke study run sequentially once per session (``--run-id smoke-1``): the process,
+    the run directory and the study file (tests/test_smoke.py checks it; tests/test_cluster.py
+    compares its cluster run with it)."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    cfg = smoke_config(tmp)
+    proc = evalkit("run", str(cfg), "--run-id", "smoke-1", "--no-progress")
+    run_dir = tmp / "outputs" / "smoke" / "smoke-1"
+    return proc, run_dir, cfg

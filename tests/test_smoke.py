@@ -8,43 +8,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import page_dom
 import pandas as pd
 import pytest
-import yaml
+from smoke_study import evalkit
 
 from evalkit.core.records import COLUMNS, SCHEMA_VERSION, load_runs
-
-REPO = Path(__file__).resolve().parent.parent
-SMOKE = REPO / "tests" / "data" / "smoke.yaml"
 
 pytestmark = pytest.mark.slow
 
 
-def _config(tmp_path: Path, **changes) -> Path:
-    data = yaml.safe_load(SMOKE.read_text())
-    data["output_root"] = str(tmp_path / "outputs")
-    data.update(changes)
-    p = tmp_path / "smoke.yaml"
-    p.write_text(yaml.safe_dump(data, sort_keys=False))
-    return p
-
-
 def _evalkit(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evalkit.ui.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return evalkit(*args, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("smoke")
-    cfg = _config(tmp)
-    proc = _evalkit("run", str(cfg), "--run-id", "smoke-1", "--no-progress")
-    run_dir = tmp / "outputs" / "smoke" / "smoke-1"
-    return proc, run_dir, cfg
+# smoke_run (tests/conftest.py): the smoke study run once per session, sequentially, with
+# --run-id smoke-1 (tests/test_cluster.py compares its cluster run with it)
 
 
 def test_run_succeeds(smoke_run):

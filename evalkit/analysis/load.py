@@ -37,6 +37,18 @@ def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame) -> list[str]:
     return out
 
 
+def node_caveat(nodes: dict[str, list[str]]) -> str | None:
+    """What a reader must know when a run's latency points come from more than one node
+    (``evalkit run --cluster``; ``nodes``: :meth:`evalkit.core.units.UnitStore.unit_nodes`);
+    None for one node."""
+    if len(nodes) < 2:
+        return None
+    where = "; ".join(f"{node}: {', '.join(variants)}" for node, variants in nodes.items())
+    return (f"Latency points of this run were measured on {len(nodes)} nodes ({where}), all of "
+            "one accelerator type: variants measured on different nodes differ also by the "
+            "node; a small difference between them may be the nodes'.")
+
+
 def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
     """Load a run's records and environment into a Report."""
     df = run.records()
@@ -64,6 +76,9 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
                 "had finished are kept and shown; variants or points without figures were not "
                 "measured.")
     caveats += engine_scheme_caveats(cfg, df)
+    nodes = node_caveat(run.units.unit_nodes("latency"))
+    if nodes:
+        caveats.append(nodes)
     if cfg.engine.device == "cpu":
         caveats.append(
             "Latency was measured on a CPU: it says how the schemes behave with vLLM's CPU "

@@ -17,10 +17,10 @@ report ``html/04_report.html``. :func:`archive_run` changes, in place:
   are deleted after their SHA-256 is recorded in the point's ``<point>.summary.json``
   (``prompts``): evalkit writes them from the study's seed, the tokenizer and the task pack,
   so a regeneration is checked against the digest instead of keeping megabytes of text;
-* ``run.lock`` is deleted, and so are ``report.html`` at the run root where it is a byte
-  copy of ``html/04_report.html``, every ``html/*.code.html`` (the executed notebooks hold
-  the code) and the other stages' ``html/NN_stage.html`` whose executed
-  ``notebooks/NN_stage.ipynb`` is kept.
+* ``run.lock`` and the write locks under ``locks/`` are deleted, and so are ``report.html``
+  at the run root where it is a byte copy of ``html/04_report.html``, every
+  ``html/*.code.html`` (the executed notebooks hold the code) and the other stages'
+  ``html/NN_stage.html`` whose executed ``notebooks/NN_stage.ipynb`` is kept.
 
 Each file is replaced atomically: the ``.gz`` is written under a temporary name and
 renamed into place before the original is removed, so an interrupted archive leaves both
@@ -50,6 +50,7 @@ from evalkit.core.io import (
     read_json,
 )
 from evalkit.core.run import REPORT_HTML
+from evalkit.core.units import LOCKS_DIR
 
 #: Raw JSON and stray logs at or below this size stay as they are (readers open some of
 #: them by name without the .gz fallback, and gzip gains little on a few KiB).
@@ -132,6 +133,13 @@ def archive_run(path: str | os.PathLike[str], *, dry_run: bool = False) -> Archi
             removed.append(duplicate.relative_to(run).as_posix())
             if not dry_run:
                 _unlink(duplicate)
+        for write_lock in sorted((run / LOCKS_DIR).glob("*.lock")):
+            delta -= write_lock.stat().st_size
+            removed.append(write_lock.relative_to(run).as_posix())
+            if not dry_run:
+                _unlink(write_lock)
+        if not dry_run and (run / LOCKS_DIR).is_dir() and not any((run / LOCKS_DIR).iterdir()):
+            (run / LOCKS_DIR).rmdir()
         for prompts_file in sorted((run / "raw").rglob(f"*{PROMPTS_SUFFIX}*")):
             if not prompts_file.name.endswith((PROMPTS_SUFFIX, PROMPTS_SUFFIX + ".gz")):
                 continue

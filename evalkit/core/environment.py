@@ -153,11 +153,26 @@ def _mem_gb() -> float | None:
         return None
 
 
+#: set by a cluster worker (:mod:`evalkit.cluster`) for the notebook kernels it starts: the
+#: id of the Ray node it runs on
+RAY_NODE_ENV = "EVALKIT_RAY_NODE_ID"
+
+
+def node_info() -> dict[str, str | None]:
+    """The node this process runs on: host name, and the Ray node id under ``evalkit run
+    --cluster ray`` (None otherwise)."""
+    return {"hostname": platform.node(), "ray_node_id": os.environ.get(RAY_NODE_ENV)}
+
+
 def machine_info() -> dict[str, Any]:
-    """The machine this process runs on: host, CPU, the GPUs it can use, and the commit."""
-    return {"hostname": platform.node(), "cpu": cpu_name(), "gpus": gpu_info(),
+    """The machine this process runs on: host, CPU, the GPUs it can use, and the commit (and
+    the Ray node, on a cluster)."""
+    info = {"hostname": platform.node(), "cpu": cpu_name(), "gpus": gpu_info(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "git_commit": _git_commit()}
+    if os.environ.get(RAY_NODE_ENV):
+        info["ray_node_id"] = os.environ[RAY_NODE_ENV]
+    return info
 
 
 def machine_id(m: Mapping[str, Any]) -> str:

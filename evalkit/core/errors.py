@@ -67,6 +67,11 @@ class StageError(EvalkitError):
     exit_code = 4
 
 
+class ClusterError(EvalkitError):
+    """``--cluster`` cannot be honoured: an unknown cluster kind, Ray not installed, no
+    cluster at the address, or a latency placement the cluster cannot satisfy."""
+
+
 class Interrupted(EvalkitError):
     """The run was stopped by SIGINT/SIGTERM; finished units are kept."""
 

@@ -10,11 +10,15 @@ Layout::
                          html/04_report.html is the stakeholder report
     report.html          a copy of html/04_report.html (local runs; see evalkit.core.archive)
     records/STAGE.parquet  per-stage records
+    records/parts/VARIANT/STAGE.parquet  a cluster worker's records of its own variant
+                         (evalkit.cluster; the run's stage records are assembled after)
     records.parquet      all stages, tidy long format
     raw/                 lm-eval results and samples, per-request latency data
     units/               one JSON marker per finished unit (resume skips these)
     logs/                engine and stage logs
     run.lock             held while a process works in the run (never committed)
+    locks/               write locks of the files several workers change (status.json,
+                         env.json, logs/run.log, records.parquet)
 
 Run ids are unique (UTC time plus random suffix); an existing run is never overwritten,
 only resumed by naming it explicitly.
@@ -26,7 +30,7 @@ import json
 import os
 import secrets
 import sys
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +43,7 @@ from evalkit.core.config import StudyConfig, read_study
 from evalkit.core.environment import PACKAGES, environment_info, free_cpu_cores, machine_info, package_version
 from evalkit.core.errors import RunDirError
 from evalkit.core.io import atomic_write_json, atomic_write_text, file_lock, read_json
-from evalkit.core.units import UnitStore
+from evalkit.core.units import LOCKS_DIR, UnitStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,9 +58,25 @@ def new_run_id() -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """An opened run directory."""
+    """An opened run directory.
+
+    ``scope``: the variants a cluster worker (:mod:`evalkit.cluster`) works on; its stage
+    records go to ``records/parts/`` and leave the run's stage records and
+    ``records.parquet`` to the pass that joins all variants. None: the whole run.
+    """
 
     path: Path
+    scope: tuple[str, ...] | None = None
+
+    def scoped(self, variants: tuple[str, ...] | list[str] | None) -> Run:
+        """This run restricted to ``variants`` (None: the whole run)."""
+        return Run(self.path, tuple(variants) if variants else None)
+
+    def lock(self, name: str) -> AbstractContextManager[Path]:
+        """Hold the run's write lock ``name`` (blocking): for the files several workers
+        change at once."""
+        return file_lock(self.path / LOCKS_DIR / f"{name}.lock", what=f"{self.path} {name}",
+                         blocking=True)
 
     @property
     def run_id(self) -> str:
@@ -85,18 +105,26 @@ class Run:
 
     # ---- records
     def stage_records_path(self, stage: str) -> Path:
+        """Where the stage's records go: ``records/STAGE.parquet``, or, in a scoped run,
+        ``records/parts/VARIANT[+VARIANT...]/STAGE.parquet``."""
+        if self.scope:
+            return self.path / "records" / "parts" / "+".join(self.scope) / f"{stage}.parquet"
         return self.path / "records" / f"{stage}.parquet"
 
     def write_stage_records(self, stage: str, df: pd.DataFrame) -> Path:
-        """Write one stage's records and refresh the run's combined ``records.parquet``."""
+        """Write one stage's records and refresh the run's combined ``records.parquet``
+        (a scoped run writes its part only)."""
         p = rec.write_records(df, self.stage_records_path(stage))
-        self.refresh_records()
+        if not self.scope:
+            self.refresh_records()
         return p
 
     def refresh_records(self) -> pd.DataFrame:
-        frames = [rec.read_records(f) for f in sorted((self.path / "records").glob("*.parquet"))]
-        df = rec.combine(frames)
-        rec.write_records(df, self.path / "records.parquet")
+        with self.lock("records"):
+            frames = [rec.read_records(f)
+                      for f in sorted((self.path / "records").glob("*.parquet"))]
+            df = rec.combine(frames)
+            rec.write_records(df, self.path / "records.parquet")
         return df
 
     def records(self) -> pd.DataFrame:
@@ -109,9 +137,13 @@ class Run:
             RunDirError: the log cannot be written (disk full, read-only).
         """
         line = f"{datetime.now(UTC).strftime('%H:%M:%S')} {message}"
+        if self.scope:
+            line = f"{line[:8]} [{'+'.join(self.scope)}]{line[8:]}"
         print(line, flush=True)
         try:
-            with open(self.sub("logs", "run.log"), "a", encoding="utf-8") as fh:
+            # appends from workers on other nodes of a shared filesystem are not atomic
+            with self.lock("log"), open(self.sub("logs", "run.log"), "a",
+                                        encoding="utf-8") as fh:
                 fh.write(line + "\n")
         except OSError as exc:
             raise RunDirError(f"{self.path}: cannot write logs/run.log "
@@ -180,16 +212,19 @@ def list_runs(output_root: str | os.PathLike[str]) -> list[Run]:
 def stage_env(run: Run, stage: str) -> None:
     """Record the environment a stage ran in beside env.json: its kernel's packages
     (``stages``, the latest start of each), and every stage start with its machine
-    (``attempts``: a resumed run may finish on another host or GPU than it started on)."""
+    (``attempts``: a resumed run may finish on another host or GPU than it started on; a
+    cluster worker's start names its variants and its Ray node)."""
     env = run.path / "env.json"
-    info = read_json(env) if env.is_file() else {}
-    info.setdefault("stages", {})[stage] = {
-        "python": sys.executable, "packages": {d: v for d in PACKAGES if (v := package_version(d))},
-    }
-    info.setdefault("attempts", []).append(
-        {"stage": stage, "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-         **machine_info()})
-    atomic_write_text(env, json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+    packages = {d: v for d in PACKAGES if (v := package_version(d))}
+    attempt = {"stage": stage, "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+               **machine_info()}
+    if run.scope:
+        attempt["variants"] = list(run.scope)
+    with run.lock("env"):
+        info = read_json(env) if env.is_file() else {}
+        info.setdefault("stages", {})[stage] = {"python": sys.executable, "packages": packages}
+        info.setdefault("attempts", []).append(attempt)
+        atomic_write_text(env, json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def set_cpu_threads(run: Run, stage: str) -> int:

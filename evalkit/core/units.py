@@ -10,7 +10,13 @@ runs resume)::
 
     units/<stage>/<key>.json     one marker per finished unit (its ``info``)
     units/engine/<variant>.json  the engine's verdict on a variant it cannot serve here
-    status.json                  {"stages": {stage: {"state": ..., "time_utc": ...}}}
+    status.json                  {"stages": {stage: {"state": ..., "time_utc": ...}},
+                                  "variants": {variant: {stage: {...}}}}
+
+``status.json["variants"]`` holds the states of the stages a cluster worker ran for its own
+variants (``evalkit run --cluster``, :mod:`evalkit.cluster`); ``status.json["stages"]`` stays
+the run's stages as a whole. Workers on several nodes change the file at once, so every change
+is a read-modify-write under ``locks/status.lock``.
 
 Every stage's ``run_stage(cfg, run)`` returns a :class:`StageResult`: its records and the
 units that did not produce numbers (:class:`Failure`). Failed units are data: they are in
@@ -30,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from evalkit.core.errors import StageError
-from evalkit.core.io import atomic_write_json, read_json
+from evalkit.core.io import atomic_write_json, file_lock, read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -159,6 +165,32 @@ def _safe(key: str) -> str:
 #: written by the runner when it is stopped (:meth:`UnitStore.request_stop`)
 STOP_FILE = "stop-requested.json"
 
+#: set by a cluster worker (:mod:`evalkit.cluster`) for the notebook kernels it starts: the
+#: worker's pid. A kernel that outlived its worker (the worker died) marks no unit done, so a
+#: resume measures the unit again.
+WORKER_PID_ENV = "EVALKIT_WORKER_PID"
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a killed worker its parent has not reaped yet is a zombie: not alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: existence must do
+    return state not in ("Z", "X")
+
+
+
+#: the run's write locks of files several processes change (status.json, env.json, the run
+#: log, the joined records): ``<run>/locks/<name>.lock`` (removed by ``evalkit archive``)
+LOCKS_DIR = "locks"
+
 
 class UnitStore:
     """The run's memory of finished work: unit markers, engine verdicts, stage states."""
@@ -212,12 +244,33 @@ class UnitStore:
             p.unlink()
 
     def _stop_request(self) -> str | None:
+        worker = os.environ.get(WORKER_PID_ENV)
+        if worker and not _alive(int(worker)):
+            return f"its cluster worker (pid {worker}) is gone"
         p = self.root / STOP_FILE
         try:
             req = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         return str(req.get("reason", "stopped")) if req.get("pid") == os.getppid() else None
+
+    def unit_nodes(self, stage: str) -> dict[str, list[str]]:
+        """The nodes the finished units of ``stage`` ran on, as their markers record them
+        (latency points do): ``{node: [variants]}``, the node as ``host`` or ``host (Ray node
+        ID12...)``. Units recorded without a node are left out."""
+        out: dict[str, set[str]] = {}
+        for marker in sorted((self.root / "units" / stage).glob("*.json")):
+            try:
+                info = read_json(marker)
+            except (OSError, ValueError):
+                continue
+            node = info.get("node") if isinstance(info, dict) else None
+            if not isinstance(node, dict) or not node.get("hostname"):
+                continue
+            rid = node.get("ray_node_id")
+            label = str(node["hostname"]) + (f" (Ray node {str(rid)[:12]}...)" if rid else "")
+            out.setdefault(label, set()).add(str(info.get("variant", "?")))
+        return {label: sorted(vs) for label, vs in sorted(out.items())}
 
     def counts(self) -> dict[str, int]:
         """Finished units per stage (engine verdicts are not units)."""
@@ -235,12 +288,31 @@ class UnitStore:
                           {"status": status, "reason": reason, "stage": stage})
 
     # ---- stage states (status.json)
-    def stage_states(self) -> dict[str, dict[str, Any]]:
+    def _status(self) -> dict[str, Any]:
         p = self.root / "status.json"
-        return (read_json(p) if p.is_file() else {"stages": {}})["stages"]
+        data = read_json(p) if p.is_file() else {}
+        data.setdefault("stages", {})
+        return data
 
-    def set_stage_state(self, stage: str, state: str, **extra: object) -> None:
-        states = self.stage_states()
-        states[stage] = {"state": state,
-                         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
-        atomic_write_json(self.root / "status.json", {"stages": states})
+    def stage_states(self) -> dict[str, dict[str, Any]]:
+        """The run's stages as a whole: ``{stage: {"state": ..., "time_utc": ...}}``."""
+        return self._status()["stages"]
+
+    def variant_states(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """What cluster workers ran per variant: ``{variant: {stage: {"state": ...}}}``."""
+        return self._status().get("variants", {})
+
+    def set_stage_state(self, stage: str, state: str, *, variant: str | None = None,
+                        **extra: object) -> None:
+        """Record a stage's state, of the whole run or (``variant``) of one cluster worker's
+        share; read-modify-write under a lock, since workers on other nodes write too."""
+        entry = {"state": state, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 **extra}
+        with file_lock(self.root / LOCKS_DIR / "status.lock",
+                       what=f"{self.root} status.json", blocking=True):
+            data = self._status()
+            if variant is None:
+                data["stages"][stage] = entry
+            else:
+                data.setdefault("variants", {}).setdefault(variant, {})[stage] = entry
+            atomic_write_json(self.root / "status.json", data)

@@ -34,7 +34,8 @@ EPILOG = """\
 commands:
   validate CONFIG...     check study files without loading a model (one line per problem)
   run CONFIG             validate, then execute the four notebooks into a new run directory
-                         (--resume RUN_ID continues an interrupted run, keeping finished work)
+                         (--resume RUN_ID continues an interrupted run, keeping finished work;
+                         --cluster ray[:ADDRESS] runs the variants as Ray tasks)
   runs [ROOT]            list run directories, newest first
   show RUN               print a run's headline records
   index [ROOT]           rebuild ROOT/index.html (every run's report, superseded runs
@@ -73,7 +74,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     run = run_study(args.config, run_id=args.run_id, resume=args.resume,
-                    stages=args.stages, progress=not args.no_progress)
+                    stages=args.stages, progress=not args.no_progress, cluster=args.cluster,
+                    latency_node=args.latency_node, accelerator_type=args.accelerator_type)
     report = run.path / "report.html"
     print(f"run {run.run_id} finished: {run.path}")
     if report.is_file():
@@ -220,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_parser.add_argument("--stages", nargs="+", choices=["quantize", "accuracy", "latency", "report"],
                    help="run only these stages (in pipeline order)")
     cmd_parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    cmd_parser.add_argument("--cluster", metavar="ray[:ADDRESS]",
+                   help="run each variant's quantize, accuracy and latency as Ray tasks: 'ray' "
+                   "starts a local Ray instance, 'ray:ADDRESS' joins a cluster (auto, "
+                   "HOST:PORT); the run directory must be on a filesystem all nodes share "
+                   "(docs/cluster.md)")
+    cmd_parser.add_argument("--latency-node", metavar="NODE",
+                   help="with --cluster: run every latency task on this node (Ray node id, IP "
+                   "or host name)")
+    cmd_parser.add_argument("--accelerator-type", metavar="TYPE",
+                   help="with --cluster: measure latency on this accelerator type (Ray's name, "
+                   "e.g. H100) where the cluster has several")
     cmd_parser.set_defaults(func=_cmd_run)
 
     cmd_parser = sub.add_parser("runs", help="list run directories, newest first")

@@ -295,10 +295,12 @@ def environment_markdown(r: rp.Report) -> str:
         lines.append("- Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items())))
     attempts = env.get("attempts", [])
     if len({machine_id(a) for a in attempts}) > 1:
-        lines += ["", "**This run was resumed on more than one machine** (stage starts, in "
-                  "order; each record's `hardware` column names the device type):", ""]
-        lines += [f"- {a.get('started_utc', '?')} {a.get('stage')}: {machine_id(a)}"
-                  for a in attempts]
+        lines += ["", "**This run ran on more than one machine** (resumed elsewhere, or "
+                  "variants on several cluster nodes; stage starts, in order; each record's "
+                  "`hardware` column names the device type):", ""]
+        lines += [f"- {a.get('started_utc', '?')} {a.get('stage')}"
+                  + (f" ({', '.join(a['variants'])})" if a.get("variants") else "")
+                  + f": {machine_id(a)}" for a in attempts]
     prov = _provenance_lines(r)
     if prov:
         lines += ["", "**Engine provenance (per variant)**", ""] + prov

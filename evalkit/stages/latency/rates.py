@@ -84,8 +84,8 @@ class RateSweep:
         t = self.st.lat.traffic
         for w in workloads if workloads is not None else self.st.lat.traffic_workloads():
             key = capacity_key(v.name, w.name)
-            if self.run.units.done(key):
-                continue
+            if self.run.units.done(key) and self.st.reuse(v, key):
+                continue  # done earlier (an earlier attempt, a cluster worker): its records
             df = rec.make_records([dict(
                 metric="capacity_req_s", stat="value", unit="req/s", higher_is_better=True,
                 value=math.nan, status=kind, note=why[:1000], mode="capacity",

@@ -16,7 +16,7 @@ from evalkit.assets.checkpoints import checkpoint_for
 from evalkit.assets.models import resolve_model
 from evalkit.core import records as rec
 from evalkit.core.config import StudyConfig
-from evalkit.core.environment import hardware_label
+from evalkit.core.environment import hardware_label, node_info
 from evalkit.core.errors import EvalkitError, StageError
 from evalkit.core.run import Run
 from evalkit.core.schemes import SCHEMES, cpu_latency_skip_reason
@@ -147,8 +147,9 @@ class LatencyStage:
     def save_unit(self, v: Variant, key: UnitKey, df: pd.DataFrame, status: str) -> None:
         p = rec.write_records(df, self.run.units.unit_records_path(key))
         self.frames.append(df)
+        # the node each point ran on: points of one study may come from several cluster nodes
         self.run.units.mark(key, {"records": str(p.relative_to(self.run.path)),
-                                  "status": status})
+                                  "status": status, "variant": v.name, "node": node_info()})
 
     def reuse(self, v: Variant, key: UnitKey) -> bool:
         done = self.run.units.done(key)
@@ -183,10 +184,13 @@ class LatencyStage:
         """A variant that cannot be measured in ``mode``: one NaN record (metric tpot_ms, stat
         mean) per point not measured yet, and its points among the failures (``reason``,
         default ``note``). Unsupported points are marked done (deterministic: a resumed run
-        need not try again) and stay among the failures on resume."""
+        need not try again) and stay among the failures on resume; points done earlier (in
+        an earlier attempt, or a cluster worker) keep the records they were saved with."""
         pts = self.points(mode)
         open_pts = [p for p in pts if not self.run.units.done(p.key(v.name))]
-        for p in open_pts:
+        for p in pts:
+            if p not in open_pts and self.reuse(v, p.key(v.name)):
+                continue
             df = nan_point(self.common(v), p, status, note)
             if status == "unsupported":
                 self.save_unit(v, p.key(v.name), df, status)

@@ -26,9 +26,11 @@ def accuracy(ctx: StageContext) -> StageResult:
     if ctx.cfg.accuracy is None:
         return StageResult("accuracy", empty_records())
     # one engine start per variant: its latency points are measured on the accuracy
-    # stage's server before it stops (the latency stage then finds them done)
+    # stage's server before it stops (the latency stage then finds them done). A cluster
+    # worker's share (ctx.variants) leaves latency to its latency stage, which the cluster
+    # schedules where the study's latency may run (one accelerator type, a node to itself)
     before_close = ((lambda session: lat.measure_on(ctx.cfg, ctx.run, session))
-                    if ctx.cfg.latency is not None else None)
+                    if ctx.cfg.latency is not None and ctx.variants is None else None)
     # failed units are data: the notebook shows its tables, then check_stage fails it
     return acc.run_stage(ctx.cfg, ctx.run, before_close=before_close)
 
@@ -37,6 +39,10 @@ def quality(ctx: StageContext) -> StageResult:
     """KL divergence, top-1 agreement and perplexity vs base on held-out text (the study's
     ``quality`` section; empty without it)."""
     if ctx.cfg.quality is None:
+        return StageResult(QUALITY_STAGE, empty_records())
+    if ctx.variants is not None:
+        # every variant against base in one process: the pass after the cluster workers
+        ctx.run.log("quality: left to the pass over all variants")
         return StageResult(QUALITY_STAGE, empty_records())
     return acc.run_quality(ctx.cfg, ctx.run)
 

@@ -7,6 +7,7 @@ DataFrame is accepted too)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,21 +28,48 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @dataclass(frozen=True)
 class StageContext:
+    """``variants``: the share of a cluster worker (``cfg`` then holds only those variants
+    and ``run`` is scoped to them); None: every variant of the study."""
+
     cfg: StudyConfig
     run: Run
     stage: str
+    variants: tuple[str, ...] | None = None
 
 
-def open_stage(config_path: str, run_dir: str | None, stage: str) -> StageContext:
-    """Open the run a notebook writes into (a new one when run interactively without run_dir)."""
+def open_stage(config_path: str, run_dir: str | None, stage: str,
+               variants: Sequence[str] | None = None) -> StageContext:
+    """Open the run a notebook writes into (a new one when run interactively without run_dir).
+
+    Args:
+        config_path: the study file (read when ``run_dir`` is None).
+        run_dir: the run directory; None starts a new run.
+        stage: the stage's name.
+        variants: only these variants (``evalkit run --cluster`` runs each variant's stages
+            in a worker of its own; a string is one name); None: all.
+
+    Raises:
+        StageError: a name in ``variants`` is not a variant of the study.
+    """
     if run_dir:
         run = open_run(run_dir)
         cfg = run.config()
     else:
         cfg = load_study(config_path)
         run = create_run(cfg, Path(config_path))
+    share = None
+    if variants is not None:
+        # one name given as a string (papermill -p variants base) is that one variant
+        share = (variants,) if isinstance(variants, str) else tuple(variants)
+        names = [v.name for v in cfg.variants]
+        unknown = sorted(set(share) - set(names))
+        if unknown or not share:
+            raise StageError(f"{stage}: variants {list(share)} are not a non-empty subset of "
+                             f"the study's variants {names}")
+        cfg = cfg.model_copy(update={"variants": [v for v in cfg.variants if v.name in share]})
+        run = run.scoped(share)
     stage_env(run, stage)
-    return StageContext(cfg, run, stage)
+    return StageContext(cfg, run, stage, share)
 
 
 Records = StageResult | pd.DataFrame
