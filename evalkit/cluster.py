@@ -4,17 +4,18 @@ Why this exists: one machine runs a study's variants one after another; a cluste
 side by side, each on the GPUs it needs, while the run directory stays the one truth (unit
 markers, atomic writes, locks and resume work as they do on one machine).
 
-Per variant, two Ray tasks, each executing that variant's share of the stage notebooks
-(``variants=[name]``, see :func:`evalkit.ui.cells.stage.open_stage`) into the run directory:
+Per variant, one Ray task per stage, each executing that variant's share of the stage's
+notebook (``variants=[name]``, see :func:`evalkit.ui.cells.stage.open_stage`) into the run
+directory, each after the variant's previous stage (:func:`stage_options`):
 
-* **work**: stages quantize and accuracy, with ``num_gpus = tensor_parallel_size x
-  pipeline_parallel_size`` of the study's engine (none on a CPU engine), on any node;
-* **latency**: stage latency, after the variant's work task, where the study's latency may
-  run (:func:`latency_options`): on a GPU engine, on nodes of one accelerator type (Ray's
-  ``accelerator_type`` resource; ``--accelerator-type`` picks one when the cluster has
-  several) or on one node for all latency (``--latency-node``); on a CPU engine, on one node
-  (the driver's unless named) and holding all of its CPUs, so no other work shares the cores
-  while a point is measured.
+* **quantize**, then **accuracy**: with ``num_gpus = tensor_parallel_size x
+  pipeline_parallel_size`` of the study's engine, on any node (on a CPU engine, quantize
+  takes one CPU and accuracy a node's worth of CPUs);
+* **latency**: where the study's latency may run (:func:`latency_options`): on a GPU engine,
+  on nodes of one accelerator type (Ray's ``accelerator_type`` resource;
+  ``--accelerator-type`` picks one when the cluster has several) or on one node for all
+  latency (``--latency-node``); on a CPU engine, on one node (the driver's unless named) and
+  holding all of its CPUs, so no other work shares the cores while a point is measured.
 
 The runner then executes the stages once more over all variants: they find every unit done,
 join the records (paired deltas against base), run the quality step (every variant against
@@ -42,8 +43,8 @@ from evalkit.core.errors import ClusterError, StageError
 from evalkit.core.run import Run, open_run
 from evalkit.core.units import WORKER_PID_ENV
 
-#: the stages a variant's worker runs; the others (report) run once over all variants
-WORK_STAGES = ("quantize", "accuracy")
+#: the stages that run per variant, each a task; the report runs once over all variants
+VARIANT_STAGES = ("quantize", "accuracy", "latency")
 LATENCY_STAGE = "latency"
 
 #: the Ray release evalkit is tested with (the ``cluster`` extra pins it)
@@ -221,43 +222,71 @@ def check_fits(ray: Any, cfg: StudyConfig) -> None:
                            "engine) with --cluster")
 
 
-def run_share(run_path: str, variant: str, stages: Sequence[Any], execute: Callable[..., Any],
-              after: Any = None) -> dict[str, Any]:
-    """The body of a Ray task: execute ``stages`` for ``variant`` into the run directory.
+def run_share(run_path: str, variant: str, stage: Any, execute: Callable[..., Any],
+              after: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The body of a Ray task: execute ``stage`` for ``variant`` into the run directory.
 
-    ``after`` is the result of the task this one waits for (Ray passes it once that task
-    has finished); it is not used. A stage that fails in some units is reported, and the next
-    stage still runs when the failed one wrote its records (as on one machine).
+    ``after`` is the result of the variant's previous stage (Ray passes it once that task
+    has finished). When that stage failed without writing its records (nothing to build
+    on), this one is skipped, as the runner skips later stages on one machine; a stage that
+    failed in some units only is reported and the next one runs on what it finished.
 
     Returns:
-        ``{"variant", "hostname", "node_id", "seconds", "errors"}``.
+        ``{"variant", "hostname", "node_id", "seconds", "errors", "stopped"}``.
     """
     import ray  # noqa: PLC0415 -- runs inside a Ray worker
 
     t0 = time.monotonic()
     node_id = ray.get_runtime_context().get_node_id()
-    # the notebook kernels inherit these: the node each unit ran on, and the worker whose
-    # death must stop them from marking units done
-    os.environ[RAY_NODE_ENV] = node_id
-    os.environ[WORKER_PID_ENV] = str(os.getpid())
-    run = open_run(run_path)
-    errors: list[str] = []
-    for stage in stages:
+    result = {"variant": variant, "hostname": platform.node(), "node_id": node_id,
+              "errors": [], "stopped": bool(after and after.get("stopped"))}
+    if not result["stopped"]:
+        # the notebook kernels inherit these: the node each unit ran on, and the worker whose
+        # death must stop them from marking units done
+        os.environ[RAY_NODE_ENV] = node_id
+        os.environ[WORKER_PID_ENV] = str(os.getpid())
+        run = open_run(run_path)
         try:
             execute(run, stage, progress=False, variants=[variant])
         except StageError as exc:
-            errors.append(str(exc))
-            if not run.scoped([variant]).stage_records_path(stage.name).is_file():
-                break
-    return {"variant": variant, "hostname": platform.node(), "node_id": node_id,
-            "seconds": time.monotonic() - t0, "errors": errors}
+            result["errors"] = [str(exc)]
+            result["stopped"] = not run.scoped([variant]).stage_records_path(stage.name).is_file()
+    result["seconds"] = time.monotonic() - t0
+    return result
+
+
+def stage_options(ray: Any, cfg: StudyConfig, placement: Placement,
+                  stages: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The Ray resources of each stage's task of a variant.
+
+    quantize: 1 CPU and the variant's GPUs. accuracy: the same on a GPU engine; on a CPU
+    engine a node's worth of CPUs (the smallest node's count), since vLLM's CPU backend and
+    torch use every core and the study's memory settings (``gpu_memory_utilization`` is a
+    share of RAM there) are sized for one engine per machine. latency:
+    :func:`latency_options`.
+
+    Raises:
+        ClusterError: as :func:`latency_options`.
+    """
+    gpus = variant_gpus(cfg)
+    out: dict[str, dict[str, Any]] = {"quantize": {"num_cpus": 1, "num_gpus": gpus}}
+    if gpus:
+        out["accuracy"] = {"num_cpus": 1, "num_gpus": gpus}
+    else:
+        cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in _alive_nodes(ray)]
+        out["accuracy"] = {"num_cpus": min((c for c in cpus if c >= 1), default=1.0),
+                           "num_gpus": 0}
+    if LATENCY_STAGE in stages:
+        out[LATENCY_STAGE] = latency_options(ray, cfg, placement)
+    return out
 
 
 def run_variants(run: Run, cfg: StudyConfig, stages: Sequence[Any], execute: Callable[..., Any],
                  spec: ClusterSpec, placement: Placement = Placement(), *,
                  progress: bool = True) -> list[str]:
     """Run each variant's share of ``stages`` (quantize, accuracy, latency; as
-    :class:`evalkit.runner.Stage`) as Ray tasks; return when all have ended.
+    :class:`evalkit.runner.Stage`) as Ray tasks, one per variant and stage, each after the
+    variant's previous one; return when all have ended.
 
     Args:
         run: the run directory (on a filesystem every node mounts at the same path).
@@ -284,22 +313,17 @@ def run_variants(run: Run, cfg: StudyConfig, stages: Sequence[Any], execute: Cal
     try:
         gpus = variant_gpus(cfg)
         check_fits(ray, cfg)
-        work = [s for s in stages if s.name in WORK_STAGES]
-        latency = [s for s in stages if s.name == LATENCY_STAGE]
-        lat_opts = latency_options(ray, cfg, placement) if latency else {}
+        options = stage_options(ray, cfg, placement, [s.name for s in stages])
         task = ray.remote(run_share)
         tasks: dict[Any, tuple[str, str]] = {}
         for v in cfg.variants:
-            prev = None
-            if work:
-                prev = task.options(num_cpus=1, num_gpus=gpus, max_retries=0,
-                                    name=f"evalkit {v.name} {'+'.join(s.name for s in work)}",
-                                    ).remote(str(run.path), v.name, work, execute)
-                tasks[prev] = (v.name, "+".join(s.name for s in work))
-            if latency:
-                ref = task.options(**lat_opts, max_retries=0, name=f"evalkit {v.name} latency",
-                                   ).remote(str(run.path), v.name, latency, execute, prev)
-                tasks[ref] = (v.name, LATENCY_STAGE)
+            prev = None  # each stage of a variant waits for the one before it
+            for stage in stages:
+                prev = task.options(**options[stage.name], max_retries=0,
+                                    name=f"evalkit {v.name} {stage.name}",
+                                    ).remote(str(run.path), v.name, stage, execute, prev)
+                tasks[prev] = (v.name, stage.name)
+        lat_opts = options.get(LATENCY_STAGE, {})
         where = {k: v for k, v in lat_opts.items() if k != "scheduling_strategy"}
         if "scheduling_strategy" in lat_opts:
             where["node"] = lat_opts["scheduling_strategy"].node_id
@@ -336,9 +360,13 @@ def _wait(ray: Any, run: Run, tasks: dict[Any, tuple[str, str]], progress: bool,
                     run.log(f"cluster: {name} {what} LOST: {type(exc).__name__}: {first}")
                     continue
                 errors += res["errors"]
+                if res["stopped"] and not res["errors"]:
+                    run.log(f"cluster: {name} {what} skipped (an earlier stage of {name} "
+                            "wrote no records)")
+                    continue
                 run.log(f"cluster: {name} {what} ended on {res['hostname']} (node "
                         f"{res['node_id'][:12]}) in {res['seconds']:.0f} s"
-                        + (f"; {len(res['errors'])} stage(s) failed" if res["errors"] else ""))
+                        + (" (FAILED)" if res["errors"] else ""))
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
