@@ -93,12 +93,9 @@ class Placement:
 
 def variant_gpus(cfg: StudyConfig) -> int:
     """GPUs one variant's engine uses: ``tensor_parallel_size x pipeline_parallel_size``
-    (``pipeline_parallel_size`` read with a default of 1, for engine specs without it); 0 on a
-    CPU engine."""
+    (:attr:`~evalkit.core.specs.EngineSpec.gpus_per_engine`); 0 on a CPU engine."""
     engine = cfg.engine
-    if engine.device == "cpu":
-        return 0
-    return int(engine.tensor_parallel_size) * int(getattr(engine, "pipeline_parallel_size", 1) or 1)
+    return 0 if engine.device == "cpu" else int(engine.gpus_per_engine)
 
 
 def require_ray() -> Any:
@@ -206,8 +203,8 @@ def check_fits(ray: Any, cfg: StudyConfig) -> None:
     Raises:
         ClusterError: no node has the GPUs one variant's engine needs (a task runs on one
             node; Ray would keep it pending for ever), or the engine would start Ray
-            workers of its own (``distributed_executor_backend: ray``) for GPUs its task
-            already holds.
+            workers of its own (``engine.executor: ray``) for GPUs its task already
+            holds.
     """
     gpus = variant_gpus(cfg)
     most = max((float(n.get("Resources", {}).get("GPU", 0)) for n in _alive_nodes(ray)),
@@ -216,10 +213,11 @@ def check_fits(ray: Any, cfg: StudyConfig) -> None:
         raise ClusterError(f"a variant's engine needs {gpus} GPUs (tensor_parallel_size x "
                            f"pipeline_parallel_size) on one node; the largest node of this "
                            f"cluster has {most:g}")
-    if gpus and getattr(cfg.engine, "distributed_executor_backend", None) == "ray":
-        raise ClusterError("engine.distributed_executor_backend: ray under --cluster: the "
-                           "variant's task already holds its GPUs; use mp (one node per "
-                           "engine) with --cluster")
+    if gpus and cfg.engine.executor == "ray":
+        raise ClusterError("engine.executor: ray under --cluster: the variant's task already "
+                           "holds its GPUs, and vLLM's Ray executor would ask the cluster for "
+                           "them again; allowed with --cluster: executor auto or mp (one node "
+                           "per engine)")
 
 
 def run_share(run_path: str, variant: str, stage: Any, execute: Callable[..., Any],

@@ -28,6 +28,7 @@ from evalkit import cluster as cl
 from evalkit.core import records as rec
 from evalkit.core.errors import ClusterError
 from evalkit.core.run import Run
+from evalkit.core.specs import EngineSpec
 from evalkit.core.units import WORKER_PID_ENV, UnitKey, UnitStore
 
 # ------------------------------------------------------------------ without Ray running
@@ -45,7 +46,7 @@ def test_cluster_spec_parse():
 
 def test_gpus_per_variant_task():
     def cfg(**engine):
-        return SimpleNamespace(engine=SimpleNamespace(**engine))
+        return SimpleNamespace(engine=EngineSpec(**engine))
 
     assert cl.variant_gpus(cfg(device="cpu", tensor_parallel_size=1)) == 0
     assert cl.variant_gpus(cfg(device="cuda", tensor_parallel_size=2)) == 2
@@ -64,8 +65,7 @@ def _fake_ray(*nodes: tuple[str, str, dict[str, float]]) -> SimpleNamespace:
 
 
 def _gpu_study(tp: int = 1, **engine) -> SimpleNamespace:
-    return SimpleNamespace(engine=SimpleNamespace(device="cuda", tensor_parallel_size=tp,
-                                                  **engine))
+    return SimpleNamespace(engine=EngineSpec(device="cuda", tensor_parallel_size=tp, **engine))
 
 
 def test_latency_runs_on_one_accelerator_type_or_one_node():
@@ -94,8 +94,9 @@ def test_a_variant_that_fits_no_node_is_refused_before_any_task():
     cl.check_fits(ray, _gpu_study(4))
     with pytest.raises(ClusterError, match="needs 8 GPUs .* largest node of this cluster has 4"):
         cl.check_fits(ray, _gpu_study(4, pipeline_parallel_size=2))
-    with pytest.raises(ClusterError, match="distributed_executor_backend: ray"):
-        cl.check_fits(ray, _gpu_study(2, distributed_executor_backend="ray"))
+    with pytest.raises(ClusterError, match="engine.executor: ray under --cluster"):
+        cl.check_fits(ray, _gpu_study(2, executor="ray"))
+    cl.check_fits(ray, _gpu_study(2, executor="mp"))
 
 
 def test_missing_ray_is_one_clear_error(monkeypatch):
