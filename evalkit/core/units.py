@@ -170,6 +170,7 @@ STOP_FILE = "stop-requested.json"
 #: resume measures the unit again.
 WORKER_PID_ENV = "EVALKIT_WORKER_PID"
 
+
 def _alive(pid: int) -> bool:
     """``pid`` runs (a killed worker its parent has not reaped yet is a zombie: not alive)."""
     try:
@@ -184,7 +185,6 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True  # no /proc: existence must do
     return state not in ("Z", "X")
-
 
 
 #: the run's write locks of files several processes change (status.json, env.json, the run
