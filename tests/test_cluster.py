@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import yaml
+from procs import marked_processes
 from smoke_study import REPO, evalkit
 
 from evalkit import cluster as cl
@@ -292,21 +293,7 @@ MARK = "EVALKIT_CLUSTER_MARK"
 
 def _marked_engines(token: str) -> list[str]:
     """Live kernel or engine processes whose environment carries ``MARK=token``."""
-    want = f"{MARK}={token}".encode()
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if want not in (d / "environ").read_bytes():
-                continue
-            state = (d / "stat").read_text().rsplit(")", 1)[-1].split()[0]
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if state != "Z" and re.search(r"vllm|VLLM|EngineCore|ipykernel", cmd):
-            found.append(f"{d.name}: {cmd[:120]}")
-    return found
+    return marked_processes(MARK, token)
 
 
 def _unit_names(run_dir: Path) -> list[str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from procs import marked_processes
 
 from evalkit import engine as eng
 from evalkit.core import records as rec
@@ -41,7 +42,6 @@ REPO = Path(__file__).resolve().parent.parent
 MARK = "EVALKIT_FAULT_MARK"
 ENGINE = {"enforce_eager": True, "gpu_memory_utilization": 0.1, "max_model_len": 256,
           "startup_timeout_s": 300}
-_ENGINE_PROC = re.compile(r"vllm|VLLM|EngineCore|ipykernel")
 
 
 # ------------------------------------------------------------------------- processes
@@ -62,22 +62,7 @@ def _mark_children() -> Iterator[str]:
 
 def engine_processes(token: str) -> list[str]:
     """Live engine/kernel processes started by this module (pid and command line)."""
-    want = f"{MARK}={token}".encode()
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            if want not in (d / "environ").read_bytes():
-                continue
-            state = (d / "stat").read_text().rsplit(")", 1)[-1].split()[0]
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            comm = (d / "comm").read_text().strip()
-        except OSError:
-            continue
-        if state != "Z" and _ENGINE_PROC.search(f"{comm} {cmd}"):
-            found.append(f"{d.name} {comm}: {cmd[:160]}")
-    return found
+    return marked_processes(MARK, token)
 
 
 def assert_no_engine_processes(token: str, wait_s: float = 20.0) -> None:
