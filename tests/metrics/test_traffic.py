@@ -107,6 +107,37 @@ def test_stable_stream_is_not_saturated_even_with_long_latencies():
     assert f.achieved_rate_req_s == pytest.approx(f.arrival_rate_req_s, rel=0.1)
 
 
+def _chat_latencies(n: int, seed: int) -> np.ndarray:
+    """E2E seconds of a chat mix on an H100 (bf16 at 13 req/s: median ~2.2 s, p90 ~5 s, up
+    to ~8 s)."""
+    return np.clip(np.random.default_rng(seed).lognormal(math.log(2.1), 0.65, n), 0.3, 8.0)
+
+
+def test_a_stream_starting_on_an_empty_server_is_not_read_as_saturated():
+    # a 6 s trial at 13 req/s whose requests take up to ~8 s: the server starts empty, so few
+    # of them have completed while the window is sent; TTFT stays flat (no queue)
+    sends = poisson_sends(79, rate=13.0, seed=15)
+    lat, ttft = _chat_latencies(79, seed=16), np.full(79, 0.07)
+    ok = np.ones(79, bool)
+    w = steady_window(sends, warmup_pct=10, cooldown_pct=10, by="requests")
+    f = flow(sends, lat, ttft, ok, w)
+    assert not f.saturated and not f.flow_judged
+    # counted over the whole window (which spans over two median latencies) the completions
+    # lag the arrivals by more than the noise allowance for its 63 requests (1 - 2 sqrt(2/63)
+    # = 0.64): the reason the fill is waited out
+    done = sends + lat
+    t0, t1 = sends[w.mask].min(), sends[w.mask].max()
+    assert t1 - t0 > 2 * np.median(lat[w.mask])
+    assert ((done >= t0) & (done <= t1)).sum() / (t1 - t0) < 0.64 * f.arrival_rate_req_s
+    # the same stream over 60 s is judged after the fill, and completes as fast as it arrives
+    sends = poisson_sends(780, rate=13.0, seed=9)
+    lat, ttft = _chat_latencies(780, seed=10), np.full(780, 0.07)
+    w = steady_window(sends, warmup_pct=10, cooldown_pct=10, by="requests")
+    f = flow(sends, lat, ttft, np.ones(780, bool), w)
+    assert f.flow_judged and not f.saturated
+    assert f.achieved_rate_req_s == pytest.approx(f.arrival_rate_req_s, rel=0.1)
+
+
 def test_growing_queue_is_saturated_with_reason():
     sends = poisson_sends(200, rate=2.0, seed=4)
     lat, ttft = fifo_queue(sends, service_s=0.8)  # serves 1.25 req/s < 2 arriving

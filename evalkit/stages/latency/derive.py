@@ -137,11 +137,15 @@ def _rate_rows(summary: Mapping[str, Any], fields: Mapping[str, Any], windows: l
              note="requests sent in the window / its sending span (mean over trials)"),
         dict(metric="achieved_rate_req_s", stat="value", unit="req/s", higher_is_better=True,
              value=mean([f.achieved_rate_req_s for f in flows]), n=n_win, **fields,
-             note="completions inside the window's sending span / that span (mean over "
-                  "trials)"),
+             note="completions inside the window's sending span once the server filled "
+                  "(the trial's first send + the window's longest E2E) / that span, mean over "
+                  "trials" + ("" if all(f.flow_judged for f in flows) else
+                              "; a trial shorter than that: the whole span, not judged")),
         dict(metric="saturated", stat="value", unit="bool", higher_is_better=False,
              value=1.0 if saturated else 0.0, n=len(flows), **fields,
-             note=reason or "queue steady through the window"),
+             note=reason or ("queue steady through the window" if all(
+                 f.flow_judged for f in flows) else "no TTFT growth, failures or client wait; "
+                 "the achieved rate not judged: a trial shorter than its fill")),
         dict(metric="window_requests", stat="value", unit="count", higher_is_better=True,
              value=float(n_win), n=n_win, **fields, note=how or None),
     ]
