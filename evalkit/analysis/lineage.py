@@ -5,8 +5,8 @@ shape). The output root holding them says so in one small committed file, so tha
 has to be deleted to stop an old figure from answering::
 
     # outputs/reference/supersedes.yaml
-    - run: hopper-llama8b-schemes-chat/r1        # STUDY/RUN_ID under this root
-      supersedes: [hopper-llama8b-claim/r1]   # runs it replaces, under this root
+    - run: hopper-llama8b-schemes-chat/r1      # STUDY/RUN_ID under this root
+      supersedes: [hopper-llama8b-traffic/r1]   # runs it replaces, under this root
       why: five schemes and capacity at the SLO under the chat mix
 
 The index (:mod:`evalkit.analysis.index`) marks every superseded run and names its
