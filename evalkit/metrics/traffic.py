@@ -28,7 +28,7 @@ from evalkit.core.errors import StageError
 #: Saturated when the achieved completion rate is below this fraction of the arrival rate:
 #: the server completes requests slower than they arrive, so the queue grows. With few
 #: requests the two rates are noisy (each a count of about Poisson variance), so the fraction
-#: is lowered to ``1 - 2 x sqrt(2 / k)`` when that is smaller (k: ok window requests): two
+#: is lowered to ``1 - 2 x sqrt(2 / k)`` when that is smaller (k: window arrivals counted): two
 #: standard deviations of the ratio of two rate estimates of k events.
 ACHIEVED_MIN = 0.9
 #: The achieved-rate test counts completions only once the server has filled: from the
@@ -136,7 +136,8 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
     ``achieved`` = completions (send + latency) of any of the trial's ok requests inside the
     window's sending interval once the server has filled (from the trial's first send plus
     the longest E2E latency of the window's ok requests), per second of that span; the whole
-    sending interval when nothing is left of it (then it is not judged). In a steady state as
+    sending interval when fewer than ``FLOW_MIN_ARRIVALS`` window requests are sent after the
+    fill (then it is not judged). In a steady state as
     many requests finish per second as arrive, whatever the latency distribution; a growing
     queue finishes at the service rate. (A rate from the completion span of the window's own
     requests is biased by the latency spread: with outputs of 16 to 1024 tokens, a stable
@@ -178,14 +179,11 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
     t0, t1 = (float(send.min()), float(send.max())) if send.size else (0.0, 0.0)
     # the server starts empty: count completions once the window's longest request, sent
     # with the trial's first, would have finished
-    longest = float(np.max(lat[good & np.isfinite(lat)])) if (good & np.isfinite(lat)).any() \
-        else math.nan
-    filled = max(t0, float(np.nanmin(all_send)) + longest) if math.isfinite(longest) else t0
-    if filled >= t1:
-        filled = t0  # nothing left after the fill: the rate over the window, not judged
-        counted = 0
-    else:
-        counted = int(((send >= filled) & (send <= t1)).sum())
+    lats = lat[good & np.isfinite(lat)]
+    filled = max(t0, float(np.nanmin(all_send)) + float(lats.max())) if lats.size else t1
+    counted = int(((send >= filled) & (send <= t1)).sum()) if filled < t1 else 0
+    if counted < FLOW_MIN_ARRIVALS:
+        filled = t0  # too little left after the fill: the rate over the window, not judged
     achieved = (float(((done_at >= filled) & (done_at <= t1)).sum()) / (t1 - filled)
                 if t1 > filled else math.nan)
     failed = int((~good).sum())

@@ -140,7 +140,7 @@ def _rate_rows(summary: Mapping[str, Any], fields: Mapping[str, Any], windows: l
              note="completions inside the window's sending span once the server filled "
                   "(the trial's first send + the window's longest E2E) / that span, mean over "
                   "trials" + ("" if all(f.flow_judged for f in flows) else
-                              "; a trial shorter than that: the whole span, not judged")),
+                              "; a trial too short for that: the whole span, not judged")),
         dict(metric="saturated", stat="value", unit="bool", higher_is_better=False,
              value=1.0 if saturated else 0.0, n=len(flows), **fields,
              note=reason or ("queue steady through the window" if all(
