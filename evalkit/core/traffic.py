@@ -88,6 +88,12 @@ class TrafficSpec(SpecModel):
         1.3, ge=1, le=4,
         description="automatic sweep: the top rate is this x the first variant's saturation "
         "rate (a faster variant then still meets a rate it cannot sustain).")
+    extend: int = Field(
+        0, ge=0, le=8,
+        description="when every rate of a variant's sweep passes (sustained, within the SLO), "
+        "up to this many more rates one grid step apart, each measured only while the one "
+        "before it passed (the same extra rates and prompts for every variant that needs "
+        "them); 0: the capacity of such a variant is only 'at least the top rate'.")
     burstiness: float = Field(
         1.0, gt=0, description="arrival process: 1 = Poisson; < 1 burstier (gamma "
         "inter-arrival times, vLLM's --burstiness); > 1 more regular.")
@@ -173,6 +179,21 @@ def effective_load(load: str, concurrency: int, request_rate: float,
             and requests_per_trial <= concurrency):
         return "burst"
     return load
+
+
+def extension_rates(rates: list[float] | tuple[float, ...], n: int) -> list[float]:
+    """``n`` rates continuing ``rates`` past its top, one grid step (its last spacing, or the
+    top rate itself for a single rate) apart, 3 significant digits."""
+    if not rates or n <= 0:
+        return []
+    top = float(rates[-1])
+    step = top - float(rates[-2]) if len(rates) >= 2 else top
+    out: list[float] = []
+    for k in range(1, n + 1):
+        r = float(f"{top + step * k:.3g}")
+        if r > (out[-1] if out else top):
+            out.append(r)
+    return out
 
 
 def auto_rates(sync_rate: float, saturation_rate: float, n: int, headroom: float) -> list[float]:

@@ -21,7 +21,13 @@ from evalkit.core import records as rec
 from evalkit.core.config import StudyConfig, read_study
 from evalkit.core.errors import AssetError, ConfigError, EngineError
 from evalkit.core.specs import LatencySpec, Workload
-from evalkit.core.traffic import Lengths, TrafficSpec, auto_rates, load_label
+from evalkit.core.traffic import (
+    Lengths,
+    TrafficSpec,
+    auto_rates,
+    extension_rates,
+    load_label,
+)
 from evalkit.metrics import validity as val
 from evalkit.stages.latency.client import bench_command, vllm_range_ratio
 from evalkit.stages.latency.derive import server_point_records
@@ -89,6 +95,14 @@ def test_points_of_a_sweep_and_their_load_labels():
 def test_auto_rates_span_sync_to_headroom():
     assert auto_rates(1.0, 10.0, 3, 1.3) == [5.0, 9.0, 13.0]
     assert auto_rates(2.0, 1.0, 2, 1.0) == [3.0, 4.0]  # saturation below sync: doubles sync
+
+
+def test_extension_rates_continue_the_grid():
+    assert extension_rates([3.9, 6.97, 10.0, 13.1], 2) == [16.2, 19.3]
+    assert extension_rates([2.0], 3) == [4.0, 6.0, 8.0]
+    assert extension_rates([1.0, 2.0], 0) == [] and extension_rates([], 2) == []
+    with pytest.raises(ValueError, match="extend"):
+        TrafficSpec.model_validate({"extend": 9})
 
 
 def test_throughput_point_sends_at_least_two_waves():
@@ -265,6 +279,38 @@ def test_a_mix_without_its_prompt_text_fails_before_any_engine_starts(tmp_path, 
     with pytest.raises(AssetError, match="task pack"):
         run_stage(cfg, run, checkpoints={"base": model.path}, resolved=model)
     assert not list((run.path / "logs").glob("vllm-server-*")), "a server was started"
+
+
+@pytest.mark.slow
+def test_a_sweep_that_passes_every_rate_is_extended_on_cpu(tmp_path):
+    from evalkit.core.run import Run
+
+    model = _gemma()
+    cfg = StudyConfig.model_validate({
+        "study": "t", "model": {"source": "packaged", "name": "gemma3-270m"},
+        "variants": [{"name": "base", "scheme": "base"}],
+        "latency": {
+            "workloads": [MIX.model_dump(mode="json")], "concurrency": [1],
+            "num_prompts": 3, "prompts_per_concurrency": 1, "warmups": 1, "trials": 1,
+            "traffic": {"rates": [0.5, 1.0], "extend": 2, "duration_s": 6, "min_requests": 6,
+                        "sync_requests": 3, "max_concurrency": 4}},
+        "engine": {"enforce_eager": True, "max_model_len": 512},
+        "report": {"slo": {"ttft_ms": 60000, "tpot_ms": 5000}},
+        "output_root": str(tmp_path)})
+    run = Run(tmp_path / "t" / "r1")
+    for d in ("records", "raw", "units", "logs"):
+        (run.path / d).mkdir(parents=True)
+    df = run_stage(cfg, run, checkpoints={"base": model.path}, resolved=model).records
+    # both rates met the (lenient) SLO unsaturated: the sweep went on at 1.5 (and 2) req/s
+    rates = set(df[(df["mode"] == "server") & (df.metric == "saturated")].request_rate)
+    assert {0.5, 1.0, 1.5} <= rates <= {0.5, 1.0, 1.5, 2.0}, rates
+    assert "extending the sweep to 1.5, 2 req/s" in (run.path / "logs/run.log").read_text()
+    cap = json.loads((run.path / "raw/latency/base/capacity_chat.json").read_text())
+    assert cap["rates"][:3] == [0.5, 1.0, 1.5]
+    # a rerun finds everything done, starts no server and keeps the extension's records
+    again = run_stage(cfg, run, checkpoints={"base": model.path}, resolved=model).records
+    assert set(again[(again["mode"] == "server") & (again.metric == "saturated")]
+               .request_rate) == rates
 
 
 def detail_tok(path):

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from evalkit.core import records as rec
-from evalkit.core.errors import EngineError
+from evalkit.core.errors import EngineError, StageError
 from evalkit.core.io import atomic_write_json, json_exists, read_json
 from evalkit.core.specs import Variant, Workload
-from evalkit.core.traffic import auto_rates, load_label
+from evalkit.core.traffic import auto_rates, extension_rates, load_label
 from evalkit.core.units import UnitKey
 from evalkit.metrics import traffic as tr
 from evalkit.stages.latency.derive import PointData, server_point_records
@@ -60,11 +60,13 @@ class RateSweep:
                    for w in self.st.lat.traffic_workloads())
 
     def reuse_done(self, v: Variant, bar: Any) -> None:
-        """Records of sweeps finished earlier in this run (and their points) into the stage."""
+        """Records of sweeps finished earlier in this run (and their points, extensions
+        included) into the stage."""
         for w in self.st.lat.traffic_workloads():
             if self.st.reuse(v, capacity_key(v.name, w.name)):
-                for p in rate_points(self.st.lat, w, self.known_rates(w) or []):
-                    self.st.reuse(v, p.key(v.name))
+                for p in rate_points(self.st.lat, w, self.swept_rates(w)):
+                    if self.run.units.done(p.key(v.name)):
+                        self.st.reuse(v, p.key(v.name))
                 bar.update(self.planned())
 
     def planned(self) -> int:
@@ -107,6 +109,14 @@ class RateSweep:
         f = self.st.raw / RATES_FILE
         got = read_json(f).get(w.name) if json_exists(f) else None
         return list(got["rates"]) if got else None
+
+    def swept_rates(self, w: Workload) -> list[float]:
+        """Every rate a sweep of ``w`` may have measured: the run's rates and their
+        extensions (``traffic.extend``); a variant measured the extensions only while the
+        rate before passed."""
+        known = self.known_rates(w) or []
+        t = self.st.lat.traffic
+        return known + (extension_rates(known, t.extend) if t is not None else [])
 
     def rates_for(self, v: Variant, w: Workload) -> list[float]:
         """The sweep's rates: the study's, the run's, or spread from ``v``'s anchors."""
@@ -179,15 +189,57 @@ class RateSweep:
                     bar.update(len(rest))
                     break
             bar.update(max(0, self.planned() - len(pts)))
+            if measured and len(measured) == len(pts):
+                measured += self._extend(v, w, rates, measured, measure)
             self.write_capacity(v, w, measured)
+
+    def _extend(self, v: Variant, w: Workload, rates: list[float],
+                measured: list[tuple[Point, PointData]],
+                measure: Callable[[Point], PointData | None]) -> list[tuple[Point, PointData]]:
+        """Rates past the top, one grid step apart, while the last one measured passed:
+        without them a variant that meets the SLO at every rate has only a lower bound."""
+        t = self.st.lat.traffic
+        extra = extension_rates(rates, t.extend) if t is not None else []
+        out: list[tuple[Point, PointData]] = []
+        last_p, last_d = measured[-1]
+        for p in rate_points(self.st.lat, w, extra):
+            if not self._passes(v, last_p, last_d):
+                break
+            if not out:
+                self.run.log(f"latency: {v.name} {w.name}: every rate passed up to "
+                             f"{last_p.request_rate:g} req/s; extending the sweep to "
+                             f"{', '.join(f'{r:g}' for r in extra)} req/s while they pass")
+            if self.st.reuse(v, p.key(v.name)):
+                data = load_point_data(self.st, self.st.raw / v.name, p)
+            else:
+                data = measure(p)
+            if data is None:
+                break
+            out.append((p, data))
+            last_p, last_d = p, data
+        return out
+
+    def _limits(self) -> dict[str, float]:
+        return {metric: limit for metric, limit in self.st.cfg.report.slo.limits().items()
+                if metric in ("ttft_ms", "tpot_ms", "e2el_ms")}
+
+    def _passes(self, v: Variant, p: Point, data: PointData) -> bool:
+        """Whether a rate point is valid, sustained and within every SLO limit."""
+        limits = self._limits()
+        if data.saturated or not limits or not self._valid(v, p):
+            return False
+        try:
+            margin = tr.slo_margin(data.samples, limits, self.st.cfg.report.slo.percentile)
+        except StageError:
+            return False
+        return margin <= 1.0
 
     def write_capacity(self, variant: Variant, workload: Workload,
                        measured: list[tuple[Point, PointData]]) -> None:
         """Capacity at the SLO of ``variant`` under ``workload``'s traffic: records and the raw draws."""
         st, cfg = self.st, self.st.cfg
         slo = cfg.report.slo
-        limits = {metric: limit for metric, limit in slo.limits().items()
-                  if metric in ("ttft_ms", "tpot_ms", "e2el_ms")}
+        limits = self._limits()
         valid = [(point, data) for point, data in measured if self._valid(variant, point)]
         left_out = len(measured) - len(valid)
         load = load_label(1.0, lengths_vary=workload.lengths_vary,

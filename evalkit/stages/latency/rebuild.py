@@ -141,7 +141,7 @@ def _capacities(st: LatencyStage, cfg: Any) -> list[pd.DataFrame]:
             if not st.run.units.done(capacity_key(v.name, w.name)):
                 continue
             measured = []
-            for p in rate_points(cfg.latency, w, sweep.known_rates(w) or []):
+            for p in rate_points(cfg.latency, w, sweep.swept_rates(w)):
                 data = load_point_data(st, st.raw / v.name, p) if st.run.units.done(
                     p.key(v.name)) else None
                 if data is not None:
