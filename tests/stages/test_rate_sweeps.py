@@ -294,7 +294,7 @@ def test_a_sweep_that_passes_every_rate_is_extended_on_cpu(tmp_path):
             "num_prompts": 3, "prompts_per_concurrency": 1, "warmups": 1, "trials": 1,
             "traffic": {"rates": [0.5, 1.0], "extend": 2, "duration_s": 6, "min_requests": 6,
                         "sync_requests": 3, "max_concurrency": 4}},
-        "engine": {"enforce_eager": True, "max_model_len": 512},
+        "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.2, "max_model_len": 512},
         "report": {"slo": {"ttft_ms": 60000, "tpot_ms": 5000}},
         "output_root": str(tmp_path)})
     run = Run(tmp_path / "t" / "r1")
