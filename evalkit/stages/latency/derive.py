@@ -126,6 +126,7 @@ def _rate_rows(summary: Mapping[str, Any], fields: Mapping[str, Any], windows: l
         return float(np.mean(xs)) if xs else math.nan
 
     n_win = sum(w.n for w in windows)
+    judged = all(f.flow_judged for f in flows)
     how = "; ".join(f"trial {i}: {w.how}" for i, w in enumerate(windows))[:900]
     return [
         dict(metric="offered_rate_req_s", stat="value", unit="req/s", higher_is_better=True,
@@ -139,13 +140,13 @@ def _rate_rows(summary: Mapping[str, Any], fields: Mapping[str, Any], windows: l
              value=mean([f.achieved_rate_req_s for f in flows]), n=n_win, **fields,
              note="completions inside the window's sending span once the server filled "
                   "(the trial's first send + the window's longest E2E) / that span, mean over "
-                  "trials" + ("" if all(f.flow_judged for f in flows) else
+                  "trials" + ("" if judged else
                               "; a trial too short for that: the whole span, not judged")),
         dict(metric="saturated", stat="value", unit="bool", higher_is_better=False,
              value=1.0 if saturated else 0.0, n=len(flows), **fields,
-             note=reason or ("queue steady through the window" if all(
-                 f.flow_judged for f in flows) else "no TTFT growth, failures or client wait; "
-                 "the achieved rate not judged: a trial shorter than its fill")),
+             note=reason or ("queue steady through the window" if judged else
+                             "no TTFT growth, failures or client wait; the achieved rate "
+                             "not judged: a trial shorter than its fill")),
         dict(metric="window_requests", stat="value", unit="count", higher_is_better=True,
              value=float(n_win), n=n_win, **fields, note=how or None),
     ]

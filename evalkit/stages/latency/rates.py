@@ -171,11 +171,7 @@ class RateSweep:
             measured: list[tuple[Point, PointData]] = []
             pts = rate_points(self.st.lat, w, rates)
             for i, p in enumerate(pts):
-                data = None
-                if self.st.reuse(v, p.key(v.name)):
-                    data = load_point_data(self.st, self.st.raw / v.name, p)
-                else:
-                    data = measure(p)
+                data = self._point(v, p, measure)
                 bar.update(1)
                 if data is None:
                     continue
@@ -209,15 +205,19 @@ class RateSweep:
                 self.run.log(f"latency: {v.name} {w.name}: every rate passed up to "
                              f"{last_p.request_rate:g} req/s; extending the sweep to "
                              f"{', '.join(f'{r:g}' for r in extra)} req/s while they pass")
-            if self.st.reuse(v, p.key(v.name)):
-                data = load_point_data(self.st, self.st.raw / v.name, p)
-            else:
-                data = measure(p)
+            data = self._point(v, p, measure)
             if data is None:
                 break
             out.append((p, data))
             last_p, last_d = p, data
         return out
+
+    def _point(self, v: Variant, p: Point,
+               measure: Callable[[Point], PointData | None]) -> PointData | None:
+        """A rate point's data: measured earlier in this run (reused), else measured now."""
+        if self.st.reuse(v, p.key(v.name)):
+            return load_point_data(self.st, self.st.raw / v.name, p)
+        return measure(p)
 
     def _limits(self) -> dict[str, float]:
         return {metric: limit for metric, limit in self.st.cfg.report.slo.limits().items()
