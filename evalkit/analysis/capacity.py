@@ -39,7 +39,8 @@ RATE_METRICS = ("ttft_ms", "tpot_ms", "e2el_ms")
 RATE_COLUMNS = [
     "variant", "scheme", "workload", "load", "load_text", "input_len", "output_len",
     "concurrency_cap", "offered_rate_req_s", "arrival_rate_req_s", "achieved_rate_req_s",
-    "saturated", "saturated_note", "window_requests", "window_note", "failed_requests",
+    "saturated", "saturated_note", "flow_judged", "window_requests", "window_note",
+    "failed_requests",
     *[f"{m.removesuffix('_ms')}_{q}{s}" for m in RATE_METRICS for q in ("p50", "p90")
       for s in ("_ms", "_lo", "_hi")],
     "output_throughput_tok_s", "request_throughput_req_s", "energy_j_per_output_token",
@@ -180,6 +181,8 @@ def rate_points(df: pd.DataFrame) -> pd.DataFrame:
             # unknown (older records) is not saturated: only a measured flag says so
             "saturated": bool(sat >= 0.5) if not math.isnan(sat) else False,
             "saturated_note": _text(group, "saturated") if sat >= 0.5 else "",
+            # unknown (older records) counts as judged, as those records read it
+            "flow_judged": not _value(group, "flow_judged", "value") < 0.5,
             "window_requests": _value(group, "window_requests", "value"),
             "window_note": _text(group, "window_requests"),
             "failed_requests": _value(group, "failed_requests", "value"),
@@ -250,7 +253,7 @@ def slo_statement(limits: Mapping[str, float], percentile: float = 90.0) -> str:
 
 
 def _censored(raw: Mapping[str, Any] | None, note: str) -> str:
-    if raw and raw.get("censored") in ("none", "above", "below"):
+    if raw and raw.get("censored") in ("none", "above", "below", "unjudged"):
         return str(raw["censored"])
     if "at least the top rate" in note:
         return "above"
@@ -292,7 +295,8 @@ def capacity_summary(df: pd.DataFrame, files: Mapping[tuple[str, str], Mapping[s
     Returns:
         :data:`CAPACITY_COLUMNS`: capacity in req/s and req/s per GPU with their intervals,
         ``censored`` (``none``; ``above``: at least the top rate measured, the value is that
-        rate; ``below``: below the lowest rate, NaN) and how it was read
+        rate; ``below``: below the lowest rate, NaN; ``unjudged``: the lowest rate met the SLO
+        in trials too short to judge the flow, NaN, status ``invalid``) and how it was read
         (``capacity_note``); ``gain_pct`` = (variant / reference - 1) x 100 with its interval
         from the index-paired draws (:func:`capacity_gain`) and ``gain_note`` when censoring
         makes it a bound; output tokens/s per GPU at capacity, ``cost_usd_per_m_tokens``
@@ -370,7 +374,10 @@ def capacity_summary(df: pd.DataFrame, files: Mapping[tuple[str, str], Mapping[s
         if row["censored"] == "above" and ref_row["censored"] == "above":
             gain = lo = hi = math.nan
         elif math.isnan(gain):
-            why = why or "no capacity: below the lowest rate measured"
+            why = why or next((f"no capacity: {side} not established (no rate judged "
+                               "sustained)" for side, c in (("this variant's", row["censored"]),
+                                                            (f"`{ref}`'s", ref_row["censored"]))
+                               if c == "unjudged"), "no capacity: below the lowest rate measured")
         elif math.isnan(lo):
             why = "; ".join(part for part in (why, "no paired bootstrap draws: no interval") if part)
         out.loc[label, ["gain_pct", "gain_lo", "gain_hi"]] = [gain, lo, hi]

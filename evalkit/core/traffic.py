@@ -98,8 +98,14 @@ class TrafficSpec(SpecModel):
         1.0, gt=0, description="arrival process: 1 = Poisson; < 1 burstier (gamma "
         "inter-arrival times, vLLM's --burstiness); > 1 more regular.")
     duration_s: float = Field(
-        30.0, gt=0, description="sending span of one rate point's trial: requests = rate x "
-        "duration_s (at least min_requests).")
+        30.0, gt=0, description="shortest sending span of one rate point's trial: requests = "
+        "rate x max(duration_s, fills x the fill time) (at least min_requests).")
+    fills: float = Field(
+        2.5, ge=0, le=10, description="each rate point's trial sends for at least this many "
+        "fill times: the longest E2E latency of the throughput point of the variant the rates "
+        "were set from (a server that starts empty takes that long to fill; only after it "
+        "is the achieved rate judged, and a rate that met the SLO without that judgement "
+        "does not count as sustained); 0: duration_s alone.")
     min_requests: PosInt = Field(24, description="fewest requests of one rate point's trial.")
     max_requests: PosInt = Field(2000, description="most requests of one rate point's trial.")
     sync_requests: PosInt = Field(8, description="requests of the synchronous point's trial.")
@@ -133,10 +139,15 @@ class TrafficSpec(SpecModel):
             raise ValueError("warmup_pct + cooldown_pct leave under 20% of a trial to measure")
         return self
 
-    def requests_at(self, rate: float) -> int:
-        """Requests of one trial at ``rate``."""
+    def trial_s(self, fill_s: float = 0.0) -> float:
+        """Sending span of a rate point's trial: ``max(duration_s, fills x fill_s)``."""
+        fill = float(fill_s) if math.isfinite(float(fill_s)) and fill_s > 0 else 0.0
+        return max(self.duration_s, self.fills * fill)
+
+    def requests_at(self, rate: float, fill_s: float = 0.0) -> int:
+        """Requests of one trial at ``rate`` (``fill_s``: the sweep's fill time, s)."""
         return int(min(self.max_requests, max(self.min_requests,
-                                              math.ceil(rate * self.duration_s))))
+                                              math.ceil(rate * self.trial_s(fill_s)))))
 
     def throughput_n(self) -> int:
         """Requests of the throughput point's trial: at least ``THROUGHPUT_WAVES`` waves of

@@ -5,9 +5,11 @@ we know its send time, TTFT, TPOT, E2E latency and whether it failed.
 
 * The steady-state window (:func:`steady_window`) leaves out the warm-up (the queue fills)
   and the cool-down (it drains).
-* A point is saturated (:func:`flow`) when its queue grows through the window. Its latency
-  percentiles then depend on how long the trial ran, not on the rate, so a saturated point
-  never counts as meeting an SLO.
+* A point is saturated (:func:`flow`) when its queue grows through the window, or when its
+  requests wait in the client for its cap on requests in flight (:func:`held_sends`). Its
+  latency percentiles then depend on how long the trial ran, not on the rate, so a saturated
+  point never counts as meeting an SLO. A trial too short for the server to fill is not
+  judged, and a rate met only in such trials does not count as sustained.
 * Capacity at an SLO (:func:`capacity_at_slo`) is the highest offered rate whose p90 TTFT and
   p90 TPOT (and E2E, if limited) meet their limits: ``margin = max_m pct(m) / limit(m)``,
   linearly interpolated in rate where it first crosses 1, with a percentile bootstrap
@@ -16,6 +18,7 @@ we know its send time, TTFT, TPOT, E2E latency and whether it failed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +51,17 @@ TTFT_GROWTH_MIN_MS = 50.0
 TTFT_GROWTH_MIN_REQUESTS = 12
 #: Saturated when more than this percentage of the window's requests failed.
 FAILED_MAX_PCT = 5.0
+#: Saturated when, with a client-side cap on requests in flight, at least this percentage of
+#: the window's requests waited in the client for a free slot (:func:`held_sends`). Their
+#: TTFT is timed from the send and hides that wait, so once more than 100 - 90 % of requests
+#: waited, the p90 no longer speaks for what a user saw. (A 6 s chat trial on an H100 at
+#: 21.5 req/s, bf16: 32 of 105 window sends waited at the cap of 64 while the p90 TTFT
+#: stayed at 144 ms; 40 s at that rate completed only 15.5 req/s.)
+HELD_MAX_PCT = 10.0
+#: A send is held when the cap was full until at most this long before it: vLLM's client
+#: sends a waiting request as soon as a completion frees its semaphore (measured on an H100
+#: host: 0.1-0.4 ms after the completion).
+HOLD_SLACK_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,31 @@ class Flow:
     reason: str  #: '' when not saturated, else why (with the numbers)
     #: whether the achieved rate was tested (enough window arrivals once the server filled)
     flow_judged: bool = True
+    #: window requests that waited in the client for its in-flight cap (0 without a cap)
+    held: int = 0
+
+
+def held_sends(start_s: Sequence[float], latency_s: Sequence[float], cap: int,
+               slack_s: float = HOLD_SLACK_S) -> np.ndarray:
+    """Per request (input order): whether it waited in the client for a free slot under a cap
+    of ``cap`` requests in flight: ``cap`` earlier requests were in flight until at most
+    ``slack_s`` before its send (it left the moment one of them completed). A request
+    without a latency (a failure) is not counted as in flight.
+
+    A request that arrives while fewer than ``cap`` are in flight is sent at once: at its
+    send at most ``cap - 1`` others are in flight, none of them finishing just before.
+    """
+    t = np.asarray(start_s, dtype=float).ravel()
+    lat = np.asarray(latency_s, dtype=float).ravel()
+    if t.size != lat.size:
+        raise StageError(f"held_sends: {t.size} send times for {lat.size} latencies")
+    end = np.where(np.isfinite(lat), t + lat, -np.inf)
+    order = np.argsort(t, kind="stable")
+    ts, es = t[order], end[order]
+    busy = np.array([int((es[:i] > ts[i] - slack_s).sum()) for i in range(ts.size)], dtype=int)
+    out = np.zeros(t.size, dtype=bool)
+    out[order] = busy >= cap
+    return out
 
 
 def _rate(times: np.ndarray) -> float:
@@ -129,7 +168,8 @@ def _rate(times: np.ndarray) -> float:
 
 
 def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[float],
-         ok: Sequence[bool], window: Window, offered_rate: float | None = None) -> Flow:
+         ok: Sequence[bool], window: Window, offered_rate: float | None = None,
+         max_in_flight: int | None = None) -> Flow:
     """Arrival and completion rates of a window, and the saturation verdict.
 
     ``arrival = (n - 1) / (last send - first send)`` over the window's n requests;
@@ -160,6 +200,11 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
             rate falls below the offered one. Saturated then too, when the arrival rate is
             under ``min(ACHIEVED_MIN, 1 - 3 / sqrt(n)) x offered`` (3 standard deviations of
             a Poisson count of n arrivals).
+        max_in_flight: the client's cap on requests in flight (vLLM's ``--max-concurrency``),
+            None without one. Saturated when at least ``HELD_MAX_PCT`` % of the window's
+            requests waited in the client for it (:func:`held_sends`): their wait is not in
+            their TTFT, so the window's percentiles no longer describe the load offered.
+            This test needs no fill: a trial of any length shows it.
     """
     mask = np.asarray(window.mask, dtype=bool)
     cols = [np.asarray(column, dtype=float).ravel() for column in (start_s, latency_s, ttft_s)]
@@ -199,6 +244,13 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
     if counted >= FLOW_MIN_ARRIVALS and achieved < cut * arrival:
         reasons.append(f"achieved {achieved:.3g} req/s < {cut:.2g} x arrival "
                        f"{arrival:.3g} req/s")
+    held = 0
+    if max_in_flight is not None and send.size:
+        held = int(held_sends(cols[0], cols[1], int(max_in_flight))[mask].sum())
+        if held / send.size * 100 >= HELD_MAX_PCT:
+            reasons.append(f"{held} of {send.size} window requests waited in the client for "
+                           f"its cap of {int(max_in_flight)} in flight (>= {HELD_MAX_PCT:g}%: "
+                           "their TTFT, timed from the send, hides the wait)")
     if send.size and failed / send.size * 100 > FAILED_MAX_PCT:
         reasons.append(f"{failed} of {send.size} window requests failed "
                        f"({failed / send.size:.1%} > {FAILED_MAX_PCT:g}%)")
@@ -211,7 +263,7 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
                            f"{last * 1e3:.4g} ms (last third)")
     return Flow(arrival_rate_req_s=arrival, achieved_rate_req_s=achieved, failed=failed,
                 saturated=bool(reasons), reason="; ".join(reasons),
-                flow_judged=counted >= FLOW_MIN_ARRIVALS)
+                flow_judged=counted >= FLOW_MIN_ARRIVALS, held=held)
 
 
 def slo_values(values: Sequence[float], ok: Sequence[bool]) -> np.ndarray:
@@ -274,16 +326,21 @@ class RatePoint:
     rate: float  #: offered rate, req/s (finite, > 0)
     saturated: bool
     samples: Mapping[str, Sequence[Sequence[float]]]  #: metric -> per-trial values (+inf failed)
+    #: whether its trials were long enough to judge the flow (:attr:`Flow.flow_judged`): a
+    #: point that met the SLO without that shows only the server's fill, not that it keeps up
+    judged: bool = True
 
 
 @dataclass(frozen=True)
 class Capacity:
     """Capacity at an SLO, req/s, with its bootstrap interval and draws."""
 
-    value: float  #: NaN when below the lowest rate
+    value: float  #: NaN when below the lowest rate or unjudged
     ci_low: float
     ci_high: float
-    censored: Literal["none", "above", "below"]  #: above: capacity >= top rate (value = top)
+    #: above: capacity >= the top rate judged (value = that rate); unjudged: the lowest rate
+    #: met the SLO in a trial too short to judge the flow, so nothing is known (NaN)
+    censored: Literal["none", "above", "below", "unjudged"]
     passing: tuple[float, ...]  #: rates that met the SLO (not saturated, all limits met)
     first_failing: float | None
     draws: np.ndarray  #: bootstrap draws (NaN = below the lowest rate), paired by index
@@ -339,11 +396,33 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
     in ``[r0, r1)`` (the capacity is known only to that resolution). Draws below the lowest
     rate are NaN and count as 0 req/s in the quantiles; draws above count as the top rate.
     The value's own end of that bracket is always inside the interval.
+
+    A point whose trials were too short to judge the flow (``judged`` False) and that met the
+    SLO proves nothing about the steady state: the walk stops before it, and capacity is at
+    least the last rate below it that passed (censored ``above`` there), or ``unjudged``
+    (NaN) when it is the lowest rate. Such a point that is saturated or misses a limit still
+    fails (its queue already grew, or its latency is already too high).
     """
     if not points or resamples < 1 or not 0 < confidence < 1 or not 0 <= percentile <= 100:
         raise StageError(f"capacity at SLO: {len(points)} rate point(s), resamples {resamples}, "
                          f"confidence {confidence}, percentile {percentile}")
     pts = sorted(points, key=lambda point: point.rate)
+    for k, point in enumerate(pts):
+        met = not point.saturated and slo_margin(point.samples, limits, percentile) <= 1
+        if not met:
+            break
+        if not point.judged:
+            why = (f"{point.rate:g} req/s met the p{percentile:g} limits in trials shorter than "
+                   "the server's fill (the achieved rate not judged): that shows no steady state")
+            if k == 0:
+                return Capacity(value=math.nan, ci_low=math.nan, ci_high=math.nan,
+                                censored="unjudged", passing=(), first_failing=None,
+                                draws=np.full(resamples, np.nan),
+                                note=f"not established: the lowest rate {why}")
+            cap = capacity_at_slo(pts[:k], limits, percentile=percentile,
+                                  resamples=resamples, confidence=confidence, seed=seed)
+            return dataclasses.replace(cap, note=f"{cap.note}; {why}, so it and the rates "
+                                                 "above are not counted")
     rates = np.asarray([point.rate for point in pts], dtype=float)
     if not (np.isfinite(rates).all() and (rates > 0).all() and (np.diff(rates) > 0).all()):
         raise StageError(f"rates must be finite, > 0 and distinct, got {rates.tolist()}")

@@ -68,6 +68,8 @@ def _interval(lo: float, hi: float, fmt: str = "{:.3g}") -> str:
 
 def _capacity_cell(row: pd.Series, col: str) -> str:
     """Capacity with its interval; censored: at least the top rate, or below the lowest."""
+    if row["censored"] == "unjudged":
+        return "not established: no rate's trial outlasted the server's fill"
     if row["status"] != "ok":
         return f"{row['status']}: {row['capacity_note']}" if row["capacity_note"] \
             else str(row["status"])
@@ -135,10 +137,14 @@ def capacity_markdown(r: rp.Report) -> str:
     price = (f" at ${r.cost_per_gpu_hour_usd:g} per GPU-hour" if r.cost_per_gpu_hour_usd
              else "")
     money = (f"; cost per million output tokens at capacity{price}" if cost else
+             f"; no cost: no capacity established{price}" if r.cost_per_gpu_hour_usd else
              "; no cost (the study sets no `report.cost_per_gpu_hour_usd`)")
     bounds = []
     if (t["censored"] == "above").any():
         bounds.append("≥: every rate measured met the SLO (the top rate is shown)")
+    if (t["censored"] == "unjudged").any():
+        bounds.append("not established: every rate that met the SLO ran in trials shorter than "
+                      "the server's fill, which show no steady state")
     if (t["gain_note"].str.startswith(("a lower bound", "an upper bound"))).any():
         bounds.append("a gain with ≥/≤ is a bound")
     lines += ["", f"*Capacity at SLO* = the highest sustainable {arrivals} arrival rate"
@@ -205,8 +211,10 @@ def rate_table(r: rp.Report) -> tuple[str, pd.DataFrame]:
     t = r.rates().copy()
     if t.empty:
         return "No rate sweep was measured in this run.", pd.DataFrame()
-    t["saturated"] = ["yes: " + n if s and n else "yes" if s else "no"
-                      for s, n in zip(t["saturated"], t["saturated_note"], strict=True)]
+    t["saturated"] = ["yes: " + n if s and n else "yes" if s else
+                      "no" if judged else "not judged (trial shorter than the server's fill)"
+                      for s, n, judged in zip(t["saturated"], t["saturated_note"],
+                                              t["flow_judged"], strict=True)]
     t["disclosure"] = [f"{st.upper()}: {n}" if st != "ok" else "" for st, n in
                        zip(t["status"], t["note"], strict=True)]
     windows = "; ".join(dict.fromkeys(n for n in t["window_note"] if n))

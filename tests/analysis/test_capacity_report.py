@@ -268,6 +268,19 @@ def test_rate_table_shows_offered_against_achieved(run_dir):
     assert cols.index("achieved req/s") == cols.index("offered req/s") + 2
     assert "failed requests" in cols
     assert t.loc[t["offered req/s"] == 4.0, "saturated"].str.startswith("yes: achieved").all()
+    assert set(t.loc[t["offered req/s"] < 4.0, "saturated"]) == {"no"}
+    # a rate whose trial ended before the server filled says it was not judged
+    r = _report(run_dir)
+    r.records = rec.combine([r.records, rec.make_records([dict(
+        variant="base", scheme="base", stage="latency", mode="server", load="poisson",
+        workload="chat", concurrency=CAP, request_rate=1.0, metric="flow_judged", stat="value",
+        value=0.0, unit="bool", higher_is_better=True, hardware=HW,
+        note="a trial shorter than the server's fill")], run_id="r1")])
+    _, t = views.rate_table(r)
+    judged = t[(t["variant"] == "base") & (t["traffic mix"] == "chat")].set_index(
+        "offered req/s")["saturated"]
+    assert judged[1.0] == "not judged (trial shorter than the server's fill)"
+    assert judged[2.0] == "no"
 
 
 def test_rate_curve_figure_has_the_slo_and_saturated_markers(run_dir):
@@ -370,3 +383,36 @@ def test_a_sweep_that_could_not_run_says_why(run_dir):
     assert row["status"] == "failed" and math.isnan(row["gain_pct"])
     assert "| `w8` (W8A8-INT8) | chat | failed: no valid rate point (3 invalid) | n/a |" in \
         views.answer_markdown(r)
+
+
+def test_a_capacity_no_rate_established_says_so(run_dir):
+    # a sweep whose every passing rate ran in trials shorter than the server's fill: the
+    # capacity is not established, no gain is read from it, and the table says why
+    note = ("not established: the lowest rate 1 req/s met the p90 limits in trials shorter "
+            "than the server's fill (the achieved rate not judged): that shows no steady state")
+    rows = [dict(variant="w8", scheme="w8a8_int8", stage="latency", mode="capacity",
+                 load="poisson", workload="chat", metric="capacity_req_s", stat=stat,
+                 value=math.nan, unit="req/s", higher_is_better=True, status="invalid",
+                 note=note) for stat in ("value", "ci_low", "ci_high")]
+    f = run_dir / "raw" / "latency" / "w8" / "capacity_chat.json"
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps({"value": None, "censored": "unjudged", "draws": [None] * N_DRAWS,
+                             "rates": list(RATES), "limits": SLO, "percentile": 90,
+                             "note": note}))
+    r = _report(run_dir)
+    r.records = rec.combine([r.records, rec.make_records(rows, run_id="r1")])
+    row = r.capacity().set_index(["variant", "workload"]).loc[("w8", "chat")]
+    assert row["censored"] == "unjudged" and row["status"] == "invalid"
+    assert math.isnan(row["gain_pct"])
+    assert row["gain_note"] == ("no capacity: this variant's not established (no rate judged "
+                                "sustained)")
+    md = views.answer_markdown(r)
+    assert ("| `w8` (W8A8-INT8) | chat | not established: no rate's trial outlasted the "
+            "server's fill | n/a |") in md
+    assert "not established: every rate that met the SLO ran in trials shorter" in md
+    # with no capacity anywhere there is no cost, though the study states a price
+    alone = _report(run_dir)
+    alone.records = rec.combine([alone.records[alone.records["mode"] != "capacity"],
+                                 rec.make_records(rows, run_id="r1")])
+    md = views.answer_markdown(alone)
+    assert "no cost: no capacity established at $2 per GPU-hour" in md

@@ -15,6 +15,7 @@ from evalkit.metrics.traffic import (
     capacity_gain,
     cost_per_million_tokens,
     flow,
+    held_sends,
     joules_per_token,
     slo_margin,
     slo_values,
@@ -138,6 +139,59 @@ def test_a_stream_starting_on_an_empty_server_is_not_read_as_saturated():
     assert f.achieved_rate_req_s == pytest.approx(f.arrival_rate_req_s, rel=0.1)
 
 
+def capped_client(sends: np.ndarray, service_s: np.ndarray, cap: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """A client with at most ``cap`` requests in flight on a server that serves each in
+    ``service_s`` whatever the load: (send time after the cap, latency from that send)."""
+    ends: list[float] = []
+    out = np.empty(sends.size)
+    for i, t in enumerate(sends):
+        ends.sort()
+        live = [e for e in ends if e > t]
+        out[i] = t if len(live) < cap else live[len(live) - cap]  # wait for a completion
+        ends = [e for e in ends if e > out[i]] + [out[i] + service_s[i]]
+    return out, service_s.copy()
+
+
+def test_held_sends_are_those_sent_as_a_full_cap_freed_a_slot():
+    # cap 2: the third request leaves the moment the first completes (it waited); sent 0.5 s
+    # after that completion, it would not have waited
+    lat = np.array([1.0, 3.0, 1.0])
+    assert held_sends([0.0, 0.1, 1.0], lat, 2).tolist() == [False, False, True]
+    assert held_sends([0.0, 0.1, 1.5], lat, 2).tolist() == [False, False, False]
+    assert held_sends([0.0, 0.1, 1.0], lat, 3).tolist() == [False, False, False]
+    # input order is kept; a failed request (no latency) is not in flight
+    assert held_sends([1.0, 0.1, 0.0], lat[::-1], 2).tolist() == [True, False, False]
+    assert held_sends([0.0, 0.1, 1.0], [1.0, np.nan, 1.0], 2).tolist() == [False] * 3
+    with pytest.raises(StageError):
+        held_sends([0.0, 0.1], lat, 2)
+
+
+def test_arrivals_waiting_at_the_client_cap_saturate_even_in_a_short_trial():
+    # a 6 s trial at 21.5 req/s of chat requests on a server that holds 64 in flight: the
+    # sends catch up with the cap before the server ever fills, so the achieved rate is not
+    # judged and TTFT (from the send) stays flat; the cap says the load was not served
+    arrivals = poisson_sends(129, rate=21.5, seed=21)
+    service = np.clip(np.random.default_rng(22).lognormal(math.log(3.6), 0.4, 129), 0.5, 9.5)
+    sends, lat = capped_client(arrivals, service, cap=64)
+    ttft, ok = np.full(129, 0.07), np.ones(129, bool)
+    w = steady_window(sends, warmup_pct=10, cooldown_pct=10, by="requests")
+    plain = flow(sends, lat, ttft, ok, w, offered_rate=21.5)
+    assert not plain.saturated and not plain.flow_judged and plain.held == 0
+    f = flow(sends, lat, ttft, ok, w, offered_rate=21.5, max_in_flight=64)
+    held = held_sends(sends, lat, 64)
+    assert f.saturated and f.held == held[w.mask].sum() >= 0.1 * w.n
+    assert (sends[held] > arrivals[held]).all()  # those flagged did wait
+    assert "waited in the client for its cap of 64" in f.reason
+    # the same server at 9 req/s never fills the cap: not saturated
+    arrivals = poisson_sends(54, rate=9.0, seed=23)
+    sends, lat = capped_client(arrivals, service[:54], cap=64)
+    w = steady_window(sends, warmup_pct=10, cooldown_pct=10, by="requests")
+    f = flow(sends, lat, np.full(54, 0.07), np.ones(54, bool), w, offered_rate=9.0,
+             max_in_flight=64)
+    assert not f.saturated and f.held == 0
+
+
 def test_growing_queue_is_saturated_with_reason():
     sends = poisson_sends(200, rate=2.0, seed=4)
     lat, ttft = fifo_queue(sends, service_s=0.8)  # serves 1.25 req/s < 2 arriving
@@ -254,6 +308,33 @@ def test_saturated_or_failing_point_caps_at_last_passing_rate():
     inf = capacity_at_slo([const_point(1, 400, 20), const_point(2, 800, 40),
                            const_point(3, 500, 20, failed=10)], LIMITS, resamples=50)
     assert inf.value == 2.0 and "nothing above 2 req/s" in inf.note
+
+
+def unjudged(point: RatePoint) -> RatePoint:
+    return RatePoint(point.rate, point.saturated, point.samples, judged=False)
+
+
+def test_a_rate_met_in_a_trial_too_short_to_judge_is_not_counted():
+    # rates 2 and 3 met the SLO, but rate 2's trials ended before the server filled: the
+    # capacity is at least 1 (censored there), and the rates from 2 up are left out
+    cap = capacity_at_slo([const_point(1, 400, 20), unjudged(const_point(2, 500, 20)),
+                           const_point(3, 600, 30)], LIMITS, resamples=50)
+    assert cap.censored == "above" and cap.value == 1.0 and cap.passing == (1.0,)
+    assert "2 req/s met the p90 limits in trials shorter than the server's fill" in cap.note
+    # the lowest rate unjudged: nothing is established
+    none = capacity_at_slo([unjudged(const_point(1, 400, 20)), const_point(2, 500, 20)],
+                           LIMITS, resamples=50)
+    assert none.censored == "unjudged" and math.isnan(none.value) and none.passing == ()
+    assert math.isnan(none.ci_low) and np.isnan(none.draws).all()
+    assert none.note.startswith("not established: the lowest rate 1 req/s")
+    # an unjudged rate that already misses a limit, or is saturated, fails as any other
+    miss = capacity_at_slo([const_point(1, 400, 20), const_point(2, 800, 40),
+                            unjudged(const_point(3, 1400, 45))], LIMITS, resamples=50)
+    assert miss.value == pytest.approx(2 + 1 / 3) and miss.censored == "none"
+    sat = capacity_at_slo([const_point(1, 400, 20),
+                           unjudged(const_point(2, 500, 20, saturated=True))], LIMITS,
+                          resamples=50)
+    assert sat.value == 1.0 and sat.censored == "none" and sat.first_failing == 2.0
 
 
 def test_interval_contains_value_and_narrows_with_more_requests():

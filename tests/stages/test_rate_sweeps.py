@@ -115,6 +115,19 @@ def test_throughput_point_sends_at_least_two_waves():
     assert TrafficSpec.model_validate({"max_concurrency": 16}).throughput_n() == 64
 
 
+def test_rate_trials_last_several_fill_times():
+    # a chat mix whose longest request at the throughput point took 9.6 s: a 6 s trial
+    # would end before the server filled, so it sends for 2.5 x 9.6 = 24 s
+    t = TrafficSpec.model_validate({"duration_s": 6, "min_requests": 30})
+    assert t.fills == 2.5 and t.trial_s(9.6) == pytest.approx(24.0)
+    assert t.requests_at(4.93, 9.6) == 119 and t.requests_at(4.93) == 30
+    assert t.trial_s(0.0) == t.trial_s(math.nan) == 6.0  # no fill recorded: duration_s
+    off = TrafficSpec.model_validate({"duration_s": 6, "fills": 0})
+    assert off.trial_s(9.6) == 6.0
+    with pytest.raises(ValueError, match="fills"):
+        TrafficSpec.model_validate({"fills": -1})
+
+
 def test_bench_command_for_a_mix_parses_with_installed_vllm(tmp_path):
     serve = pytest.importorskip("vllm.benchmarks.serve")
     assert vllm_range_ratio(MIX) is None
@@ -186,6 +199,24 @@ def test_rate_point_window_flow_and_energy_not_measured():
     assert "not measured" in next(r["note"] for r in data.rows
                                   if r["metric"] == "energy_j_per_output_token")
     assert [len(x) for x in data.samples["ttft_ms"]] == [80]
+
+
+def test_a_rate_point_records_whether_its_flow_was_judged_and_the_client_cap():
+    d = _detail(100, 4.0, 0.1)
+    assert server_point_records([d], FIELDS, summary=WINDOW, seed=0).flow_judged
+    # the same stream with 40 s requests in a ~25 s trial: nothing is sent after the fill
+    slow = _detail(100, 4.0, 0.1)
+    slow["latencies"] = [40.0] * 100
+    slow["itls"] = [[(40.0 - t) / 15] * 15 for t in slow["ttfts"]]
+    data = server_point_records([slow], {**FIELDS, "concurrency": 256}, summary=WINDOW, seed=0)
+    assert not data.flow_judged and not data.saturated
+    assert _value(data.rows, "flow_judged") == 0.0
+    assert "cannot count as sustained" in next(r["note"] for r in data.rows
+                                               if r["metric"] == "saturated")
+    # under a client cap of 8 in flight, 40 s requests at 4 req/s keep the cap full: the
+    # point's concurrency is that cap, and the requests that waited for it saturate it
+    capped = server_point_records([slow], {**FIELDS, "concurrency": 8}, summary=WINDOW, seed=0)
+    assert capped.saturated and "waited in the client for its cap of 8" in capped.reason
 
 
 def test_goodput_of_a_rate_point_counts_failed_requests_as_missing_the_slo():
@@ -292,8 +323,10 @@ def test_a_sweep_that_passes_every_rate_is_extended_on_cpu(tmp_path):
         "latency": {
             "workloads": [MIX.model_dump(mode="json")], "concurrency": [1],
             "num_prompts": 3, "prompts_per_concurrency": 1, "warmups": 1, "trials": 1,
-            "traffic": {"rates": [0.5, 1.0], "extend": 2, "duration_s": 6, "min_requests": 6,
-                        "sync_requests": 3, "max_concurrency": 4}},
+            # 20 s trials: the achieved rate is judged after the fill (a rate met in a trial
+            # shorter than that would not count, and the sweep would not extend past it)
+            "traffic": {"rates": [1.0, 1.5], "extend": 1, "duration_s": 20, "min_requests": 6,
+                        "sync_requests": 3, "max_concurrency": 8}},
         "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.2, "max_model_len": 512},
         "report": {"slo": {"ttft_ms": 60000, "tpot_ms": 5000}},
         "output_root": str(tmp_path)})
@@ -301,16 +334,24 @@ def test_a_sweep_that_passes_every_rate_is_extended_on_cpu(tmp_path):
     for d in ("records", "raw", "units", "logs"):
         (run.path / d).mkdir(parents=True)
     df = run_stage(cfg, run, checkpoints={"base": model.path}, resolved=model).records
-    # both rates met the (lenient) SLO unsaturated: the sweep went on at 1.5 (and 2) req/s
-    rates = set(df[(df["mode"] == "server") & (df.metric == "saturated")].request_rate)
-    assert {0.5, 1.0, 1.5} <= rates <= {0.5, 1.0, 1.5, 2.0}, rates
-    assert "extending the sweep to 1.5, 2 req/s" in (run.path / "logs/run.log").read_text()
+    # both rates met the (lenient) SLO, sustained and judged: the sweep went on at 2 req/s
+    pts = df[df["mode"] == "server"]
+    rates = set(pts[pts.metric == "saturated"].request_rate)
+    judged = pts[pts.metric == "flow_judged"].set_index("request_rate")["value"]
+    assert rates == {1.0, 1.5, 2.0}, (rates, pts[pts.metric == "saturated"].note.tolist())
+    assert judged[1.0] == judged[1.5] == 1.0
+    assert "extending the sweep to 2 req/s" in (run.path / "logs/run.log").read_text()
     cap = json.loads((run.path / "raw/latency/base/capacity_chat.json").read_text())
-    assert cap["rates"][:3] == [0.5, 1.0, 1.5]
+    assert cap["rates"] == [1.0, 1.5, 2.0]
     # a rerun finds everything done, starts no server and keeps the extension's records
     again = run_stage(cfg, run, checkpoints={"base": model.path}, resolved=model).records
     assert set(again[(again["mode"] == "server") & (again.metric == "saturated")]
                .request_rate) == rates
+
+
+def sat_note(pts, rate: float) -> str:
+    """The saturation note of the rate point at ``rate``."""
+    return str(pts[(pts.metric == "saturated") & (pts.request_rate == rate)].note.iloc[0])
 
 
 def detail_tok(path):
@@ -340,7 +381,7 @@ def test_real_rate_sweep_on_cpu(tmp_path):
                  "input": {"dist": "lognormal", "sd": 150, "min": 16, "max": 900}}],
             "concurrency": [1], "num_prompts": 4, "prompts_per_concurrency": 2,
             "warmups": 1, "trials": 1,
-            "traffic": {"workloads": ["chat"], "rates": [0.3, 0.6, 400.0], "duration_s": 8,
+            "traffic": {"workloads": ["chat"], "rates": [1.0, 1.5, 400.0], "duration_s": 20,
                         "min_requests": 12, "max_requests": 160, "sync_requests": 3,
                         "throughput_requests": 8, "max_concurrency": 8}},
         "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.2, "max_model_len": 512},
@@ -352,11 +393,18 @@ def test_real_rate_sweep_on_cpu(tmp_path):
     result = run_stage(cfg, run, checkpoints={"base": model.path}, resolved=model)
     df = result.records
     # lengths drawn per request: the prompts differ in length, the same file for a rerun
-    detail = json.loads((run.path / "raw/latency/base/chat_c8_r0.3_t0.json").read_text())
+    detail = json.loads((run.path / "raw/latency/base/chat_c8_r1_t0.json").read_text())
     assert len(set(detail["input_lens"])) > 3 and len(set(detail["output_lens"])) > 2
+    # the trials were sized by the throughput point's longest request: 2.5 fill times, at
+    # least duration_s
+    plan = json.loads((run.path / "raw/latency/traffic-rates.json").read_text())["chat"]
+    assert plan["fill_s"] > 0 and plan["trial_s"] == max(20.0, 2.5 * plan["fill_s"])
+    assert len(detail["input_lens"]) == min(160, max(12, math.ceil(plan["trial_s"])))
     pts = df[(df["mode"] == "server") & (df.workload == "chat")]
     sat = pts[pts.metric == "saturated"].set_index("request_rate")["value"]
-    assert sat.to_dict() == {0.3: 0.0, 0.6: 0.0, 400.0: 1.0}, pts[pts.metric == "saturated"].note
+    assert sat.to_dict() == {1.0: 0.0, 1.5: 0.0, 400.0: 1.0}, pts[pts.metric == "saturated"].note
+    # 400 req/s against a cap of 8 in flight: most of its requests waited in the client
+    assert "waited in the client for its cap of 8" in sat_note(pts, 400.0)
     # one request in flight over 3 requests: a closed loop; the throughput point asked for 8
     # requests at concurrency 8, one wave, and sends two (THROUGHPUT_WAVES): a closed loop
     # whose waves desynchronize, not a burst; arrivals at a rate
@@ -365,13 +413,13 @@ def test_real_rate_sweep_on_cpu(tmp_path):
     done = pts[(pts.metric == "completed_requests") & (pts.concurrency == 8)
                & (pts.request_rate == math.inf)]
     assert float(done.value.iloc[0]) == 16
-    assert {loads[(8, r)] for r in (0.3, 0.6, 400.0)} == {"poisson"}
+    assert {loads[(8, r)] for r in (1.0, 1.5, 400.0)} == {"poisson"}
     offered = pts[pts.metric == "offered_rate_req_s"].set_index("request_rate")["value"]
     achieved = pts[pts.metric == "achieved_rate_req_s"].set_index("request_rate")["value"]
     assert achieved[400.0] < 0.5 * offered[400.0]
     cap = df[(df["mode"] == "capacity") & (df.metric == "capacity_req_s")].set_index("stat")
     lo, v, hi = (float(cap.value[s]) for s in ("ci_low", "value", "ci_high"))
-    assert 0.6 <= v <= 400.0 and lo <= v <= hi, cap.note["value"]
+    assert 1.5 <= v <= 400.0 and lo <= v <= hi, cap.note["value"]
     draws = json.loads((run.path / "raw/latency/base/capacity_chat.json").read_text())["draws"]
     assert len(draws) == 1000
     cost = df[(df.metric == "cost_usd_per_m_output_tokens") & (df.stat == "value")]
@@ -397,3 +445,20 @@ def test_real_rate_sweep_on_cpu(tmp_path):
     cap2 = again[(again["mode"] == "capacity") & (again.metric == "capacity_req_s")
                  & (again.stat == "value")]
     assert float(cap2.value.iloc[0]) == pytest.approx(v)
+
+
+def test_a_rate_points_roofline_batch_is_its_mean_in_flight():
+    # 13.1 req/s of ~2.2 s requests: ~29 in flight on average, not the client's cap of 64
+    import pandas as pd
+
+    from evalkit.stages.latency.rows import in_flight
+
+    key = dict(variant="v", mode="server", workload="chat", concurrency=64, request_rate=13.1)
+    pts = pd.DataFrame([dict(key, metric="arrival_rate_req_s", stat="value", value=13.1),
+                        dict(key, metric="e2el_ms", stat="mean", value=2200.0),
+                        dict(key, metric="tpot_ms", stat="mean", value=8.0)])
+    row = next(pts[pts.metric == "tpot_ms"].itertuples())
+    assert in_flight(pts, row) == (29, " (mean in flight: arrival rate x mean E2E)")
+    slow = pts.assign(value=[13.1, 9000.0, 8.0])  # would be 118: held at the cap
+    assert in_flight(slow, row)[0] == 64
+    assert in_flight(pts[pts.metric == "tpot_ms"], row) == (64, " (the client's cap)")

@@ -47,6 +47,8 @@ class PointData:
     min_prompt_len: int | None
     #: mean output tokens of the completed requests used (the window's, for a rate point)
     mean_output_tokens: float
+    #: a rate point: every trial lasted long enough to judge its flow (always True otherwise)
+    flow_judged: bool = True
 
 
 def _slo_samples(detail: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -85,7 +87,8 @@ def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[s
             ok = [not error for error in detail.get("errors") or []]
             offered = float(summary.get("offered_rate", fields["request_rate"]))
             flows.append(tr.flow(detail["start_times"], latencies, detail.get("ttfts") or [], ok,
-                                 steady, offered_rate=offered))
+                                 steady, offered_rate=offered,
+                                 max_in_flight=_client_cap(fields)))
             windows.append(steady)
             used.append(window_detail(detail, steady.mask))
         else:
@@ -116,7 +119,15 @@ def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[s
     mean_out = (pooled["output_tokens"] / pooled["completed"] if pooled["completed"]
                 else math.nan)
     return PointData(rows, saturated, reason, samples, pooled["completed"], pooled["failed"],
-                     min(lens) if lens else None, mean_out)
+                     min(lens) if lens else None, mean_out,
+                     flow_judged=all(flow.flow_judged for flow in flows))
+
+
+def _client_cap(fields: Mapping[str, Any]) -> int | None:
+    """The client's cap on requests in flight at a point: its concurrency (vLLM's
+    ``--max-concurrency``), None when unset."""
+    c = fields.get("concurrency")
+    return int(c) if c is not None and math.isfinite(float(c)) and float(c) > 0 else None
 
 
 def _rate_rows(summary: Mapping[str, Any], fields: Mapping[str, Any], windows: list[Any],
@@ -146,7 +157,13 @@ def _rate_rows(summary: Mapping[str, Any], fields: Mapping[str, Any], windows: l
              value=1.0 if saturated else 0.0, n=len(flows), **fields,
              note=reason or ("queue steady through the window" if judged else
                              "no TTFT growth, failures or client wait; the achieved rate "
-                             "not judged: a trial shorter than its fill")),
+                             "not judged: a trial shorter than its fill, so this rate "
+                             "cannot count as sustained")),
+        dict(metric="flow_judged", stat="value", unit="bool", higher_is_better=True,
+             value=1.0 if judged else 0.0, n=len(flows), **fields,
+             note="every trial long enough to test the achieved rate after the server's fill"
+                  if judged else "a trial shorter than the server's fill plus "
+                  f"{tr.FLOW_MIN_ARRIVALS} arrivals: the achieved rate was not tested"),
         dict(metric="window_requests", stat="value", unit="count", higher_is_better=True,
              value=float(n_win), n=n_win, **fields, note=how or None),
     ]

@@ -27,9 +27,7 @@ from evalkit.metrics import traffic as tr
 from evalkit.stages.latency.derive import PointData, server_point_records
 from evalkit.stages.latency.points import Point, rate_points
 from evalkit.stages.latency.raw import trial_files
-from evalkit.stages.latency.sweep import LatencyStage
-
-RATES_FILE = "traffic-rates.json"
+from evalkit.stages.latency.sweep import RATES_FILE, LatencyStage
 
 
 def capacity_key(variant: str, workload: str) -> UnitKey:
@@ -119,31 +117,56 @@ class RateSweep:
         return known + (extension_rates(known, t.extend) if t is not None else [])
 
     def rates_for(self, v: Variant, w: Workload) -> list[float]:
-        """The sweep's rates: the study's, the run's, or spread from ``v``'s anchors."""
-        known = self.known_rates(w)
-        if known is not None:
-            return known
+        """The sweep's rates: the run's, else the study's or spread from ``v``'s anchors,
+        recorded with the fill time the trials are sized by (from ``v``'s throughput point)."""
         t = self.st.lat.traffic
         if t is None:
             raise EngineError(f"{w.name}: the study has no traffic section to sweep")
-        sync = self._throughput(v, Point("server", w, 1, math.inf))
-        sat = self._throughput(v, Point("server", w, t.max_concurrency, math.inf))
-        if not (sync > 0 and sat > 0):
-            raise EngineError(f"{w.name}: no synchronous/throughput rate measured for "
-                              f"{v.name}; the sweep's rates cannot be spread")
-        rates = auto_rates(sync, sat, t.num_rates, t.headroom)
         f = self.st.raw / RATES_FILE
         table = read_json(f) if json_exists(f) else {}
-        table[w.name] = {"rates": rates, "from_variant": v.name, "sync_rate_req_s": sync,
-                         "saturation_rate_req_s": sat, "headroom": t.headroom,
-                         "throughput_requests": t.throughput_n(),
-                         "max_concurrency": t.max_concurrency}
+        if w.name in table:
+            return list(table[w.name]["rates"])
+        top = Point("server", w, t.max_concurrency, math.inf)
+        if t.rates and any(self.run.units.done(capacity_key(x.name, w.name))
+                           for x in self.st.cfg.variants):
+            # a sweep of this run already ran with the study's rates before fill times were
+            # recorded: keep its trial sizes, so that the variants' requests stay paired
+            fill, source = 0.0, "none recorded by the variants measured earlier"
+        else:
+            fill, source = self._fill_s(v, top), f"{v.name}'s throughput point"
+        entry: dict[str, Any] = {"from_variant": v.name, "fill_s": fill, "fills": t.fills,
+                                 "trial_s": t.trial_s(fill)}
+        if t.rates:
+            rates, how = list(t.rates), "the study's rates"
+        else:
+            sync = self._throughput(v, Point("server", w, 1, math.inf))
+            sat = self._throughput(v, top)
+            if not (sync > 0 and sat > 0):
+                raise EngineError(f"{w.name}: no synchronous/throughput rate measured for "
+                                  f"{v.name}; the sweep's rates cannot be spread")
+            rates = auto_rates(sync, sat, t.num_rates, t.headroom)
+            entry.update(sync_rate_req_s=sync, saturation_rate_req_s=sat, headroom=t.headroom,
+                         throughput_requests=t.throughput_n(), max_concurrency=t.max_concurrency)
+            how = (f"from {v.name}: synchronous {sync:.3g}, saturation {sat:.3g} req/s over "
+                   f"{t.throughput_n()} requests at concurrency {t.max_concurrency}, "
+                   f"x{t.headroom:g}")
+        table[w.name] = {"rates": rates, **entry}
         atomic_write_json(f, table)
         self.run.log(f"latency: {w.name} rate sweep at {', '.join(f'{r:g}' for r in rates)} "
-                     f"req/s (from {v.name}: synchronous {sync:.3g}, saturation {sat:.3g} req/s"
-                     f" over {t.throughput_n()} requests at concurrency {t.max_concurrency}"
-                     f", x{t.headroom:g})")
+                     f"req/s ({how}); each trial sends for {t.trial_s(fill):.3g} s (fill time "
+                     f"{fill:.3g} s from {source}, x{t.fills:g}; at least {t.duration_s:g} s)")
         return rates
+
+    def _fill_s(self, v: Variant, p: Point) -> float:
+        """The longest E2E latency (s) of ``v``'s completed requests at point ``p`` (0 when
+        it has none): a server that starts empty takes about that long to fill."""
+        data = load_point_data(self.st, self.st.raw / v.name, p)
+        if data is None:
+            return 0.0
+        e2e = np.concatenate([np.asarray(x, dtype=float) for x in data.samples["e2el_ms"]]
+                             or [np.zeros(0)])
+        e2e = e2e[np.isfinite(e2e)]
+        return float(e2e.max()) / 1e3 if e2e.size else 0.0
 
     def _throughput(self, v: Variant, p: Point) -> float:
         done = self.run.units.done(p.key(v.name))
@@ -224,9 +247,9 @@ class RateSweep:
                 if metric in ("ttft_ms", "tpot_ms", "e2el_ms")}
 
     def _passes(self, v: Variant, p: Point, data: PointData) -> bool:
-        """Whether a rate point is valid, sustained and within every SLO limit."""
+        """Whether a rate point is valid, judged sustained and within every SLO limit."""
         limits = self._limits()
-        if data.saturated or not limits or not self._valid(v, p):
+        if data.saturated or not data.flow_judged or not limits or not self._valid(v, p):
             return False
         try:
             margin = tr.slo_margin(data.samples, limits, self.st.cfg.report.slo.percentile)
@@ -255,7 +278,7 @@ class RateSweep:
             st.save_unit(variant, capacity_key(variant.name, workload.name), df, "failed")
             return
         cap = tr.capacity_at_slo(
-            [tr.RatePoint(point.request_rate, data.saturated, data.samples)
+            [tr.RatePoint(point.request_rate, data.saturated, data.samples, data.flow_judged)
              for point, data in valid], limits,
             percentile=slo.percentile, seed=cfg.latency.seed)  # type: ignore[union-attr]
         outs = [data.mean_output_tokens for _, data in valid
@@ -263,14 +286,17 @@ class RateSweep:
         out_tok = float(np.mean(outs)) if outs else float(workload.output_len)
         note = cap.note + (f"; {left_out} invalid rate point(s) left out" if left_out else "")
         rows: list[dict[str, Any]] = []
+        # no rate judged sustained: nothing is claimed, and the record says why
+        status = "invalid" if cap.censored == "unjudged" else "ok"
         triple = (cap.value, cap.ci_low, cap.ci_high)
         for metric, unit, scale in (("capacity_req_s", "req/s", 1.0),
                                     ("capacity_req_s_per_gpu", "req/s", 1.0 / gpus),
                                     ("capacity_output_tok_s_per_gpu", "tok/s", out_tok / gpus)):
             for stat, estimate in zip(("value", "ci_low", "ci_high"), triple, strict=True):
                 rows.append(dict(metric=metric, stat=stat, unit=unit, higher_is_better=True,
-                                 value=estimate * scale, n=len(valid), **fields,
-                                 note=note if metric == "capacity_req_s" else None))
+                                 value=estimate * scale, n=len(valid), status=status, **fields,
+                                 note=note if metric == "capacity_req_s" or status != "ok"
+                                 else None))
         price = cfg.report.cost_per_gpu_hour_usd
         if price is not None:
             for stat, estimate in zip(("value", "ci_low", "ci_high"),
@@ -283,7 +309,9 @@ class RateSweep:
         best = [data for point, data in valid if point.request_rate in cap.passing]
         jpt = _row_value(best[-1].rows, "energy_j_per_output_token") if best else math.nan
         jnote = next((row.get("note") for row in (best[-1].rows if best else [])
-                      if row["metric"] == "energy_j_per_output_token"), "no rate met the SLO")
+                      if row["metric"] == "energy_j_per_output_token"),
+                     "no rate judged sustained" if cap.censored == "unjudged"
+                     else "no rate met the SLO")
         rows.append(dict(metric="energy_j_per_output_token", stat="value", unit="J/token",
                          higher_is_better=False, value=jpt, **fields,
                          note=f"at the highest rate that met the SLO: {jnote}"))

@@ -97,20 +97,44 @@ def roofline_records(cfg: StudyConfig, v: Variant, ckpt: Path | None, *, bandwid
               & (lat["mode"].isin(["server", "offline"]))]
     for r in sel.itertuples():
         ctx = float(r.input_len) + float(r.output_len) / 2
-        read = wb * weight_read_fraction(config, v.scheme, int(r.concurrency))
+        batch, how = int(r.concurrency), ""
+        if not math.isinf(float(r.request_rate)):
+            # requests arriving at a rate: on average arrival rate x mean E2E are in flight
+            # (Little's law), up to the client's cap, not the cap itself
+            batch, how = in_flight(lat, r)
+        read = wb * weight_read_fraction(config, v.scheme, batch)
         # sliding-window layers hold at most their window: the per-token average at ctx
         kv_ctx = kv_bytes_per_token(config, context_tokens=ctx) if config is not None else kvb
         step = decode_bytes_per_step(read, kv_bytes_token=kv_ctx, context_tokens=ctx,
-                                     batch=int(r.concurrency))
+                                     batch=batch)
         bound = roofline_tpot_ms(step, gbps)
         pct = bound / r.value * 100 if r.value and not math.isnan(r.value) else math.nan
         rows.append(dict(metric="tpot_pct_of_roofline", stat="mean", value=pct, unit="%",
                          higher_is_better=True, mode=r.mode, workload=r.workload,
                          concurrency=r.concurrency, request_rate=r.request_rate,
                          input_len=r.input_len, output_len=r.output_len,
-                         note=f"roofline {bound:.4g} ms (weights + KV of {int(r.concurrency)}"
-                              f" sequences at {ctx:g} tokens) / mean TPOT"))
+                         note=f"roofline {bound:.4g} ms (weights + KV of {batch}"
+                              f" sequences{how} at {ctx:g} tokens) / mean TPOT"))
     return rec.make_records(rows, **common)
+
+
+def in_flight(points: pd.DataFrame, r: Any) -> tuple[int, str]:
+    """Mean requests in flight at rate point ``r`` (a row of ``points``): its window's arrival
+    rate x mean E2E latency (Little's law), rounded, within [1, its client cap]; the cap when
+    either is missing. Also the words that say so."""
+    cap = int(r.concurrency)
+    same = points[(points["variant"] == r.variant) & (points["mode"] == r.mode)
+                  & (points["workload"] == r.workload) & (points["concurrency"] == r.concurrency)
+                  & (points["request_rate"] == r.request_rate)]
+
+    def value(metric: str, stat: str) -> float:
+        x = same.loc[(same["metric"] == metric) & (same["stat"] == stat), "value"]
+        return float(x.iloc[0]) if len(x) else math.nan
+
+    mean = value("arrival_rate_req_s", "value") * value("e2el_ms", "mean") / 1e3
+    if not math.isfinite(mean):
+        return cap, " (the client's cap)"
+    return max(1, min(cap, round(mean))), " (mean in flight: arrival rate x mean E2E)"
 
 
 def floor_model(cfg: StudyConfig, v: Variant, ckpt: Path | None, *, hardware: str,

@@ -18,6 +18,7 @@ from evalkit.core import records as rec
 from evalkit.core.config import StudyConfig
 from evalkit.core.environment import hardware_label, node_info
 from evalkit.core.errors import EvalkitError, StageError
+from evalkit.core.io import json_exists, read_json
 from evalkit.core.run import Run
 from evalkit.core.schemes import SCHEMES, cpu_latency_skip_reason
 from evalkit.core.specs import Variant
@@ -35,6 +36,10 @@ from evalkit.stages.latency.rows import (
     nan_point,
     roofline_records,
 )
+
+#: Per rate-swept workload: the sweep's rates, where they came from and the fill time its
+#: trials were sized by (``raw/latency/traffic-rates.json``).
+RATES_FILE = "traffic-rates.json"
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
@@ -104,15 +109,23 @@ class LatencyStage:
             return t.trials
         return self.trials
 
+    def fill_s(self, workload: str) -> float:
+        """The fill time a rate sweep of ``workload`` sized its trials by (``fill_s`` of its
+        entry in ``traffic-rates.json``; 0 when none was recorded)."""
+        f = self.raw / RATES_FILE
+        entry = read_json(f).get(workload) if json_exists(f) else None
+        return float((entry or {}).get("fill_s") or 0.0)
+
     def requests_for(self, p: Point, trials: int) -> int:
-        """Requests one trial of ``p`` sends: a rate point ``rate x traffic.duration_s``, a rate
-        sweep's anchors ``traffic.sync_requests`` / ``throughput_n()``, a grid point
+        """Requests one trial of ``p`` sends: a rate point ``rate x traffic.trial_s(fill)``
+        (:meth:`fill_s`), a rate sweep's anchors ``traffic.sync_requests`` /
+        ``throughput_n()``, a grid point
         ``latency.prompts_per_trial`` (a mix's closed loop at least ``CLOSED_LOOP_WAVES``
         waves)."""
         t = self.lat.traffic
         if t is not None and p not in self._grid:
             if p.is_rate:
-                return t.requests_at(p.request_rate)
+                return t.requests_at(p.request_rate, self.fill_s(p.workload.name))
             if p.concurrency == 1:
                 return t.sync_requests
             return max(t.throughput_n(), p.concurrency)
