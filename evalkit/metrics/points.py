@@ -311,12 +311,13 @@ def goodput(points: pd.DataFrame, samples: pd.DataFrame | None,
 
     goodput = SLO attainment x the point's request throughput (completed requests over the
     trials' wall time), which is vLLM's definition (good requests / duration) pooled over
-    trials. Columns: the point's variant, workload, concurrency, regime, status, attainment,
+    trials. Columns: the point's variant, its scheme (when the points name it: figures colour
+    a variant by its scheme), workload, concurrency, regime, status, attainment,
     request_throughput_req_s, goodput_req_s.
     """
     att = slo_attainment(samples, slo)
-    cols = ["variant", "workload", "concurrency", "regime", "status", "attainment",
-            "request_throughput_req_s", "goodput_req_s"]
+    cols = ["variant", *(["scheme"] if "scheme" in points else []), "workload", "concurrency",
+            "regime", "status", "attainment", "request_throughput_req_s", "goodput_req_s"]
     if att.empty:
         return pd.DataFrame(columns=cols)
     m = points[points["mode"] == "server"].merge(
