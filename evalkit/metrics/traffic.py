@@ -407,31 +407,28 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
         raise StageError(f"capacity at SLO: {len(points)} rate point(s), resamples {resamples}, "
                          f"confidence {confidence}, percentile {percentile}")
     pts = sorted(points, key=lambda point: point.rate)
-    for k, point in enumerate(pts):
-        met = not point.saturated and slo_margin(point.samples, limits, percentile) <= 1
-        if not met:
-            break
-        if not point.judged:
-            why = (f"{point.rate:g} req/s met the p{percentile:g} limits in trials shorter than "
-                   "the server's fill (the achieved rate not judged): that shows no steady state")
-            if k == 0:
-                return Capacity(value=math.nan, ci_low=math.nan, ci_high=math.nan,
-                                censored="unjudged", passing=(), first_failing=None,
-                                draws=np.full(resamples, np.nan),
-                                note=f"not established: the lowest rate {why}")
-            cap = capacity_at_slo(pts[:k], limits, percentile=percentile,
-                                  resamples=resamples, confidence=confidence, seed=seed)
-            return dataclasses.replace(cap, note=f"{cap.note}; {why}, so it and the rates "
-                                                 "above are not counted")
     rates = np.asarray([point.rate for point in pts], dtype=float)
     if not (np.isfinite(rates).all() and (rates > 0).all() and (np.diff(rates) > 0).all()):
         raise StageError(f"rates must be finite, > 0 and distinct, got {rates.tolist()}")
     sat = np.asarray([bool(point.saturated) for point in pts])
     margins = np.asarray([slo_margin(point.samples, limits, percentile) for point in pts])
-    value = float(_crossing(rates, sat, margins[None, :])[0][0])
     passes = ~sat & (margins <= 1)
-    passing = tuple(float(rate) for rate in rates[passes])
     first_fail = int(np.argmin(passes)) if not passes.all() else None
+    walked = passes.size if first_fail is None else first_fail
+    if (k := next((i for i in range(walked) if not pts[i].judged), None)) is not None:
+        why = (f"{pts[k].rate:g} req/s met the p{percentile:g} limits in trials shorter than "
+               "the server's fill (the achieved rate not judged): that shows no steady state")
+        if k == 0:
+            return Capacity(value=math.nan, ci_low=math.nan, ci_high=math.nan,
+                            censored="unjudged", passing=(), first_failing=None,
+                            draws=np.full(resamples, np.nan),
+                            note=f"not established: the lowest rate {why}")
+        cap = capacity_at_slo(pts[:k], limits, percentile=percentile, resamples=resamples,
+                              confidence=confidence, seed=seed)
+        return dataclasses.replace(cap, note=f"{cap.note}; {why}, so it and the rates above "
+                                             "are not counted")
+    value = float(_crossing(rates, sat, margins[None, :])[0][0])
+    passing = tuple(float(rate) for rate in rates[passes])
     rng = np.random.default_rng(seed)
     boot = np.empty((resamples, rates.size))
     for j, point in enumerate(pts):

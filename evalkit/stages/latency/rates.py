@@ -104,8 +104,7 @@ class RateSweep:
         t = self.st.lat.traffic
         if t is not None and t.rates:
             return list(t.rates)
-        f = self.st.raw / RATES_FILE
-        got = read_json(f).get(w.name) if json_exists(f) else None
+        got = self.st.rate_plans().get(w.name)
         return list(got["rates"]) if got else None
 
     def swept_rates(self, w: Workload) -> list[float]:
@@ -122,8 +121,7 @@ class RateSweep:
         t = self.st.lat.traffic
         if t is None:
             raise EngineError(f"{w.name}: the study has no traffic section to sweep")
-        f = self.st.raw / RATES_FILE
-        table = read_json(f) if json_exists(f) else {}
+        table = self.st.rate_plans()
         if w.name in table:
             return list(table[w.name]["rates"])
         top = Point("server", w, t.max_concurrency, math.inf)
@@ -151,7 +149,7 @@ class RateSweep:
                    f"{t.throughput_n()} requests at concurrency {t.max_concurrency}, "
                    f"x{t.headroom:g}")
         table[w.name] = {"rates": rates, **entry}
-        atomic_write_json(f, table)
+        atomic_write_json(self.st.raw / RATES_FILE, table)
         self.run.log(f"latency: {w.name} rate sweep at {', '.join(f'{r:g}' for r in rates)} "
                      f"req/s ({how}); each trial sends for {t.trial_s(fill):.3g} s (fill time "
                      f"{fill:.3g} s from {source}, x{t.fills:g}; at least {t.duration_s:g} s)")

@@ -109,12 +109,15 @@ class LatencyStage:
             return t.trials
         return self.trials
 
+    def rate_plans(self) -> dict[str, Any]:
+        """The run's rate-sweep plans per workload (``traffic-rates.json``; empty if none)."""
+        f = self.raw / RATES_FILE
+        return read_json(f) if json_exists(f) else {}
+
     def fill_s(self, workload: str) -> float:
         """The fill time a rate sweep of ``workload`` sized its trials by (``fill_s`` of its
-        entry in ``traffic-rates.json``; 0 when none was recorded)."""
-        f = self.raw / RATES_FILE
-        entry = read_json(f).get(workload) if json_exists(f) else None
-        return float((entry or {}).get("fill_s") or 0.0)
+        plan; 0 when none was recorded)."""
+        return float(self.rate_plans().get(workload, {}).get("fill_s") or 0.0)
 
     def requests_for(self, p: Point, trials: int) -> int:
         """Requests one trial of ``p`` sends: a rate point ``rate x traffic.trial_s(fill)``
