@@ -94,6 +94,13 @@ class TrafficSpec(SpecModel):
         "up to this many more rates one grid step apart, each measured only while the one "
         "before it passed (the same extra rates and prompts for every variant that needs "
         "them); 0: the capacity of such a variant is only 'at least the top rate'.")
+    refine: int = Field(
+        0, ge=0, le=6,
+        description="when a variant's sweep ends at a failing rate (saturated, or missing a "
+        "limit) above a passing one, up to this many more rates, each at the midpoint of the "
+        "bracket between the last passing and the first failing rate (a bisection per "
+        "variant, fresh prompts at each rate); each halves the range the capacity is known "
+        "to; 0: it is read between the grid's rates only.")
     burstiness: float = Field(
         1.0, gt=0, description="arrival process: 1 = Poisson; < 1 burstier (gamma "
         "inter-arrival times, vLLM's --burstiness); > 1 more regular.")
@@ -205,6 +212,14 @@ def extension_rates(rates: list[float] | tuple[float, ...], n: int) -> list[floa
         if r > (out[-1] if out else top):
             out.append(r)
     return out
+
+
+def bisect_rate(lo: float, hi: float) -> float | None:
+    """The midpoint of the bracket ``[lo, hi)`` to 3 significant digits, or None when that
+    rounding leaves it no longer strictly inside (the bracket is as fine as rates are
+    written)."""
+    mid = float(f"{(float(lo) + float(hi)) / 2:.3g}")
+    return mid if lo < mid < hi else None
 
 
 def auto_rates(sync_rate: float, saturation_rate: float, n: int, headroom: float) -> list[float]:

@@ -35,14 +35,15 @@ from evalkit.core.errors import StageError
 #: standard deviations of the ratio of two rate estimates of k events.
 ACHIEVED_MIN = 0.9
 #: The achieved-rate test counts completions only once the server has filled: from the
-#: trial's first send plus the longest E2E latency of the window's requests (before that, a
-#: stream that starts on an empty server completes fewer requests than arrive, whatever the
-#: load: a 6 s trial of a chat mix on an H100, bf16 at 13.1 req/s, read 0.56 x its arrival
-#: rate with a flat 112 ms p90 TTFT; on a CPU a 7 s window of 7.5 s requests read 0.24 req/s
-#: at 1.6 req/s). The test needs at least this many window arrivals in that counted span.
+#: trial's first send plus the longest time in service (E2E less TTFT) of the window's
+#: requests (before that, a stream that starts on an empty server completes fewer requests
+#: than arrive, whatever the load: a 6 s trial of a chat mix on an H100, bf16 at 13.1 req/s,
+#: read 0.56 x its arrival rate with a flat 112 ms p90 TTFT; on a CPU a 7 s window of 7.5 s
+#: requests read 0.24 req/s at 1.6 req/s). The test needs at least this many window arrivals
+#: in that counted span.
 FLOW_MIN_ARRIVALS = 12
-#: Saturated when the median TTFT of the window's last third of (ok) requests exceeds this
-#: multiple of the first third's: waiting time grows with the queue.
+#: Saturated when the median TTFT of the last third of the (ok) requests sent after the fill
+#: exceeds this multiple of the first third's: waiting time grows with the queue.
 TTFT_GROWTH = 2.0
 #: ...and the growth is also larger than this many ms (a 2x growth of a 10 ms TTFT is noise).
 TTFT_GROWTH_MIN_MS = 50.0
@@ -175,7 +176,8 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
     ``arrival = (n - 1) / (last send - first send)`` over the window's n requests;
     ``achieved`` = completions (send + latency) of any of the trial's ok requests inside the
     window's sending interval once the server has filled (from the trial's first send plus
-    the longest E2E latency of the window's ok requests), per second of that span; the whole
+    the longest time in service, E2E less TTFT, of the window's ok requests), per second of
+    that span; the whole
     sending interval when fewer than ``FLOW_MIN_ARRIVALS`` window requests are sent after the
     fill (then it is not judged). In a steady state as
     many requests finish per second as arrive, whatever the latency distribution; a growing
@@ -187,8 +189,14 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
     (the noise allowance for k window arrivals in the counted span), judged only when k is
     at least ``FLOW_MIN_ARRIVALS``; more than ``FAILED_MAX_PCT``
     % of the window failed; TTFT grows: with at least ``TTFT_GROWTH_MIN_REQUESTS`` ok
-    requests split in sending-order thirds, ``median(last) > TTFT_GROWTH x median(first)``
-    and ``median(last) - median(first) > TTFT_GROWTH_MIN_MS``.
+    requests sent after the fill (all the window's when the trial is not judged) split in
+    sending-order thirds, ``median(last) > TTFT_GROWTH x median(first)`` and
+    ``median(last) - median(first) > TTFT_GROWTH_MIN_MS``. (Before the fill TTFT rises with
+    the batch whatever the load: an 11 s RAG trial on an H100, W4A16 at 12.3 req/s, read
+    "93 ms to 201 ms" over its window's thirds, while its requests sent after the fill, at
+    5.7 s, went from 176 to 136 ms and completions kept pace with arrivals.) The fill is the
+    longest time in service, E2E less TTFT, of the window's requests: a TTFT holds the wait
+    in a queue, which would stretch a growing queue's "fill" over most of its trial.
 
     Args:
         start_s, latency_s, ttft_s, ok: per request, seconds, the window's input order;
@@ -223,8 +231,11 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
     done_at = (all_send + all_lat)[all_ok & np.isfinite(all_lat)]
     t0, t1 = (float(send.min()), float(send.max())) if send.size else (0.0, 0.0)
     # the server starts empty: count completions once the window's longest request, sent
-    # with the trial's first, would have finished
-    lats = lat[good & np.isfinite(lat)]
+    # with the trial's first, would have finished. Its length is its time in service, E2E
+    # less TTFT (the TTFT holds any wait in the queue: a queue that grows would otherwise
+    # stretch the "fill" over most of the trial and hide itself)
+    served = np.where(np.isfinite(ttft), lat - ttft, lat)
+    lats = served[good & np.isfinite(served)]
     filled = max(t0, float(np.nanmin(all_send)) + float(lats.max())) if lats.size else t1
     counted = int(((send >= filled) & (send <= t1)).sum()) if filled < t1 else 0
     if counted < FLOW_MIN_ARRIVALS:
@@ -254,13 +265,16 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
     if send.size and failed / send.size * 100 > FAILED_MAX_PCT:
         reasons.append(f"{failed} of {send.size} window requests failed "
                        f"({failed / send.size:.1%} > {FAILED_MAX_PCT:g}%)")
-    tt = ttft[good & np.isfinite(ttft)]
+    # TTFT rises while an empty server fills (its batch grows to the load's), whatever the
+    # load: only requests sent once it has filled show a queue that keeps growing
+    tt = ttft[good & np.isfinite(ttft) & (send >= filled)]
     if tt.size >= TTFT_GROWTH_MIN_REQUESTS:
         third = tt.size // 3
         first, last = float(np.median(tt[:third])), float(np.median(tt[-third:]))
         if last > TTFT_GROWTH * first and (last - first) * 1e3 > TTFT_GROWTH_MIN_MS:
-            reasons.append(f"median TTFT grows from {first * 1e3:.4g} ms (first third) to "
-                           f"{last * 1e3:.4g} ms (last third)")
+            after = " after the fill" if filled > t0 else ""
+            reasons.append(f"median TTFT{after} grows from {first * 1e3:.4g} ms (first "
+                           f"third) to {last * 1e3:.4g} ms (last third)")
     return Flow(arrival_rate_req_s=arrival, achieved_rate_req_s=achieved, failed=failed,
                 saturated=bool(reasons), reason="; ".join(reasons),
                 flow_judged=counted >= FLOW_MIN_ARRIVALS, held=held)
@@ -379,7 +393,7 @@ def _misses(point: RatePoint, limits: Mapping[str, float], q: float) -> str:
 
 def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
                     percentile: float = 90.0, resamples: int = 1000, confidence: float = 0.95,
-                    seed: int = 0) -> Capacity:
+                    seed: int = 0, bracket_seed: int | None = None) -> Capacity:
     """Highest offered rate whose ``percentile`` of each limited metric meets its limit.
 
     A point passes when it is not saturated and its :func:`slo_margin` is <= 1. Walking up
@@ -395,7 +409,11 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
     stay as measured); where the crossing meets a saturated rate ``r1``, the draw is uniform
     in ``[r0, r1)`` (the capacity is known only to that resolution). Draws below the lowest
     rate are NaN and count as 0 req/s in the quantiles; draws above count as the top rate.
-    The value's own end of that bracket is always inside the interval.
+    The value's own end of that bracket is always inside the interval. The uniform draws come
+    from a stream of their own, ``bracket_seed`` (default ``seed``): give each variant its own,
+    because nothing ties where two capacities lie inside their brackets, and draws from one
+    stream would put them at the same place (a gain of exactly 0 with no width between two
+    variants known only to ``[16, 20)``).
 
     A point whose trials were too short to judge the flow (``judged`` False) and that met the
     SLO proves nothing about the steady state: the walk stops before it, and capacity is at
@@ -424,7 +442,7 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
                             draws=np.full(resamples, np.nan),
                             note=f"not established: the lowest rate {why}")
         cap = capacity_at_slo(pts[:k], limits, percentile=percentile, resamples=resamples,
-                              confidence=confidence, seed=seed)
+                              confidence=confidence, seed=seed, bracket_seed=bracket_seed)
         return dataclasses.replace(cap, note=f"{cap.note}; {why}, so it and the rates above "
                                              "are not counted")
     value = float(_crossing(rates, sat, margins[None, :])[0][0])
@@ -446,7 +464,8 @@ def capacity_at_slo(points: Sequence[RatePoint], limits: Mapping[str, float], *,
     # The value claims the lower end; the draws spread uniformly over the bracket, so the
     # interval (and a gain between variants) carries that resolution instead of hiding it.
     spread = np.isfinite(upper)
-    draws[spread] = rng.uniform(draws[spread], upper[spread])
+    bracket = np.random.default_rng([seed if bracket_seed is None else bracket_seed, 1])
+    draws[spread] = bracket.uniform(draws[spread], upper[spread])
     alpha = 1 - confidence
     lo, hi = np.quantile(np.nan_to_num(draws, nan=0.0), [alpha / 2, 1 - alpha / 2])
     lo, hi = min(float(lo), value), max(float(hi), value)  # the claimed value is an end
@@ -484,8 +503,10 @@ def gain_from_draws(value: float, ref_value: float, draws: Sequence[float],
     """``(gain_pct, lo, hi)``: ``(value / ref_value - 1) x 100`` with the percentile interval
     of the index-paired draw ratios ``(d_i / ref_d_i - 1) x 100``.
 
-    The two sides' draws are independent resamples, so pairing them by index is an
-    independent bootstrap of the ratio. Draws below the lowest rate (NaN) count as 0 req/s (as
+    Draw ``i`` of each side is one bootstrap resample of that side's own requests; two
+    variants of one run resampled with one seed over the same prompts pair request for
+    request, and their draws over a saturated bracket are independent (see
+    :func:`capacity_at_slo`'s ``bracket_seed``). Draws below the lowest rate (NaN) count as 0 req/s (as
     in :func:`capacity_at_slo`); a reference draw of 0 gives an infinite gain (or none,
     dropped, when the other is 0 too). NaN triple when either value is NaN or the reference is
     0; NaN interval without draws.

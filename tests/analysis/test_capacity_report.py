@@ -416,3 +416,18 @@ def test_a_capacity_no_rate_established_says_so(run_dir):
                                  rec.make_records(rows, run_id="r1")])
     md = views.answer_markdown(alone)
     assert "no cost: no capacity established at $2 per GPU-hour" in md
+
+
+def test_an_unresolved_capacity_cell_names_each_variant(run_dir):
+    # w4a8's chat capacity known only as well as base's (draws over the same range): the
+    # verdict card's cell is open and says, per variant, what its gain interval spans
+    from evalkit.analysis import decision as dc
+
+    f = run_dir / "raw" / "latency" / "w4a8" / "capacity_chat.json"
+    raw = json.loads(f.read_text())
+    raw["draws"] = list(np.random.default_rng(5).uniform(1.6, 2.4, N_DRAWS))
+    f.write_text(json.dumps(raw))
+    cells_, _ = dc.run_cells(_report(run_dir), "traffic/r1", "m")
+    chat = next(c for c in cells_ if c.row.endswith("chat"))
+    assert chat.tone == "open" and chat.open_kind == "not resolved"
+    assert chat.gain.startswith("w4a8: 50 % more req/s per GPU than base [")

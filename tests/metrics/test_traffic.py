@@ -213,8 +213,25 @@ def test_ttft_growth_alone_saturates_only_beyond_the_ms_floor():
     ok = np.ones(60, bool)
     w = steady_window(sends, warmup_pct=0, cooldown_pct=0, by="requests")
     f = flow(sends, lat, np.linspace(0.05, 1.0, 60), ok, w)
-    assert f.saturated and f.reason.startswith("median TTFT grows")
+    assert f.saturated and f.reason.startswith("median TTFT after the fill grows")
     assert not flow(sends, lat, np.linspace(0.010, 0.040, 60), ok, w).saturated  # < 50 ms
+
+
+def test_ttft_rising_while_the_server_fills_is_not_saturation():
+    # 12 s of arrivals at 10 req/s, each request 9 s in service: while the empty server fills,
+    # TTFT rises with its batch from 20 to 120 ms, then stays flat. Thirds of the whole window
+    # would read "51 ms to 120 ms" (a growing queue); the requests sent after the fill do not.
+    sends = np.arange(120) * 0.1
+    ttft = 0.020 + 0.100 * np.clip(sends / 9.0, 0, 1)
+    lat = ttft + 9.0
+    ok = np.ones(120, bool)
+    w = steady_window(sends, warmup_pct=10, cooldown_pct=10, by="requests")
+    f = flow(sends, lat, ttft, ok, w)
+    assert f.flow_judged and not f.saturated, f.reason
+    # the same rise through a trial too short to judge still reads as growth
+    short = flow(sends[:90], lat[:90], ttft[:90], ok[:90],
+                 steady_window(sends[:90], warmup_pct=10, cooldown_pct=10, by="requests"))
+    assert not short.flow_judged and "TTFT grows" in short.reason
 
 
 def test_failed_requests_over_five_percent_saturate():
@@ -308,6 +325,25 @@ def test_saturated_or_failing_point_caps_at_last_passing_rate():
     inf = capacity_at_slo([const_point(1, 400, 20), const_point(2, 800, 40),
                            const_point(3, 500, 20, failed=10)], LIMITS, resamples=50)
     assert inf.value == 2.0 and "nothing above 2 req/s" in inf.note
+
+
+def test_bracket_draws_of_two_variants_are_independent():
+    # Two variants that both pass 16 and saturate at 20 req/s: each capacity is known only to
+    # [16, 20). With one stream their uniform draws coincide and the gain reads "+0 % [+0, +0]",
+    # a certainty no measurement gave; with streams of their own the interval spans the
+    # brackets' resolution (about -17 % to +22 % for two independent uniforms on [16, 20)).
+    def sweep():
+        return [const_point(8, 300, 10), const_point(16, 400, 12),
+                const_point(20, 500, 15, saturated=True)]
+    a = capacity_at_slo(sweep(), LIMITS, resamples=2000, seed=3, bracket_seed=11)
+    b = capacity_at_slo(sweep(), LIMITS, resamples=2000, seed=3, bracket_seed=12)
+    same = capacity_at_slo(sweep(), LIMITS, resamples=2000, seed=3, bracket_seed=11)
+    assert a.value == b.value == 16.0 and a.censored == "none"
+    assert ((a.draws >= 16) & (a.draws < 20)).all()
+    assert np.array_equal(a.draws, same.draws)
+    gain, lo, hi = capacity_gain(a, b)
+    assert gain == 0.0 and -20 < lo < -10 and 10 < hi < 25
+    assert capacity_gain(a, same)[1:] == (0.0, 0.0)
 
 
 def unjudged(point: RatePoint) -> RatePoint:

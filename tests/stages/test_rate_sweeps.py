@@ -25,6 +25,7 @@ from evalkit.core.traffic import (
     Lengths,
     TrafficSpec,
     auto_rates,
+    bisect_rate,
     extension_rates,
     load_label,
 )
@@ -103,6 +104,15 @@ def test_extension_rates_continue_the_grid():
     assert extension_rates([1.0, 2.0], 0) == [] and extension_rates([], 2) == []
     with pytest.raises(ValueError, match="extend"):
         TrafficSpec.model_validate({"extend": 9})
+
+
+def test_bisect_rate_halves_a_bracket_to_three_digits():
+    assert bisect_rate(16, 20) == 18.0 and bisect_rate(1.5, 400) == 201.0
+    assert bisect_rate(16, 17) == 16.5 and bisect_rate(6.35, 11.4) == 8.88
+    # as fine as rates are written: the rounded midpoint would sit on an end
+    assert bisect_rate(16.0, 16.1) is None and bisect_rate(100, 101) is None
+    with pytest.raises(ValueError, match="refine"):
+        TrafficSpec.model_validate({"refine": 7})
 
 
 def test_throughput_point_sends_at_least_two_waves():
@@ -381,7 +391,8 @@ def test_real_rate_sweep_on_cpu(tmp_path):
                  "input": {"dist": "lognormal", "sd": 150, "min": 16, "max": 900}}],
             "concurrency": [1], "num_prompts": 4, "prompts_per_concurrency": 2,
             "warmups": 1, "trials": 1,
-            "traffic": {"workloads": ["chat"], "rates": [1.0, 1.5, 400.0], "duration_s": 20,
+            "traffic": {"workloads": ["chat"], "rates": [1.0, 1.5, 400.0], "refine": 1,
+                        "duration_s": 20,
                         "min_requests": 12, "max_requests": 160, "sync_requests": 3,
                         "throughput_requests": 8, "max_concurrency": 8}},
         "engine": {"enforce_eager": True, "gpu_memory_utilization": 0.2, "max_model_len": 512},
@@ -402,9 +413,12 @@ def test_real_rate_sweep_on_cpu(tmp_path):
     assert len(detail["input_lens"]) == min(160, max(12, math.ceil(plan["trial_s"])))
     pts = df[(df["mode"] == "server") & (df.workload == "chat")]
     sat = pts[pts.metric == "saturated"].set_index("request_rate")["value"]
-    assert sat.to_dict() == {1.0: 0.0, 1.5: 0.0, 400.0: 1.0}, pts[pts.metric == "saturated"].note
+    # refine: 1 bisected the bracket [1.5, 400) once, at 201 req/s, which saturates too
+    assert sat.to_dict() == {1.0: 0.0, 1.5: 0.0, 201.0: 1.0, 400.0: 1.0}, \
+        pts[pts.metric == "saturated"].note
     # 400 req/s against a cap of 8 in flight: most of its requests waited in the client
     assert "waited in the client for its cap of 8" in sat_note(pts, 400.0)
+    assert "bisecting it with up to 1 more rate(s)" in (run.path / "logs/run.log").read_text()
     # one request in flight over 3 requests: a closed loop; the throughput point asked for 8
     # requests at concurrency 8, one wave, and sends two (THROUGHPUT_WAVES): a closed loop
     # whose waves desynchronize, not a burst; arrivals at a rate
@@ -413,15 +427,16 @@ def test_real_rate_sweep_on_cpu(tmp_path):
     done = pts[(pts.metric == "completed_requests") & (pts.concurrency == 8)
                & (pts.request_rate == math.inf)]
     assert float(done.value.iloc[0]) == 16
-    assert {loads[(8, r)] for r in (1.0, 1.5, 400.0)} == {"poisson"}
+    assert {loads[(8, r)] for r in (1.0, 1.5, 201.0, 400.0)} == {"poisson"}
     offered = pts[pts.metric == "offered_rate_req_s"].set_index("request_rate")["value"]
     achieved = pts[pts.metric == "achieved_rate_req_s"].set_index("request_rate")["value"]
     assert achieved[400.0] < 0.5 * offered[400.0]
     cap = df[(df["mode"] == "capacity") & (df.metric == "capacity_req_s")].set_index("stat")
     lo, v, hi = (float(cap.value[s]) for s in ("ci_low", "value", "ci_high"))
-    assert 1.5 <= v <= 400.0 and lo <= v <= hi, cap.note["value"]
-    draws = json.loads((run.path / "raw/latency/base/capacity_chat.json").read_text())["draws"]
-    assert len(draws) == 1000
+    assert 1.5 <= v <= 201.0 and lo <= v <= hi <= 201.0, cap.note["value"]
+    capfile = json.loads((run.path / "raw/latency/base/capacity_chat.json").read_text())
+    assert len(capfile["draws"]) == 1000
+    assert capfile["refined"] == [201.0] and capfile["rates"] == [1.0, 1.5, 201.0, 400.0]
     cost = df[(df.metric == "cost_usd_per_m_output_tokens") & (df.stat == "value")]
     assert float(cost.value.iloc[0]) > 0
     # the overlong mix's prompts past the context are refused by the server: every one is
@@ -445,6 +460,9 @@ def test_real_rate_sweep_on_cpu(tmp_path):
     cap2 = again[(again["mode"] == "capacity") & (again.metric == "capacity_req_s")
                  & (again.stat == "value")]
     assert float(cap2.value.iloc[0]) == pytest.approx(v)
+    hi2 = again[(again["mode"] == "capacity") & (again.metric == "capacity_req_s")
+                & (again.stat == "ci_high")]
+    assert float(hi2.value.iloc[0]) == pytest.approx(hi)  # the bisection's point found again
 
 
 def test_a_rate_points_roofline_batch_is_its_mean_in_flight():

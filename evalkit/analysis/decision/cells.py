@@ -244,7 +244,7 @@ def _capacity_cells(rep: Report, label: str, link: str, shape: str, excl: str,
         else:
             cell.tone = "open"
             cell.open_kind = "not resolved"
-            cell.gain = "not resolved: " + "; ".join(words(r) for r in o.itertuples())
+            cell.gain = "; ".join(f"{r.variant}: {words(r)}" for r in o.itertuples())
             out.append(cell)
     return out
 

@@ -11,6 +11,7 @@ runs the same rates with the same prompts, so points pair across variants.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from evalkit.core import records as rec
 from evalkit.core.errors import EngineError, StageError
 from evalkit.core.io import atomic_write_json, json_exists, read_json
 from evalkit.core.specs import Variant, Workload
-from evalkit.core.traffic import auto_rates, extension_rates, load_label
+from evalkit.core.traffic import auto_rates, bisect_rate, extension_rates, load_label
 from evalkit.core.units import UnitKey
 from evalkit.metrics import traffic as tr
 from evalkit.stages.latency.derive import PointData, server_point_records
@@ -33,6 +34,13 @@ from evalkit.stages.latency.sweep import RATES_FILE, LatencyStage
 def capacity_key(variant: str, workload: str) -> UnitKey:
     """The unit of one variant x workload's capacity records."""
     return UnitKey.latency(variant, "capacity", workload, 0, math.inf)
+
+
+def bracket_seed(seed: int, variant: str, workload: str) -> int:
+    """The seed of ``variant``'s uniform draws over a saturated bracket of ``workload``'s
+    sweep: its own per variant (:func:`evalkit.metrics.traffic.capacity_at_slo`), stable
+    across processes (not Python's salted ``hash``)."""
+    return zlib.crc32(f"{seed}/{variant}/{workload}".encode())
 
 
 def load_point_data(st: LatencyStage, vdir: Path, p: Point) -> PointData | None:
@@ -62,7 +70,7 @@ class RateSweep:
         included) into the stage."""
         for w in self.st.lat.traffic_workloads():
             if self.st.reuse(v, capacity_key(v.name, w.name)):
-                for p in rate_points(self.st.lat, w, self.swept_rates(w)):
+                for p in rate_points(self.st.lat, w, self.variant_rates(v, w)):
                     if self.run.units.done(p.key(v.name)):
                         self.st.reuse(v, p.key(v.name))
                 bar.update(self.planned())
@@ -114,6 +122,13 @@ class RateSweep:
         known = self.known_rates(w) or []
         t = self.st.lat.traffic
         return known + (extension_rates(known, t.extend) if t is not None else [])
+
+    def variant_rates(self, v: Variant, w: Workload) -> list[float]:
+        """Every rate ``v``'s finished sweep of ``w`` may have measured: :meth:`swept_rates`
+        and the bisection's rates its capacity file records (``traffic.refine``)."""
+        f = self.st.raw / v.name / f"capacity_{w.name}.json"
+        refined = (read_json(f).get("refined") or []) if json_exists(f) else []
+        return sorted(set(self.swept_rates(w)) | {float(rate) for rate in refined})
 
     def rates_for(self, v: Variant, w: Workload) -> list[float]:
         """The sweep's rates: the run's, else the study's or spread from ``v``'s anchors,
@@ -208,7 +223,9 @@ class RateSweep:
             bar.update(max(0, self.planned() - len(pts)))
             if measured and len(measured) == len(pts):
                 measured += self._extend(v, w, rates, measured, measure)
-            self.write_capacity(v, w, measured)
+            refined = self._refine(v, w, measured, measure)
+            self.write_capacity(v, w, measured + refined,
+                                refined=[p.request_rate for p, _ in refined])
 
     def _extend(self, v: Variant, w: Workload, rates: list[float],
                 measured: list[tuple[Point, PointData]],
@@ -231,6 +248,36 @@ class RateSweep:
                 break
             out.append((p, data))
             last_p, last_d = p, data
+        return out
+
+    def _refine(self, v: Variant, w: Workload, measured: list[tuple[Point, PointData]],
+                measure: Callable[[Point], PointData | None]) -> list[tuple[Point, PointData]]:
+        """Up to ``traffic.refine`` rates bisecting the bracket between the last passing and
+        the first failing rate (as :meth:`_passes` judges them, in rate order): without
+        them, variants that fail at the same grid rate share one capacity bracket, however
+        far apart they are inside it."""
+        t = self.st.lat.traffic
+        if t is None or not t.refine or not measured:
+            return []
+        ordered = sorted(measured, key=lambda item: item[0].request_rate)
+        passes = [self._passes(v, p, data) for p, data in ordered]
+        if all(passes) or not passes[0]:
+            return []  # nothing failed, or nothing passed: no bracket to narrow
+        k = passes.index(False)
+        lo, hi = ordered[k - 1][0].request_rate, ordered[k][0].request_rate
+        self.run.log(f"latency: {v.name} {w.name}: capacity lies in [{lo:g}, {hi:g}) req/s; "
+                     f"bisecting it with up to {t.refine} more rate(s)")
+        out: list[tuple[Point, PointData]] = []
+        for _ in range(t.refine):
+            mid = bisect_rate(lo, hi)
+            if mid is None:
+                break
+            p = rate_points(self.st.lat, w, [mid])[0]
+            data = self._point(v, p, measure)
+            if data is None:
+                break  # the point failed (recorded): the bracket stays as it is
+            out.append((p, data))
+            lo, hi = (mid, hi) if self._passes(v, p, data) else (lo, mid)
         return out
 
     def _point(self, v: Variant, p: Point,
@@ -256,8 +303,11 @@ class RateSweep:
         return margin <= 1.0
 
     def write_capacity(self, variant: Variant, workload: Workload,
-                       measured: list[tuple[Point, PointData]]) -> None:
-        """Capacity at the SLO of ``variant`` under ``workload``'s traffic: records and the raw draws."""
+                       measured: list[tuple[Point, PointData]], *,
+                       refined: list[float] | None = None) -> None:
+        """Capacity at the SLO of ``variant`` under ``workload``'s traffic: records and the
+        raw draws; ``refined``: the bisection's rates among ``measured`` (recorded, so that a
+        rerun and ``evalkit rebuild`` find their points)."""
         st, cfg = self.st, self.st.cfg
         slo = cfg.report.slo
         limits = self._limits()
@@ -278,7 +328,9 @@ class RateSweep:
         cap = tr.capacity_at_slo(
             [tr.RatePoint(point.request_rate, data.saturated, data.samples, data.flow_judged)
              for point, data in valid], limits,
-            percentile=slo.percentile, seed=cfg.latency.seed)  # type: ignore[union-attr]
+            percentile=slo.percentile, seed=cfg.latency.seed,  # type: ignore[union-attr]
+            bracket_seed=bracket_seed(cfg.latency.seed, variant.name,  # type: ignore[union-attr]
+                                      workload.name))
         outs = [data.mean_output_tokens for _, data in valid
                 if math.isfinite(data.mean_output_tokens)]
         out_tok = float(np.mean(outs)) if outs else float(workload.output_len)
@@ -317,7 +369,8 @@ class RateSweep:
         atomic_write_json(st.raw / variant.name / f"capacity_{workload.name}.json", {
             "value": cap.value, "ci_low": cap.ci_low, "ci_high": cap.ci_high,
             "censored": cap.censored, "draws": [float(draw) for draw in cap.draws],
-            "rates": [point.request_rate for point, _ in valid], "passing": list(cap.passing),
+            "rates": sorted(point.request_rate for point, _ in valid),
+            "refined": sorted(refined or []), "passing": list(cap.passing),
             "limits": limits, "percentile": slo.percentile, "note": note,
             "output_tokens_per_request": out_tok, "gpus": gpus})
         st.save_unit(variant, capacity_key(variant.name, workload.name), df, "ok")

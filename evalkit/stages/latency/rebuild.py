@@ -141,11 +141,13 @@ def _capacities(st: LatencyStage, cfg: Any) -> list[pd.DataFrame]:
             if not st.run.units.done(capacity_key(v.name, w.name)):
                 continue
             measured = []
-            for p in rate_points(cfg.latency, w, sweep.swept_rates(w)):
+            rates = sweep.variant_rates(v, w)
+            refined = sorted(set(rates) - set(sweep.swept_rates(w)))
+            for p in rate_points(cfg.latency, w, rates):
                 data = load_point_data(st, st.raw / v.name, p) if st.run.units.done(
                     p.key(v.name)) else None
                 if data is not None:
                     measured.append((p, data))
-            sweep.write_capacity(v, w, measured)
+            sweep.write_capacity(v, w, measured, refined=refined)
     return st.collect()
 
