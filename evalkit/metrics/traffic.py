@@ -50,6 +50,11 @@ TTFT_GROWTH_MIN_MS = 50.0
 #: The TTFT test needs at least this many ok requests in the window (four per third: the
 #: median of two is a single slow request, which one busy core on a CPU host produces).
 TTFT_GROWTH_MIN_REQUESTS = 12
+#: ...and the TTFTs rise through those requests: a one-sided Mann-Kendall trend test
+#: (:func:`rising_p`) below this p-value. A queue that grows raises every later TTFT; two
+#: requests that arrive together on a busy host raise two (a CPU rate point at 1 req/s read
+#: "93 ms to 213 ms" from thirds of four requests, its last two at 128 and 83 ms again).
+TTFT_TREND_P = 0.01
 #: Saturated when more than this percentage of the window's requests failed.
 FAILED_MAX_PCT = 5.0
 #: Saturated when, with a client-side cap on requests in flight, at least this percentage of
@@ -162,6 +167,20 @@ def held_sends(start_s: Sequence[float], latency_s: Sequence[float], cap: int,
     return out
 
 
+def rising_p(values: Sequence[float]) -> float:
+    """One-sided p-value that ``values`` (in order) rise: the Mann-Kendall test, ``S`` = sum
+    of sign(x_j - x_i) over i < j, normal approximation with continuity correction and no
+    tie correction (``var = n (n - 1) (2n + 5) / 18``). 1.0 for fewer than 3 values."""
+    x = np.asarray(values, dtype=float).ravel()
+    n = x.size
+    if n < 3:
+        return 1.0
+    i, j = np.triu_indices(n, 1)
+    stat = float(np.sign(x[j] - x[i]).sum())
+    z = (stat - 1) / math.sqrt(n * (n - 1) * (2 * n + 5) / 18) if stat > 0 else 0.0
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
 def _rate(times: np.ndarray) -> float:
     times = times[np.isfinite(times)]
     span = float(times.max() - times.min()) if times.size else 0.0
@@ -190,8 +209,9 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
     at least ``FLOW_MIN_ARRIVALS``; more than ``FAILED_MAX_PCT``
     % of the window failed; TTFT grows: with at least ``TTFT_GROWTH_MIN_REQUESTS`` ok
     requests sent after the fill (all the window's when the trial is not judged) split in
-    sending-order thirds, ``median(last) > TTFT_GROWTH x median(first)`` and
-    ``median(last) - median(first) > TTFT_GROWTH_MIN_MS``. (Before the fill TTFT rises with
+    sending-order thirds, ``median(last) > TTFT_GROWTH x median(first)``,
+    ``median(last) - median(first) > TTFT_GROWTH_MIN_MS`` and the TTFTs rise in sending
+    order (:func:`rising_p` < ``TTFT_TREND_P``). (Before the fill TTFT rises with
     the batch whatever the load: an 11 s RAG trial on an H100, W4A16 at 12.3 req/s, read
     "93 ms to 201 ms" over its window's thirds, while its requests sent after the fill, at
     5.7 s, went from 176 to 136 ms and completions kept pace with arrivals.) The fill is the
@@ -271,10 +291,12 @@ def flow(start_s: Sequence[float], latency_s: Sequence[float], ttft_s: Sequence[
     if tt.size >= TTFT_GROWTH_MIN_REQUESTS:
         third = tt.size // 3
         first, last = float(np.median(tt[:third])), float(np.median(tt[-third:]))
-        if last > TTFT_GROWTH * first and (last - first) * 1e3 > TTFT_GROWTH_MIN_MS:
+        if (last > TTFT_GROWTH * first and (last - first) * 1e3 > TTFT_GROWTH_MIN_MS
+                and (p := rising_p(tt)) < TTFT_TREND_P):
             after = " after the fill" if filled > t0 else ""
             reasons.append(f"median TTFT{after} grows from {first * 1e3:.4g} ms (first "
-                           f"third) to {last * 1e3:.4g} ms (last third)")
+                           f"third) to {last * 1e3:.4g} ms (last third), rising through "
+                           f"the window (Mann-Kendall p = {p:.2g})")
     return Flow(arrival_rate_req_s=arrival, achieved_rate_req_s=achieved, failed=failed,
                 saturated=bool(reasons), reason="; ".join(reasons),
                 flow_judged=counted >= FLOW_MIN_ARRIVALS, held=held)

@@ -17,6 +17,7 @@ from evalkit.metrics.traffic import (
     flow,
     held_sends,
     joules_per_token,
+    rising_p,
     slo_margin,
     slo_values,
     steady_window,
@@ -232,6 +233,26 @@ def test_ttft_rising_while_the_server_fills_is_not_saturation():
     short = flow(sends[:90], lat[:90], ttft[:90], ok[:90],
                  steady_window(sends[:90], warmup_pct=10, cooldown_pct=10, by="requests"))
     assert not short.flow_judged and "TTFT grows" in short.reason
+
+
+def test_a_pair_of_slow_ttfts_is_not_a_growing_queue():
+    # a CPU rate point at 1 req/s (the packaged Gemma on 2 cores): two requests sent 10 ms
+    # apart near the end waited ~300 ms each, the next two did not. The thirds' medians of its
+    # 14 requests after the fill read 93 -> 213 ms, but the TTFTs do not rise through the
+    # window (Mann-Kendall p = 0.19), so it is not saturated; a steady rise of the same size is
+    ttft_ms = np.array([137, 97, 89, 71, 111, 77, 102, 79, 136, 108, 304, 297, 128, 83.0])
+    sends = np.array([3.60, 4.40, 4.83, 9.40, 9.70, 10.05, 10.49, 12.03, 12.80, 13.59, 14.88,
+                      14.89, 15.76, 16.70])
+    lat = ttft_ms / 1e3 + 1.0
+    ok = np.ones(sends.size, bool)
+    w = steady_window(sends, warmup_pct=0, cooldown_pct=0, by="requests")
+    assert rising_p(ttft_ms) > 0.1
+    assert not flow(sends, lat, ttft_ms / 1e3, ok, w).saturated
+    rise = np.sort(ttft_ms)
+    assert rising_p(rise) < 1e-6
+    f = flow(sends, rise / 1e3 + 1.0, rise / 1e3, ok, w)
+    assert f.saturated and "Mann-Kendall p = " in f.reason
+    assert rising_p([1.0, 2.0]) == 1.0 and rising_p([3.0, 2.0, 1.0]) >= 0.5  # falling
 
 
 def test_failed_requests_over_five_percent_saturate():
