@@ -123,12 +123,17 @@ class RateSweep:
         t = self.st.lat.traffic
         return known + (extension_rates(known, t.extend) if t is not None else [])
 
+    def refined_rates(self, v: Variant, w: Workload) -> list[float]:
+        """The bisection's rates (``traffic.refine``) that ``v``'s capacity file of ``w``
+        records; empty without one."""
+        f = self.st.raw / v.name / f"capacity_{w.name}.json"
+        recorded = (read_json(f).get("refined") or []) if json_exists(f) else []
+        return [float(rate) for rate in recorded]
+
     def variant_rates(self, v: Variant, w: Workload) -> list[float]:
         """Every rate ``v``'s finished sweep of ``w`` may have measured: :meth:`swept_rates`
-        and the bisection's rates its capacity file records (``traffic.refine``)."""
-        f = self.st.raw / v.name / f"capacity_{w.name}.json"
-        refined = (read_json(f).get("refined") or []) if json_exists(f) else []
-        return sorted(set(self.swept_rates(w)) | {float(rate) for rate in refined})
+        and :meth:`refined_rates`."""
+        return sorted(set(self.swept_rates(w)) | set(self.refined_rates(v, w)))
 
     def rates_for(self, v: Variant, w: Workload) -> list[float]:
         """The sweep's rates: the run's, else the study's or spread from ``v``'s anchors,

@@ -141,9 +141,8 @@ def _capacities(st: LatencyStage, cfg: Any) -> list[pd.DataFrame]:
             if not st.run.units.done(capacity_key(v.name, w.name)):
                 continue
             measured = []
-            rates = sweep.variant_rates(v, w)
-            refined = sorted(set(rates) - set(sweep.swept_rates(w)))
-            for p in rate_points(cfg.latency, w, rates):
+            refined = sweep.refined_rates(v, w)  # read before write_capacity rewrites it
+            for p in rate_points(cfg.latency, w, sweep.variant_rates(v, w)):
                 data = load_point_data(st, st.raw / v.name, p) if st.run.units.done(
                     p.key(v.name)) else None
                 if data is not None:
