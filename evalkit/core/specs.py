@@ -136,6 +136,9 @@ class QuantizeSpec(SpecModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where llm-compressor runs (auto: cuda if present)."
     )
+    smoothquant: bool = Field(
+        True, description="GPTQ of w8a8_int8 starts with SmoothQuant (strength 0.8), checked "
+        "to leave the model's function unchanged; false: GPTQ alone.")
 
 
 class BootstrapSpec(SpecModel):
@@ -157,6 +160,12 @@ class AccuracySpec(SpecModel):
     num_fewshot: int | None = Field(None, ge=0, description="few-shot count (None = task default).")
     seed: int = Field(1234, description="lm-eval seed (few-shot sampling, python/numpy/torch).")
     batch_size: PosInt = Field(16, description="requests per batch (hf) / concurrent (vllm).")
+    requests_per_call: int = Field(
+        1, ge=1, le=256,
+        description="vllm backend: log-likelihood requests sent in one HTTP call to the server "
+        "(lm-eval's batch_size for its API models; batch_size calls stay in flight). More than "
+        "one amortizes the per-call cost of the client and the server's front end; the hf "
+        "backend ignores it.")
     apply_chat_template: bool = Field(False, description="wrap prompts in the chat template.")
     max_gen_toks: PosInt = Field(256, description="cap on generated tokens for generate tasks.")
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec, description="CI settings.")

@@ -17,7 +17,11 @@ temporary name and renamed into place while a lock on its name is held.
 Methods:
     rtn: ``QuantizationModifier`` (round to nearest, no data).
     gptq: ``GPTQModifier``; for w8a8_int8 preceded by ``SmoothQuantModifier(0.8)``, as in
-        llm-compressor's W8A8 example.
+        llm-compressor's W8A8 example (``quantize.smoothquant: false`` leaves it out). The
+        smoothing runs on its own first and must leave the loss of a few calibration
+        passages unchanged (it only moves scale between a norm and the layers it feeds);
+        where llm-compressor's mappings do not fit the architecture it does not (Gemma 3:
+        perplexity 41 -> 1e11), and the variant fails before GPTQ with that measurement.
     awq: ``AWQModifier`` followed by ``QuantizationModifier`` (llm-compressor's AWQ recipe).
 
 Architecture presets (random weights, loaded by vLLM with ``load_format="dummy"``) get a

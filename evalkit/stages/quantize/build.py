@@ -18,6 +18,8 @@ from evalkit.core.specs import QuantizeSpec, Variant
 from evalkit.stages.quantize.checkpoints import (
     CALIBRATED_METHODS,
     METADATA_FILE,
+    SMOOTHING_CHECK_SEQUENCES,
+    SMOOTHING_TOLERANCE,
     WEIGHT_INDEXES,
     WEIGHT_SUFFIXES,
     QuantizedCheckpoint,
@@ -29,6 +31,7 @@ from evalkit.stages.quantize.checkpoints import (
     library_versions,
     meta_model,
     target_linear_modules,
+    uses_smoothquant,
     weight_bytes,
 )
 from evalkit.stages.quantize.recipes import (
@@ -126,7 +129,13 @@ def _build_real(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec, out
                       shuffle_calibration_samples=False)
     torch.manual_seed(0)
     t1 = time.perf_counter()
-    oneshot(model=lm, recipe=recipe, **kwargs)
+    smoothing = None
+    if uses_smoothquant(variant, qspec):
+        smoothing = _smooth_checked(lm, recipe[0], kwargs, variant)
+        recipe_rest = recipe[1:]
+    else:
+        recipe_rest = recipe
+    oneshot(model=lm, recipe=recipe_rest, **kwargs)
     t_oneshot = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -141,8 +150,54 @@ def _build_real(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec, out
         "calibration_dtype": "float32" if upcast else str(saved_dtype).removeprefix("torch."),
         "recipe": [type(modifier).__name__ for modifier in recipe],
         "calibration": cal_info,
+        **({"smoothing_check": smoothing} if smoothing else {}),
         "load_s": t_load, "oneshot_s": t_oneshot, "save_s": t_save,
     }
+
+
+def _calibration_loss(lm: Any, ds: Any) -> float:
+    """Mean next-token loss (nats per token) of the first calibration sequences."""
+    import torch
+    from compressed_tensors.offload import dispatch_model
+
+    lm = dispatch_model(lm)  # onto the accelerator where there is one, as for generation
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids in ds["input_ids"][:SMOOTHING_CHECK_SEQUENCES]:
+            x = torch.tensor([ids], device=lm.device)
+            n = len(ids) - 1
+            total += float(lm(input_ids=x, labels=x).loss) * n
+            count += n
+    return total / count
+
+
+def _smooth_checked(lm: Any, smooth: Any, kwargs: dict[str, Any], variant: Variant,
+                    ) -> dict[str, Any]:
+    """Run the SmoothQuant step alone and check it left the model's function unchanged.
+
+    Raises:
+        ConfigError: the calibration loss moved by more than ``SMOOTHING_TOLERANCE`` (the
+            library's smoothing mappings do not fit this architecture); nothing is written.
+    """
+    from llmcompressor import oneshot
+
+    before = _calibration_loss(lm, kwargs["dataset"])
+    oneshot(model=lm, recipe=[smooth], **kwargs)
+    after = _calibration_loss(lm, kwargs["dataset"])
+    change = abs(after - before) / max(before, 1e-9)
+    check = {"sequences": SMOOTHING_CHECK_SEQUENCES, "loss_before": before,
+             "loss_after": after, "relative_change": change, "tolerance": SMOOTHING_TOLERANCE}
+    if not change <= SMOOTHING_TOLERANCE:  # also catches a NaN loss
+        arch = ", ".join(getattr(lm.config, "architectures", None) or ["this architecture"])
+        raise ConfigError(
+            f"variant {variant.name}: SmoothQuant changed what the model computes "
+            f"({arch}, llm-compressor {library_versions()['llmcompressor']}): the loss of "
+            f"{SMOOTHING_CHECK_SEQUENCES} calibration passages went from {before:.3f} to "
+            f"{after:.3g} nats per token, where smoothing alone must leave it unchanged "
+            f"(within {SMOOTHING_TOLERANCE:.0%}); its smoothing mappings do not fit this "
+            "model and no checkpoint was written. Allowed: quantize.smoothquant: false "
+            "(GPTQ alone), or method rtn")
+    return check
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

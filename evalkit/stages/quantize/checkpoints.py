@@ -24,6 +24,12 @@ METADATA_FILE = "evalkit_quantize.json"
 RECIPE_VERSION = 2  # 2: calibrated methods run in float32 on CPUs
 #: SmoothQuant strength before GPTQ for int8 activations (llm-compressor's W8A8 example).
 SMOOTHQUANT_STRENGTH = 0.8
+#: Smoothing only moves scale between a norm and the layers it feeds, so it must leave the
+#: model's loss unchanged; relative change of the calibration loss tolerated (rounding of the
+#: rescaled weights in the checkpoint's dtype).
+SMOOTHING_TOLERANCE = 0.02
+#: Calibration sequences the smoothing check scores before and after.
+SMOOTHING_CHECK_SEQUENCES = 4
 #: Methods that run calibration data through the model.
 CALIBRATED_METHODS = ("gptq", "awq")
 #: Files of a checkpoint that hold weights (not copied into preset checkpoints).
@@ -93,9 +99,17 @@ def key_material(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec) ->
     }
     if variant.method in CALIBRATED_METHODS:
         material["calibration"] = qspec.calibration.model_dump(mode="json")
-        if variant.method == "gptq" and scheme.name == "w8a8_int8":
+        if uses_smoothquant(variant, qspec):
             material["smoothquant_strength"] = SMOOTHQUANT_STRENGTH
+            # checkpoints smoothed before the check existed are not reused (some are broken)
+            material["smoothing_tolerance"] = SMOOTHING_TOLERANCE
     return material
+
+
+def uses_smoothquant(variant: Variant, qspec: QuantizeSpec) -> bool:
+    """Whether the variant's recipe starts with SmoothQuant: GPTQ of w8a8_int8, unless the
+    study turns it off (``quantize.smoothquant: false``)."""
+    return variant.method == "gptq" and variant.scheme == "w8a8_int8" and qspec.smoothquant
 
 
 def checkpoint_key(model: ResolvedModel, variant: Variant, qspec: QuantizeSpec) -> str:

@@ -11,7 +11,7 @@ from evalkit.assets import taskpack
 from evalkit.core.errors import ConfigError
 from evalkit.core.schemes import SCHEMES
 from evalkit.core.specs import Calibration, QuantizeSpec, Variant
-from evalkit.stages.quantize.checkpoints import SMOOTHQUANT_STRENGTH
+from evalkit.stages.quantize.checkpoints import SMOOTHQUANT_STRENGTH, uses_smoothquant
 
 # --------------------------------------------------------------------------------------
 # scheme, recipe, calibration
@@ -47,7 +47,7 @@ def build_recipe(variant: Variant, qspec: QuantizeSpec) -> list[Any]:
         return [QuantizationModifier(targets=["Linear"], config_groups=groups, ignore=ignore)]
     if variant.method == "gptq":
         recipe: list[Any] = []
-        if variant.scheme == "w8a8_int8":
+        if uses_smoothquant(variant, qspec):
             from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 
             recipe.append(SmoothQuantModifier(smoothing_strength=SMOOTHQUANT_STRENGTH))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -40,10 +41,12 @@ EXPECTED = {
 }
 
 
+#: the engine cache this session started with (the cache fixture points EVALKIT_CACHE away)
+USER_CACHE = os.environ.get("EVALKIT_CACHE", str(Path.home() / ".cache" / "evalkit"))
+
+
 @pytest.fixture(scope="session")
 def cache(tmp_path_factory) -> Path:
-    import os
-
     root = tmp_path_factory.mktemp("evalkit-cache")
     old = os.environ.get("EVALKIT_CACHE")
     os.environ["EVALKIT_CACHE"] = str(root)
@@ -139,6 +142,49 @@ def test_rtn_each_scheme_writes_loadable_checkpoint(cache, tiny, scheme):
     assert corr > (0.9 if bits == 4 else 0.99), corr
     if bits == 4:  # the weights really were rounded to 4 bits, not passed through
         assert corr < 0.999, corr
+
+
+def test_gptq_w8a8_smoothing_checked_and_optional(tiny):
+    """GPTQ of W8A8-INT8 starts with SmoothQuant, run alone first and checked to leave the
+    calibration loss unchanged (on a Llama it does); quantize.smoothquant: false leaves it
+    out, under another key."""
+    cal = Calibration(num_samples=8, seq_len=64)
+    v = Variant(name="w8g", scheme="w8a8_int8", method="gptq")
+    ck = q.quantize_variant(resolved(tiny), v, QuantizeSpec(calibration=cal))
+    meta = json.loads((ck.path / METADATA_FILE).read_text())
+    assert meta["recipe"] == ["SmoothQuantModifier", "GPTQModifier"]
+    check = meta["smoothing_check"]
+    assert check["loss_before"] > 0 and check["relative_change"] <= check["tolerance"], check
+    off = q.quantize_variant(resolved(tiny), v,
+                             QuantizeSpec(calibration=cal, smoothquant=False))
+    meta_off = json.loads((off.path / METADATA_FILE).read_text())
+    assert off.key != ck.key and meta_off["recipe"] == ["GPTQModifier"]
+    assert "smoothing_check" not in meta_off
+
+
+@pytest.mark.slow
+def test_smoothing_that_changes_the_model_fails_before_gptq(monkeypatch):
+    """llm-compressor 0.14's SmoothQuant mappings for Gemma 3 smooth post_attention_layernorm
+    into the MLP, which Gemma 3 feeds from pre_feedforward_layernorm: the smoothing alone took
+    the packaged Gemma 3 270M from perplexity 41 to ~1e11. The variant fails with that
+    measurement and the remedy, and no checkpoint is written."""
+    from evalkit.assets.models import resolve_model  # noqa: PLC0415
+    from evalkit.core.errors import ConfigError, EvalkitError  # noqa: PLC0415
+    from evalkit.core.specs import ModelSpec  # noqa: PLC0415
+    from evalkit.stages.quantize.checkpoints import checkpoint_root  # noqa: PLC0415
+
+    monkeypatch.setenv("EVALKIT_CACHE", USER_CACHE)  # the packaged model setup.sh prepared
+    try:
+        m = resolve_model(ModelSpec(source="packaged", name="gemma3-270m"))
+    except EvalkitError as exc:
+        pytest.skip(f"gemma3-270m not available: {exc}")
+    v = Variant(name="w8g", scheme="w8a8_int8", method="gptq")
+    qs = QuantizeSpec(calibration=Calibration(num_samples=4, seq_len=64))
+    final = checkpoint_root() / checkpoint_name(m, v, q.checkpoint_key(m, v, qs))
+    with pytest.raises(ConfigError, match=r"SmoothQuant changed what the model computes "
+                       r"\(Gemma3ForCausalLM.*quantize\.smoothquant: false"):
+        q.quantize_variant(m, v, qs)
+    assert not final.exists()
 
 
 def test_second_call_reuses_checkpoint(tiny):
