@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -286,7 +287,65 @@ def test_eval_settings_are_shared(tmp_path):
     assert set(s) >= {"num_fewshot", "apply_chat_template", "batch_size", "max_gen_toks"}
 
 
+def test_requests_per_call_keys_only_where_set(tmp_path):
+    one = eval_settings(_cfg(tmp_path))
+    assert "requests_per_call" not in one  # the keys of earlier runs stay valid
+    d = study(tmp_path)
+    d["accuracy"]["requests_per_call"] = 8
+    assert eval_settings(parse_study(d)) == {**one, "requests_per_call": 8}
+
+
 # ---------------------------------------------------------------- slow: real lm-eval runs
+
+
+@pytest.mark.slow
+def test_requests_per_call_gives_each_request_its_own_loglikelihood(tmp_path):
+    """Several log-likelihood requests in one HTTP call (accuracy.requests_per_call, lm-eval's
+    batch_size for its API models) get the log-likelihoods each gets in a call of its own, and
+    the same scores: a vLLM server on this CPU, a tiny random-weight model, ARC-Easy."""
+    pytest.importorskip("vllm")
+    from tiny_model import build_tiny_llama  # noqa: PLC0415
+
+    from evalkit.assets.taskpack import lm_eval_task_name  # noqa: PLC0415
+    from evalkit.engine.server import VLLMServer  # noqa: PLC0415
+    from evalkit.stages.accuracy.backends import (  # noqa: PLC0415
+        make_api_lm,
+        run_lm_eval,
+        task_manager,
+    )
+
+    tiny = build_tiny_llama()
+    d = study(tmp_path, engine={"device": "cpu", "dtype": "float32", "enforce_eager": True,
+                                "gpu_memory_utilization": 0.1, "max_model_len": 1024})
+    d["accuracy"].update(limit=12, batch_size=3)
+    cfgs = {n: parse_study({**d, "accuracy": {**d["accuracy"], "requests_per_call": n}})
+            for n in (1, 5)}
+    tm = task_manager("local")
+    task = lm_eval_task_name("arc_easy", "local")
+    log = tmp_path / "s.log"
+    out, calls = {}, {}
+
+    def posts() -> int:  # the server's access log: one line per HTTP call
+        return log.read_text(errors="replace").count("POST /v1/completions")
+
+    with VLLMServer(tiny, engine=cfgs[1].engine, log_path=log, served_model_name="tiny") as s:
+        for n, cfg in cfgs.items():
+            before = posts()
+            lm = make_api_lm(s.base_url, "tiny", tiny, cfg, add_bos_token=False)
+            _, samples = run_lm_eval(lm, task, cfg, tm)
+            time.sleep(1)  # the access log line is written after the response
+            calls[n] = posts() - before
+            out[n] = {x["doc_id"]: (x["resps"], x["acc"], x["acc_norm"])
+                      for x in samples[task]}
+    assert len(out[1]) == 12 and out[1].keys() == out[5].keys()
+    requests = sum(len(r[0]) for r in out[1].values())  # one per answer choice
+    assert calls == {1: requests, 5: math.ceil(requests / 5)}, (calls, requests)
+    for doc, (resps, a, an) in out[1].items():
+        resps5, a5, an5 = out[5][doc]
+        ll1 = [r[0][0] for r in resps]
+        ll5 = [r[0][0] for r in resps5]
+        assert ll5 == pytest.approx(ll1, abs=1e-3), doc
+        assert (a5, an5) == (a, an), doc
 
 
 def _gemma():

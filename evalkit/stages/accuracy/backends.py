@@ -237,7 +237,8 @@ def make_api_lm(base_url: str, served_name: str, tokenizer: Path, cfg: StudyConf
         base_url=base_url.rstrip("/") + "/v1/completions", model=served_name,
         tokenizer=str(tokenizer), tokenizer_backend="huggingface", tokenized_requests=True,
         num_concurrent=acc.batch_size, max_retries=API_MAX_RETRIES, timeout=API_TIMEOUT_S,
-        max_length=cfg.engine.max_model_len, max_gen_toks=acc.max_gen_toks, batch_size=1,
+        max_length=cfg.engine.max_model_len, max_gen_toks=acc.max_gen_toks,
+        batch_size=acc.requests_per_call,
         seed=acc.seed, trust_remote_code=cfg.model.trust_remote_code,
         add_bos_token=add_bos_token,
     )

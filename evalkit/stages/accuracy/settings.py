@@ -52,6 +52,9 @@ def lm_eval_version() -> str:
 def eval_settings(cfg: StudyConfig) -> dict[str, Any]:
     """The lm-eval settings applied to every variant (part of every cache key)."""
     acc = accuracy_spec(cfg)
+    # requests_per_call joins the key only where it is set: the keys of runs made before it
+    # existed (one request per call) stay valid.
+    per_call = {"requests_per_call": acc.requests_per_call} if acc.requests_per_call > 1 else {}
     return {
         "data": acc.data,
         "num_fewshot": acc.num_fewshot,
@@ -62,6 +65,7 @@ def eval_settings(cfg: StudyConfig) -> dict[str, Any]:
         "max_gen_toks": acc.max_gen_toks,
         "max_length": cfg.engine.max_model_len,
         "bootstrap_iters": acc.bootstrap.resamples,
+        **per_call,
     }
 
 
