@@ -21,25 +21,29 @@ QUALITY = {"w4a16": (-2.0, 0.5), "w4a8_fp8": (-5.0, 0.6), "w8a8_int8": (0.3, 0.8
 
 
 def _report(*, trials: int = 3, real: bool = True, tolerance: float = 1.0,
-            eager: bool = False) -> Report:
+            eager: bool = False, workloads: dict[str, float] | None = None) -> Report:
     """One run at one request in flight; with ``real=False`` a random-weights run (no
-    accuracy records)."""
+    accuracy records). ``workloads``: workload name -> factor on W4A8-FP8's latencies
+    (default: one workload, ``chat``, factor 1)."""
     rng = np.random.default_rng(0)
     rows, samples = [], []
-    for v, (e2e, ttft, tpot) in SPEED.items():
-        for m, val in (("e2el_ms", e2e), ("ttft_ms", ttft), ("tpot_ms", tpot)):
-            rows.append(dict(variant=v, scheme=v, stage="latency", mode="server",
-                             workload="chat", concurrency=1, input_len=512, output_len=64,
-                             metric=m, stat="p50", value=val, unit="ms",
-                             higher_is_better=False, status="ok", hardware="NVIDIA H100"))
-            for t in range(trials):
-                for x in rng.normal(val, val * 0.02, 30):
-                    samples.append(dict(variant=v, mode="server", workload="chat",
-                                        concurrency=1, trial=t, metric=m, value=x))
-        rows.append(dict(variant=v, scheme=v, stage="latency", mode="server", workload="chat",
-                         concurrency=1, input_len=512, output_len=64, metric="ttft_ms",
-                         stat="trial_spread_pct", value=1.0, unit="%", higher_is_better=False,
-                         n=trials, status="ok", hardware="NVIDIA H100"))
+    for wl, factor in (workloads or {"chat": 1.0}).items():
+        for v, speed in SPEED.items():
+            e2e, ttft, tpot = (x * factor for x in speed) if v == "w4a8_fp8" else speed
+            for m, val in (("e2el_ms", e2e), ("ttft_ms", ttft), ("tpot_ms", tpot)):
+                rows.append(dict(variant=v, scheme=v, stage="latency", mode="server",
+                                 workload=wl, concurrency=1, input_len=512, output_len=64,
+                                 metric=m, stat="p50", value=val, unit="ms",
+                                 higher_is_better=False, status="ok", hardware="NVIDIA H100"))
+                for t in range(trials):
+                    for x in rng.normal(val, val * 0.02, 30):
+                        samples.append(dict(variant=v, mode="server", workload=wl,
+                                            concurrency=1, trial=t, metric=m, value=x))
+            rows.append(dict(variant=v, scheme=v, stage="latency", mode="server", workload=wl,
+                             concurrency=1, input_len=512, output_len=64, metric="ttft_ms",
+                             stat="trial_spread_pct", value=1.0, unit="%",
+                             higher_is_better=False, n=trials, status="ok",
+                             hardware="NVIDIA H100"))
     for v, (d, h) in ({**QUALITY, "base": (0.0, 0.0)} if real else {}).items():
         rows.append(dict(variant=v, scheme=v, stage="accuracy", task="arc_easy", metric="acc",
                          stat="value", value=0.6 + d / 100, unit="fraction",
@@ -79,6 +83,20 @@ def test_fastest_scheme_that_loses_quality_is_passed_over_and_named():
     assert any("w4a8_fp8" in n and "beyond the 1-point tolerance" in n for n in c.notes)
     # a tolerance of 6 points lets the fastest one through
     assert _cell(_report(tolerance=6.0)).variant == "w4a8_fp8"
+
+
+def test_stated_gain_and_its_interval_belong_to_one_measured_point():
+    """Two points, W4A8-FP8 40 % and 28 % faster on E2E: the card states the lower median
+    point (28 %) with that point's interval, never the mean of the two (34 %) beside one
+    point's interval."""
+    c = _cell(_report(real=False, workloads={"a": 1.0, "b": 1.2}))
+    assert c.variant == "w4a8_fp8" and "n = 2 points" in c.gain
+    assert "lower median 28 % faster than w4a16" in c.gain, c.gain
+    lo, hi = (float(x) for x in c.gain.split("[")[1].split(" %]")[0].split(", "))
+    assert lo <= 28 <= hi < 34
+    # three points: the median is the middle one
+    c3 = _cell(_report(real=False, workloads={"a": 1.0, "b": 1.2, "c": 1.1}))
+    assert "median 34 % faster than w4a16" in c3.gain and "lower" not in c3.gain, c3.gain
 
 
 def test_random_weights_say_speed_only():

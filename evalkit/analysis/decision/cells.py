@@ -139,8 +139,8 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
             continue
         faster = int(usable["direction"].str.startswith("faster").sum())
         slower = int(usable["direction"].str.startswith("slower").sum())
-        med = usable.iloc[(usable["gain_pct"] - usable["gain_pct"].median()).abs().argsort().iloc[0]]
-        cands.append((other, faster, slower, float(usable["gain_pct"].median()), med, len(usable)))
+        med = _median_point(usable)
+        cands.append((other, faster, slower, float(med["gain_pct"]), med, len(usable)))
     if not seen:
         return None
     if not cands:
@@ -153,7 +153,8 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
 
     def words(candidate) -> str:
         cand_variant, _, _, median_gain, med, count = candidate
-        rng = (f"{pct_words(median_gain)}" if count == 1 else f"median {pct_words(median_gain)}")
+        which = "" if count == 1 else "median " if count % 2 else "lower median "
+        rng = f"{which}{pct_words(median_gain)}"
         return (f"{what} {rng} than {ref} {interval_words(med['ci_low_pct'], med['ci_high_pct'])}"
                 f" · n = {count} point{'s' if count > 1 else ''}")
 
@@ -173,6 +174,15 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
     cell.open_kind = "level (either)" if level else "depends on load"
     cell.gain = "; ".join(f"{candidate[0]}: {words(candidate)}" for candidate in cands)
     return cell
+
+
+def _median_point(gain_rows: pd.DataFrame) -> pd.Series:
+    """The point whose gain is the median of ``gain_rows`` (the lower of the two middle ones
+    for an even count): a measured point, so the gain the card states and the interval beside
+    it belong to the same point. The mean of the two middle points would be a figure no point
+    measured, and its interval would be neither's."""
+    ranked = gain_rows.sort_values("gain_pct", kind="stable")
+    return ranked.iloc[(len(ranked) - 1) // 2]
 
 
 def _point(r) -> str:
