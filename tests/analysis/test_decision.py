@@ -21,14 +21,15 @@ QUALITY = {"w4a16": (-2.0, 0.5), "w4a8_fp8": (-5.0, 0.6), "w8a8_int8": (0.3, 0.8
 
 
 def _report(*, trials: int = 3, real: bool = True, tolerance: float = 1.0,
-            eager: bool = False, workloads: dict[str, float] | None = None) -> Report:
+            eager: bool = False, workloads: dict[str, float] | None = None,
+            variants: tuple[str, ...] = tuple(SPEED)) -> Report:
     """One run at one request in flight; with ``real=False`` a random-weights run (no
     accuracy records). ``workloads``: workload name -> factor on W4A8-FP8's latencies
-    (default: one workload, ``chat``, factor 1)."""
+    (default: one workload, ``chat``, factor 1); ``variants``: the schemes measured."""
     rng = np.random.default_rng(0)
     rows, samples = [], []
     for wl, factor in (workloads or {"chat": 1.0}).items():
-        for v, speed in SPEED.items():
+        for v, speed in ((v, SPEED[v]) for v in variants):
             e2e, ttft, tpot = (x * factor for x in speed) if v == "w4a8_fp8" else speed
             for m, val in (("e2el_ms", e2e), ("ttft_ms", ttft), ("tpot_ms", tpot)):
                 rows.append(dict(variant=v, scheme=v, stage="latency", mode="server",
@@ -97,6 +98,22 @@ def test_stated_gain_and_its_interval_belong_to_one_measured_point():
     # three points: the median is the middle one
     c3 = _cell(_report(real=False, workloads={"a": 1.0, "b": 1.2, "c": 1.1}))
     assert "median 34 % faster than w4a16" in c3.gain and "lower" not in c3.gain, c3.gain
+
+
+def test_the_run_that_weighed_more_schemes_answers_the_cell():
+    """Two runs of one shape: W4A8-FP8 vs W4A16 alone on three points, and all three schemes
+    on one point, where W8A8-INT8 is fastest. The cell is the three-scheme run's (W8A8-INT8):
+    the two-scheme run never measured it, so its larger count of points cannot recommend
+    W4A8-FP8 over it; the other run's cell is kept as evidence with why."""
+    two = _report(real=False, workloads={"a": 1.0, "b": 1.0, "c": 1.0},
+                  variants=("w4a16", "w4a8_fp8"))
+    three = _report(real=False, workloads={"a": 1.5})
+    card = dc.build_card([dc.RunEntry(two, "s/r1", "m"), dc.RunEntry(three, "s/r2", "m")], "t")
+    cell = next(c for c in card.cells if c.row == "batch-1 decode")
+    assert (cell.run, cell.variant, cell.schemes, cell.points) == ("s/r2", "w8a8_int8", 3, 1)
+    aside = card.evidence[card.evidence["run"] == "s/r1"]
+    assert len(aside) == 1 and "weighed more schemes" in aside["why"].iloc[0]
+    assert "W4A8-FP8" in aside["gain"].iloc[0]
 
 
 def test_random_weights_say_speed_only():

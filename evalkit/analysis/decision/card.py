@@ -72,7 +72,8 @@ def build_card(entries: list[RunEntry], title: str) -> Card:
         if c.variant is not None or c.tone == "open":
             evidence.append({"run": c.run, "row": c.row, "comparison": "", "point": "",
                              "gain": f"{c.headline}: {c.gain}".strip(": "),
-                             "why": "a run with more deciding points answers this cell"})
+                             "why": "a run that weighed more schemes, or on more deciding "
+                             "points, answers this cell"})
     reports = [e.report for e in entries]
     live = [(e.report, run_exclusion(e.report, e.superseded_by)) for e in entries]
     claims = claims_of(reports)

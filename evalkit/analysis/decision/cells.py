@@ -44,6 +44,8 @@ class Cell:
     tone: str = "none"
     notes: list[str] = field(default_factory=list)
     points: int = 0
+    #: schemes the cell weighed: the reference and every scheme with a deciding point
+    schemes: int = 0
 
     #: for an open cell: ``level`` (a tie within the intervals) or ``depends on load``
     open_kind: str = ""
@@ -149,6 +151,7 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
                                       if item["run"] == label and item["row"] == reg}))
         return cell
     cell.points = max(candidate[5] for candidate in cands)
+    cell.schemes = 1 + len(cands)
     what = "throughput" if metric == "output_throughput_tok_s" else "E2E"
 
     def words(candidate) -> str:
@@ -172,8 +175,17 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
     cell.tone = "open"
     level = all(candidate[1] == 0 and candidate[2] == 0 for candidate in cands)
     cell.open_kind = "level (either)" if level else "depends on load"
-    cell.gain = "; ".join(f"{candidate[0]}: {words(candidate)}" for candidate in cands)
+    cell.gain = _open_words(what, ref, cands)
     return cell
+
+
+def _open_words(what: str, ref: str, cands: list[tuple]) -> str:
+    """An open cell's evidence, short enough for the card: per scheme its median point's
+    gain and at how many of its points it was faster, fastest first."""
+    ranked = sorted(cands, key=lambda candidate: -candidate[3])
+    return "; ".join(f"{v} {pct_words(gain)} ({faster}/{count})"
+                     for v, faster, _, gain, _, count in ranked) + \
+        f" · {what} against {ref} at the median point (faster at / points)"
 
 
 def _median_point(gain_rows: pd.DataFrame) -> pd.Series:
@@ -245,6 +257,7 @@ def _capacity_cells(rep: Report, label: str, link: str, shape: str, excl: str,
 
         wins = o[o["gain_lo"] > 0].sort_values("gain_pct", ascending=False)
         cell.points = len(o)
+        cell.schemes = 1 + o["variant"].nunique()
         if len(wins):
             ranked = [(r.variant, words(r)) for r in wins.itertuples()]
             ranked.append((ref, "the reference"))
@@ -260,15 +273,21 @@ def _capacity_cells(rep: Report, label: str, link: str, shape: str, excl: str,
 
 
 def pick_cells(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
-    """One cell per row × shape: the one on the most deciding points (a run of fewer is kept
-    aside as other evidence)."""
+    """One cell per row × shape: among the runs with a deciding point there, the one that
+    weighed the most schemes (a run that did not measure a scheme cannot recommend against
+    it), then a decided cell before an open one, then the most deciding points. The others
+    are kept aside as other evidence."""
     best: dict[tuple[str, str], Cell] = {}
     aside = []
     rank = {"good": 3, "unsure": 3, "speed": 3, "loss": 3, "open": 2, "none": 0}
+
+    def key(c: Cell) -> tuple[bool, int, int, int]:
+        return rank[c.tone] > 0, c.schemes, rank[c.tone], c.points
+
     for c in cells:
         k = (c.row, c.shape)
         cur = best.get(k)
-        if cur is None or (rank[c.tone], c.points) > (rank[cur.tone], cur.points):
+        if cur is None or key(c) > key(cur):
             if cur is not None:
                 aside.append(cur)
             best[k] = c
