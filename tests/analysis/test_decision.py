@@ -116,6 +116,15 @@ def test_the_run_that_weighed_more_schemes_answers_the_cell():
     assert "W4A8-FP8" in aside["gain"].iloc[0]
 
 
+def test_open_cell_lists_each_scheme_with_how_often_it_was_faster():
+    """W4A8-FP8 40 % faster at one point and 20 % slower at the other: no recommendation;
+    the cell gives its median-point gain (the lower middle one: 20 % slower) and 1 of 2."""
+    c = _cell(_report(real=False, workloads={"a": 1.0, "b": 2.0},
+                      variants=("w4a16", "w4a8_fp8")))
+    assert c.variant is None and c.tone == "open" and c.open_kind == "depends on load"
+    assert c.gain.startswith("w4a8_fp8 20 % slower (1/2) · E2E against w4a16"), c.gain
+
+
 def test_random_weights_say_speed_only():
     c = _cell(_report(real=False))
     assert c.variant == "w4a8_fp8" and c.tone == "speed"
