@@ -16,24 +16,42 @@ from evalkit.core.run import Run
 from evalkit.core.schemes import activation_mismatch
 from evalkit.metrics import validity as val
 from evalkit.stages.latency.raw import request_samples
+from evalkit.stages.latency.rows import engine_note
 
 #: the caveat text that marks a model of random weights (speed only, never quality).
 RANDOM_WEIGHTS = "random weights"
 
 
-def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame) -> list[str]:
+def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame,
+                          offline: dict[str, str] | None = None) -> list[str]:
     """One caveat per variant vLLM ran with a scheme of other activations than its own, read
-    from the kernel lines kept in the records (server start notes, accuracy notes)."""
-    if df.empty or "note" not in df:
+    from the kernel lines kept in the records (server start notes, accuracy notes) and from
+    the offline engines' logs (``offline``: :func:`offline_engine_notes`)."""
+    offline = offline or {}
+    if (df.empty or "note" not in df) and not offline:
         return []
     out = []
     for v in cfg.variants:
-        notes = df.loc[(df["variant"] == v.name)
-                       & ((df["metric"] == "engine_startup_s") | (df["stage"] == "accuracy")),
-                       "note"].dropna().unique()
+        notes = [] if df.empty or "note" not in df else list(df.loc[
+            (df["variant"] == v.name)
+            & ((df["metric"] == "engine_startup_s") | (df["stage"] == "accuracy")),
+            "note"].dropna().unique())
+        if v.name in offline:
+            notes.append(offline[v.name])
         why = activation_mismatch(v.scheme, "; ".join(map(str, notes)))
         if why:
             out.append(f"{v.name}: {why}.")
+    return out
+
+
+def offline_engine_notes(run: Run) -> dict[str, str]:
+    """Per variant, what its offline engine's log said (kernels, CUDA graphs, compile, KV
+    cache), from ``raw/latency/<variant>/offline-provenance.json``: an offline engine has no
+    start record to carry it."""
+    out = {}
+    for f in sorted((run.path / "raw" / "latency").glob("*/offline-provenance.json")):
+        prov = read_json(f)
+        out[str(prov.get("variant") or f.parent.name)] = engine_note(prov.get("engine_log") or {})
     return out
 
 
@@ -75,7 +93,8 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
                 f"The {stage} stage was {st['state']} ({st.get('time_utc', '?')}): figures it "
                 "had finished are kept and shown; variants or points without figures were not "
                 "measured.")
-    caveats += engine_scheme_caveats(cfg, df)
+    offline_engines = offline_engine_notes(run)
+    caveats += engine_scheme_caveats(cfg, df, offline_engines)
     nodes = node_caveat(run.units.unit_nodes("latency"))
     if nodes:
         caveats.append(nodes)
@@ -115,4 +134,5 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
                       if stage_state.get("state") != "done"},
         quality_tolerance_pts=cfg.report.quality_tolerance_pts,
         title=cfg.report.title or f"{cfg.study} · {model}",
+        offline_engines=offline_engines,
     )

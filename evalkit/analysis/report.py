@@ -76,6 +76,8 @@ class Report:
     quality_tolerance_pts: float = 1.0
     #: the report's page title (``report.title``, else from study and model).
     title: str = ""
+    #: per variant, what its offline engine's log said (kernels, CUDA graphs, ...)
+    offline_engines: dict[str, str] = field(default_factory=dict)
     _points: pd.DataFrame | None = field(default=None, repr=False)
     _gains: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
     _capacity: pd.DataFrame | None = field(default=None, repr=False)

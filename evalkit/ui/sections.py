@@ -314,4 +314,6 @@ def _provenance_lines(r: rp.Report) -> list[str]:
     for row in rows.drop_duplicates("variant").itertuples():
         val = "n/a" if row.value is None or math.isnan(row.value) else f"{row.value:.0f}s"
         out.append(f"- `{row.variant}`: startup {val}; {row.note}")
+    out += [f"- `{variant}` (offline engine): {note or 'nothing logged'}"
+            for variant, note in r.offline_engines.items()]
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -237,6 +238,38 @@ def test_figures_are_pure_and_complete():
 
 # ---- real Hopper runs (outputs/reference/) --------------------------------------------------
 
+
+
+def test_offline_engines_carry_their_kernels_and_a_substitution(tmp_path):
+    """An offline-only run has no server start record: the report's engine provenance and the
+    kernel-substitution caveat come from each offline engine's log (offline-provenance.json).
+    Read on the committed claim map (five schemes, offline), then with W8A8-INT8's log edited
+    to say vLLM ran it with the FP8 scheme."""
+    import json
+    import shutil
+
+    from evalkit.core.run import open_run
+    from evalkit.ui import sections
+
+    src = Path(__file__).resolve().parents[2] / "outputs/reference/hopper-llama8b-claim-map/r1"
+    run_dir = shutil.copytree(src, tmp_path / "r1")
+    run = open_run(run_dir)
+    rep = load_report(run.config(), run)
+    assert not [c for c in rep.caveats if "vLLM ran" in c]
+    lines = sections.environment_markdown(rep)
+    for v, kernel in [("w4a16", "MacheteLinearKernel"), ("w4a8_fp8", "CutlassW4A8LinearKernel"),
+                      ("w8a8_int8", "CutlassInt8ScaledMMLinearKernel"),
+                      ("fp8_dynamic", "CutlassFP8ScaledMMLinearKernel")]:
+        assert f"`{v}` (offline engine): linear_kernels={kernel}" in lines, lines
+    assert "cuda_graphs=on" in lines and "`bf16` (offline engine)" in lines
+    prov_file = run_dir / "raw/latency/w8a8_int8/offline-provenance.json"
+    prov = json.loads(prov_file.read_text(encoding="utf-8"))
+    prov["engine_log"]["linear_kernels"] = ("CutlassFP8ScaledMMLinearKernel for "
+                                            "CompressedTensorsW8A8Fp8")
+    prov_file.write_text(json.dumps(prov), encoding="utf-8")
+    rep = load_report(run.config(), run)
+    cav = [c for c in rep.caveats if "vLLM ran" in c]
+    assert len(cav) == 1 and cav[0].startswith("w8a8_int8: vLLM ran W8A8-INT8"), rep.caveats
 
 
 def test_activation_mismatch_names_the_other_scheme():

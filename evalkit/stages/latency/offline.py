@@ -12,6 +12,7 @@ from evalkit import engine as eng
 from evalkit.core import records as rec
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.core.io import atomic_write_json
+from evalkit.core.schemes import activation_mismatch
 from evalkit.core.specs import Variant
 from evalkit.metrics.latency import offline_rows
 from evalkit.stages.latency.client import prompt_seed
@@ -61,8 +62,9 @@ def measure_offline(st: LatencyStage, v: Variant, ckpt: Path, bar: Any) -> None:
 
 def _note_kernels(st: LatencyStage, v: Variant, log_path: Path) -> None:
     """The kernels the offline engine's log reports (linear layers, experts), named in the run
-    log and kept beside the variant's raw rows (``offline-provenance.json``): an offline
-    engine has no startup record to carry them."""
+    log and kept beside the variant's raw rows (``offline-provenance.json``, which the report
+    reads for its engine provenance and kernel-substitution caveat): an offline engine has no
+    startup record to carry them."""
     if not log_path.is_file():
         return
     prov = eng.provenance(log_path.read_text(encoding="utf-8", errors="replace"))
@@ -73,3 +75,6 @@ def _note_kernels(st: LatencyStage, v: Variant, log_path: Path) -> None:
     st.run.log(f"latency: offline {v.name} kernels: "
                f"{prov.get('linear_kernels') or 'no quantized linear kernel logged'}"
                + (f"; MoE: {prov['moe_kernels']}" if prov.get("moe_kernels") else ""))
+    mismatch = activation_mismatch(v.scheme, prov.get("linear_kernels"))
+    if mismatch:
+        st.run.log(f"latency: WARNING {v.name}: {mismatch}")

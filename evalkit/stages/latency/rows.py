@@ -43,6 +43,12 @@ def nan_point(common: Mapping[str, Any], point: Point, status: str, why: str) ->
         **common)
 
 
+def engine_note(prov: Mapping[str, Any]) -> str:
+    """What an engine's log says about it (:func:`evalkit.engine.provenance`: kernels, CUDA
+    graphs, compile, KV cache, versions) as one note, ``key=value; ...``."""
+    return "; ".join(f"{k}={prov[k]}" for k in _STARTUP_NOTE_KEYS if prov.get(k))
+
+
 def startup_records(startup_s: float | None, prov: Mapping[str, Any], beside: Sequence[str],
                     common: Mapping[str, Any]) -> pd.DataFrame:
     """The ``engine_startup_s`` record of a server, with what its log says (and the variants
@@ -50,7 +56,7 @@ def startup_records(startup_s: float | None, prov: Mapping[str, Any], beside: Se
     return rec.make_records([dict(
         metric="engine_startup_s", stat="value", value=startup_s, unit="s",
         higher_is_better=False, mode="server",
-        note="; ".join(f"{k}={prov[k]}" for k in _STARTUP_NOTE_KEYS if prov.get(k))
+        note=engine_note(prov)
              + (f"; started side by side with {', '.join(beside)} (idle while this one "
                 "was measured)" if beside else ""))],
         **common)
