@@ -28,16 +28,13 @@ def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame,
     from the kernel lines kept in the records (server start notes, accuracy notes) and from
     the offline engines' logs (``offline``: :func:`offline_engine_notes`)."""
     offline = offline or {}
-    if (df.empty or "note" not in df) and not offline:
-        return []
+    kept = (df.loc[(df["metric"] == "engine_startup_s") | (df["stage"] == "accuracy"),
+                   ["variant", "note"]].dropna()
+            if not df.empty and "note" in df else pd.DataFrame(columns=["variant", "note"]))
     out = []
     for v in cfg.variants:
-        notes = [] if df.empty or "note" not in df else list(df.loc[
-            (df["variant"] == v.name)
-            & ((df["metric"] == "engine_startup_s") | (df["stage"] == "accuracy")),
-            "note"].dropna().unique())
-        if v.name in offline:
-            notes.append(offline[v.name])
+        notes = list(kept.loc[kept["variant"] == v.name, "note"].unique())
+        notes += [offline[v.name]] if v.name in offline else []
         why = activation_mismatch(v.scheme, "; ".join(map(str, notes)))
         if why:
             out.append(f"{v.name}: {why}.")

@@ -17,6 +17,7 @@ from typing import Any
 
 from evalkit.core.config import StudyConfig
 from evalkit.core.run import Run
+from evalkit.core.schemes import activation_mismatch
 from evalkit.core.specs import Variant
 from evalkit.engine import VLLMServer
 
@@ -25,6 +26,16 @@ def kernel_env(cfg: StudyConfig, variant: str) -> dict[str, str]:
     """The environment ``engine.kernel_override`` sets for ``variant``'s engine (``K=V``)."""
     override = cfg.engine.kernel_override.get(variant)
     return dict([override.split("=", 1)]) if override else {}
+
+
+def warn_kernel_substitution(run: Run, stage: str, variant: Variant,
+                             kernels: str | None) -> None:
+    """A WARNING in the run log when vLLM ran ``variant`` with a scheme of other activations
+    than its own (``kernels``: the engine log's linear-kernel lines), from any engine a stage
+    starts (server or offline)."""
+    mismatch = activation_mismatch(variant.scheme, kernels)
+    if mismatch:
+        run.log(f"{stage}: WARNING {variant.name}: {mismatch}")
 
 
 class VariantSession:

@@ -13,10 +13,9 @@ from typing import Any
 from evalkit.core.config import StudyConfig
 from evalkit.core.errors import EngineError, EvalkitError
 from evalkit.core.run import Run
-from evalkit.core.schemes import activation_mismatch
 from evalkit.core.specs import Variant
 from evalkit.engine import provenance
-from evalkit.stages.serving import VariantSession
+from evalkit.stages.serving import VariantSession, warn_kernel_substitution
 
 #: what the accuracy stage calls with a variant's live session before stopping its server
 BeforeClose = Callable[[VariantSession], None]
@@ -97,9 +96,7 @@ class VariantServer:
         kernels = provenance(session.log_text()).get("linear_kernels")
         if kernels:
             notes.append(f"vLLM kernels: {kernels}")
-        mismatch = activation_mismatch(self.variant.scheme, kernels)
-        if mismatch:
-            self.run.log(f"accuracy: WARNING {self.variant.name}: {mismatch}")
+        warn_kernel_substitution(self.run, "accuracy", self.variant, kernels)
         self.run.log(f"accuracy {self.variant.name}: vLLM server up in "
                      f"{session.startup_s:.1f}s at {session.base_url}; kernels: "
                      f"{kernels or 'unquantized'}")

@@ -12,12 +12,12 @@ from evalkit import engine as eng
 from evalkit.core import records as rec
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.core.io import atomic_write_json
-from evalkit.core.schemes import activation_mismatch
 from evalkit.core.specs import Variant
 from evalkit.metrics.latency import offline_rows
 from evalkit.stages.latency.client import prompt_seed
 from evalkit.stages.latency.raw import offline_iters
 from evalkit.stages.latency.sweep import LatencyStage
+from evalkit.stages.serving import warn_kernel_substitution
 
 
 def measure_offline(st: LatencyStage, v: Variant, ckpt: Path, bar: Any) -> None:
@@ -75,6 +75,4 @@ def _note_kernels(st: LatencyStage, v: Variant, log_path: Path) -> None:
     st.run.log(f"latency: offline {v.name} kernels: "
                f"{prov.get('linear_kernels') or 'no quantized linear kernel logged'}"
                + (f"; MoE: {prov['moe_kernels']}" if prov.get("moe_kernels") else ""))
-    mismatch = activation_mismatch(v.scheme, prov.get("linear_kernels"))
-    if mismatch:
-        st.run.log(f"latency: WARNING {v.name}: {mismatch}")
+    warn_kernel_substitution(st.run, "latency", v, prov.get("linear_kernels"))

@@ -13,7 +13,6 @@ from evalkit.core import records as rec
 from evalkit.core.environment import environment_info
 from evalkit.core.errors import EngineError, UnsupportedSchemeError
 from evalkit.core.io import atomic_write_json
-from evalkit.core.schemes import activation_mismatch
 from evalkit.core.specs import Variant
 from evalkit.stages.latency.derive import PointData
 from evalkit.stages.latency.points import Point
@@ -22,7 +21,7 @@ from evalkit.stages.latency.raw import STAGE
 from evalkit.stages.latency.rows import startup_records, vocab_size
 from evalkit.stages.latency.sweep import LatencyStage
 from evalkit.stages.latency.trials import measure_point
-from evalkit.stages.serving import VariantSession
+from evalkit.stages.serving import VariantSession, warn_kernel_substitution
 
 
 class ServerSweep:
@@ -125,9 +124,7 @@ class ServerSweep:
                      f"({prov.get('linear_kernels') or 'no quantized linear kernel logged'}"
                      + (f"; MoE: {prov['moe_kernels']}" if prov.get("moe_kernels") else "")
                      + ")")
-        mismatch = activation_mismatch(v.scheme, prov.get("linear_kernels"))
-        if mismatch:
-            self.run.log(f"latency: WARNING {v.name}: {mismatch}")
+        warn_kernel_substitution(self.run, "latency", v, prov.get("linear_kernels"))
         startup = startup_records(session.startup_s, prov, session.beside, st.common(v))
         rec.write_records(startup, vdir / "startup.parquet")
         st.frames.append(startup)
