@@ -28,6 +28,13 @@ def kernel_env(cfg: StudyConfig, variant: str) -> dict[str, str]:
     return dict([override.split("=", 1)]) if override else {}
 
 
+def kernel_words(prov: dict[str, Any]) -> str:
+    """The kernels an engine's log names (:func:`evalkit.engine.provenance`), for a log line:
+    its quantized linear kernels, and its MoE kernels where it has any."""
+    words = prov.get("linear_kernels") or "no quantized linear kernel logged"
+    return words + (f"; MoE: {prov['moe_kernels']}" if prov.get("moe_kernels") else "")
+
+
 def warn_kernel_substitution(run: Run, stage: str, variant: Variant,
                              kernels: str | None) -> None:
     """A WARNING in the run log when vLLM ran ``variant`` with a scheme of other activations

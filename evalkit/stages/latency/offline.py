@@ -17,7 +17,7 @@ from evalkit.metrics.latency import offline_rows
 from evalkit.stages.latency.client import prompt_seed
 from evalkit.stages.latency.raw import offline_iters
 from evalkit.stages.latency.sweep import LatencyStage
-from evalkit.stages.serving import warn_kernel_substitution
+from evalkit.stages.serving import kernel_words, warn_kernel_substitution
 
 
 def measure_offline(st: LatencyStage, v: Variant, ckpt: Path, bar: Any) -> None:
@@ -72,7 +72,5 @@ def _note_kernels(st: LatencyStage, v: Variant, log_path: Path) -> None:
         "variant": v.name, "scheme": v.scheme, "method": v.method,
         "engine": st.cfg.engine.model_dump(mode="json"),
         "log": str(log_path.relative_to(st.run.path)), "engine_log": prov})
-    st.run.log(f"latency: offline {v.name} kernels: "
-               f"{prov.get('linear_kernels') or 'no quantized linear kernel logged'}"
-               + (f"; MoE: {prov['moe_kernels']}" if prov.get("moe_kernels") else ""))
+    st.run.log(f"latency: offline {v.name} kernels: {kernel_words(prov)}")
     warn_kernel_substitution(st.run, "latency", v, prov.get("linear_kernels"))

@@ -21,7 +21,7 @@ from evalkit.stages.latency.raw import STAGE
 from evalkit.stages.latency.rows import startup_records, vocab_size
 from evalkit.stages.latency.sweep import LatencyStage
 from evalkit.stages.latency.trials import measure_point
-from evalkit.stages.serving import VariantSession, warn_kernel_substitution
+from evalkit.stages.serving import VariantSession, kernel_words, warn_kernel_substitution
 
 
 class ServerSweep:
@@ -121,9 +121,7 @@ class ServerSweep:
         tokenizer = st.tokenizer_for(session.checkpoint)
         prov = self.write_provenance(session)
         self.run.log(f"latency: {v.name} server up in {session.startup_s:.1f} s "
-                     f"({prov.get('linear_kernels') or 'no quantized linear kernel logged'}"
-                     + (f"; MoE: {prov['moe_kernels']}" if prov.get("moe_kernels") else "")
-                     + ")")
+                     f"({kernel_words(prov)})")
         warn_kernel_substitution(self.run, "latency", v, prov.get("linear_kernels"))
         startup = startup_records(session.startup_s, prov, session.beside, st.common(v))
         rec.write_records(startup, vdir / "startup.parquet")
