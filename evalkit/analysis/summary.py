@@ -126,11 +126,14 @@ def _comparisons(s: RunSummary) -> list[tuple[str, str]]:
 
 def comparison_rows(runs: list[RunSummary]) -> pd.DataFrame:
     """Per run x comparison x regime: the regime table of :func:`evalkit.analysis.verdicts`, with the
-    run, model shape, hardware and the trials and hosts behind it."""
+    run, model shape, hardware and the trials and hosts behind it, and ``excluded``: why none of
+    the run's points decides (:func:`evalkit.analysis.decision.run_exclusion`; empty when they
+    may)."""
     frames = []
     for s in runs:
         if not s.current:
             continue
+        excluded = dc.run_exclusion(s.report)
         for variant, ref in _comparisons(s):
             g = s.report.gains(variant, ref)
             t = vd.regime_table(g, variant, ref)
@@ -143,8 +146,10 @@ def comparison_rows(runs: list[RunSummary]) -> pd.DataFrame:
             t.insert(0, "model", s.shape)
             t.insert(0, "run", s.label)
             t["min_trials"] = t["regime"].map(trials).fillna(0).astype(int)
+            t["excluded"] = excluded
             frames.append(t)
-    cols = ["run", "model", "hardware", "comparison", *vd.REGIME_COLUMNS, "min_trials"]
+    cols = ["run", "model", "hardware", "comparison", *vd.REGIME_COLUMNS, "min_trials",
+            "excluded"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
 
@@ -195,7 +200,9 @@ def quality_rows(runs: list[RunSummary]) -> pd.DataFrame:
 
 def answer_markdown(runs: list[RunSummary]) -> str:
     """Per regime and comparison: what each model shape's valid points recommend (decided on
-    E2E latency), with the points, trials and run behind it, then the quality conditions."""
+    E2E latency), with the points, trials and run behind it, then the quality conditions. A
+    run whose points decide nothing (an eager GPU engine, an interrupted latency stage) is
+    listed after the others with its facts and the reason, never with a recommendation."""
     table = comparison_rows(runs)
     quality = quality_rows(runs)
     lines = ["## Answer by workload regime", "",
@@ -218,13 +225,16 @@ def answer_markdown(runs: list[RunSummary]) -> str:
             def part(row) -> str:
                 return f"{row.model.split(' (')[0]} → **{_decision_words(row)}** ({_facts(row)})"
 
-            tried = [part(x) for x in c.itertuples() if x.min_trials > 1]
-            single = [part(x) for x in c.itertuples() if x.min_trials <= 1]
-            text = " · ".join(tried)
+            tried = [part(x) for x in c.itertuples() if not x.excluded and x.min_trials > 1]
+            single = [part(x) for x in c.itertuples() if not x.excluded and x.min_trials <= 1]
+            aside = [f"{x.model.split(' (')[0]} ({_facts(x)}: {x.excluded})"
+                     for x in c.itertuples() if x.excluded]
+            parts = [" · ".join(tried)] if tried else []
             if single:
-                text += ("; " if tried else "") + "*earlier single-trial points:* " + \
-                    " · ".join(single)
-            lines.append(f"- `{comp}`: {text}")
+                parts.append("*single-trial points:* " + " · ".join(single))
+            if aside:
+                parts.append("*not deciding:* " + " · ".join(aside))
+            lines.append(f"- `{comp}`: {'; '.join(parts)}")
         lines.append("")
     if len(quality):
         lines += ["**Quality** (real weights; paired delta of the primary metric vs base, mean "

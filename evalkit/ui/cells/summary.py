@@ -109,11 +109,12 @@ def plot_summary_gains(ctx: SummaryContext):
 def show_summary_table(ctx: SummaryContext):
     t = sm.comparison_rows(ctx.runs)
     t = t[t["decision"] != "no valid point"].rename(columns={**REGIME_LABELS,
-                                                              "min_trials": "fewest trials"})
+                                                              "min_trials": "fewest trials",
+                                                              "excluded": "decides nothing because"})
     return collapsed("Gains per run, comparison and regime",
                      "Ranges of how much faster or slower the variant is over the valid "
                      "points of each regime; *faster on E2E* is the decision of the answer "
-                     "above.", t)
+                     "above, except in a row that says why it decides nothing.", t)
 
 
 def show_summary_runs(ctx: SummaryContext):
