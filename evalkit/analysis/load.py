@@ -15,6 +15,7 @@ from evalkit.core.io import read_json
 from evalkit.core.run import Run
 from evalkit.core.schemes import activation_mismatch
 from evalkit.metrics import validity as val
+from evalkit.stages.latency import finished_variants
 from evalkit.stages.latency.raw import request_samples
 from evalkit.stages.latency.rows import engine_note
 
@@ -84,12 +85,18 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
         caveats.append(
             "Some variants were scored through lm-eval's hf backend (transformers), because "
             "vLLM has no kernel for their scheme on this hardware; see the backend column.")
+    latency_finished = None
     for stage, st in sorted(run.units.stage_states().items()):
         if st.get("state") in ("interrupted", "failed"):
             caveats.append(
                 f"The {stage} stage was {st['state']} ({st.get('time_utc', '?')}): figures it "
                 "had finished are kept and shown; variants or points without figures were not "
                 "measured.")
+            if stage == "latency":
+                latency_finished = tuple(finished_variants(cfg, run))
+                caveats.append(
+                    "Variants whose latency points all finished: "
+                    f"{', '.join(latency_finished) or 'none'}; only their points decide.")
     offline_engines = offline_engine_notes(run)
     caveats += engine_scheme_caveats(cfg, df, offline_engines)
     nodes = node_caveat(run.units.unit_nodes("latency"))
@@ -129,6 +136,7 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
         stage_states={stage_name: str(stage_state.get("state"))
                       for stage_name, stage_state in run.units.stage_states().items()
                       if stage_state.get("state") != "done"},
+        latency_finished=latency_finished,
         quality_tolerance_pts=cfg.report.quality_tolerance_pts,
         title=cfg.report.title or f"{cfg.study} · {model}",
         offline_engines=offline_engines,

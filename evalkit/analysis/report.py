@@ -70,6 +70,9 @@ class Report:
     real_weights: bool = True
     #: state of each stage that is not ``done`` (``interrupted``, ``failed``, ``running``).
     stage_states: dict[str, str] = field(default_factory=dict)
+    #: an interrupted or failed latency stage: the variants whose every planned latency unit
+    #: finished (their points decide; the others' do not). ``None`` when the stage finished.
+    latency_finished: tuple[str, ...] | None = None
     #: the GPU engine ran eager (no CUDA graphs, no torch.compile): not a serving setup.
     eager_gpu: bool = False
     #: quality a recommended scheme may lose, in points (``report.quality_tolerance_pts``).

@@ -127,14 +127,14 @@ def _comparisons(s: RunSummary) -> list[tuple[str, str]]:
 def comparison_rows(runs: list[RunSummary]) -> pd.DataFrame:
     """Per run x comparison x regime: the regime table of :func:`evalkit.analysis.verdicts`, with the
     run, model shape, hardware and the trials and hosts behind it, and ``excluded``: why none of
-    the run's points decides (:func:`evalkit.analysis.decision.run_exclusion`; empty when they
-    may)."""
+    the comparison's points decides (:func:`evalkit.analysis.decision.comparison_exclusion`;
+    empty when they may)."""
     frames = []
     for s in runs:
         if not s.current:
             continue
-        excluded = dc.run_exclusion(s.report)
         for variant, ref in _comparisons(s):
+            excluded = dc.comparison_exclusion(s.report, variant, ref)
             g = s.report.gains(variant, ref)
             t = vd.regime_table(g, variant, ref)
             if t.empty:
@@ -159,9 +159,11 @@ def gain_ranges(runs: list[RunSummary]) -> pd.DataFrame:
     highest)."""
     rows = []
     for s in runs:
-        if not s.current or dc.run_exclusion(s.report):
+        if not s.current:
             continue
         for variant, ref in _comparisons(s):
+            if dc.comparison_exclusion(s.report, variant, ref):
+                continue
             g = s.report.gains(variant, ref)
             g = g[g["valid"] & (g["trials"] > 1) & g["metric"].isin(["ttft_ms", "tpot_ms"])
                   & g["gain_pct"].notna()]
@@ -264,6 +266,15 @@ def _decision_words(row) -> str:
     return d
 
 
+def _partial(rep: rp.Report) -> str:
+    """A run whose latency stage was cut off after some variants finished: which decide."""
+    st = rep.stage_states.get("latency")
+    if rep.latency_finished is None or st is None:
+        return ""
+    return (f"current; latency stage {st}: only {', '.join(rep.latency_finished)} finished "
+            "and decide")
+
+
 def runs_table(runs: list[RunSummary], page: Path) -> pd.DataFrame:
     """Each run with its report linked relative to ``page`` and its one-line verdict."""
     rows = []
@@ -271,7 +282,7 @@ def runs_table(runs: list[RunSummary], page: Path) -> pd.DataFrame:
         rep = s.run.path / REPORT_HTML
         link = Path(os.path.relpath(rep, page.parent)).as_posix() if rep.is_file() else ""
         status = (f"superseded by {s.superseded[0]}: {s.superseded[1]}" if s.superseded
-                  else dc.run_exclusion(s.report) or "current")
+                  else dc.run_exclusion(s.report) or _partial(s.report) or "current")
         rows.append({"run": s.label, "model": s.shape, "hardware": s.report.hardware,
                      "started (UTC)": s.report.env.get("created_utc", "?"), "status": status,
                      "verdict": one_line(s.report), "report": link})

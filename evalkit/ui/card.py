@@ -28,7 +28,7 @@ padding:10px 14px;margin:4px 0 12px 0;max-width:1220px;font-size:13px;line-heigh
 border-radius:4px;background:#f1f1f1}
 .evalkit-card table{border-collapse:collapse;margin-top:6px;width:100%}
 .evalkit-card td,.evalkit-card th{border:1px solid #ccc;padding:2px 6px;vertical-align:top;
-text-align:left !important;font-size:12px;line-height:1.3}
+text-align:left !important;font-size:12px;line-height:1.25}
 .evalkit-card th{background:#eee}
 .evalkit-card tbody th,.evalkit-card thead th:first-child{width:170px}
 .evalkit-card .scheme{font-weight:700}
@@ -89,10 +89,9 @@ def card_html(card: Card) -> str:
                 for n, q, t in card.quality) + "</div>"
     legend = '<div class="legend note">' + "".join(
         f'<span style="background:{bg}">{esc(w)}</span>' for bg, w in TONES.values()) + \
-        " · a cell names the scheme to use there, its gain against the reference with the 95 % " \
-        "interval (E2E latency; offline: tokens/s; capacity: req/s per GPU within the SLO), " \
-        "and its quality. Only valid points of several trials from a compiled engine and a " \
-        "finished stage decide.</div>"
+        " · a cell: the scheme to use, its gain vs the reference [95 % interval] (E2E; " \
+        "offline: tokens/s; capacity: req/s per GPU within the SLO), its quality. Deciding: " \
+        "valid points, several trials, compiled engines, finished variants.</div>"
     notes = "".join(f'<div class="note">⚠ {esc(n)}</div>' for n in card.notes)
     return (f'{CSS}<section class="evalkit-card" id="verdict" data-claim="'
             f'{esc(card.claim_text)}"><h2>{esc(card.title)}</h2>{claim}{sentence}{matrix}'

@@ -12,7 +12,8 @@ Three parts, each a pure function of :class:`evalkit.analysis.report.Report` obj
   decides a cell, with why.
 
 Only *deciding* points decide: valid, pooled over at least two trials, from a compiled
-engine (no eager GPU engine), from a latency stage that finished, of a run no other run
+engine (no eager GPU engine), of a variant whose latency points all finished (a stage cut
+off keeps its finished variants' points; :func:`comparison_exclusion`), of a run no other run
 supersedes (:mod:`evalkit.analysis.lineage`). The rest is "other evidence", with its reason.
 
 The package: :mod:`.words` (tones, wording, which points decide), :mod:`.claim` (the claim
@@ -24,9 +25,14 @@ from __future__ import annotations
 from evalkit.analysis.decision.card import Card, RunEntry, build_card
 from evalkit.analysis.decision.cells import Cell, run_cells
 from evalkit.analysis.decision.claim import ClaimReading, claim_readings
-from evalkit.analysis.decision.words import interval_words, pct_words, run_exclusion
+from evalkit.analysis.decision.words import (
+    comparison_exclusion,
+    interval_words,
+    pct_words,
+    run_exclusion,
+)
 
 __all__ = [
     "Card", "Cell", "ClaimReading", "RunEntry", "build_card", "claim_readings",
-    "interval_words", "pct_words", "run_cells", "run_exclusion",
+    "comparison_exclusion", "interval_words", "pct_words", "run_cells", "run_exclusion",
 ]

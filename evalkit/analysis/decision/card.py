@@ -17,7 +17,7 @@ from evalkit.analysis.decision.cells import (
     run_cells,
 )
 from evalkit.analysis.decision.claim import ClaimReading, claim_readings, claims_of
-from evalkit.analysis.decision.words import run_exclusion, scheme_label
+from evalkit.analysis.decision.words import comparison_exclusion, run_exclusion, scheme_label
 from evalkit.analysis.quality import quality_signal
 from evalkit.analysis.report import Report
 
@@ -75,9 +75,12 @@ def build_card(entries: list[RunEntry], title: str) -> Card:
                              "why": "a run that weighed more schemes, or on more deciding "
                              "points, answers this cell"})
     reports = [e.report for e in entries]
-    live = [(e.report, run_exclusion(e.report, e.superseded_by)) for e in entries]
     claims = claims_of(reports)
-    readings = claim_readings(live, claims[0]) if claims else []
+    readings = []
+    if claims:
+        live = [(e.report, comparison_exclusion(e.report, claims[0].variant, claims[0].reference,
+                                                e.superseded_by)) for e in entries]
+        readings = claim_readings(live, claims[0])
     shapes = list(dict.fromkeys(c.shape for c in chosen))
     quality = []
     for e in entries:

@@ -16,6 +16,7 @@ from evalkit.analysis.decision.words import (
     point_exclusion,
     run_exclusion,
     scheme_label,
+    variant_exclusion,
 )
 from evalkit.analysis.quality import QualitySignal, quality_signal
 from evalkit.analysis.report import Report
@@ -129,7 +130,8 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
         if gain_rows.empty:
             continue
         seen = True
-        why = [excl or point_exclusion(valid, trials, note) for valid, trials, note in
+        pair = excl or variant_exclusion(rep, other) or variant_exclusion(rep, ref)
+        why = [pair or point_exclusion(valid, trials, note) for valid, trials, note in
                zip(gain_rows["valid"], gain_rows["trials"], gain_rows["note"], strict=True)]
         for (_, gain_row), reason in zip(gain_rows.iterrows(), why, strict=True):
             if reason:
@@ -185,7 +187,7 @@ def _open_words(what: str, ref: str, cands: list[tuple]) -> str:
     ranked = sorted(cands, key=lambda candidate: -candidate[3])
     return "; ".join(f"{v} {pct_words(gain)} ({faster}/{count})"
                      for v, faster, _, gain, _, count in ranked) + \
-        f" · {what} against {ref} at the median point (faster at / points)"
+        f" · {what} vs {ref}, median point (faster at / points)"
 
 
 def _median_point(gain_rows: pd.DataFrame) -> pd.Series:
@@ -234,14 +236,18 @@ def _capacity_cells(rep: Report, label: str, link: str, shape: str, excl: str,
         ref = g["reference"].dropna()
         ref = str(ref.iloc[0]) if len(ref) else None
         o = g[(g["variant"] != ref) & g["gain_pct"].notna()]
-        if excl:
-            for r in o.itertuples():
+        why = [excl or variant_exclusion(rep, str(v))
+               or (variant_exclusion(rep, ref) if ref is not None else "") for v in o["variant"]]
+        for r, reason in zip(o.itertuples(), why, strict=True):
+            if reason:
                 evidence.append({"run": label, "row": cell.row, "comparison": f"{r.variant} vs "
                                  f"{ref}", "point": "capacity", "gain": pct_words(r.gain_pct,
-                                 "more", "less"), "why": excl})
+                                 "more", "less"), "why": reason})
+        if len(o) and all(why):
             cell.tone = "none"
             out.append(cell)
             continue
+        o = o[[reason == "" for reason in why]]
         if o.empty or ref is None:
             continue
 
@@ -261,15 +267,38 @@ def _capacity_cells(rep: Report, label: str, link: str, shape: str, excl: str,
         if len(wins):
             ranked = [(r.variant, words(r)) for r in wins.itertuples()]
             ranked.append((ref, "the reference"))
-            out.append(_pick(rep, ranked, cell))
+            picked = _pick(rep, ranked, cell)
+            picked.gain += _level_with(picked.variant, wins, g)
+            out.append(picked)
         elif (o["gain_hi"] < 0).all():
             out.append(_pick(rep, [(ref, "serves the most req/s per GPU")], cell))
         else:
             cell.tone = "open"
             cell.open_kind = "not resolved"
-            cell.gain = "; ".join(f"{r.variant}: {words(r)}" for r in o.itertuples())
+            # schemes in one bracket read alike: say it once for all of them
+            said: dict[str, list[str]] = {}
+            for r in o.itertuples():
+                said.setdefault(words(r), []).append(str(r.variant))
+            cell.gain = "; ".join(f"{', '.join(vs)}: {w}" for w, vs in said.items())
             out.append(cell)
     return out
+
+
+def _level_with(variant: str | None, wins: pd.DataFrame, cap: pd.DataFrame) -> str:
+    """The other winners whose capacity interval (req/s per GPU) overlaps ``variant``'s: the
+    card names one scheme, and must not let a tie read as a ranking (`` · level with X
+    (capacity [interval])``; empty if none)."""
+    mine = cap[cap["variant"] == variant]
+    if mine.empty:
+        return ""
+    lo, hi = float(mine["req_s_per_gpu_lo"].iloc[0]), float(mine["req_s_per_gpu_hi"].iloc[0])
+    level = [r for r in wins.itertuples() if r.variant != variant
+             and r.req_s_per_gpu_lo <= hi and lo <= r.req_s_per_gpu_hi]
+    if not level:
+        return ""
+    return " · level with " + "; ".join(
+        f"{scheme_label(r.scheme)} ({r.req_s_per_gpu:.3g} [{r.req_s_per_gpu_lo:.3g}, "
+        f"{r.req_s_per_gpu_hi:.3g}])" for r in level)
 
 
 def pick_cells(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:

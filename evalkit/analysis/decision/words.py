@@ -1,6 +1,6 @@
 """What the verdict card says and in which words: cell tones, scheme names, "X % faster /
 slower" (never a negative reduction), and which points decide (:func:`run_exclusion`,
-:func:`point_exclusion`)."""
+:func:`comparison_exclusion`, :func:`point_exclusion`)."""
 
 from __future__ import annotations
 
@@ -49,15 +49,33 @@ def interval_words(lo: float, hi: float) -> str:
 
 def run_exclusion(rep: Report, superseded_by: str | None = None) -> str:
     """Why none of a run's points decides (empty when they may): superseded, an eager GPU
-    engine, an interrupted or failed latency stage."""
+    engine, a latency stage that was interrupted or failed before two variants finished all
+    their points (with two or more, :func:`variant_exclusion` keeps out the others)."""
     if superseded_by:
         return f"superseded by {superseded_by}"
     if rep.eager_gpu:
         return "eager GPU engine (no CUDA graphs): a sanity check, not a serving figure"
     st = rep.stage_states.get("latency")
-    if st in ("interrupted", "failed"):
+    if st in ("interrupted", "failed") and len(rep.latency_finished or ()) < 2:
         return f"latency stage {st}"
     return ""
+
+
+def variant_exclusion(rep: Report, variant: str) -> str:
+    """Why ``variant``'s points do not decide although its run's may: the latency stage was
+    interrupted or failed before all of them finished (empty when they may)."""
+    st = rep.stage_states.get("latency")
+    if st in ("interrupted", "failed") and variant not in (rep.latency_finished or ()):
+        return f"latency stage {st} before {variant}'s points all finished"
+    return ""
+
+
+def comparison_exclusion(rep: Report, variant: str, reference: str,
+                         superseded_by: str | None = None) -> str:
+    """Why the points of ``variant`` against ``reference`` do not decide (empty when they
+    may): :func:`run_exclusion`, else :func:`variant_exclusion` of either."""
+    return (run_exclusion(rep, superseded_by) or variant_exclusion(rep, variant)
+            or variant_exclusion(rep, reference))
 
 
 def point_exclusion(valid: bool, trials: int, note: str = "") -> str:

@@ -58,9 +58,14 @@ Modules:
 from evalkit.stages.latency.points import Point
 from evalkit.stages.latency.raw import request_samples
 from evalkit.stages.latency.rebuild import rebuild_records, recorded_prefix_caching
-from evalkit.stages.latency.stage import measure_on, raise_for_failures, run_stage
+from evalkit.stages.latency.stage import (
+    finished_variants,
+    measure_on,
+    raise_for_failures,
+    run_stage,
+)
 
 __all__ = [
-    "Point", "measure_on", "raise_for_failures", "rebuild_records", "recorded_prefix_caching",
-    "request_samples", "run_stage",
+    "Point", "finished_variants", "measure_on", "raise_for_failures", "rebuild_records",
+    "recorded_prefix_caching", "request_samples", "run_stage",
 ]

@@ -18,7 +18,8 @@ from evalkit.core.specs import LatencySpec, Variant
 from evalkit.core.units import StageResult
 from evalkit.stages.latency.client import vllm_range_ratio
 from evalkit.stages.latency.offline import measure_offline
-from evalkit.stages.latency.rates import RateSweep
+from evalkit.stages.latency.points import sweep_points
+from evalkit.stages.latency.rates import RateSweep, capacity_key
 from evalkit.stages.latency.raw import STAGE
 from evalkit.stages.latency.servers import ServerSweep
 from evalkit.stages.latency.sweep import LatencyStage
@@ -131,6 +132,26 @@ def _group(st: LatencyStage, variants: list[Variant], modes: list[str], bar: Any
             RateSweep(st).status(v, "failed", str(exc))
             bar.update(sum(len(st.points(m)) for m in modes) + RateSweep(st).total())
     return group
+
+
+def finished_variants(cfg: StudyConfig, run: Run) -> list[str]:
+    """The variants whose every planned latency unit finished in ``run``: each grid and anchor
+    point of the study's modes and, per rate-swept workload, the capacity records (written
+    when the sweep ends, bisection included). A stage that was interrupted or failed keeps
+    these variants whole -- their points were measured exactly as in a finished stage -- and
+    leaves the others partial or unmeasured."""
+    lat = cfg.latency
+    if lat is None:
+        return []
+    modes = [m for m in ("server", "offline") if m in lat.modes]
+    out = []
+    for v in cfg.variants:
+        keys = [p.key(v.name) for m in modes for p in sweep_points(lat, m)]
+        if "server" in modes:
+            keys += [capacity_key(v.name, w.name) for w in lat.traffic_workloads()]
+        if keys and all(run.units.done(k) is not None for k in keys):
+            out.append(v.name)
+    return out
 
 
 def raise_for_failures(cfg: StudyConfig, result: StageResult) -> None:

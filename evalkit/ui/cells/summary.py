@@ -102,7 +102,7 @@ def plot_summary_gains(ctx: SummaryContext):
     return shown(plots.plot_regime_gains(rows), "regime-gains",
                  "Per comparison and model, the variant's TTFT and TPOT reduction against the "
                  "reference over the deciding points of each regime (valid, several trials, "
-                 "compiled engine, finished stage; bar: min to max, dot: median). > 0: the "
+                 "compiled engine, variant finished; bar: min to max, dot: median). > 0: the "
                  "variant is faster, < 0: slower.")
 
 
