@@ -268,11 +268,10 @@ def _decision_words(row) -> str:
 
 def _partial(rep: rp.Report) -> str:
     """A run whose latency stage was cut off after some variants finished: which decide."""
-    st = rep.stage_states.get("latency")
-    if rep.latency_finished is None or st is None:
+    if rep.latency_finished is None:
         return ""
-    return (f"current; latency stage {st}: only {', '.join(rep.latency_finished)} finished "
-            "and decide")
+    return (f"current; latency stage {rep.stage_states.get('latency')}: only "
+            f"{', '.join(rep.latency_finished)} finished and decide")
 
 
 def runs_table(runs: list[RunSummary], page: Path) -> pd.DataFrame:

@@ -130,7 +130,7 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
         if gain_rows.empty:
             continue
         seen = True
-        pair = excl or variant_exclusion(rep, other) or variant_exclusion(rep, ref)
+        pair = excl or variant_exclusion(rep, other, ref)
         why = [pair or point_exclusion(valid, trials, note) for valid, trials, note in
                zip(gain_rows["valid"], gain_rows["trials"], gain_rows["note"], strict=True)]
         for (_, gain_row), reason in zip(gain_rows.iterrows(), why, strict=True):
@@ -236,8 +236,7 @@ def _capacity_cells(rep: Report, label: str, link: str, shape: str, excl: str,
         ref = g["reference"].dropna()
         ref = str(ref.iloc[0]) if len(ref) else None
         o = g[(g["variant"] != ref) & g["gain_pct"].notna()]
-        why = [excl or variant_exclusion(rep, str(v))
-               or (variant_exclusion(rep, ref) if ref is not None else "") for v in o["variant"]]
+        why = [excl or variant_exclusion(rep, str(v), ref) for v in o["variant"]]
         for r, reason in zip(o.itertuples(), why, strict=True):
             if reason:
                 evidence.append({"run": label, "row": cell.row, "comparison": f"{r.variant} vs "

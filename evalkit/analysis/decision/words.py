@@ -61,12 +61,15 @@ def run_exclusion(rep: Report, superseded_by: str | None = None) -> str:
     return ""
 
 
-def variant_exclusion(rep: Report, variant: str) -> str:
-    """Why ``variant``'s points do not decide although its run's may: the latency stage was
-    interrupted or failed before all of them finished (empty when they may)."""
-    st = rep.stage_states.get("latency")
-    if st in ("interrupted", "failed") and variant not in (rep.latency_finished or ()):
-        return f"latency stage {st} before {variant}'s points all finished"
+def variant_exclusion(rep: Report, *variants: str | None) -> str:
+    """Why the points of ``variants`` (a variant and its reference) do not decide although
+    their run's may: the latency stage was cut off before one of them finished all its
+    points (``rep.latency_finished``; empty when they may)."""
+    finished = rep.latency_finished
+    for v in variants:
+        if finished is not None and v is not None and v not in finished:
+            return (f"latency stage {rep.stage_states.get('latency')} before {v}'s points "
+                    "all finished")
     return ""
 
 
@@ -74,8 +77,7 @@ def comparison_exclusion(rep: Report, variant: str, reference: str,
                          superseded_by: str | None = None) -> str:
     """Why the points of ``variant`` against ``reference`` do not decide (empty when they
     may): :func:`run_exclusion`, else :func:`variant_exclusion` of either."""
-    return (run_exclusion(rep, superseded_by) or variant_exclusion(rep, variant)
-            or variant_exclusion(rep, reference))
+    return run_exclusion(rep, superseded_by) or variant_exclusion(rep, variant, reference)
 
 
 def point_exclusion(valid: bool, trials: int, note: str = "") -> str:
