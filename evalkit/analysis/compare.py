@@ -41,16 +41,19 @@ import pandas as pd
 
 from evalkit.core import records as rec
 from evalkit.core.errors import EvalkitError
-from evalkit.core.io import read_json
+from evalkit.core.io import json_exists, read_json
 from evalkit.metrics import stats
 from evalkit.metrics.accuracy import metric_label
 from evalkit.metrics.latency import pool_metrics
-from evalkit.stages.latency.raw import load_trials, point_stem
+from evalkit.stages.latency.raw import load_window_trials
 
 #: ``evalkit compare`` exits with this when a regression is flagged.
 REGRESSION_EXIT_CODE = 5
 
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
+
+#: Capacity at the SLO is compared per GPU (the figure a production owner weighs).
+CAPACITY_METRIC = "capacity_req_s_per_gpu"
 
 COLUMNS = [
     "stage", "variant", "task", "workload", "concurrency", "request_rate", "metric", "stat",
@@ -70,7 +73,11 @@ class RunData:
         records: tidy records (``records.parquet``).
         scores: ``(variant, task)`` -> lm-eval per-document scores (accuracy SCORE_COLUMNS).
         requests: ``(variant, workload, concurrency, request_rate)`` -> per-request values in
-            ms per metric (``ttft_ms``, ``tpot_ms``, ``itl_ms``, ``e2el_ms``).
+            ms per metric (``ttft_ms``, ``tpot_ms``, ``itl_ms``, ``e2el_ms``); a rate point's
+            over its steady-state window, as its records.
+        capacity: ``(variant, workload)`` -> the capacity stage's saved result
+            (``raw/latency/<variant>/capacity_<workload>.json``: value, censored, bootstrap
+            draws in req/s per engine, gpus per engine).
     """
 
     run_id: str
@@ -78,6 +85,7 @@ class RunData:
     scores: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)
     requests: dict[tuple[str, str, int, float], dict[str, list[float]]] = field(
         default_factory=dict)
+    capacity: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
 
 def load_run_data(path: str | os.PathLike[str]) -> RunData:
@@ -101,12 +109,18 @@ def load_run_data(path: str | os.PathLike[str]) -> RunData:
     for v, w, c, r in lat[_POINT].drop_duplicates().itertuples(index=False):
         if pd.isna(w) or pd.isna(c) or pd.isna(r):
             continue
-        # every trial's per-request file (plain or archived .gz), pooled
-        trials = load_trials(p / "raw" / "latency" / str(v), point_stem(str(w), c, r))
+        # every trial's per-request file (plain or archived .gz) over the requests the
+        # records summarise (a rate point's steady-state window), pooled
+        trials = load_window_trials(p / "raw" / "latency" / str(v), str(w), int(c), float(r))
         if trials:
             m = pool_metrics(trials)
             data.requests[(str(v), str(w), int(c), float(r))] = {
                 k: [x for x in m[k] if not math.isnan(x)] for k in LATENCY_METRICS}
+    cap = df[(df["stage"] == "latency") & (df["metric"] == CAPACITY_METRIC)]
+    for v, w in cap[["variant", "workload"]].drop_duplicates().itertuples(index=False):
+        f = p / "raw" / "latency" / str(v) / f"capacity_{w}.json"
+        if json_exists(f):
+            data.capacity[(str(v), str(w))] = read_json(f)
     return data
 
 
@@ -139,6 +153,7 @@ def compare(
     a: RunData, b: RunData, *,
     latency_stats: Sequence[str] = ("p50",),
     min_latency_change_pct: float = 5.0,
+    min_capacity_change_pct: float = 5.0,
     resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -153,6 +168,7 @@ def compare(
         latency_stats: percentiles of the latency metrics to compare (``p50``, ``p90``...).
         min_latency_change_pct: a latency change smaller than this (% of A's value) is
             never flagged, whatever its interval.
+        min_capacity_change_pct: likewise for a fall in capacity at the SLO.
         resamples: bootstrap resamples.
         confidence: confidence level of the intervals.
         seed: bootstrap seed.
@@ -167,6 +183,8 @@ def compare(
     rows += _latency_rows(a, b, latency_stats=latency_stats,
                           min_change_pct=min_latency_change_pct, resamples=resamples,
                           confidence=confidence, seed=seed)
+    rows += _capacity_rows(a, b, min_change_pct=min_capacity_change_pct,
+                           confidence=confidence, seed=seed)
     rows += _status_rows(a, b)
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
@@ -175,7 +193,8 @@ def compare(
     for col in ("value_a", "value_b", "change", "change_pct", "ci_low", "ci_high"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["concurrency"] = df["concurrency"].astype("Int64")
-    order = ["stage", "variant", "task", "workload", "concurrency", "metric", "stat"]
+    order = ["stage", "variant", "task", "workload", "concurrency", "request_rate", "metric",
+             "stat"]
     return df.sort_values(order, na_position="first", ignore_index=True)
 
 
@@ -266,6 +285,60 @@ def _latency_rows(a: RunData, b: RunData, *, latency_stats: Sequence[str],
     return rows
 
 
+def _capacity_rows(a: RunData, b: RunData, *, min_change_pct: float, confidence: float,
+                   seed: int) -> list[dict[str, Any]]:
+    """Capacity at the SLO per GPU of each (variant, traffic mix) both runs measured.
+
+    Interval: percentile interval of ``B - A`` over the two runs' saved bootstrap draws
+    (:func:`evalkit.metrics.traffic.capacity_at_slo`: each run's own requests resampled, and
+    its bracket's spread where the first failing rate was saturated), paired at random --
+    the runs' draws are independent, and two runs with one seed would otherwise pair the
+    same uniform positions inside their brackets. A censored capacity (a bound) gets no
+    interval. Flagged: the interval entirely below 0 and a fall beyond ``min_change_pct``."""
+
+    def values(d: RunData) -> pd.DataFrame:
+        r = d.records
+        return r[(r["stage"] == "latency") & (r["metric"] == CAPACITY_METRIC)
+                 & (r["stat"] == "value") & (r["status"] == "ok")]
+
+    m = values(a).merge(values(b), on=["variant", "workload", "metric", "stat"],
+                        suffixes=("_a", "_b"))
+    rng = np.random.default_rng([seed, 2])
+    alpha = 1 - confidence
+    rows = []
+    for r in m.itertuples(index=False):
+        key = (str(r.variant), str(r.workload))
+        va, vb = float(r.value_a), float(r.value_b)
+        ca, cb = a.capacity.get(key), b.capacity.get(key)
+        lo = hi = math.nan
+        method, note = "records only", "no bootstrap draws in both runs: no interval"
+        if ca is not None and cb is not None:
+            bounds = [f"{run} {c.get('censored')}" for run, c in (("A", ca), ("B", cb))
+                      if c.get("censored") != "none"]
+            da, db = (np.nan_to_num(np.asarray(c.get("draws") or [], dtype=float), nan=0.0)
+                      / float(c.get("gpus") or 1) for c in (ca, cb))
+            if bounds:
+                note = f"censored ({', '.join(bounds)}): a bound, no interval"
+            elif da.size and db.size:
+                n = min(da.size, db.size)
+                diff = rng.permutation(db)[:n] - rng.permutation(da)[:n]
+                lo, hi = (float(x) for x in np.percentile(diff, [alpha * 50,
+                                                                 100 - alpha * 50]))
+                method = f"difference of the runs' bootstrap draws ({n}, independent)"
+                note = None
+        change = vb - va
+        pct = _pct(change, va)
+        flagged = bool(not math.isnan(hi) and hi < 0 and -pct > min_change_pct)
+        if flagged:
+            note = f"{-pct:.1f}% fewer req/s (interval below 0, beyond {min_change_pct:g}%)"
+        rows.append(_row(
+            stage="capacity", variant=r.variant, workload=r.workload, metric=r.metric,
+            stat="value", unit=r.unit_a, higher_is_better=True, value_a=va, value_b=vb,
+            change=change, change_pct=pct, ci_low=lo, ci_high=hi, n_a=r.n_a, n_b=r.n_b,
+            method=method, regression=flagged, note=note))
+    return rows
+
+
 def _unit_status(df: pd.DataFrame) -> dict[tuple, tuple[str, str]]:
     """(stage, variant, task, workload, concurrency, request_rate) -> (status, note)."""
     d = df[df["stage"].isin(["accuracy", "latency"])
@@ -302,16 +375,30 @@ def regressions(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["regression"]] if len(df) else df
 
 
+def _what(task: Any, workload: Any, concurrency: Any, rate: Any, stage: Any) -> str:
+    """A compared value's place: the task, or the workload and its load (a closed loop's
+    requests in flight, a rate point's offered rate and client cap), or the capacity."""
+    if isinstance(task, str) and task:
+        return task
+    if not isinstance(workload, str) or not workload:
+        return ""
+    if stage == "capacity":
+        return f"{workload} capacity at SLO"
+    if pd.isna(concurrency):
+        return workload
+    if rate is None or pd.isna(rate) or math.isinf(float(rate)):
+        return f"{workload} c{int(concurrency)}"
+    return f"{workload} {float(rate):g} req/s (cap {int(concurrency)})"
+
+
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """A display table of a comparison: one row per compared value, fixed columns."""
     if df.empty:
         return pd.DataFrame(columns=["variant", "what", "metric", "A", "B", "change",
                                      "interval", "regression", "note"])
-    what = [
-        (t if isinstance(t, str) and t else
-         f"{w} c{int(c)}" if isinstance(w, str) and w and not pd.isna(c) else "")
-        for t, w, c in zip(df["task"], df["workload"], df["concurrency"], strict=True)
-    ]
+    what = [_what(t, w, c, r, st) for t, w, c, r, st in zip(
+        df["task"], df["workload"], df["concurrency"], df["request_rate"], df["stage"],
+        strict=True)]
     metric = [m if s in ("value", "status") or pd.isna(s) else f"{m} {s}"
               for m, s in zip(df["metric"], df["stat"], strict=True)]
 
@@ -335,7 +422,9 @@ def format_comparison(df: pd.DataFrame, run_a: str, run_b: str) -> str:
     """The printed form: a header line, the table and a verdict line."""
     n_reg = int(df["regression"].sum()) if len(df) else 0
     head = (f"compare {run_a} (A) -> {run_b} (B): change = B - A; accuracy intervals: paired "
-            "bootstrap over documents; latency: bootstrap of the percentile over requests")
+            "bootstrap over documents; latency: bootstrap of the percentile over requests (a rate "
+            "point's steady-state window); capacity at SLO: difference of the runs' bootstrap "
+            "draws")
     if df.empty:
         return head + "\nnothing in common to compare"
     with pd.option_context("display.max_rows", 500, "display.width", 200,

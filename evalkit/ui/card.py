@@ -23,10 +23,10 @@ CSS = """<style>
 .evalkit-card{font-family:system-ui,sans-serif;border:2px solid #333;border-radius:8px;
 padding:10px 14px;margin:4px 0 12px 0;max-width:1220px;font-size:13px;line-height:1.35}
 .evalkit-card h2{margin:0 0 4px 0;font-size:19px}
-.evalkit-card .claim{margin:2px 0 6px 0}
-.evalkit-card .reading{display:inline-block;margin:2px 10px 2px 0;padding:2px 6px;
+.evalkit-card .claim{margin:2px 0 4px 0}
+.evalkit-card .reading{display:inline-block;margin:1px 10px 1px 0;padding:1px 6px;
 border-radius:4px;background:#f1f1f1}
-.evalkit-card table{border-collapse:collapse;margin-top:6px;width:100%}
+.evalkit-card table{border-collapse:collapse;margin-top:4px;width:100%}
 .evalkit-card td,.evalkit-card th{border:1px solid #ccc;padding:2px 6px;vertical-align:top;
 text-align:left !important;font-size:12px;line-height:1.25}
 .evalkit-card th{background:#eee}

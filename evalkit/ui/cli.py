@@ -192,9 +192,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         raise EvalkitError("compare takes RUN_A RUN_B, or --previous RUN")
     df = cmp.compare_runs(run_a, run_b, latency_stats=args.stats,
-                          min_latency_change_pct=args.min_change_pct, resamples=args.resamples)
+                          min_latency_change_pct=args.min_change_pct,
+                          min_capacity_change_pct=args.min_change_pct, resamples=args.resamples)
     shown = df if args.all or df.empty else df[df["regression"] | df["ci_low"].notna()]
-    print(cmp.format_comparison(shown if len(shown) else df, run_a.name, run_b.name))
+    a, b = (Path(r).resolve() for r in (run_a, run_b))
+    print(cmp.format_comparison(shown if len(shown) else df, f"{a.parent.name}/{a.name}",
+                                f"{b.parent.name}/{b.name}"))
     if args.csv is not None:
         df.to_csv(args.csv, index=False)
         print(f"comparison written to {args.csv}")
@@ -300,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_parser.add_argument("--stats", nargs="+", default=["p50"], metavar="PCT",
                    choices=["p50", "p90", "p99"], help="latency percentiles (default p50)")
     cmd_parser.add_argument("--min-change-pct", type=float, default=5.0,
-                   help="latency changes below this %% of RUN_A's value are never flagged "
-                   "(default 5)")
+                   help="latency and capacity changes below this %% of RUN_A's value are "
+                   "never flagged (default 5)")
     cmd_parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     cmd_parser.add_argument("--all", action="store_true",
                    help="also list values compared without an interval (records only)")

@@ -269,8 +269,10 @@ def changes(r: rp.Report) -> tuple[str, pd.DataFrame]:
                "REGRESSION below)." if n_reg else "No regression beyond noise.")
     txt = (f"{title}\n\nAgainst the earlier run `{r.previous_run}` (A; this run is B; change "
            "= B − A). Accuracy: paired bootstrap over the same documents; latency: bootstrap "
-           "of the p50 over each run's requests, flagged only when the interval is above 0 "
-           f"and the change exceeds 5%. A unit that failed here but not before is flagged "
+           "of the p50 over each run's requests (a rate point's steady-state window), flagged "
+           "only when the interval is above 0 and the change exceeds 5%; capacity at the "
+           "SLO: the difference of the runs' bootstrap draws, flagged when it falls beyond "
+           "its interval and 5%. A unit that failed here but not before is flagged "
            f"too. {verdict} `evalkit compare` gives the same table from the command line.")
     return txt, cmp.summary_table(shown if len(shown) else df)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -203,7 +204,7 @@ def test_scheduled_run_exit_codes(tmp_path, later, run_rc, expect):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == expect, proc.stdout + proc.stderr
     if run_rc in (0, 4):
-        assert "compare night-1 (A) -> night-2 (B)" in proc.stdout
+        assert "compare study/night-1 (A) -> study/night-2 (B)" in proc.stdout
         assert ("REGRESSION" in proc.stdout) is (later == "regressed")
     else:
         assert "compare" not in proc.stdout
@@ -215,3 +216,88 @@ def test_compare_previous_without_earlier_run(tmp_path, capsys):
     assert main(["compare", "--previous", str(only)]) == 0
     assert "no earlier run" in capsys.readouterr().out
     assert main(["compare", str(only)]) == 1  # one run without --previous: a usage error
+
+
+# ---- capacity at the SLO, and rate points over their steady-state window
+
+
+def _with_capacity(run: Path, ttft_ms_at: dict[float, float], *, seed: int = 0) -> Path:
+    """Add a capacity at the SLO to a fake run: :func:`evalkit.metrics.traffic.capacity_at_slo`
+    over rate points whose p90 TTFT grows with the rate (the SLO: p90 TTFT <= 1000 ms), its
+    records and its saved draws, as the latency stage writes them."""
+    from evalkit.metrics import traffic as tr
+
+    rng = np.random.default_rng(seed)
+    pts = [tr.RatePoint(rate, False, {"ttft_ms": [ms * (1 + 0.1 * rng.standard_normal(80))]})
+           for rate, ms in ttft_ms_at.items()]
+    cap = tr.capacity_at_slo(pts, {"ttft_ms": 1000.0}, seed=seed)
+    fields = dict(variant="w8", scheme="w8a8_int8", method="rtn", stage="latency",
+                  mode="capacity", load="poisson", workload="chat", unit="req/s",
+                  higher_is_better=True, n=len(pts))
+    rows = [dict(metric=m, stat=s, value=v, **fields)
+            for m in ("capacity_req_s", "capacity_req_s_per_gpu")
+            for s, v in (("value", cap.value), ("ci_low", cap.ci_low), ("ci_high", cap.ci_high))]
+    old = rec.read_records(run / "records.parquet")
+    new = rec.make_records(rows, run_id=run.name, study="study", model="m")
+    rec.write_records(pd.concat([old, new], ignore_index=True), run / "records.parquet")
+    (run / "raw/latency/w8/capacity_chat.json").write_text(json.dumps(
+        {"value": cap.value, "censored": cap.censored, "gpus": 1,
+         "draws": [float(d) for d in cap.draws]}))
+    return run
+
+
+def test_capacity_fall_beyond_its_draws_is_flagged(tmp_path, capsys):
+    c, t = _correct(0.6), _ttft(0.2, 0.05)
+    a = _with_capacity(make_run(tmp_path, "a", correct=c, ttft_s=t,
+                                created="2026-01-01T00:00:00"), {4: 300, 8: 800, 12: 1400})
+    b = _with_capacity(make_run(tmp_path, "b", correct=c, ttft_s=t,
+                                created="2026-01-02T00:00:00"), {4: 600, 8: 1300, 12: 2000},
+                       seed=1)
+    df = cmp.compare_runs(a, b)
+    cap = _row(df, "capacity", "capacity_req_s_per_gpu")
+    va = float(rec.load_runs(a).query("metric == 'capacity_req_s_per_gpu' and stat == 'value'")
+               ["value"].iloc[0])
+    assert cap["value_a"] == va and cap["value_b"] < va
+    assert cap["ci_high"] < 0 and cap["regression"] and "fewer req/s" in cap["note"]
+    assert "draws" in cap["method"]
+    # the other way round it is a gain, never a regression; a run against itself: 0 inside
+    assert not _row(cmp.compare_runs(b, a), "capacity", "capacity_req_s_per_gpu")["regression"]
+    same = _row(cmp.compare_runs(a, a), "capacity", "capacity_req_s_per_gpu")
+    assert same["change"] == 0 and same["ci_low"] < 0 < same["ci_high"]
+    assert main(["compare", str(a), str(b)]) == 5
+    assert "chat capacity at SLO" in capsys.readouterr().out
+
+
+def test_censored_capacity_gets_no_interval(tmp_path):
+    c, t = _correct(0.6), _ttft(0.2, 0.05)
+    a = _with_capacity(make_run(tmp_path, "a", correct=c, ttft_s=t,
+                                created="2026-01-01T00:00:00"), {4: 300, 8: 800, 12: 1400})
+    b = _with_capacity(make_run(tmp_path, "b", correct=c, ttft_s=t,
+                                created="2026-01-02T00:00:00"), {4: 100, 8: 200, 12: 300})
+    cap = _row(cmp.compare_runs(b, a), "capacity", "capacity_req_s_per_gpu")
+    assert math.isnan(cap["ci_low"]) and not cap["regression"]
+    assert "A above" in cap["note"]  # b met the SLO at every rate: a lower bound
+
+
+REFERENCE = Path(__file__).resolve().parents[2] / "outputs" / "reference"
+
+
+def test_two_sittings_of_the_rag_study_compared_over_windows_and_draws():
+    """The RAG study's two H100 sittings measured W4A16 with the same prompts and engine:
+    a rate point's compared p50 is its record's (the steady-state window, not every request
+    sent), and the capacity change carries an interval from both runs' draws."""
+    a = REFERENCE / "hopper-llama8b-schemes-rag" / "r1"
+    b = REFERENCE / "hopper-llama8b-schemes-rag-int8" / "r1"
+    df = cmp.compare_runs(a, b, resamples=300)
+    rate = df[(df["stage"] == "latency") & (df["metric"] == "ttft_ms")
+              & (df["request_rate"] == 14.1)].iloc[0]
+    for run, col in ((a, "value_a"), (b, "value_b")):
+        recs = rec.load_runs(run)
+        want = recs[(recs["variant"] == "w4a16") & (recs["metric"] == "ttft_ms")
+                    & (recs["stat"] == "p50") & (recs["request_rate"] == 14.1)
+                    & (recs["mode"] == "server")]["value"]
+        assert rate[col] == pytest.approx(float(want.iloc[0]))
+    cap = _row(df, "capacity", "capacity_req_s_per_gpu")
+    assert cap["variant"] == "w4a16" and cap["ci_low"] <= cap["change"] <= cap["ci_high"]
+    table = cmp.summary_table(df)
+    assert "rag 14.1 req/s (cap 64)" in set(table["what"])

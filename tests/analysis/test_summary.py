@@ -101,3 +101,79 @@ def test_an_interrupted_run_with_one_finished_variant_decides_nothing(tmp_path):
     (s,) = sm.load([tmp_path])
     assert s.report.latency_finished == ("w4a16",)
     assert dc.run_exclusion(s.report) == "latency stage interrupted"
+
+
+def test_repeated_measurements_pair_equal_setups_only(tmp_path):
+    """W4A16 under the RAG mix was measured in two H100 sittings with one setup (the same
+    prompts, engine, trials and SLO; only the rate plans differ, which decide where a sweep
+    measures, not what): the page pairs them, earlier run first, for capacity and the
+    closed-loop points, with the change's interval from both runs' own data. The traffic
+    run measured W4A16 under a RAG mix too, with another engine (more KV cache) and trials:
+    never paired. A setting that changes what is measured breaks the pair."""
+    import yaml
+
+    for name in ("hopper-llama8b-schemes-rag/r1", "hopper-llama8b-schemes-rag-int8/r1",
+                 "hopper-llama8b-traffic/r1"):
+        shutil.copytree(REFERENCE / name, tmp_path / name)
+    runs = sm.load([tmp_path])
+    t = sm.repeats(runs, resamples=200)
+    assert set(t["variant"]) == {"w4a16"}
+    assert set(t["run_a"]) == {"hopper-llama8b-schemes-rag/r1"}
+    assert set(t["run_b"]) == {"hopper-llama8b-schemes-rag-int8/r1"}
+    cap = t[t["metric"] == "capacity_req_s_per_gpu"]
+    assert len(cap) == 1 and cap["concurrency"].isna().all()
+    recs = {s.label: s.report.records for s in runs}
+    for run, col in (("hopper-llama8b-schemes-rag/r1", "value_a"),
+                     ("hopper-llama8b-schemes-rag-int8/r1", "value_b")):
+        r = recs[run]
+        want = r[(r["variant"] == "w4a16") & (r["metric"] == "capacity_req_s_per_gpu")
+                 & (r["stat"] == "value")]["value"]
+        assert float(cap[col].iloc[0]) == float(want.iloc[0])
+    row = cap.iloc[0]
+    assert row["ci_low_pct"] <= row["change_pct"] <= row["ci_high_pct"]
+    assert row["beyond"] == (row["ci_low_pct"] > 0 or row["ci_high_pct"] < 0)
+    closed = t[t["concurrency"].notna()]
+    assert sorted(set(closed["concurrency"])) == [1, 16, 64]
+    assert set(closed["metric"]) == {"ttft_ms", "tpot_ms"}
+
+    cfg = tmp_path / "hopper-llama8b-schemes-rag-int8/r1/config.yaml"
+    d = yaml.safe_load(cfg.read_text())
+    d["engine"]["kv_cache_memory_gib"] = 24
+    cfg.write_text(yaml.safe_dump(d))
+    assert sm.repeats(sm.load([tmp_path]), resamples=50).empty
+
+
+def test_a_capacity_cell_carries_a_re_measurement_beyond_its_interval(tmp_path):
+    """The RAG capacity cell comes from hopper-llama8b-schemes-rag/r1 (W4A16 at 11.7 req/s
+    per GPU); the later sitting measured W4A16 at 14.1 with the same setup, beyond the
+    interval of the change. The cell keeps its run's figures and says so in a note, with the
+    change from its own run's figure; a cell whose run is the later one reads the change the
+    other way. Without repeats, no note."""
+    for name in ("hopper-llama8b-schemes-rag/r1", "hopper-llama8b-schemes-rag-int8/r1"):
+        shutil.copytree(REFERENCE / name, tmp_path / name)
+    runs = sm.load([tmp_path])
+    t = sm.repeats(runs, resamples=200)
+    cap = t[t["metric"] == "capacity_req_s_per_gpu"].iloc[0]
+    assert cap["beyond"]
+    page = tmp_path / "page.html"
+    card = sm.verdict_card(runs, page, "t", t)
+    (cell,) = [c for c in card.cells if c.row == "capacity at the SLO · rag"]
+    assert cell.run == "hopper-llama8b-schemes-rag/r1" and cell.scheme == "w4a8_fp8"
+    (note,) = cell.notes
+    assert note == (f"w4a16 re-measured: {cap['value_b']:.3g} req/s "
+                    f"({cap['change_pct']:+.0f} % [{cap['ci_low_pct']:+.0f}, "
+                    f"{cap['ci_high_pct']:+.0f} %])")
+    # the same pair listed the other way round (the cell's run as the later one, B - A and
+    # its interval in % of the other run): the note, from the cell's own figure, is the same
+    va, vb = cap["value_a"], cap["value_b"]
+    flipped = t.copy()
+    flipped[["run_a", "run_b"]] = flipped[["run_b", "run_a"]].to_numpy()
+    flipped[["value_a", "value_b"]] = flipped[["value_b", "value_a"]].to_numpy()
+    flipped["change_pct"] = (va / vb - 1) * 100
+    flipped["ci_low_pct"] = -t["ci_high_pct"] * va / vb
+    flipped["ci_high_pct"] = -t["ci_low_pct"] * va / vb
+    card = sm.verdict_card(runs, page, "t", flipped)
+    (cell,) = [c for c in card.cells if c.row == "capacity at the SLO · rag"]
+    assert cell.notes == [note]
+    assert not sm.verdict_card(runs, page, "t").cell("capacity at the SLO · rag",
+                                                      cell.shape).notes

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from evalkit.analysis.decision.cells import (
+    CAPACITY_ROW,
     Cell,
     carried_notes,
     pick_cells,
@@ -57,10 +58,38 @@ class Card:
 EVIDENCE_COLUMNS = ["run", "row", "comparison", "point", "gain", "why"]
 
 
-def build_card(entries: list[RunEntry], title: str) -> Card:
+def _moved_capacity(cell: Cell, repeats: pd.DataFrame) -> list[str]:
+    """A capacity cell's note per capacity of its run and mix that another sitting of the
+    same setup measured beyond the interval of the change: the other figure, and the change
+    from this run's with its interval."""
+    if not cell.row.startswith(f"{CAPACITY_ROW} · "):
+        return []
+    mix = cell.row.removeprefix(f"{CAPACITY_ROW} · ")
+    rows = repeats[(repeats["metric"] == "capacity_req_s_per_gpu") & repeats["beyond"]
+                   & (repeats["workload"] == mix)
+                   & ((repeats["run_a"] == cell.run) | (repeats["run_b"] == cell.run))]
+    out = []
+    for r in rows.itertuples(index=False):
+        mine_a = r.run_a == cell.run
+        other, mine = (r.value_b, r.value_a) if mine_a else (r.value_a, r.value_b)
+        # the change from this run's figure to the other sitting's, with its interval
+        sign = 1 if mine_a else -1
+        lo, hi = sorted((sign * r.ci_low_pct * r.value_a / mine,
+                         sign * r.ci_high_pct * r.value_a / mine))
+        out.append(f"{r.variant} re-measured: {other:.3g} req/s "
+                   f"({(other / mine - 1) * 100:+.0f} % [{lo:+.0f}, {hi:+.0f} %])")
+    return out
+
+
+def build_card(entries: list[RunEntry], title: str, repeats: pd.DataFrame | None = None
+               ) -> Card:
     """The verdict card over runs: the claim in both readings over the deciding points of
     every run that may decide, the matrix (one cell per regime or mix × model shape) and
-    everything that does not decide, with its reason."""
+    everything that does not decide, with its reason.
+
+    ``repeats``: :func:`evalkit.analysis.summary.repeats` over the same runs; a capacity cell
+    whose run measured a capacity that another sitting of the same setup found beyond its
+    interval carries a note with the other sitting's figure."""
     cells, evidence = [], []
     for e in entries:
         c, ev = run_cells(e.report, e.label, e.shape, link=e.link,
@@ -68,6 +97,9 @@ def build_card(entries: list[RunEntry], title: str) -> Card:
         cells += c
         evidence += ev
     chosen, aside = pick_cells(cells)
+    if repeats is not None and len(repeats):
+        for c in chosen:
+            c.notes += _moved_capacity(c, repeats)
     for c in aside:
         if c.variant is not None or c.tone == "open":
             evidence.append({"run": c.run, "row": c.row, "comparison": "", "point": "",

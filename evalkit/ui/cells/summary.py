@@ -6,6 +6,8 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from evalkit.analysis import decision as dc
 from evalkit.analysis import plots
 from evalkit.analysis import summary as sm
@@ -22,6 +24,7 @@ __all__ = [
     "show_summary_answer",
     "show_summary_capacity",
     "show_summary_definitions",
+    "show_summary_repeats",
     "show_other_evidence",
     "show_summary_header",
     "show_verdict_card",
@@ -38,6 +41,8 @@ class SummaryContext:
     runs: list[sm.RunSummary]
     page: Path
     card: dc.Card
+    #: :func:`evalkit.analysis.summary.repeats` of the runs
+    repeated: pd.DataFrame
 
 
 def open_summary(runs: list[str], page: str) -> SummaryContext:
@@ -45,7 +50,8 @@ def open_summary(runs: list[str], page: str) -> SummaryContext:
     build its verdict card."""
     loaded = sm.load(list(runs))
     out = Path(page).resolve()
-    return SummaryContext(loaded, out, sm.verdict_card(loaded, out, TITLE))
+    repeated = sm.repeats(loaded)
+    return SummaryContext(loaded, out, sm.verdict_card(loaded, out, TITLE, repeated), repeated)
 
 
 def show_verdict_card(ctx: SummaryContext):
@@ -89,6 +95,40 @@ def show_summary_capacity(ctx: SummaryContext):
     if not parts:
         return md("_no run measured a rate sweep: no capacity at the SLO_")
     return md("## Capacity at the SLO under real traffic\n\n" + "\n\n".join(parts))
+
+
+_REPEAT_METRIC = {"capacity_req_s_per_gpu": "capacity at the SLO (req/s per GPU)",
+                  "ttft_ms": "p50 TTFT", "tpot_ms": "p50 TPOT"}
+
+
+def show_summary_repeats(ctx: SummaryContext):
+    """The same measurement in two sittings (equal setups, same GPU model): how far its
+    numbers moved, against the runs' own intervals."""
+    t = ctx.repeated
+    head = ("## Repeated measurements\n\nA variant measured by two runs with the same model, "
+            "quantization, engine settings, prompts, trials, SLO and GPU model, in different "
+            "sittings (other machines of that model, other days). Change = later − earlier, "
+            "in % of the earlier value, with its 95 % interval (capacity: the difference of "
+            "the runs' bootstrap draws; latency: bootstrap over both runs' requests). "
+            "*Moved beyond its interval*: the interval excludes 0, so the number moved between "
+            "sittings by more than either run's own interval shows: read such a figure's "
+            "interval as within one sitting. `evalkit compare RUN_A RUN_B` lists every point.")
+    if t.empty:
+        return md(head + "\n\n_no measurement was repeated in the runs of this page_")
+    lines = ["| variant | measured | earlier run → later run | earlier | later | change "
+             "[95 % interval] | moved beyond its interval |", "|---|---|---|---|---|---|---|"]
+    for r in t.itertuples(index=False):
+        unit = "" if r.unit == "req/s" else f" {r.unit}"
+        lines.append(
+            f"| `{r.variant}` | {r.workload} · "
+            + ("" if pd.isna(r.concurrency) else f"{r.concurrency} in flight, closed loop · ")
+            + f"{_REPEAT_METRIC.get(r.metric, r.metric)} | "
+            f"{r.run_a} → {r.run_b} | {r.value_a:.3g}{unit} | {r.value_b:.3g}{unit} | "
+            f"{r.change_pct:+.1f} % "
+            + ("(no interval: a bound, or no raw data) | " if pd.isna(r.ci_low_pct) else
+               f"[{r.ci_low_pct:+.1f}, {r.ci_high_pct:+.1f}] | ")
+            + f"{'**yes**' if r.beyond else 'no'} |")
+    return md(head + "\n\n" + "\n".join(lines))
 
 
 def show_summary_answer(ctx: SummaryContext):
