@@ -11,6 +11,7 @@ notebooks/05_summary.ipynb, which calls these, to one HTML page.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -195,68 +196,70 @@ REPEAT_COLUMNS = ["variant", "workload", "concurrency", "metric", "run_a", "valu
                   "value_b", "change_pct", "ci_low_pct", "ci_high_pct", "beyond", "unit"]
 
 
-def measurement_setup(s: RunSummary, variant: str) -> str:
-    """What a latency measurement of ``variant`` in run ``s`` depends on, as a canonical
+def measurement_setups(s: RunSummary) -> dict[str, str]:
+    """Per variant of run ``s``, what its latency measurements depend on, as a canonical
     string: the model, the variant and its quantization settings, the engine, the latency
     settings (workloads, prompts, trials, warm-ups, seed, the traffic's window and client
     cap), the SLO, whether the weights are real and the GPU model. Two runs with equal
-    setups measured the same thing in different sittings."""
+    setups for a variant measured the same thing in different sittings."""
     d = s.run.config().model_dump(mode="json")
     lat = {k: v for k, v in d["latency"].items() if k not in _SCHEDULE["latency"]}
     if lat.get("traffic"):
         lat["traffic"] = {k: v for k, v in lat["traffic"].items()
                           if k not in _SCHEDULE["traffic"]}
-    key = dict(model=d["model"], quantize=d.get("quantize"),
-               variant=next((v for v in d["variants"] if v["name"] == variant), None),
-               engine={k: v for k, v in d["engine"].items() if k not in _SCHEDULE["engine"]},
-               latency=lat, slo=d["report"]["slo"], real_weights=s.real_weights,
-               hardware=s.report.hardware)
-    return json.dumps(key, sort_keys=True, default=str)
+    common = dict(model=d["model"], quantize=d.get("quantize"),
+                  engine={k: v for k, v in d["engine"].items()
+                          if k not in _SCHEDULE["engine"]},
+                  latency=lat, slo=d["report"]["slo"], real_weights=s.real_weights,
+                  hardware=s.report.hardware)
+    return {str(v["name"]): json.dumps({**common, "variant": v}, sort_keys=True, default=str)
+            for v in d["variants"]}
 
 
 def repeats(runs: list[RunSummary], *, resamples: int = 1000) -> pd.DataFrame:
     """The same measurement made in two sittings: every variant that current runs measured
-    with an equal :func:`measurement_setup`, each later run against the one before it (by
-    creation time), compared by :func:`evalkit.analysis.compare.compare` -- capacity at the
-    SLO per GPU (the difference of the two runs' bootstrap draws) and the closed-loop
-    points' p50 TTFT and TPOT (bootstrap over both runs' requests). ``beyond``: the change's
-    interval excludes 0, so the number moved between sittings by more than either run's own
-    interval allows. Columns :data:`REPEAT_COLUMNS` (``concurrency``: a closed-loop point's
-    requests in flight, NA for capacity); changes in % of the earlier run."""
+    with equal :func:`measurement_setups`, each later run against the one before it (by
+    creation time), compared by :func:`evalkit.analysis.compare.compare` (once per pair of
+    runs) -- capacity at the SLO per GPU (the difference of the two runs' bootstrap draws)
+    and the closed-loop points' p50 TTFT and TPOT (bootstrap over both runs' requests).
+    ``beyond``: the change's interval excludes 0, so the number moved between sittings by
+    more than either run's own interval allows. Columns :data:`REPEAT_COLUMNS`
+    (``concurrency``: a closed-loop point's requests in flight, NA for capacity), by
+    variant; changes in % of the earlier run."""
     groups: dict[tuple[str, str], list[RunSummary]] = {}
     for s in runs:
-        if not s.current:
-            continue
-        for variant in s.report.records["variant"].dropna().unique():
-            groups.setdefault((str(variant), measurement_setup(s, str(variant))), []).append(s)
-    rows = []
-    data: dict[str, cmp.RunData] = {}
+        if s.current:
+            for variant, setup in measurement_setups(s).items():
+                groups.setdefault((variant, setup), []).append(s)
+    # the variants each pair of runs (earlier, later) measured alike
+    pairs: dict[tuple[str, str], tuple[RunSummary, RunSummary, list[str]]] = {}
     for (variant, _), same in sorted(groups.items(), key=lambda kv: kv[0][0]):
         same = sorted(same, key=lambda x: (str(x.report.env.get("created_utc") or ""),
                                            x.label))
         for a, b in zip(same, same[1:], strict=False):
-            for x in (a, b):
-                if x.label not in data:
-                    data[x.label] = cmp.load_run_data(x.run.path)
-            df = cmp.compare(data[a.label], data[b.label], resamples=resamples)
-            df = df[(df["variant"] == variant) & (
-                (df["stage"] == "capacity") | (
-                    (df["stage"] == "latency") & df["metric"].isin(["ttft_ms", "tpot_ms"])
-                    & (df["stat"] == "p50") & df["request_rate"].map(
-                        lambda r: r is not None and not pd.isna(r) and float(r) == float("inf"))))]
-            for _, r in df.iterrows():
-                base = r["value_a"]
-                rows.append(dict(
-                    variant=variant, workload=r["workload"],
-                    concurrency=None if r["stage"] == "capacity" else r["concurrency"],
-                    metric=r["metric"], run_a=a.label,
-                    value_a=base, run_b=b.label, value_b=r["value_b"],
-                    change_pct=r["change_pct"], ci_low_pct=r["ci_low"] / abs(base) * 100,
-                    ci_high_pct=r["ci_high"] / abs(base) * 100,
-                    beyond=bool(r["ci_low"] > 0 or r["ci_high"] < 0), unit=r["unit"]))
+            pairs.setdefault((a.label, b.label), (a, b, []))[2].append(variant)
+    rows = []
+    for a, b, variants in pairs.values():
+        df = cmp.compare(cmp.load_run_data(a.run.path), cmp.load_run_data(b.run.path),
+                         resamples=resamples)
+        closed = df["request_rate"].astype(float) == math.inf
+        df = df[df["variant"].isin(variants) & (
+            (df["stage"] == "capacity") | ((df["stage"] == "latency") & closed
+                                           & df["metric"].isin(["ttft_ms", "tpot_ms"])
+                                           & (df["stat"] == "p50")))]
+        for _, r in df.iterrows():
+            base = r["value_a"]
+            rows.append(dict(
+                variant=r["variant"], workload=r["workload"],
+                concurrency=None if r["stage"] == "capacity" else r["concurrency"],
+                metric=r["metric"], run_a=a.label, value_a=base, run_b=b.label,
+                value_b=r["value_b"], change_pct=r["change_pct"],
+                ci_low_pct=r["ci_low"] / abs(base) * 100,
+                ci_high_pct=r["ci_high"] / abs(base) * 100,
+                beyond=bool(r["ci_low"] > 0 or r["ci_high"] < 0), unit=r["unit"]))
     out = pd.DataFrame(rows, columns=REPEAT_COLUMNS)
     out["concurrency"] = out["concurrency"].astype("Int64")
-    return out
+    return out.sort_values("variant", kind="stable", ignore_index=True)
 
 
 def quality_rows(runs: list[RunSummary]) -> pd.DataFrame:

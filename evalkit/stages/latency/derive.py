@@ -64,6 +64,16 @@ def _slo_samples(detail: Mapping[str, Any]) -> dict[str, np.ndarray]:
             "e2el_ms": tr.slo_values(np.asarray(lat_s, dtype=float) * 1e3, ok)}
 
 
+def steady_trial(detail: Mapping[str, Any], window: Mapping[str, Any]
+                 ) -> tuple[dict[str, Any], tr.Window]:
+    """One trial of a rate point restricted to its steady-state window: the client's result
+    over the window's requests (:func:`window_detail`) and the window, from the point
+    summary's ``window`` settings (warm-up and cool-down %, by requests or time)."""
+    steady = tr.steady_window(detail["start_times"], warmup_pct=window["warmup_pct"],
+                              cooldown_pct=window["cooldown_pct"], by=window["by"])
+    return window_detail(detail, steady.mask), steady
+
+
 def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[str, Any], *,
                          summary: Mapping[str, Any], seed: int) -> PointData:
     """Record rows of one server point from its trials' client results.
@@ -81,8 +91,7 @@ def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[s
     used, windows, flows = [], [], []
     for detail in details:
         if rate and window and detail.get("start_times"):
-            steady = tr.steady_window(detail["start_times"], warmup_pct=window["warmup_pct"],
-                                      cooldown_pct=window["cooldown_pct"], by=window["by"])
+            steady_detail, steady = steady_trial(detail, window)
             latencies = request_latencies(detail)
             ok = [not error for error in detail.get("errors") or []]
             offered = float(summary.get("offered_rate", fields["request_rate"]))
@@ -90,7 +99,7 @@ def server_point_records(details: Sequence[Mapping[str, Any]], fields: Mapping[s
                                  steady, offered_rate=offered,
                                  max_in_flight=_client_cap(fields)))
             windows.append(steady)
-            used.append(window_detail(detail, steady.mask))
+            used.append(steady_detail)
         else:
             used.append(dict(detail))
     per_trial = [per_request_metrics(detail) for detail in used]

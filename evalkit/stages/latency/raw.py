@@ -14,8 +14,8 @@ import pandas as pd
 from evalkit.core import records as rec
 from evalkit.core.io import json_exists, read_json
 from evalkit.core.units import UnitKey, rate_label
-from evalkit.metrics.latency import per_request_metrics, window_detail
-from evalkit.metrics.traffic import steady_window
+from evalkit.metrics.latency import per_request_metrics
+from evalkit.stages.latency.derive import steady_trial
 
 STAGE = "latency"
 
@@ -52,9 +52,9 @@ def load_trials(vdir: Path, stem: str) -> list[dict[str, Any]]:
 def load_window_trials(vdir: Path, workload: str, concurrency: int, request_rate: float
                        ) -> list[dict[str, Any]]:
     """:func:`per_request_metrics` of every trial of one server point over the requests its
-    records summarise: a rate point's steady-state window (the warm-up and cool-down its
-    ``<stem>.summary.json`` names, as in :mod:`evalkit.stages.latency.derive`), every request
-    of a closed-loop point (or of a point whose summary names no window)."""
+    records summarise: a rate point's steady-state window (its ``<stem>.summary.json``'s
+    settings, through :func:`evalkit.stages.latency.derive.steady_trial` as the records),
+    every request of a closed-loop point (or of a point whose summary names no window)."""
     stem = point_stem(workload, concurrency, request_rate)
     summary = vdir / f"{stem}.summary.json"
     window = (read_json(summary).get("window")
@@ -63,9 +63,7 @@ def load_window_trials(vdir: Path, workload: str, concurrency: int, request_rate
     for f in trial_files(vdir, stem):
         detail = read_json(f.with_suffix("") if f.suffix == ".gz" else f)
         if window and detail.get("start_times"):
-            steady = steady_window(detail["start_times"], warmup_pct=window["warmup_pct"],
-                                   cooldown_pct=window["cooldown_pct"], by=window["by"])
-            detail = window_detail(detail, steady.mask)
+            detail = steady_trial(detail, window)[0]
         out.append(per_request_metrics(detail))
     return out
 
