@@ -166,6 +166,12 @@ class AccuracySpec(SpecModel):
         "(lm-eval's batch_size for its API models; batch_size calls stay in flight). More than "
         "one amortizes the per-call cost of the client and the server's front end; the hf "
         "backend ignores it.")
+    concurrent_servers: bool = Field(
+        False,
+        description="vllm backend: evaluate the variants whose servers start side by side "
+        "(engine.parallel_starts) at the same time, each against its own server, instead of "
+        "one after the other; their latency points still run one server at a time with the "
+        "others idle. Scheduling only: not part of the cache key.")
     apply_chat_template: bool = Field(False, description="wrap prompts in the chat template.")
     max_gen_toks: PosInt = Field(256, description="cap on generated tokens for generate tasks.")
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec, description="CI settings.")

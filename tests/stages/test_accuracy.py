@@ -541,3 +541,48 @@ def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch)
     assert "side by side" not in startup["again"].note.iloc[0]
     points = list(Path(run.path).glob("raw/latency/*/short_c1_rinf_t0.json"))  # one trial on CPU
     assert len(points) == 2
+
+
+@pytest.mark.slow
+def test_concurrent_servers_evaluate_a_group_together(tmp_path, monkeypatch):
+    """accuracy.concurrent_servers: the variants of a start group are evaluated at the same
+    time, each against its own server, and give the scores they give alone; the latency
+    points still run one server at a time, after every evaluation of the group ended."""
+    pytest.importorskip("vllm")
+    from tiny_model import build_tiny_llama  # noqa: PLC0415
+
+    from evalkit.stages.latency.stage import measure_on
+
+    monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path / "cache"))
+    tiny = build_tiny_llama(tmp_path / "tiny")
+    d = study(tmp_path, model={"source": "hf_dir", "path": str(tiny)}, variants=[
+        {"name": "base", "scheme": "base", "accuracy_backend": "vllm"},
+        {"name": "again", "scheme": "base", "accuracy_backend": "vllm"},
+    ], accuracy={"tasks": ["arc_easy", "piqa"], "limit": 6, "batch_size": 4,
+                 "concurrent_servers": True, "bootstrap": {"resamples": 200}},
+        latency={"modes": ["server"], "workloads": [{"name": "short", "input_len": 16,
+                                                      "output_len": 4}],
+                 "concurrency": [1], "num_prompts": 2, "warmups": 0},
+        engine={"device": "cpu", "gpu_memory_utilization": 0.1, "enforce_eager": True,
+                "max_model_len": 1024, "startup_timeout_s": 300, "parallel_starts": 2})
+    cfg, run = _run(tmp_path, d, {})
+    acc.run_stage(cfg, run, use_cache=False,
+                  before_close=lambda s: measure_on(cfg, run, s)).raise_for_failures()
+    log = (Path(run.path) / "logs/run.log").read_text()
+    assert "base, again evaluated at the same time" in log
+    # both variants started before either finished its first task, and every task ended
+    # before the first latency point
+    first_done = min(log.index(f"accuracy {v}/arc_easy: vllm") for v in ("base", "again"))
+    assert all(log.index(f"accuracy {v}: 2 tasks started") < first_done
+               for v in ("base", "again"))
+    last_done = max(log.index(f"accuracy {v}/{t}: vllm") for v in ("base", "again")
+                    for t in ("arc_easy", "piqa"))
+    assert last_done < log.index("latency: measuring")
+    for t in ("arc_easy", "piqa"):
+        s = {v: pd.read_parquet(Path(run.path) / f"raw/accuracy/{v}/{t}/scores.parquet")
+             for v in ("base", "again")}
+        pd.testing.assert_frame_equal(s["base"], s["again"])
+    startup = {u.parent.name: rec.read_records(u) for u in
+               Path(run.path).glob("raw/latency/*/startup.parquet")}
+    assert "side by side with again" in startup["base"].note.iloc[0]
+    assert "side by side" not in startup["again"].note.iloc[0]

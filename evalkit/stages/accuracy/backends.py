@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +196,15 @@ def task_manager(data: str) -> Any:
 
         return taskpack.task_manager()
     return TaskManager()
+
+
+def prepare_tasks(tm: Any, lm_tasks: Sequence[str]) -> None:
+    """Build each lm-eval task once (its documents read and processed into the datasets
+    cache), so that evaluations started together in several threads find the data prepared
+    instead of preparing it side by side."""
+    from lm_eval.tasks import get_task_dict  # noqa: PLC0415
+
+    get_task_dict(list(lm_tasks), tm)
 
 
 def tokenizer_adds_bos(checkpoint: str | os.PathLike[str], trust_remote_code: bool = False) -> bool:

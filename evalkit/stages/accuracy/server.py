@@ -68,10 +68,11 @@ class VariantServer:
 
     def settle(self) -> bool:
         """Wait for a server launched beside others, so that none is still starting while
-        another variant's latency is measured; True when it is up. A failed start is kept
-        and raised where this variant first needs its model."""
+        another variant's latency is measured; True when it is up (also when this variant
+        already uses it). A failed start is kept and raised where this variant first needs
+        its model."""
         if self._launched is None:
-            return False
+            return self.session is not None and self.session.alive()
         if self._launched.startup_s is None:
             try:
                 self._launched.wait()

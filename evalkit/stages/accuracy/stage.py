@@ -8,6 +8,7 @@ import json
 import math
 import traceback
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,13 @@ from evalkit.core.io import (
 from evalkit.core.run import Run, set_cpu_threads
 from evalkit.core.specs import Variant
 from evalkit.core.units import Failure, StageResult, UnitKey
-from evalkit.stages.accuracy.backends import hf_device, offline_env, plan_backend, task_manager
+from evalkit.stages.accuracy.backends import (
+    hf_device,
+    offline_env,
+    plan_backend,
+    prepare_tasks,
+    task_manager,
+)
 from evalkit.stages.accuracy.results import (
     UnitResult,
     finished_unit,
@@ -116,12 +123,20 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                     launched = [runner.variant.name for runner in runners if runner.launch(tasks)]
                     if len(launched) > 1:
                         run.log("accuracy: vLLM servers of " + ", ".join(launched)
-                                + " start side by side; each is used alone")
+                                + " start side by side; "
+                                + ("evaluated together, latency points one server at a time"
+                                   if acc_spec.concurrent_servers else "each is used alone"))
                     if tm is None:  # meanwhile, what needs no server
                         tm = task_manager(acc_spec.data)
                     for runner in runners:
                         runner.tm = tm
                         runner.prepare()
+                    if acc_spec.concurrent_servers and len(launched) > 1:
+                        _evaluate_concurrently(runners, tasks, results, failures, bar)
+                        for j, runner in enumerate(runners):
+                            runner.close(beside=[other.variant.name
+                                                 for other in runners[j + 1:] if other.settle()])
+                        continue
                     for j, runner in enumerate(runners):
                         _evaluate_variant(runner, tasks, results, failures, bar)
                         # before_close runs with the group's other servers up and idle
@@ -139,6 +154,30 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
     return StageResult(STAGE, df, [
         Failure(UnitKey.accuracy(variant_name, task), "failed", why.split("\n")[0])
         for (variant_name, task), why in failures.items()])
+
+
+def _evaluate_concurrently(runners: Sequence[VariantRunner], tasks: Sequence[tuple[str, str]],
+                           results: dict[tuple[str, str], UnitResult],
+                           failures: dict[tuple[str, str], str], bar: Any) -> None:
+    """All tasks of a group's variants at the same time, one thread per variant, each
+    against its own server (``accuracy.concurrent_servers``). Returns when every variant is
+    done; an interrupt leaves the threads to fail against the servers the caller stops."""
+    run = runners[0].run
+    prepare_tasks(runners[0].tm, [lm_task for _, lm_task in tasks])
+    run.log(f"accuracy: {', '.join(runner.variant.name for runner in runners)} evaluated at "
+            "the same time, each against its own server")
+
+    def work(runner: VariantRunner) -> None:
+        run.log(f"accuracy {runner.variant.name}: {len(tasks)} tasks started")
+        _evaluate_variant(runner, tasks, results, failures, bar)
+
+    pool = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="accuracy")
+    try:
+        futures = [pool.submit(work, runner) for runner in runners]
+        for future in futures:
+            future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _evaluate_variant(runner: VariantRunner, tasks: Sequence[tuple[str, str]],
