@@ -301,3 +301,21 @@ def test_two_sittings_of_the_rag_study_compared_over_windows_and_draws():
     assert cap["variant"] == "w4a16" and cap["ci_low"] <= cap["change"] <= cap["ci_high"]
     table = cmp.summary_table(df)
     assert "rag 14.1 req/s (cap 64)" in set(table["what"])
+
+
+def test_request_samples_of_a_rate_point_are_its_window():
+    """The per-request values read back for a rate point are the requests its records
+    summarise (the steady-state window of each trial), not every request sent."""
+    from evalkit.stages.latency.raw import request_samples  # noqa: PLC0415
+
+    run = REFERENCE / "hopper-llama8b-schemes-rag-int8" / "r1"
+    s = request_samples(run)
+    recs = rec.load_runs(run)
+    for metric in ("ttft_ms", "tpot_ms"):
+        got = s[(s["variant"] == "w4a16") & (s["request_rate"] == 14.1)
+                & (s["metric"] == metric)]["value"]
+        want = recs[(recs["variant"] == "w4a16") & (recs["metric"] == metric)
+                    & (recs["request_rate"] == 14.1) & (recs["mode"] == "server")]
+        p50 = want[want["stat"] == "p50"].iloc[0]
+        assert len(got) == int(p50["n"])
+        assert float(np.percentile(got, 50)) == pytest.approx(float(p50["value"]))

@@ -86,9 +86,11 @@ def request_samples(run_path: str | Path) -> pd.DataFrame:
     intervals and SLO attainment.
 
     Server points: one value per successful request of every trial (from the raw
-    per-request files); offline points: one value per timed iteration (the whole batch's
-    TTFT, TPOT and E2E). Columns: variant, mode, workload, concurrency, request_rate, trial,
-    request (index within the trial: a request's metrics share it), metric, value. Empty
+    per-request files) among those the point's records summarise: a rate point's
+    steady-state window (:func:`load_window_trials`), every request of a closed-loop point.
+    Offline points: one value per timed iteration (the whole batch's TTFT, TPOT and E2E).
+    Columns: variant, mode, workload, concurrency, request_rate, trial, request (index
+    within the trial: a request's metrics share it), metric, value. Empty
     when the run has no raw latency data.
     """
     cols = ["variant", "mode", "workload", "concurrency", "request_rate", "trial", "request",
@@ -107,8 +109,9 @@ def request_samples(run_path: str | Path) -> pd.DataFrame:
                     concurrency=int(p["concurrency"]), request_rate=float(p["request_rate"]))
         rows: list[dict[str, Any]] = []
         if p["mode"] == "server":
-            stem = point_stem(head["workload"], head["concurrency"], head["request_rate"])
-            for t, m in enumerate(load_trials(vdir, stem)):
+            trials = load_window_trials(vdir, head["workload"], head["concurrency"],
+                                        head["request_rate"])
+            for t, m in enumerate(trials):
                 for metric in ("ttft_ms", "tpot_ms", "e2el_ms"):
                     rows += [dict(head, trial=t, request=i, metric=metric, value=x)
                              for i, x in enumerate(m[metric])]
