@@ -131,14 +131,12 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                     for runner in runners:
                         runner.tm = tm
                         runner.prepare()
-                    if acc_spec.concurrent_servers and len(launched) > 1:
+                    together = acc_spec.concurrent_servers and len(launched) > 1
+                    if together:
                         _evaluate_concurrently(runners, tasks, results, failures, bar)
-                        for j, runner in enumerate(runners):
-                            runner.close(beside=[other.variant.name
-                                                 for other in runners[j + 1:] if other.settle()])
-                        continue
                     for j, runner in enumerate(runners):
-                        _evaluate_variant(runner, tasks, results, failures, bar)
+                        if not together:
+                            _evaluate_variant(runner, tasks, results, failures, bar)
                         # before_close runs with the group's other servers up and idle
                         runner.close(beside=[other.variant.name for other in runners[j + 1:]
                                              if other.settle()])
