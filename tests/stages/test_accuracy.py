@@ -546,8 +546,9 @@ def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch)
 @pytest.mark.slow
 def test_concurrent_servers_evaluate_a_group_together(tmp_path, monkeypatch):
     """accuracy.concurrent_servers: the variants of a start group are evaluated at the same
-    time, each against its own server, and give the scores they give alone; the latency
-    points still run one server at a time, after every evaluation of the group ended."""
+    time, each against its own server, and give the per-document scores a variant gets
+    evaluated alone; the latency points still run one server at a time, after every
+    evaluation of the group ended."""
     pytest.importorskip("vllm")
     from tiny_model import build_tiny_llama  # noqa: PLC0415
 
@@ -578,11 +579,18 @@ def test_concurrent_servers_evaluate_a_group_together(tmp_path, monkeypatch):
     last_done = max(log.index(f"accuracy {v}/{t}: vllm") for v in ("base", "again")
                     for t in ("arc_easy", "piqa"))
     assert last_done < log.index("latency: measuring")
-    for t in ("arc_easy", "piqa"):
-        s = {v: pd.read_parquet(Path(run.path) / f"raw/accuracy/{v}/{t}/scores.parquet")
-             for v in ("base", "again")}
-        pd.testing.assert_frame_equal(s["base"], s["again"])
     startup = {u.parent.name: rec.read_records(u) for u in
                Path(run.path).glob("raw/latency/*/startup.parquet")}
     assert "side by side with again" in startup["base"].note.iloc[0]
     assert "side by side" not in startup["again"].note.iloc[0]
+    # the same weights evaluated alone, one server, one variant
+    alone = {**d, "variants": d["variants"][:1], "engine": {**d["engine"], "parallel_starts": 1},
+             "accuracy": {**d["accuracy"], "concurrent_servers": False}}
+    alone.pop("latency")
+    cfg1, run1 = _run(tmp_path / "alone", alone, {})
+    acc.run_stage(cfg1, run1, use_cache=False).raise_for_failures()
+    for t in ("arc_easy", "piqa"):
+        want = pd.read_parquet(Path(run1.path) / f"raw/accuracy/base/{t}/scores.parquet")
+        for v in ("base", "again"):
+            got = pd.read_parquet(Path(run.path) / f"raw/accuracy/{v}/{t}/scores.parquet")
+            pd.testing.assert_frame_equal(got, want)
