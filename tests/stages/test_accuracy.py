@@ -567,10 +567,17 @@ def test_concurrent_servers_evaluate_a_group_together(tmp_path, monkeypatch):
         engine={"device": "cpu", "gpu_memory_utilization": 0.1, "enforce_eager": True,
                 "max_model_len": 1024, "startup_timeout_s": 300, "parallel_starts": 2})
     cfg, run = _run(tmp_path, d, {})
+    # preparing the data ahead fails: each thread then prepares its tasks' data itself
+
+    def refuse(tm, lm_tasks):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("evalkit.stages.accuracy.stage.prepare_tasks", refuse)
     acc.run_stage(cfg, run, use_cache=False,
                   before_close=lambda s: measure_on(cfg, run, s)).raise_for_failures()
     log = (Path(run.path) / "logs/run.log").read_text()
     assert "base, again evaluated at the same time" in log
+    assert "could not be prepared ahead (OSError: disk full); each task reports it" in log
     # both variants started before either finished its first task, and every task ended
     # before the first latency point
     first_done = min(log.index(f"accuracy {v}/arc_easy: vllm") for v in ("base", "again"))
@@ -594,3 +601,15 @@ def test_concurrent_servers_evaluate_a_group_together(tmp_path, monkeypatch):
         for v in ("base", "again"):
             got = pd.read_parquet(Path(run.path) / f"raw/accuracy/{v}/{t}/scores.parquet")
             pd.testing.assert_frame_equal(got, want)
+
+
+def test_prepare_tasks_builds_the_task_data_once():
+    """prepare_tasks builds lm-eval's tasks (their documents read into the datasets cache)
+    before the threads of a start group evaluate them together."""
+    from evalkit.assets.taskpack import lm_eval_task_name  # noqa: PLC0415
+    from evalkit.stages.accuracy.backends import prepare_tasks, task_manager  # noqa: PLC0415
+
+    name = lm_eval_task_name("piqa", "local")
+    tasks = prepare_tasks(task_manager("local"), [name])
+    assert list(tasks) == [name]
+    assert len(list(tasks[name].validation_docs())) == 1838  # PIQA's validation set

@@ -198,13 +198,13 @@ def task_manager(data: str) -> Any:
     return TaskManager()
 
 
-def prepare_tasks(tm: Any, lm_tasks: Sequence[str]) -> None:
+def prepare_tasks(tm: Any, lm_tasks: Sequence[str]) -> dict[str, Any]:
     """Build each lm-eval task once (its documents read and processed into the datasets
     cache), so that evaluations started together in several threads find the data prepared
-    instead of preparing it side by side."""
+    instead of preparing it side by side. Returns lm-eval's task objects by name."""
     from lm_eval.tasks import get_task_dict  # noqa: PLC0415
 
-    get_task_dict(list(lm_tasks), tm)
+    return dict(get_task_dict(list(lm_tasks), tm))
 
 
 def tokenizer_adds_bos(checkpoint: str | os.PathLike[str], trust_remote_code: bool = False) -> bool:

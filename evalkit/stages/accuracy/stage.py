@@ -161,7 +161,11 @@ def _evaluate_concurrently(runners: Sequence[VariantRunner], tasks: Sequence[tup
     against its own server (``accuracy.concurrent_servers``). Returns when every variant is
     done; an interrupt leaves the threads to fail against the servers the caller stops."""
     run = runners[0].run
-    prepare_tasks(runners[0].tm, [lm_task for _, lm_task in tasks])
+    try:
+        prepare_tasks(runners[0].tm, [lm_task for _, lm_task in tasks])
+    except Exception as exc:  # noqa: BLE001 -- each task then reports its own failure
+        run.log(f"accuracy: the tasks' data could not be prepared ahead "
+                f"({type(exc).__name__}: {exc}); each task reports it")
     run.log(f"accuracy: {', '.join(runner.variant.name for runner in runners)} evaluated at "
             "the same time, each against its own server")
 
