@@ -126,7 +126,9 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
         concurrency=conc, reference=cfg.report.reference_variant, caveats=caveats, env=env,
         description=cfg.description, claims=cfg.claims,
         base=cfg.base_variant.name if cfg.base_variant else "base",
-        previous_run=previous, changes=changed, samples=request_samples(run.path), mode=mode,
+        previous_run=previous, changes=changed, mode=mode,
+        # the report's intervals read the concurrency points' requests only
+        samples=request_samples(run.path, rate_points=False),
         gpus_per_engine=cfg.engine.gpus_per_engine if cfg.engine.device == "cuda" else 0,
         slo=cfg.report.slo.limits(), slo_percentile=cfg.report.slo.percentile,
         cost_per_gpu_hour_usd=cfg.report.cost_per_gpu_hour_usd, run_path=run.path,

@@ -319,3 +319,16 @@ def test_request_samples_of_a_rate_point_are_its_window():
         p50 = want[want["stat"] == "p50"].iloc[0]
         assert len(got) == int(p50["n"])
         assert float(np.percentile(got, 50)) == pytest.approx(float(p50["value"]))
+
+
+def test_request_samples_without_rate_points_keep_the_closed_loop_points():
+    """A report reads the concurrency points' requests only: ``rate_points=False`` leaves
+    the rate sweep out and returns the closed-loop points' values unchanged."""
+    from evalkit.stages.latency.raw import request_samples  # noqa: PLC0415
+
+    run = REFERENCE / "hopper-llama8b-schemes-rag-int8" / "r1"
+    every = request_samples(run)
+    closed = request_samples(run, rate_points=False)
+    rate = every["request_rate"].astype(float) != math.inf
+    assert rate.any() and (closed["request_rate"].astype(float) == math.inf).all()
+    pd.testing.assert_frame_equal(closed, every[~rate].reset_index(drop=True))

@@ -81,9 +81,10 @@ def point_key(variant: str, mode: str, workload: str, concurrency: int,
     return UnitKey.latency(variant, mode, workload, concurrency, request_rate).encode()
 
 
-def request_samples(run_path: str | Path) -> pd.DataFrame:
+def request_samples(run_path: str | Path, *, rate_points: bool = True) -> pd.DataFrame:
     """Per-request TTFT, TPOT and E2E latency of every measured point of a run, for
-    intervals and SLO attainment.
+    intervals and SLO attainment (``rate_points=False``: the rate sweeps' points left out,
+    their raw files not read).
 
     Server points: one value per successful request of every trial (from the raw
     per-request files) among those the point's records summarise: a rate point's
@@ -107,6 +108,8 @@ def request_samples(run_path: str | Path) -> pd.DataFrame:
         vdir = unit.parent.parent
         head = dict(variant=str(p["variant"]), mode=str(p["mode"]), workload=str(p["workload"]),
                     concurrency=int(p["concurrency"]), request_rate=float(p["request_rate"]))
+        if not rate_points and p["mode"] == "server" and math.isfinite(head["request_rate"]):
+            continue
         rows: list[dict[str, Any]] = []
         if p["mode"] == "server":
             trials = load_window_trials(vdir, head["workload"], head["concurrency"],
