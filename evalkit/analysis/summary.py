@@ -239,9 +239,12 @@ def repeats(runs: list[RunSummary], *, resamples: int = 1000) -> pd.DataFrame:
         for a, b in zip(same, same[1:], strict=False):
             pairs.setdefault((a.label, b.label), (a, b, []))[2].append(variant)
     rows = []
+    data: dict[str, cmp.RunData] = {}  # a run between two others is in two pairs
     for a, b, variants in pairs.values():
-        df = cmp.compare(cmp.load_run_data(a.run.path), cmp.load_run_data(b.run.path),
-                         resamples=resamples)
+        for x in (a, b):
+            if x.label not in data:
+                data[x.label] = cmp.load_run_data(x.run.path)
+        df = cmp.compare(data[a.label], data[b.label], resamples=resamples)
         closed = df["request_rate"].astype(float) == math.inf
         df = df[df["variant"].isin(variants) & (
             (df["stage"] == "capacity") | ((df["stage"] == "latency") & closed
