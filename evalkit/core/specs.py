@@ -424,12 +424,13 @@ class EngineSpec(SpecModel):
         "with parallel_starts > 1 on a GPU.",
     )
     parallel_starts: PosInt = Field(
-        1, le=4,
+        1, le=8,
         description="vLLM servers of this many variants start side by side (an engine start "
         "is ~1-2 min, mostly imports and compilation), then each is used alone while the "
         "others wait idle: in the accuracy stage (lm-eval and the latency points on one "
         "server per variant) and in the latency stage. On a GPU it needs "
-        "kv_cache_memory_gib.",
+        "kv_cache_memory_gib. At most 8: each server is two processes of its own (API "
+        "server and engine core), each keeping a core busy under load.",
     )
 
     def vllm_executor(self) -> str | None:

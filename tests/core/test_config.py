@@ -107,7 +107,7 @@ BAD = [
      "less than or equal to 1"),
     (mutate("engine.tensor_parallel_size", 2), "engine", "tensor_parallel_size > 1 needs device: cuda"),
     (mutate("engine.device", "tpu"), "engine.device", "'cpu'"),
-    (mutate("engine.parallel_starts", 5), "engine.parallel_starts", "less than or equal to 4"),
+    (mutate("engine.parallel_starts", 9), "engine.parallel_starts", "less than or equal to 8"),
     (mutate("engine", {"gpu_memory_utilization": 0.5, "parallel_starts": 2}), "engine",
      "parallel_starts x gpu_memory_utilization = 1.00"),
     (mutate("engine", {"device": "cuda", "parallel_starts": 2, "gpu_memory_utilization": 0.4}),
