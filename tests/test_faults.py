@@ -442,6 +442,70 @@ def test_task_data_file_missing(tmp_path, tiny, monkeypatch, fault_table):
                 "arc_easy (records, raw samples, unit)")
 
 
+@pytest.mark.slow
+def test_accuracy_server_killed_during_a_task(tmp_path, tiny, monkeypatch, fault_table):
+    """A vLLM server that dies under lm-eval (SIGKILLed, as the OOM killer or an engine fault
+    ends it) is started again once and the task evaluated again from its start; when it dies
+    again the variant's remaining tasks fail with the reason, and what finished is kept."""
+    from evalkit.core.run import create_run
+    from evalkit.preflight import load_study
+    from evalkit.stages import accuracy as acc
+    from evalkit.stages.accuracy import runner
+
+    study = write_study(tmp_path, "acc-kill", tiny,
+                        variants=[{"name": "base", "scheme": "base", "accuracy_backend": "vllm"}],
+                        accuracy={"tasks": ["arc_easy", "piqa", "winogrande"], "limit": 4,
+                                  "batch_size": 4, "bootstrap": {"resamples": 50}})
+    cfg = load_study(study)
+    run = create_run(cfg, study, "r1")
+    run.units.mark(UnitKey.quantize("base"), {"checkpoint": str(tiny)})
+    servers: list = []
+    orig_launch, orig_eval = eng.VLLMServer.launch, runner.run_lm_eval
+    calls: list[int] = []
+
+    def launch(self):
+        servers.append(self)
+        return orig_launch(self)
+
+    def lm_eval_on_a_dying_server(lm, lm_task, cfg, tm):
+        calls.append(len(calls) + 1)
+        if len(calls) in (1, 3):  # arc_easy's first attempt, piqa's (after the restart)
+            server = servers[-1]
+            os.kill(server.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while server.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return orig_eval(lm, lm_task, cfg, tm)
+
+    monkeypatch.setattr(eng.VLLMServer, "launch", launch)
+    monkeypatch.setattr(runner, "run_lm_eval", lm_eval_on_a_dying_server)
+    t0 = time.monotonic()
+    with pytest.raises(StageError, match="base/piqa"):
+        acc.run_stage(cfg, run, use_cache=False).raise_for_failures()
+    seconds = time.monotonic() - t0
+    assert len(servers) == 2 and calls == [1, 2, 3]  # winogrande was not attempted
+    log = (run.path / "logs/run.log").read_text()
+    assert log.count("restarting it once and evaluating the task again") == 1
+    assert "accuracy base/arc_easy: vLLM server died during the task (killed by SIGKILL" in log
+    df = rec.read_records(run.stage_records_path("accuracy"))
+    easy = df[(df["task"] == "arc_easy") & (df["stat"] == "value")]
+    assert len(easy) and (easy["status"] == "ok").all() and (easy["n"] == 4).all()
+    assert easy["note"].str.contains("died during this task (killed by SIGKILL) and was "
+                                     "restarted", regex=False).all()
+    assert run.units.done(UnitKey.accuracy("base", "arc_easy"))
+    for task in ("piqa", "winogrande"):
+        bad = df[df["task"] == task]
+        assert len(bad) and (bad["status"] == "failed").all()
+        assert bad["note"].str.contains("died again during base/piqa").all(), bad["note"].iloc[0]
+        assert run.units.done(UnitKey.accuracy("base", task)) is None
+    # the server's one log holds both starts and the death
+    assert (run.path / "logs/vllm-accuracy-base.log").read_text().count("# evalkit:") == 2
+    fault_table("(a3) accuracy server SIGKILLed under lm-eval, then again after its restart",
+                "restarted once, the task evaluated again (note says so); the second death "
+                "fails the variant's remaining tasks, not attempted",
+                "arc_easy (records, raw samples, unit)", seconds)
+
+
 # ------------------------------------------------------------------------- (e) read-only disk
 
 

@@ -169,9 +169,9 @@ class AccuracySpec(SpecModel):
     concurrent_servers: bool = Field(
         False,
         description="vllm backend: evaluate the variants whose servers start side by side "
-        "(engine.parallel_starts) at the same time, each against its own server, instead of "
-        "one after the other; their latency points still run one server at a time with the "
-        "others idle. Scheduling only: not part of the cache key.")
+        "(engine.parallel_starts) at the same time, each against its own server from an "
+        "lm-eval process of its own, instead of one after the other; their latency points "
+        "still run one server at a time with the others idle. Scheduling only: not part of the cache key.")
     apply_chat_template: bool = Field(False, description="wrap prompts in the chat template.")
     max_gen_toks: PosInt = Field(256, description="cap on generated tokens for generate tasks.")
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec, description="CI settings.")

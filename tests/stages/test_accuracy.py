@@ -576,7 +576,8 @@ def test_concurrent_servers_evaluate_a_group_together(tmp_path, monkeypatch):
     acc.run_stage(cfg, run, use_cache=False,
                   before_close=lambda s: measure_on(cfg, run, s)).raise_for_failures()
     log = (Path(run.path) / "logs/run.log").read_text()
-    assert "base, again evaluated at the same time" in log
+    assert ("base, again evaluated at the same time, each against its own server from an "
+            "lm-eval process of its own") in log
     assert "could not be prepared ahead (OSError: disk full); each task reports it" in log
     # both variants started before either finished its first task, and every task ended
     # before the first latency point

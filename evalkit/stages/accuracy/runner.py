@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from evalkit.assets import taskpack
 from evalkit.core.config import StudyConfig
 from evalkit.core.environment import hardware_label
@@ -58,6 +60,7 @@ from evalkit.stages.accuracy.settings import (
     eval_settings,
     lm_eval_version,
 )
+from evalkit.stages.accuracy.worker import LmEvalWorker
 from evalkit.stages.serving import VariantSession
 
 
@@ -75,6 +78,9 @@ class VariantRunner:
         self.notes: list[str] = [self.plan.note] if self.plan.note else []
         self._lm: Any = None
         self._bos: bool | None = None
+        self._restarted = False  # the server was restarted once after it died
+        #: the process lm-eval runs in for a server evaluated beside others (set by the stage)
+        self.worker: LmEvalWorker | None = None
         self.server = VariantServer(cfg, run, variant, checkpoint, self._new_api_lm)
 
     @property
@@ -191,6 +197,42 @@ class VariantRunner:
                      f"{hf_device(self.cfg)}){'; ' + act if act else ''}")
         return self._lm
 
+    def _run_lm_eval(self, lm: Any, lm_task: str) -> tuple[dict, str, pd.DataFrame]:
+        """lm-eval on one task, in this variant's worker process when it has one (a vLLM
+        server evaluated beside others), else here. Returns the results, the samples as JSON
+        lines and the per-document scores."""
+        if self.worker is not None and self.backend == "vllm" and self.server.session:
+            return self.worker.evaluate(self.server.session.base_url, self.variant.name,
+                                        self.checkpoint, self.cfg, self.add_bos, lm_task)
+        results, samples = run_lm_eval(lm, lm_task, self.cfg, self.tm)
+        return results, samples_jsonl(samples), per_doc_scores(samples)
+
+    def _lm_eval(self, lm: Any, unit: str, lm_task: str,
+                 notes: list[str]) -> tuple[dict, str, pd.DataFrame]:
+        """lm-eval on one task (:meth:`_run_lm_eval`). When the variant's vLLM server died
+        under it (an engine fault, the OOM killer), the server is started again and the task
+        evaluated again from its start, once per variant; a server that dies again ends the
+        variant (EngineError)."""
+        try:
+            return self._run_lm_eval(lm, lm_task)
+        except Exception as exc:
+            died = self.server.died() if self.backend == "vllm" else None
+            if died is None:
+                raise
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if self._restarted:
+                raise EngineError(
+                    f"vLLM server of {self.variant.name} died again during {unit} ({died}; "
+                    f"lm-eval: {why}); it was restarted once already and is not restarted "
+                    f"again (its log: {self.server.log_path})") from exc
+            self._restarted = True
+            self.run.log(f"accuracy {unit}: vLLM server died during the task ({died}; lm-eval: "
+                         f"{why}); restarting it once and evaluating the task again")
+            self._lm = lm = self.server.restart()
+            notes.append(f"vLLM server died during this task ({died}) and was restarted; the "
+                         "task was evaluated again from its start")
+            return self._run_lm_eval(lm, lm_task)
+
     def evaluate(self, task: str, lm_task: str) -> UnitResult:
         """Evaluate one task: run-level marker, then cross-run cache, then lm-eval."""
         v = self.variant.name
@@ -210,15 +252,14 @@ class VariantRunner:
         if self.use_cache and (cdir / "results.json").is_file():
             results = read_json(cdir / "results.json")
             samples_text = (cdir / "samples.jsonl").read_text(encoding="utf-8")
-            samples = read_samples_jsonl(cdir / "samples.jsonl")
+            scores = per_doc_scores(read_samples_jsonl(cdir / "samples.jsonl"))
             notes.append("cached")
             self.run.log(f"accuracy {unit}: cached result reused from {cdir}")
         else:
             if accuracy_spec(self.cfg).data == "local":
 
                 taskpack.check_task_data(task)  # a clear error, not one from deep in datasets
-            results, samples = run_lm_eval(lm, lm_task, self.cfg, self.tm)
-            samples_text = samples_jsonl(samples)
+            results, samples_text, scores = self._lm_eval(lm, unit, lm_task, notes)
             if self.use_cache and not cdir.exists():
                 with contextlib.suppress(FileExistsError, OSError):
                     with atomic_dir(cdir) as tmp:
@@ -226,7 +267,6 @@ class VariantRunner:
                         atomic_write_text(tmp / "samples.jsonl", samples_text)
                         atomic_write_json(tmp / "key.json", material)
         seconds = time.monotonic() - t0
-        scores = per_doc_scores(samples)
         write_raw(raw, results, samples_text, scores)
         self.run.units.mark(UnitKey.accuracy(v, task), {
             "backend": self.backend, "settings": settings, "cache_key": key,

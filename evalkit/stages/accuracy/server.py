@@ -105,6 +105,34 @@ class VariantServer:
         # None: preparing it failed while the server started; once more, raising this time
         return lm if lm is not None else self._make_lm(session)
 
+    @property
+    def log_path(self) -> Path | None:
+        """The log of the server in use (None when none is)."""
+        return self.session.log_path if self.session is not None else None
+
+    def died(self) -> str | None:
+        """How the server in use ended (``killed by SIGKILL``, ``exit code 1``) when it is no
+        longer running; None while it runs or when none is in use."""
+        session = self.session
+        if session is None or session.alive():
+            return None
+        return session.exit_description()
+
+    def restart(self) -> Any:
+        """Start the server in use again after it died (its log goes on in the same file; the
+        port changes) and return lm-eval's model for the new address.
+
+        Raises:
+            EngineError: the server did not come up again (the engine's reason).
+        """
+        session = self.session
+        if session is None:
+            raise EngineError(f"{self.variant.name}: no server in use to restart")
+        session.restart()
+        self.run.log(f"accuracy {self.variant.name}: vLLM server up again in "
+                     f"{session.startup_s:.1f}s at {session.base_url}")
+        return self._make_lm(session)
+
     def close(self, beside: Sequence[str] = (), before_close: BeforeClose | None = None) -> None:
         """Hand the live session to ``before_close`` (``beside``: variants whose servers wait
         idle meanwhile; its failures are logged), then stop the server."""

@@ -46,6 +46,7 @@ from evalkit.stages.accuracy.results import (
 from evalkit.stages.accuracy.runner import VariantRunner
 from evalkit.stages.accuracy.server import BeforeClose
 from evalkit.stages.accuracy.settings import STAGE, accuracy_spec, eval_settings, lm_eval_version
+from evalkit.stages.accuracy.worker import LmEvalWorker
 
 
 def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
@@ -157,9 +158,10 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
 def _evaluate_concurrently(runners: Sequence[VariantRunner], tasks: Sequence[tuple[str, str]],
                            results: dict[tuple[str, str], UnitResult],
                            failures: dict[tuple[str, str], str], bar: Any) -> None:
-    """All tasks of a group's variants at the same time, one thread per variant, each
-    against its own server (``accuracy.concurrent_servers``). Returns when every variant is
-    done; an interrupt leaves the threads to fail against the servers the caller stops."""
+    """All tasks of a group's variants at the same time, one thread per variant, each with
+    lm-eval in a process of its own (:class:`LmEvalWorker`) against its own server
+    (``accuracy.concurrent_servers``). Returns when every variant is done; an interrupt
+    leaves the lm-eval processes to fail against the servers the caller stops."""
     run = runners[0].run
     try:
         prepare_tasks(runners[0].tm, [lm_task for _, lm_task in tasks])
@@ -167,19 +169,29 @@ def _evaluate_concurrently(runners: Sequence[VariantRunner], tasks: Sequence[tup
         run.log(f"accuracy: the tasks' data could not be prepared ahead "
                 f"({type(exc).__name__}: {exc}); each task reports it")
     run.log(f"accuracy: {', '.join(runner.variant.name for runner in runners)} evaluated at "
-            "the same time, each against its own server")
+            "the same time, each against its own server from an lm-eval process of its own")
 
     def work(runner: VariantRunner) -> None:
         run.log(f"accuracy {runner.variant.name}: {len(tasks)} tasks started")
         _evaluate_variant(runner, tasks, results, failures, bar)
 
+    # one thread per variant waits on its server and on its lm-eval process (LmEvalWorker:
+    # lm-eval's client work in threads of one process would share one interpreter lock)
+    for runner in runners:
+        runner.worker = LmEvalWorker()
     pool = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="accuracy")
+    finished = False
     try:
         futures = [pool.submit(work, runner) for runner in runners]
         for future in futures:
             future.result()
+        finished = True
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        for runner in runners:
+            if runner.worker is not None:
+                runner.worker.close(wait=finished)
+                runner.worker = None
 
 
 def _evaluate_variant(runner: VariantRunner, tasks: Sequence[tuple[str, str]],
