@@ -63,6 +63,11 @@ from evalkit.stages.accuracy.settings import (
 from evalkit.stages.accuracy.worker import LmEvalWorker
 from evalkit.stages.serving import VariantSession
 
+#: after a failed task, how long to wait for a vLLM server that answered errors to exit
+#: before the failure counts as the task's own (vLLM's API process ends itself once its
+#: engine is dead, within a second or two)
+DEATH_GRACE_S = 10.0
+
 
 class VariantRunner:
     """Evaluates all tasks of one variant, starting at most one server for them."""
@@ -201,7 +206,8 @@ class VariantRunner:
         """lm-eval on one task, in this variant's worker process when it has one (a vLLM
         server evaluated beside others), else here. Returns the results, the samples as JSON
         lines and the per-document scores."""
-        if self.worker is not None and self.backend == "vllm" and self.server.session:
+        if (self.worker is not None and self.backend == "vllm"
+                and self.server.session is not None):
             return self.worker.evaluate(self.server.session.base_url, self.variant.name,
                                         self.checkpoint, self.cfg, self.add_bos, lm_task)
         results, samples = run_lm_eval(lm, lm_task, self.cfg, self.tm)
@@ -216,7 +222,7 @@ class VariantRunner:
         try:
             return self._run_lm_eval(lm, lm_task)
         except Exception as exc:
-            died = self.server.died() if self.backend == "vllm" else None
+            died = self.server.died(wait_s=DEATH_GRACE_S) if self.backend == "vllm" else None
             if died is None:
                 raise
             why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

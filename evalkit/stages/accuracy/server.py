@@ -110,12 +110,19 @@ class VariantServer:
         """The log of the server in use (None when none is)."""
         return self.session.log_path if self.session is not None else None
 
-    def died(self) -> str | None:
+    def died(self, wait_s: float = 0.0) -> str | None:
         """How the server in use ended (``killed by SIGKILL``, ``exit code 1``) when it is no
-        longer running; None while it runs or when none is in use."""
+        longer running, waiting up to ``wait_s`` for it to end (a server whose engine died
+        answers errors for a moment before its API process exits); None while it runs or
+        when none is in use."""
         session = self.session
-        if session is None or session.alive():
+        if session is None:
             return None
+        deadline = time.monotonic() + wait_s
+        while session.alive():
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.2)
         return session.exit_description()
 
     def restart(self) -> Any:
