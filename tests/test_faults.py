@@ -506,6 +506,67 @@ def test_accuracy_server_killed_during_a_task(tmp_path, tiny, monkeypatch, fault
                 "arc_easy (records, raw samples, unit)", seconds)
 
 
+def test_accuracy_server_killed_beside_another_with_lm_eval_processes(tmp_path, tiny,
+                                                                      fault_table):
+    """With ``accuracy.concurrent_servers`` (lm-eval in a process per variant), a server that
+    dies before its variant's first task is started again once; that variant's lm-eval
+    process builds its model for the new address and the task runs again from its start,
+    with the scores the other variant (same weights, its server never killed) gets."""
+    from evalkit.core.run import create_run
+    from evalkit.preflight import load_study
+    from evalkit.stages import accuracy as acc
+    from evalkit.stages.accuracy.server import VariantServer
+
+    study = write_study(tmp_path, "acc-kill-beside", tiny, variants=[
+        {"name": "base", "scheme": "base", "accuracy_backend": "vllm"},
+        {"name": "again", "scheme": "base", "accuracy_backend": "vllm"}],
+        engine={**ENGINE, "parallel_starts": 2},
+        accuracy={"tasks": ["arc_easy", "piqa"], "limit": 4, "batch_size": 4,
+                  "concurrent_servers": True, "bootstrap": {"resamples": 50}})
+    cfg = load_study(study)
+    run = create_run(cfg, study, "r1")
+    for v in ("base", "again"):
+        run.units.mark(UnitKey.quantize(v), {"checkpoint": str(tiny)})
+    orig_start = VariantServer.start
+    killed: list[int] = []
+
+    def start_then_die(self, notes):
+        lm = orig_start(self, notes)
+        if self.variant.name == "again" and not killed:  # up, then killed: arc_easy fails
+            server = self.session.server
+            killed.append(server.pid)
+            os.kill(server.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while server.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return lm
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(VariantServer, "start", start_then_die)
+    t0 = time.monotonic()
+    try:
+        acc.run_stage(cfg, run, use_cache=False).raise_for_failures()
+    finally:
+        mp.undo()
+    seconds = time.monotonic() - t0
+    assert len(killed) == 1
+    log = (run.path / "logs/run.log").read_text()
+    assert "accuracy again/arc_easy: vLLM server died during the task (killed by SIGKILL" in log
+    assert log.count("restarting it once and evaluating the task again") == 1
+    # the lm-eval process built its model twice, for the first address and for the new one
+    assert log.count("accuracy again: lm-eval process ready for ") == 2
+    assert log.count("accuracy base: lm-eval process ready for ") == 1
+    for t in ("arc_easy", "piqa"):
+        want = pd.read_parquet(run.path / f"raw/accuracy/base/{t}/scores.parquet")
+        got = pd.read_parquet(run.path / f"raw/accuracy/again/{t}/scores.parquet")
+        pd.testing.assert_frame_equal(got, want)
+        assert run.units.done(UnitKey.accuracy("again", t))
+    fault_table("(a4) accuracy server SIGKILLed with lm-eval in a process per variant",
+                "restarted once; the variant's lm-eval process rebuilt its model for the new "
+                "address and the task ran again; the other variant went on",
+                "both variants' scores (equal: same weights)", seconds)
+
+
 # ------------------------------------------------------------------------- (e) read-only disk
 
 

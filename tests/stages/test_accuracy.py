@@ -522,7 +522,7 @@ def test_parallel_starts_share_engine_starts_with_latency(tmp_path, monkeypatch)
     assert "broken: server launch failed" in log
     # the tokenizer and lm-eval's model were made while the servers started, not after
     for v in ("base", "again"):
-        assert log.index(f"accuracy {v}: tokenizer and lm-eval model ready") < log.index(
+        assert log.index(f"accuracy {v}: tokenizer and lm-eval model for") < log.index(
             f"accuracy {v}: vLLM server up")
     df = rec.read_records(run.stage_records_path("accuracy"))
     ok = df[df.status == "ok"]
@@ -579,6 +579,10 @@ def test_concurrent_servers_evaluate_a_group_together(tmp_path, monkeypatch):
     assert ("base, again evaluated at the same time, each against its own server from an "
             "lm-eval process of its own") in log
     assert "could not be prepared ahead (OSError: disk full); each task reports it" in log
+    # each lm-eval process built its model for its server; this process built none
+    for v in ("base", "again"):
+        assert f"accuracy {v}: lm-eval process ready for " in log
+        assert f"accuracy {v}: tokenizer and lm-eval model for" not in log
     # both variants started before either finished its first task, and every task ended
     # before the first latency point
     first_done = min(log.index(f"accuracy {v}/arc_easy: vllm") for v in ("base", "again"))

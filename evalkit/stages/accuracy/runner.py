@@ -60,7 +60,7 @@ from evalkit.stages.accuracy.settings import (
     eval_settings,
     lm_eval_version,
 )
-from evalkit.stages.accuracy.worker import LmEvalWorker
+from evalkit.stages.accuracy.worker import LmEvalWorker, WorkerModel
 from evalkit.stages.serving import VariantSession
 
 #: after a failed task, how long to wait for a vLLM server that answered errors to exit
@@ -84,7 +84,7 @@ class VariantRunner:
         self._lm: Any = None
         self._bos: bool | None = None
         self._restarted = False  # the server was restarted once after it died
-        #: the process lm-eval runs in for a server evaluated beside others (set by the stage)
+        #: the process lm-eval runs in for a server evaluated beside others (start_worker)
         self.worker: LmEvalWorker | None = None
         self.server = VariantServer(cfg, run, variant, checkpoint, self._new_api_lm)
 
@@ -137,8 +137,49 @@ class VariantRunner:
         self.server.prepare()
 
     def _new_api_lm(self, session: VariantSession) -> Any:
-        return make_api_lm(session.base_url, self.variant.name, self.checkpoint, self.cfg,
-                           self.add_bos)
+        """lm-eval's model for the server of ``session``: built here, or, when the variant
+        has a worker process, built there (:class:`WorkerModel`: this process then never
+        reads the tokenizer for it)."""
+        v = self.variant.name
+        args = (session.base_url, v, self.checkpoint, self.cfg, self.add_bos)
+        if self.worker is not None:
+            first = not self.worker.used
+            model = self.worker.prepare(*args)
+            model.ready.add_done_callback(lambda ready: self._log_worker_ready(model, first))
+            return model
+        t0 = time.monotonic()
+        lm = make_api_lm(*args)
+        self.run.log(f"accuracy {v}: tokenizer and lm-eval model for {session.base_url} ready "
+                     f"in {time.monotonic() - t0:.1f}s")
+        return lm
+
+    def _log_worker_ready(self, model: WorkerModel, first: bool) -> None:
+        v, ready = self.variant.name, model.ready
+        if ready.cancelled():
+            return
+        exc = ready.exception()
+        if exc is None:
+            what = ("its start, lm-eval's task index, the tokenizer and lm-eval's model" if first
+                    else "the tokenizer and lm-eval's model")
+            self.run.log(f"accuracy {v}: lm-eval process ready for {model.base_url} in "
+                         f"{ready.result():.1f}s ({what})")
+        else:
+            self.run.log(f"accuracy {v}: the lm-eval process could not prepare its model for "
+                         f"{model.base_url} ({str(exc).splitlines()[0]}); its next task "
+                         "builds it")
+
+    def start_worker(self) -> None:
+        """Give this variant an lm-eval process of its own (:class:`LmEvalWorker`): it
+        builds lm-eval's model while the server starts and evaluates the tasks."""
+        if self.worker is None:
+            self.worker = LmEvalWorker()
+
+    def stop_worker(self, wait: bool = True) -> None:
+        """End the lm-eval process (``wait=False``: without waiting for a task still running,
+        which then fails against its stopped server); safe to repeat."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.close(wait=wait)
 
     def settle(self) -> bool:
         """Wait for a server launched beside others (:meth:`VariantServer.settle`)."""

@@ -56,11 +56,8 @@ class VariantServer:
         session = self._launched
         if session is None or self._api_lm is not None:
             return
-        t0 = time.monotonic()
         try:
-            self._api_lm = self._make_lm(session)
-            self.run.log(f"accuracy {self.variant.name}: tokenizer and lm-eval model ready "
-                         f"in {time.monotonic() - t0:.1f}s while the server starts")
+            self._api_lm = self._make_lm(session)  # it logs how long that took
         except Exception as exc:  # noqa: BLE001 -- reported where the model is needed
             self.run.log(f"accuracy {self.variant.name}: could not prepare lm-eval's model "
                          f"while the server starts ({type(exc).__name__}: {exc}); retried "

@@ -46,7 +46,6 @@ from evalkit.stages.accuracy.results import (
 from evalkit.stages.accuracy.runner import VariantRunner
 from evalkit.stages.accuracy.server import BeforeClose
 from evalkit.stages.accuracy.settings import STAGE, accuracy_spec, eval_settings, lm_eval_version
-from evalkit.stages.accuracy.worker import LmEvalWorker
 
 
 def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
@@ -122,17 +121,20 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                                                   before_close))
                 try:
                     launched = [runner.variant.name for runner in runners if runner.launch(tasks)]
+                    together = acc_spec.concurrent_servers and len(launched) > 1
                     if len(launched) > 1:
                         run.log("accuracy: vLLM servers of " + ", ".join(launched)
                                 + " start side by side; "
                                 + ("evaluated together, latency points one server at a time"
-                                   if acc_spec.concurrent_servers else "each is used alone"))
+                                   if together else "each is used alone"))
+                    if together:  # each lm-eval process starts and builds its model meanwhile
+                        for runner in runners:
+                            runner.start_worker()
                     if tm is None:  # meanwhile, what needs no server
                         tm = task_manager(acc_spec.data)
                     for runner in runners:
                         runner.tm = tm
                         runner.prepare()
-                    together = acc_spec.concurrent_servers and len(launched) > 1
                     if together:
                         _evaluate_concurrently(runners, tasks, results, failures, bar)
                     for j, runner in enumerate(runners):
@@ -143,6 +145,7 @@ def run_stage(cfg: StudyConfig, run: Run, *, use_cache: bool = True,
                                              if other.settle()])
                 finally:
                     for runner in runners:  # an interrupt: stop every server of the group
+                        runner.stop_worker(wait=False)
                         runner.close_quietly()
         finally:
             bar.close()
@@ -175,10 +178,9 @@ def _evaluate_concurrently(runners: Sequence[VariantRunner], tasks: Sequence[tup
         run.log(f"accuracy {runner.variant.name}: {len(tasks)} tasks started")
         _evaluate_variant(runner, tasks, results, failures, bar)
 
-    # one thread per variant waits on its server and on its lm-eval process (LmEvalWorker:
-    # lm-eval's client work in threads of one process would share one interpreter lock)
-    for runner in runners:
-        runner.worker = LmEvalWorker()
+    # one thread per variant waits on its server and on its lm-eval process (LmEvalWorker,
+    # started by the caller: lm-eval's client work in threads of one process would share one
+    # interpreter lock)
     pool = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="accuracy")
     finished = False
     try:
@@ -188,10 +190,8 @@ def _evaluate_concurrently(runners: Sequence[VariantRunner], tasks: Sequence[tup
         finished = True
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        for runner in runners:
-            if runner.worker is not None:
-                runner.worker.close(wait=finished)
-                runner.worker = None
+        for runner in runners:  # done: the processes end before the latency points
+            runner.stop_worker(wait=finished)
 
 
 def _evaluate_variant(runner: VariantRunner, tasks: Sequence[tuple[str, str]],

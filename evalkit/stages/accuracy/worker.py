@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +40,61 @@ class WorkerTaskError(RuntimeError):
     its traceback (many client exceptions cannot travel between processes as they are)."""
 
 
+@dataclass(frozen=True)
+class WorkerModel:
+    """What the stage holds for a variant whose lm-eval runs in a worker: the server address
+    the worker builds lm-eval's model for, and that build (its seconds, measured from the
+    request, so that a new process's start and imports count)."""
+
+    base_url: str
+    ready: Future[float]
+
+
+def _ensure_model(base_url: str, served_name: str, tokenizer: Path, cfg: StudyConfig,
+                  add_bos: bool) -> None:
+    data = accuracy_spec(cfg).data
+    if _state.get("data") != data:
+        _state.update(data=data, tm=task_manager(data))
+    if _state.get("url") != base_url:
+        _state.pop("url", None)
+        _state["lm"] = make_api_lm(base_url, served_name, tokenizer, cfg, add_bos)
+        _state["url"] = base_url
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` when it can travel back to the stage as it is (an evalkit error that pickles),
+    else a :class:`WorkerTaskError` naming it, with its traceback."""
+    if isinstance(exc, EvalkitError):
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # noqa: BLE001 -- sent as text below
+            pass
+        else:
+            return exc
+    return WorkerTaskError(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+
+
+def prepare_model(base_url: str, served_name: str, tokenizer: Path, cfg: StudyConfig,
+                  add_bos: bool) -> None:
+    """In the worker: lm-eval's task index and its model for the server at ``base_url``
+    (the tokenizer read), built while that server starts."""
+    try:
+        _ensure_model(base_url, served_name, tokenizer, cfg, add_bos)
+    except Exception as exc:
+        raise _portable(exc) from None
+
+
 def evaluate_task(base_url: str, served_name: str, tokenizer: Path, cfg: StudyConfig,
                   add_bos: bool, lm_task: str) -> tuple[dict, str, pd.DataFrame]:
-    """In the worker: one task against the server at ``base_url``. Returns lm-eval's results,
-    the samples as JSON lines and the per-document scores (what the stage writes)."""
+    """In the worker: one task against the server at ``base_url`` (the model built first
+    when :func:`prepare_model` did not build it for that address). Returns lm-eval's
+    results, the samples as JSON lines and the per-document scores (what the stage writes)."""
     try:
-        data = accuracy_spec(cfg).data
-        if _state.get("data") != data:
-            _state.update(data=data, tm=task_manager(data))
-        if _state.get("url") != base_url:
-            _state.update(url=base_url, lm=make_api_lm(base_url, served_name, tokenizer, cfg,
-                                                        add_bos))
+        _ensure_model(base_url, served_name, tokenizer, cfg, add_bos)
         results, samples = run_lm_eval(_state["lm"], lm_task, cfg, _state["tm"])
         return results, samples_jsonl(samples), per_doc_scores(samples)
     except Exception as exc:
-        if isinstance(exc, EvalkitError):
-            try:
-                pickle.loads(pickle.dumps(exc))
-            except Exception:  # noqa: BLE001 -- sent as text below
-                pass
-            else:
-                raise
-        raise WorkerTaskError(f"{type(exc).__name__}: {exc}\n"
-                              f"{traceback.format_exc()}") from None
+        raise _portable(exc) from None
 
 
 class LmEvalWorker:
@@ -70,9 +104,35 @@ class LmEvalWorker:
     def __init__(self) -> None:
         self._pool = ProcessPoolExecutor(max_workers=1,
                                          mp_context=multiprocessing.get_context("spawn"))
+        #: whether anything was sent to the process yet (the first request starts it)
+        self.used = False
+
+    def prepare(self, base_url: str, served_name: str, tokenizer: Path, cfg: StudyConfig,
+                add_bos: bool) -> WorkerModel:
+        """Have the process build lm-eval's model for the server at ``base_url`` (starting
+        the process when it is the first request) without waiting for it; tasks sent after
+        this run once it is done, and build the model themselves when it failed."""
+        t0 = time.monotonic()
+        self.used = True
+        built = self._pool.submit(prepare_model, base_url, served_name, tokenizer, cfg, add_bos)
+        ready: Future[float] = Future()
+
+        def settle(done: Future[None]) -> None:
+            if done.cancelled():  # the process was ended before it got to it
+                ready.cancel()
+                return
+            exc = done.exception()
+            if exc is not None:
+                ready.set_exception(exc)
+            else:
+                ready.set_result(time.monotonic() - t0)
+
+        built.add_done_callback(settle)
+        return WorkerModel(base_url, ready)
 
     def evaluate(self, base_url: str, served_name: str, tokenizer: Path, cfg: StudyConfig,
                  add_bos: bool, lm_task: str) -> tuple[dict, str, pd.DataFrame]:
+        self.used = True
         return self._pool.submit(evaluate_task, base_url, served_name, tokenizer, cfg,
                                  add_bos, lm_task).result()
 
