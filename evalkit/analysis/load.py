@@ -32,12 +32,18 @@ def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame,
     kept = (df.loc[(df["metric"] == "engine_startup_s") | (df["stage"] == "accuracy"),
                    ["variant", "note"]].dropna()
             if not df.empty and "note" in df else pd.DataFrame(columns=["variant", "note"]))
+    hf_quality = (set(df.loc[(df["stage"] == "quality") & (df["backend"] == "hf"), "variant"])
+                  if not df.empty and "backend" in df else set())
     out = []
     for v in cfg.variants:
         notes = list(kept.loc[kept["variant"] == v.name, "note"].unique())
         notes += [offline[v.name]] if v.name in offline else []
         why = activation_mismatch(v.scheme, "; ".join(map(str, notes)))
         if why:
+            if v.name in hf_quality:
+                why += ("; its KL divergence, top-1 agreement and perplexity were measured "
+                        "with transformers from the checkpoint's own quantization config "
+                        "(compressed-tensors' emulation), not with that kernel")
             out.append(f"{v.name}: {why}.")
     return out
 

@@ -146,7 +146,7 @@ class Report:
             out += [(v, self.reference) for v in have if v not in (self.reference, self.base)]
         if self.base in have:
             out += [(v, self.base) for v in have if v != self.base]
-        return out
+        return list(dict.fromkeys(out))  # the reference may be base itself: each pair once
 
     def gains(self, variant: str, reference: str) -> pd.DataFrame:
         """:func:`evalkit.metrics.points.point_gains` of one comparison (bootstrapped once; the

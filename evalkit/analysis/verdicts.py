@@ -57,6 +57,8 @@ def metric_phrase(g: pd.DataFrame, metric: str) -> str:
         return f"{name} {better} at {every} ({_span(up['gain_pct'])})"
     if len(down) == len(m):
         return f"{name} {worse} at {every} ({_span(-down['gain_pct'])})"
+    if len(level) == len(m):
+        return f"{name} level within its interval at {every}"
     parts = []
     if len(up):
         parts.append(f"{better} at {len(up)} ({_span(up['gain_pct'])})")

@@ -315,8 +315,18 @@ def test_interrupted_accuracy_stage_rebuilt_with_its_hardware(tmp_path):
     # delta = variant - base on the same 300 documents
     np.testing.assert_allclose(paired.delta, paired.value - ae.loc["base", "value"])
     # the report names the variant vLLM ran with another scheme's activations
-    cav = engine_scheme_caveats(run.config(), run.records())
+    records = run.records()
+    records = records[records["stage"] != "quality"]
+    cav = engine_scheme_caveats(run.config(), records)
     assert len(cav) == 1 and cav[0].startswith("w4a8_int8: vLLM ran W4A8-INT8")
+    assert "KL divergence" not in cav[0]
+    # its quality figures, measured with transformers, are the checkpoint's own: said so
+    quality = records.iloc[:1].assign(stage="quality", variant="w4a8_int8", backend="hf",
+                                      metric="kld_nats", stat="mean")
+    cav = engine_scheme_caveats(run.config(), pd.concat([records, quality]))
+    assert len(cav) == 1 and ("its KL divergence, top-1 agreement and perplexity were measured "
+                              "with transformers from the checkpoint's own quantization "
+                              "config") in cav[0]
 
 
 def test_roofline_view_reads_the_per_point_percentages(tmp_path):
@@ -391,3 +401,18 @@ def test_trials_that_disagree_widen_the_interval():
     assert wide["verdict"] == "inconclusive"
     assert pts.trial_gains(pd.DataFrame({"trial": [0, 1], "value": [10.0, 10.0]}),
                           pd.DataFrame({"trial": [0, 1], "value": [5.0, 8.0]})) == [50.0, 20.0]
+
+
+def test_each_comparison_once_when_the_reference_is_base():
+    """A study whose reference variant is base itself compares every variant with base once
+    (the answer, the index line and the summary each speak of a pair once)."""
+    from evalkit.analysis.report import Report
+
+    def report(reference):
+        return Report(records=_records(), study="s", model="m", hardware="cpu",
+                      workload="chat", concurrency=1, reference=reference)
+
+    assert report("base").comparisons() == [("w4a16", "base"), ("w4a8_fp8", "base"),
+                                            ("fp8_dynamic", "base")]
+    pairs = report("w4a16").comparisons()
+    assert len(pairs) == len(set(pairs)) == 5 and ("w4a16", "base") in pairs

@@ -135,6 +135,21 @@ def test_invalid_points_carry_no_verdict():
     assert vd.regime_table(g, "a", "b")["decision"].eq("no valid point").all()
 
 
+def test_a_metric_level_at_every_point_says_so_in_words():
+    """A metric level within its interval at every valid point reads as such ("at the one
+    point", "at all N points"), not as a bare count."""
+    def gains(n):
+        return pd.DataFrame({
+            "metric": ["ttft_ms"] * n, "valid": [True] * n, "gain_pct": [1.0] * n,
+            "direction": ["level"] * n})
+
+    assert vd.metric_phrase(gains(1), "ttft_ms") == "TTFT level within its interval at the one point"
+    assert vd.metric_phrase(gains(3), "ttft_ms") == "TTFT level within its interval at all 3 points"
+    mixed = pd.concat([gains(2), gains(1).assign(direction="faster", gain_pct=9.0)])
+    assert vd.metric_phrase(mixed, "ttft_ms") == ("TTFT lower at 1 (9%), level within "
+                                                  "its interval at 2")
+
+
 def test_claims_do_not_apply_to_an_eager_gpu_engine(tmp_path):
     """A claim about serving speed is not judged on an eager engine (no CUDA graphs)."""
     from evalkit.core.run import open_run

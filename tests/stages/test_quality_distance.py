@@ -131,6 +131,9 @@ def test_gemma_base_vs_itself_and_w4a16_rtn(tmp_path):
     assert 1 < ppl_b < 1000
     assert _stat(r, "base_again", "perplexity", "value") == pytest.approx(ppl_b, rel=1e-6)
     assert read_records(run.stage_records_path("quality")).equals(r)
+    # the log says what transformers did with the weight-only checkpoint
+    log = (run.path / "logs/run.log").read_text()
+    assert "quality w4a16: hf: weight-only checkpoint, weights decompressed" in log
     # the records come back from the raw per-token files alone
     again = acc.rebuild_quality_records(run)
     key = ["variant", "metric", "stat"]

@@ -48,7 +48,12 @@ from evalkit.core.specs import QualitySpec, Variant
 from evalkit.core.units import Failure, StageResult, UnitKey
 from evalkit.engine import prompt_topk_logprobs
 from evalkit.metrics import quality as qm
-from evalkit.stages.accuracy.backends import hf_device, hf_dtype, offline_env
+from evalkit.stages.accuracy.backends import (
+    hf_activation_note,
+    hf_device,
+    hf_dtype,
+    offline_env,
+)
 
 QUALITY_STAGE = "quality"
 
@@ -258,8 +263,11 @@ def _hf_tokens(cfg: StudyConfig, run: Run, seqs: Sequence[Sequence[int]],
     run.log(f"quality: {len(others)} variant(s) vs {base_v.name}, hf full vocabulary")
     for v in others:
         try:
-            model = _load(Path(checkpoint_for(run, v.name)), device,
-                          cfg.model.trust_remote_code)
+            ckpt = Path(checkpoint_for(run, v.name))
+            model = _load(ckpt, device, cfg.model.trust_remote_code)
+            act = hf_activation_note(ckpt, model)  # whether its activations are emulated
+            if act:
+                run.log(f"quality {v.name}: {act}")
             per_seq = []
             for i in range(0, len(seqs), BATCH):
                 lv = _logprobs(model, seqs[i:i + BATCH], device)
