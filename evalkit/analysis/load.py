@@ -23,18 +23,19 @@ from evalkit.stages.latency.rows import engine_note
 RANDOM_WEIGHTS = "random weights"
 
 
-def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame,
-                          offline: dict[str, str] | None = None) -> list[str]:
-    """One caveat per variant vLLM ran with a scheme of other activations than its own, read
-    from the kernel lines kept in the records (server start notes, accuracy notes) and from
-    the offline engines' logs (``offline``: :func:`offline_engine_notes`)."""
+def engine_scheme_substitutions(cfg: StudyConfig, df: pd.DataFrame,
+                                offline: dict[str, str] | None = None) -> dict[str, str]:
+    """Per variant vLLM ran with a scheme of other activations than its own, why its figures
+    are not its scheme's, read from the kernel lines kept in the records (server start notes,
+    accuracy notes) and from the offline engines' logs (``offline``:
+    :func:`offline_engine_notes`)."""
     offline = offline or {}
     kept = (df.loc[(df["metric"] == "engine_startup_s") | (df["stage"] == "accuracy"),
                    ["variant", "note"]].dropna()
             if not df.empty and "note" in df else pd.DataFrame(columns=["variant", "note"]))
     hf_quality = (set(df.loc[(df["stage"] == "quality") & (df["backend"] == "hf"), "variant"])
                   if not df.empty and "backend" in df else set())
-    out = []
+    out = {}
     for v in cfg.variants:
         notes = list(kept.loc[kept["variant"] == v.name, "note"].unique())
         notes += [offline[v.name]] if v.name in offline else []
@@ -44,8 +45,15 @@ def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame,
                 why += ("; its KL divergence, top-1 agreement and perplexity were measured "
                         "with transformers from the checkpoint's own quantization config "
                         "(compressed-tensors' emulation), not with that kernel")
-            out.append(f"{v.name}: {why}.")
+            out[v.name] = why
     return out
+
+
+def engine_scheme_caveats(cfg: StudyConfig, df: pd.DataFrame,
+                          offline: dict[str, str] | None = None) -> list[str]:
+    """One caveat per variant of :func:`engine_scheme_substitutions`."""
+    return [f"{name}: {why}." for name, why in
+            engine_scheme_substitutions(cfg, df, offline).items()]
 
 
 def offline_engine_notes(run: Run) -> dict[str, str]:
@@ -104,7 +112,8 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
                     "Variants whose latency points all finished: "
                     f"{', '.join(latency_finished) or 'none'}; only their points decide.")
     offline_engines = offline_engine_notes(run)
-    caveats += engine_scheme_caveats(cfg, df, offline_engines)
+    substituted = engine_scheme_substitutions(cfg, df, offline_engines)
+    caveats += [f"{name}: {why}." for name, why in substituted.items()]
     nodes = node_caveat(run.units.unit_nodes("latency"))
     if nodes:
         caveats.append(nodes)
@@ -147,5 +156,5 @@ def load_report(cfg: StudyConfig, run: Run) -> rp.Report:
         latency_finished=latency_finished,
         quality_tolerance_pts=cfg.report.quality_tolerance_pts,
         title=cfg.report.title or f"{cfg.study} · {model}",
-        offline_engines=offline_engines,
+        offline_engines=offline_engines, substituted=substituted,
     )

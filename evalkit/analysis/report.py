@@ -81,6 +81,10 @@ class Report:
     title: str = ""
     #: per variant, what its offline engine's log said (kernels, CUDA graphs, ...)
     offline_engines: dict[str, str] = field(default_factory=dict)
+    #: per variant vLLM ran with another scheme's activations, why its figures are not its
+    #: scheme's (:func:`evalkit.analysis.load.engine_scheme_substitutions`): its points
+    #: never decide and the verdict card lists none of its figures as its scheme's
+    substituted: dict[str, str] = field(default_factory=dict)
     _points: pd.DataFrame | None = field(default=None, repr=False)
     _gains: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
     _capacity: pd.DataFrame | None = field(default=None, repr=False)

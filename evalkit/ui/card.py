@@ -21,14 +21,14 @@ from evalkit.core.io import atomic_write_bytes
 
 CSS = """<style>
 .evalkit-card{font-family:system-ui,sans-serif;border:2px solid #333;border-radius:8px;
-padding:10px 14px;margin:4px 0 12px 0;max-width:1220px;font-size:13px;line-height:1.35}
-.evalkit-card h2{margin:0 0 4px 0;font-size:19px}
+padding:8px 14px;margin:4px 0 12px 0;max-width:1220px;font-size:12.5px;line-height:1.3}
+.evalkit-card h2{margin:0 0 2px 0;font-size:18px}
 .evalkit-card .claim{margin:2px 0 4px 0}
 .evalkit-card .reading{display:inline-block;margin:1px 10px 1px 0;padding:1px 6px;
 border-radius:4px;background:#f1f1f1}
 .evalkit-card table{border-collapse:collapse;margin-top:4px;width:100%}
 .evalkit-card td,.evalkit-card th{border:1px solid #ccc;padding:2px 6px;vertical-align:top;
-text-align:left !important;font-size:12px;line-height:1.25}
+text-align:left !important;font-size:11px;line-height:1.2}
 .evalkit-card th{background:#eee}
 .evalkit-card tbody th,.evalkit-card thead th:first-child{width:170px}
 .evalkit-card .scheme{font-weight:700}
@@ -46,14 +46,15 @@ def _cell_html(c: Cell | None) -> str:
     chip = (f'<span class="chip" style="background:{scheme_color(c.scheme)}"></span>'
             if c.variant else "")
     head = html.escape(c.headline)
-    if c.link:
-        head = f'<a href="{html.escape(c.link)}">{head}</a>'
+    if c.link:  # the run behind the cell: its report, named on hover
+        head = f'<a href="{html.escape(c.link)}" title="{html.escape(c.run)}">{head}</a>'
+    hw = c.source.removeprefix(c.run).removeprefix(" · ")
     notes = "".join(f'<div class="note">⚠ {html.escape(n)}</div>' for n in c.notes)
     return (f'<td class="cell" style="background:{bg}" data-tone="{c.tone}" '
             f'data-variant="{html.escape(c.variant or "")}" '
             f'data-scheme="{html.escape(c.scheme or "")}" data-run="{html.escape(c.run)}">'
-            f'<div class="scheme">{chip}{head} <span class="note">· {html.escape(c.source)}'
-            f'</span></div><div>{html.escape(c.gain)}</div>'
+            f'<div class="scheme">{chip}{head} <span class="note" title="{html.escape(c.run)}">'
+            f'· {html.escape(hw or c.run)}</span></div><div>{html.escape(c.gain)}</div>'
             f'<div>{html.escape(c.quality)}</div>{notes}</td>')
 
 
@@ -83,15 +84,20 @@ def card_html(card: Card) -> str:
               '<p class="note">No latency comparison between two schemes was measured.</p>')
     quality = ""
     if card.quality:
+        # one run's schemes after its name once: "W4A16 (run)" -> "run: W4A16 ..."
+        by_run: dict[str, list[str]] = {}
+        for n, q, t in card.quality:
+            name, _, run = n.partition(" (")
+            by_run.setdefault(run.removesuffix(")"), []).append(
+                f'<span style="background:{TONES[t][0]}">{esc(name)} {esc(q)}</span>')
         quality = '<div class="claim"><b>Quality vs base</b> (tolerance ' \
             f'{card.tolerance_pts:g} pts): ' + "; ".join(
-                f'<span style="background:{TONES[t][0]}">{esc(n)} {esc(q)}</span>'
-                for n, q, t in card.quality) + "</div>"
+                f"{esc(run)}: " + "; ".join(parts) for run, parts in by_run.items()) + "</div>"
     legend = '<div class="legend note">' + "".join(
         f'<span style="background:{bg}">{esc(w)}</span>' for bg, w in TONES.values()) + \
-        " · a cell: the scheme to use, its gain vs the reference [95 % interval] (E2E; " \
-        "offline: tokens/s; capacity: req/s per GPU within the SLO), its quality. Deciding: " \
-        "valid points, several trials, compiled engines, finished variants.</div>"
+        " · a cell: the scheme to use, its gain [95 % interval] (E2E; offline: tokens/s; " \
+        "capacity: req/s per GPU within the SLO), its quality; hover its name for the run." \
+        "</div>"
     notes = "".join(f'<div class="note">⚠ {esc(n)}</div>' for n in card.notes)
     return (f'{CSS}<section class="evalkit-card" id="verdict" data-claim="'
             f'{esc(card.claim_text)}"><h2>{esc(card.title)}</h2>{claim}{sentence}{matrix}'

@@ -3,6 +3,8 @@ speed only on random weights, non-deciding points kept out, the claim read both 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -184,3 +186,31 @@ def test_card_carries_kernel_substitution_and_quantized_baseline(tmp_path):
     tones = {name.split(" (")[0]: tone for name, _, tone in card.quality}
     # W4A16 loses 4.9 points [-7.0, -2.8]: beyond the 1-point tolerance; W8A8-INT8 does not
     assert tones["W4A16"] == "loss" and tones["W8A8-INT8"] != "loss"
+
+
+def test_a_scheme_run_on_another_schemes_kernel_decides_nothing(tmp_path):
+    """hopper-gemma-gptq/r1 (H100, CUDA graphs): vLLM ran the W4A8-INT8 checkpoint with the
+    FP8-activation W4A8 kernel. No cell and no quality line of the card is W4A8-INT8's, its
+    points are other evidence with that reason, and the run's one line says so; the other
+    schemes of the run still decide."""
+    import shutil
+
+    from evalkit.analysis.load import load_report
+    from evalkit.analysis.summary import one_line
+    from evalkit.core.run import open_run
+
+    src = Path(__file__).resolve().parents[2] / "outputs/reference/hopper-gemma-gptq/r1"
+    run = open_run(shutil.copytree(src, tmp_path / "r1"))
+    rep = load_report(run.config(), run)
+    assert set(rep.substituted) == {"w4a8_int8"} and not rep.eager_gpu
+    card = dc.build_card([dc.RunEntry(rep, "hopper-gemma-gptq/r1", "gemma3-270m")], "t")
+    assert all(c.variant != "w4a8_int8" and "w4a8_int8" not in c.gain for c in card.cells)
+    assert any(c.variant is not None or c.tone == "open" for c in card.cells)
+    mine = card.evidence[card.evidence["comparison"].str.startswith("w4a8_int8 vs")]
+    assert len(mine) and mine["why"].str.contains("another scheme's kernel").all()
+    assert not any(name.startswith("W4A8-INT8") for name, _, _ in card.quality)
+    assert any(name.startswith("W4A8-FP8") for name, _, _ in card.quality)
+    assert "w4a8_int8: vLLM ran W4A8-INT8" in " ".join(card.notes)
+    line = one_line(rep)
+    assert "w4a8_int8 vs base: vLLM ran w4a8_int8 with another scheme's kernel" in line
+    assert line.count("w4a16 vs base") == 1

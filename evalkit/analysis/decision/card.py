@@ -121,7 +121,7 @@ def build_card(entries: list[RunEntry], title: str, repeats: pd.DataFrame | None
         schemes = dict(zip(e.report.records["variant"], e.report.records["scheme"],
                            strict=False))
         for v in pd.unique(e.report.records["variant"]):
-            if v == e.report.base:
+            if v == e.report.base or v in e.report.substituted:  # not its scheme's figures
                 continue
             q = quality_signal(e.report.records, v, base=e.report.base)
             if q is not None:

@@ -88,7 +88,8 @@ def quality_tone(q: QualitySignal | None, tolerance_pts: float) -> str:
 
 
 def _substitution(rep: Report, variant: str) -> list[str]:
-    return [c for c in rep.caveats if c.startswith(f"{variant}:")]
+    why = rep.substituted.get(variant)
+    return [f"{variant}: {why}."] if why else []
 
 
 def _pick(rep: Report, ranked: list[tuple[str, str]], cell: Cell) -> Cell:
@@ -181,12 +182,19 @@ def _regime_cell(rep: Report, label: str, link: str, shape: str, reg: str, ref: 
     return cell
 
 
+#: schemes an open cell names, fastest first (the rest are counted; the run's report lists
+#: them all)
+OPEN_SHOWN = 2
+
+
 def _open_words(what: str, ref: str, cands: list[tuple]) -> str:
     """An open cell's evidence, short enough for the card: per scheme its median point's
     gain and at how many of its points it was faster, fastest first."""
     ranked = sorted(cands, key=lambda candidate: -candidate[3])
-    return "; ".join(f"{v} {pct_words(gain)} ({faster}/{count})"
-                     for v, faster, _, gain, _, count in ranked) + \
+    shown = "; ".join(f"{v} {pct_words(gain)} ({faster}/{count})"
+                      for v, faster, _, gain, _, count in ranked[:OPEN_SHOWN])
+    more = len(ranked) - OPEN_SHOWN
+    return shown + (f"; {more} more in the run's report" if more > 0 else "") + \
         f" · {what} vs {ref}, median point (faster at / points)"
 
 
@@ -363,7 +371,12 @@ def carried_notes(reports: list[Report]) -> list[str]:
     another's kernel) and baselines that are already quantized."""
     out = []
     for r in reports:
+        for v, why in r.substituted.items():
+            # the card's short form: the report's caveat says how its quality was measured
+            note = f"{v}: {why.split('; ')[0]}."
+            if note not in out:
+                out.append(note)
         for c in r.caveats:
-            if ("vLLM ran" in c or "already-quantized" in c) and c not in out:
-                out.append(f"{r.study}: {c}" if "already-quantized" in c else c)
+            if "already-quantized" in c and f"{r.study}: {c}" not in out:
+                out.append(f"{r.study}: {c}")
     return out

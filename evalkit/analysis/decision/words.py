@@ -64,12 +64,17 @@ def run_exclusion(rep: Report, superseded_by: str | None = None) -> str:
 def variant_exclusion(rep: Report, *variants: str | None) -> str:
     """Why the points of ``variants`` (a variant and its reference) do not decide although
     their run's may: the latency stage was cut off before one of them finished all its
-    points (``rep.latency_finished``; empty when they may)."""
+    points (``rep.latency_finished``), or vLLM ran one of them with another scheme's
+    activations (``rep.substituted``); empty when they may."""
     finished = rep.latency_finished
     for v in variants:
         if finished is not None and v is not None and v not in finished:
             return (f"latency stage {rep.stage_states.get('latency')} before {v}'s points "
                     "all finished")
+    for v in variants:
+        if v is not None and v in rep.substituted:
+            return (f"vLLM ran {v} with another scheme's kernel: its figures are not its "
+                    "scheme's")
     return ""
 
 
