@@ -87,7 +87,7 @@ def card_html(card: Card) -> str:
         # one run's schemes after its name once: "W4A16 (run)" -> "run: W4A16 ..."
         by_run: dict[str, list[str]] = {}
         for n, q, t in card.quality:
-            name, _, run = n.partition(" (")
+            name, _, run = n.rpartition(" (")
             by_run.setdefault(run.removesuffix(")"), []).append(
                 f'<span style="background:{TONES[t][0]}">{esc(name)} {esc(q)}</span>')
         quality = '<div class="claim"><b>Quality vs base</b> (tolerance ' \

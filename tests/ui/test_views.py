@@ -101,3 +101,21 @@ def test_table_headers_are_readable_and_counts_integers():
                  ).to_html()
     assert "CI low (%)" in html and "ci_low_pct" not in html
     assert ">3<" in html.replace(" ", "") and "3.0" not in html and "1.25" in html
+
+
+def test_card_names_each_runs_quality_once():
+    """The card's quality line names a run once before its schemes, whatever parentheses a
+    scheme's own label has."""
+    import pandas as pd
+
+    from evalkit.analysis.decision import Card
+    from evalkit.ui.card import card_html
+
+    card = Card(title="t", claim_text="", claim_source="", readings=[], sentence="", cells=[],
+                rows=[], shapes=[], notes=[], evidence=pd.DataFrame(), tolerance_pts=1.0,
+                quality=[("W4A16 (study/r1)", "-1.8 pts [-2.5, -1.1]", "loss"),
+                         ("bf16 (base) (study/r1)", "+0.0 pts [+0.0, +0.0]", "good"),
+                         ("FP8-dynamic (other/r2)", "-0.2 pts [-0.7, +0.4]", "good")])
+    page = card_html(card)
+    assert page.count("study/r1: ") == 1 and page.count("other/r2: ") == 1
+    assert "bf16 (base) +0.0 pts" in page and "W4A16 -1.8 pts" in page
