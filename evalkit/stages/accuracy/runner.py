@@ -145,7 +145,7 @@ class VariantRunner:
         if self.worker is not None:
             first = not self.worker.used
             model = self.worker.prepare(*args)
-            model.ready.add_done_callback(lambda ready: self._log_worker_ready(model, first))
+            model.built.add_done_callback(lambda _: self._log_worker_ready(model, first))
             return model
         t0 = time.monotonic()
         lm = make_api_lm(*args)
@@ -154,15 +154,15 @@ class VariantRunner:
         return lm
 
     def _log_worker_ready(self, model: WorkerModel, first: bool) -> None:
-        v, ready = self.variant.name, model.ready
-        if ready.cancelled():
+        v, built = self.variant.name, model.built
+        if built.cancelled():  # the process was ended before it got to it
             return
-        exc = ready.exception()
+        exc = built.exception()
         if exc is None:
             what = ("its start, lm-eval's task index, the tokenizer and lm-eval's model" if first
                     else "the tokenizer and lm-eval's model")
             self.run.log(f"accuracy {v}: lm-eval process ready for {model.base_url} in "
-                         f"{ready.result():.1f}s ({what})")
+                         f"{model.seconds():.1f}s ({what})")
         else:
             self.run.log(f"accuracy {v}: the lm-eval process could not prepare its model for "
                          f"{model.base_url} ({str(exc).splitlines()[0]}); its next task "

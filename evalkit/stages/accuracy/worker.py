@@ -43,11 +43,16 @@ class WorkerTaskError(RuntimeError):
 @dataclass(frozen=True)
 class WorkerModel:
     """What the stage holds for a variant whose lm-eval runs in a worker: the server address
-    the worker builds lm-eval's model for, and that build (its seconds, measured from the
-    request, so that a new process's start and imports count)."""
+    the worker builds lm-eval's model for, that build, and when it was asked for (its time is
+    counted from the request, so that a new process's start and imports count)."""
 
     base_url: str
-    ready: Future[float]
+    built: Future[None]
+    requested: float
+
+    def seconds(self) -> float:
+        """Seconds from the request until now (read once :attr:`built` is done)."""
+        return time.monotonic() - self.requested
 
 
 def _ensure_model(base_url: str, served_name: str, tokenizer: Path, cfg: StudyConfig,
@@ -112,23 +117,10 @@ class LmEvalWorker:
         """Have the process build lm-eval's model for the server at ``base_url`` (starting
         the process when it is the first request) without waiting for it; tasks sent after
         this run once it is done, and build the model themselves when it failed."""
-        t0 = time.monotonic()
+        requested = time.monotonic()
         self.used = True
         built = self._pool.submit(prepare_model, base_url, served_name, tokenizer, cfg, add_bos)
-        ready: Future[float] = Future()
-
-        def settle(done: Future[None]) -> None:
-            if done.cancelled():  # the process was ended before it got to it
-                ready.cancel()
-                return
-            exc = done.exception()
-            if exc is not None:
-                ready.set_exception(exc)
-            else:
-                ready.set_result(time.monotonic() - t0)
-
-        built.add_done_callback(settle)
-        return WorkerModel(base_url, ready)
+        return WorkerModel(base_url, built, requested)
 
     def evaluate(self, base_url: str, served_name: str, tokenizer: Path, cfg: StudyConfig,
                  add_bos: bool, lm_task: str) -> tuple[dict, str, pd.DataFrame]:
