@@ -87,11 +87,6 @@ def quality_tone(q: QualitySignal | None, tolerance_pts: float) -> str:
     return "good" if q.lo_pts >= -tolerance_pts else "unsure"
 
 
-def _substitution(rep: Report, variant: str) -> list[str]:
-    why = rep.substituted.get(variant)
-    return [f"{variant}: {why}."] if why else []
-
-
 def _pick(rep: Report, ranked: list[tuple[str, str]], cell: Cell) -> Cell:
     """The first of ``ranked`` ((variant, gain words)) whose quality is within tolerance;
     the fastest is named with its loss where it is passed over."""
@@ -107,14 +102,13 @@ def _pick(rep: Report, ranked: list[tuple[str, str]], cell: Cell) -> Cell:
         cell.variant, cell.scheme, cell.gain, cell.quality = (variant, schemes.get(variant),
                                                               gain, words)
         cell.tone = quality_tone(q, tol)
-        cell.notes += skipped + _substitution(rep, variant)
+        cell.notes += skipped
         return cell
     variant, gain = ranked[0]
     words, _ = quality_words(rep, variant)
     cell.variant, cell.scheme, cell.gain, cell.quality = variant, schemes.get(variant), gain, words
     cell.tone = "loss"
     cell.notes += [f"every faster scheme loses quality beyond the {tol:g}-point tolerance"]
-    cell.notes += _substitution(rep, variant)
     return cell
 
 
