@@ -4,9 +4,11 @@ starts.
 
 The schema itself (types, ranges, unknown keys, cross-field rules) is :mod:`evalkit.core.config`;
 this module adds what the schema cannot know: that a packaged model or preset exists, a
-path is a checkpoint, a task is in the task pack, the output root is writable, and that the
-GPUs one engine asks for (``tensor_parallel_size x pipeline_parallel_size``) are there: on
-this machine, or with ``executor: ray`` in the Ray cluster the engine will join.
+path is a checkpoint, a task is in the task pack, the output root is writable, that an
+offline batch fits the KV cache it is given in one wave, that the GPUs one engine asks for
+(``tensor_parallel_size x pipeline_parallel_size``) are there: on this machine, or with
+``executor: ray`` in the Ray cluster the engine will join, and that each variant's weights
+and KV cache fit this machine's GPU memory.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
+from typing import Any
 
 from evalkit.assets import models as assets
 from evalkit.assets import taskpack
@@ -26,6 +30,9 @@ from evalkit.core.environment import gpu_info
 from evalkit.core.errors import ConfigError
 from evalkit.core.schemes import SCHEMES, cpu_kernel_expected
 from evalkit.core.specs import EngineSpec
+from evalkit.metrics.roofline import estimate_weight_bytes, kv_bytes_per_sequence
+
+GIB = 2**30
 
 
 def load_study(path: str | os.PathLike[str], *, check: bool = True,
@@ -169,14 +176,130 @@ def gcs_unreachable(address: str, timeout_s: float = 5.0) -> str | None:
 def gpu_problems(cfg: StudyConfig, path: str = "<config>", *,
                  ray_address: str | None = None) -> list[str]:
     """The GPUs one engine of ``cfg`` asks for against those found (:func:`probe_gpus`,
-    :func:`gpu_shortfall`); nothing is probed for a CPU engine."""
+    :func:`gpu_shortfall`), then each variant's memory against this machine's GPUs
+    (:func:`gpu_memory_problems`; not for an engine placed by Ray, whose GPUs may be
+    elsewhere); nothing is probed for a CPU engine."""
     if cfg.engine.device != "cuda":
         return []
     supply, problem = probe_gpus(cfg.engine, ray_address=ray_address)
     if problem:
         return [f"{path}: {problem}"]
     short = gpu_shortfall(cfg.engine, supply, path)
-    return [short] if short else []
+    if short:
+        return [short]
+    if cfg.engine.executor == "ray":
+        return []
+    return gpu_memory_problems(cfg, assets.model_config(cfg.model), gpu_info(), path)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def offline_kv_problems(cfg: StudyConfig, config: Mapping[str, Any] | None,
+                        path: str = "<config>") -> list[str]:
+    """Offline batches that would not fit ``engine.kv_cache_memory_gib`` in one wave.
+
+    A whole batch's TTFT means every sequence prefilled at once; when the KV cache holds
+    fewer than the batch's ``input_len + output_len`` tokens per sequence, vLLM admits part
+    of the batch and the rest waits (or is preempted while decoding), and the batch's TTFT
+    then includes that wait. Per GPU, one sequence holds
+    ``kv_bytes_per_sequence(config, input_len + output_len)`` (sliding-window layers at most
+    their window) over ``tensor_parallel_size x pipeline_parallel_size``. Judged only where
+    the KV cache size is set (else vLLM sizes it from ``gpu_memory_utilization`` at start)
+    and the model's config is at hand without loading it; mixes never run offline.
+    """
+    lat, eng = cfg.latency, cfg.engine
+    if lat is None or "offline" not in lat.modes or eng.kv_cache_memory_gib is None \
+            or config is None:
+        return []
+    kv = eng.kv_cache_memory_gib * GIB
+    shards = eng.gpus_per_engine
+    out = []
+    for i, w in enumerate(lat.workloads):
+        if w.lengths_vary:
+            continue
+        per_seq = kv_bytes_per_sequence(config, w.input_len + w.output_len) / shards
+        fit = int(kv // per_seq)
+        big = [b for b in lat.levels(w, "offline") if b > fit]
+        if not big:
+            continue
+        if w.batch_sizes is not None:
+            key = f"latency.workloads[{i}].batch_sizes"
+        elif lat.batch_sizes is not None:
+            key = "latency.batch_sizes"
+        elif w.concurrency is not None:
+            key = f"latency.workloads[{i}].concurrency"
+        else:
+            key = "latency.concurrency"
+        need = max(big) * per_seq
+        where = " per GPU" if shards > 1 else ""
+        out.append(
+            f"{path}: {key}: offline batch {', '.join(map(str, big))} of workload '{w.name}' "
+            f"needs {_gib(need)} of KV cache{where} ({w.input_len}+{w.output_len} tokens a "
+            f"sequence, {per_seq / 2**20:.0f} MiB each), more than engine.kv_cache_memory_gib "
+            f"{eng.kv_cache_memory_gib:g}: the batch would run in waves and its TTFT would "
+            f"include the wait; allowed: batches of at most {fit}, or kv_cache_memory_gib of "
+            f"at least {need / GIB:.1f}")
+    return out
+
+
+def gpu_memory_problems(cfg: StudyConfig, config: Mapping[str, Any] | None,
+                        gpus: Sequence[Mapping[str, str]], path: str = "<config>") -> list[str]:
+    """Variants whose weights and KV cache cannot fit the smallest of ``gpus``.
+
+    ``gpus`` as :func:`evalkit.core.environment.gpu_info` lists them (``memory`` like
+    ``81559 MiB``). Per GPU a variant holds :func:`estimate_weight_bytes` over
+    ``tensor_parallel_size x pipeline_parallel_size`` plus ``engine.kv_cache_memory_gib``
+    (vLLM then ignores ``gpu_memory_utilization``); without a KV cache size, its weights must
+    fit ``gpu_memory_utilization`` of the GPU. Servers started side by side
+    (``engine.parallel_starts``) hold the largest ``parallel_starts`` variants at once.
+    Activations, CUDA graphs and the CUDA context come on top, so only what cannot fit in
+    any case is reported. Not judged without a GPU or the model's config.
+    """
+    eng = cfg.engine
+    sizes = []
+    for g in gpus:
+        amount, _, unit = str(g.get("memory", "")).partition(" ")
+        if amount.isdigit() and unit == "MiB":
+            sizes.append((int(amount) * 2**20, str(g.get("name", "GPU"))))
+    if eng.device != "cuda" or config is None or not sizes:
+        return []
+    total, gpu = min(sizes)
+    shards = eng.gpus_per_engine
+    kv = (eng.kv_cache_memory_gib or 0.0) * GIB
+    limit = total if eng.kv_cache_memory_gib is not None else eng.gpu_memory_utilization * total
+    held = []
+    out = []
+    for i, v in enumerate(cfg.variants):
+        weights = estimate_weight_bytes(config, v.scheme) / shards
+        held.append(weights + kv)
+        if weights + kv <= limit:
+            continue
+        per = " per GPU" if shards > 1 else ""
+        if eng.kv_cache_memory_gib is not None:
+            what = (f"{_gib(weights)} of weights ({v.scheme}){per} + "
+                    f"engine.kv_cache_memory_gib {eng.kv_cache_memory_gib:g}")
+            allowed = (f"a kv_cache_memory_gib well below {(total - weights) / GIB:.1f}, "
+                       "a larger engine.tensor_parallel_size, or a GPU with more memory")
+        else:
+            what = f"{_gib(weights)} of weights ({v.scheme}){per}"
+            allowed = ("a larger engine.gpu_memory_utilization, a larger "
+                       "engine.tensor_parallel_size, or a GPU with more memory")
+        room = (f"the {_gib(total)} of one {gpu}" if limit == total else
+                f"gpu_memory_utilization {eng.gpu_memory_utilization:g} of one {gpu} "
+                f"({_gib(limit)} of {_gib(total)})")
+        out.append(f"{path}: variants[{i}] ({v.name}): {what} is more than {room}, before "
+                   f"activations, CUDA graphs and the CUDA context; allowed: {allowed}")
+    k = eng.parallel_starts
+    if not out and k > 1 and len(held) > 1:
+        side = sum(sorted(held, reverse=True)[:k])
+        if side > total:
+            out.append(f"{path}: engine.parallel_starts: {min(k, len(held))} servers side by "
+                       f"side hold {_gib(side)} of weights and KV cache per GPU, more than "
+                       f"the {_gib(total)} of one {gpu}; allowed: parallel_starts: 1, or a "
+                       "smaller kv_cache_memory_gib")
+    return out
 
 
 def semantic_problems(cfg: StudyConfig, path: str = "<config>") -> list[str]:
@@ -216,6 +339,7 @@ def semantic_problems(cfg: StudyConfig, path: str = "<config>") -> list[str]:
                     f"{did}; allowed: {shown}"
                 )
 
+    out += offline_kv_problems(cfg, assets.model_config(cfg.model), path)
     dims = assets.linear_dims(cfg.model)
     for i, variant in enumerate(cfg.variants):
         scheme = SCHEMES[variant.scheme]

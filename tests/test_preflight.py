@@ -1,19 +1,32 @@
-"""evalkit.preflight's GPU check: the GPUs one engine asks for (tensor x pipeline parallel)
-against those found on this machine or in the Ray cluster it would join."""
+"""evalkit.preflight's GPU checks: the GPUs one engine asks for (tensor x pipeline parallel)
+against those found on this machine or in the Ray cluster it would join; each variant's
+weights and KV cache against a GPU's memory; an offline batch against the KV cache it is
+given."""
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import yaml
 
+from evalkit.assets.models import model_config, preset_config
 from evalkit.core.environment import gpu_info
 from evalkit.core.errors import ConfigError
 from evalkit.core.specs import EngineSpec
-from evalkit.preflight import GpuSupply, gpu_shortfall, load_study, probe_gpus
+from evalkit.metrics.roofline import estimate_weight_bytes, kv_bytes_per_sequence
+from evalkit.preflight import (
+    GpuSupply,
+    gpu_memory_problems,
+    gpu_shortfall,
+    load_study,
+    offline_kv_problems,
+    probe_gpus,
+)
 
 RAY = importlib.util.find_spec("ray") is not None
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_an_engine_asking_for_more_gpus_than_found_gets_one_line():
@@ -161,3 +174,96 @@ def test_executor_ray_counts_the_gpus_of_the_cluster_at_ray_address(tmp_path, mo
     assert not supply.cluster
     assert problem.startswith(f"engine.executor: ray: no Ray cluster answers at "
                               f"RAY_ADDRESS={address} (")
+
+
+# nvidia-smi's memory.total of the two Hopper cards the reference runs used
+H100 = {"index": "0", "name": "NVIDIA H100 80GB HBM3", "memory": "81559 MiB"}
+H200 = {"index": "0", "name": "NVIDIA H200", "memory": "143771 MiB"}
+
+
+def _shipped(name: str):
+    cfg = load_study(CONFIGS / f"{name}.yaml", hardware=False)
+    return cfg, model_config(cfg.model)
+
+
+def test_the_111b_shape_with_a_24_gib_kv_cache_fits_an_h200_and_not_an_h100():
+    cfg, config = _shipped("hopper-command-a")
+    weights = estimate_weight_bytes(config, "w4a16") / 2**30
+    assert 57 < weights < 58.5  # docs/hopper.md's table: 57.7 GiB
+    assert gpu_memory_problems(cfg, config, [H200]) == []
+    lines = gpu_memory_problems(cfg, config, [H100], "ca.yaml")
+    assert len(lines) == 2  # one line per variant
+    assert lines[0].startswith(f"ca.yaml: variants[0] (w4a16): {weights:.1f} GiB of weights "
+                               "(w4a16) + engine.kv_cache_memory_gib 24 is more than the "
+                               "79.6 GiB of one NVIDIA H100 80GB HBM3")
+    assert f"a kv_cache_memory_gib well below {81559 / 1024 - weights:.1f}" in lines[0]
+    # the H100 study of the same shape fits the H100; the smallest visible GPU is the judge
+    small, config = _shipped("hopper-command-a-h100")
+    assert gpu_memory_problems(small, config, [H100]) == []
+    assert len(gpu_memory_problems(cfg, config, [H200, H100])) == 2
+    # no GPU, or an unreadable memory field: not judged
+    assert gpu_memory_problems(cfg, config, []) == []
+    assert gpu_memory_problems(cfg, config, [{**H100, "memory": "[N/A]"}]) == []
+    assert gpu_memory_problems(cfg, None, [H100]) == []
+
+
+def test_two_70b_servers_side_by_side_fit_an_h200_not_an_h100():
+    cfg, config = _shipped("hopper-llama70b-complete")
+    assert cfg.engine.parallel_starts == 2
+    assert gpu_memory_problems(cfg, config, [H200]) == []
+    (line,) = gpu_memory_problems(cfg, config, [H100], "c.yaml")
+    assert line.startswith("c.yaml: engine.parallel_starts: 2 servers side by side hold ")
+    assert "allowed: parallel_starts: 1" in line
+    one = cfg.model_copy(update={"engine": cfg.engine.model_copy(
+        update={"parallel_starts": 1})})
+    assert gpu_memory_problems(one, config, [H100]) == []
+
+
+def test_without_a_kv_cache_size_the_weights_must_fit_the_memory_utilization():
+    cfg, config = _shipped("hopper-command-a-h100")
+    eng = cfg.engine.model_copy(update={"kv_cache_memory_gib": None,
+                                        "gpu_memory_utilization": 0.5})
+    lines = gpu_memory_problems(cfg.model_copy(update={"engine": eng}), config, [H100])
+    assert len(lines) == 2 and "gpu_memory_utilization 0.5 of one NVIDIA H100 80GB HBM3 " \
+        "(39.8 GiB of 79.6 GiB)" in lines[0]
+    eng = eng.model_copy(update={"gpu_memory_utilization": 0.9})
+    assert gpu_memory_problems(cfg.model_copy(update={"engine": eng}), config, [H100]) == []
+
+
+def test_an_offline_batch_larger_than_its_kv_cache_is_refused_before_anything_starts(tmp_path):
+    src = yaml.safe_load((CONFIGS / "hopper-command-a-h100.yaml").read_text(encoding="utf-8"))
+    src["latency"]["concurrency"] = [1, 16, 40, 64]
+    src["output_root"] = str(tmp_path / "out")
+    p = tmp_path / "ca.yaml"
+    p.write_text(yaml.safe_dump(src), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_study(p, hardware=False)
+    per_seq = kv_bytes_per_sequence(preset_config("command-a"), 1024 + 128)
+    assert per_seq == 1152 * 256 * 1024  # every layer holds the context inside the window
+    fit = int(10 * 2**30 // per_seq)
+    assert fit == 35
+    assert info.value.problems == [
+        f"{p}: latency.concurrency: offline batch 40, 64 of workload 'chat' needs 18.0 GiB of "
+        "KV cache (1024+128 tokens a sequence, 288 MiB each), more than "
+        "engine.kv_cache_memory_gib 10: the batch would run in waves and its TTFT would "
+        "include the wait; allowed: batches of at most 35, or kv_cache_memory_gib of at "
+        "least 18.0"]
+    # a workload's own batch sizes are named as such; two GPUs split a sequence's KV cache
+    cfg, config = _shipped("hopper-command-a-h100")
+    lat = cfg.latency
+    w = lat.workloads[0].model_copy(update={"batch_sizes": (64,)})
+    wide = cfg.model_copy(update={"latency": lat.model_copy(update={"workloads": (w,)})})
+    (line,) = offline_kv_problems(wide, config, "s.yaml")
+    assert line.startswith("s.yaml: latency.workloads[0].batch_sizes: offline batch 64 ")
+    tp2 = wide.model_copy(update={"engine": wide.engine.model_copy(
+        update={"tensor_parallel_size": 2})})
+    assert offline_kv_problems(tp2, config) == []
+    # server mode only, no KV cache size, or no config at hand: not judged
+    served = wide.model_copy(update={"latency": wide.latency.model_copy(
+        update={"modes": ("server",)})})
+    assert offline_kv_problems(served, config) == []
+    auto = wide.model_copy(update={"engine": wide.engine.model_copy(
+        update={"kv_cache_memory_gib": None})})
+    assert offline_kv_problems(auto, config) == []
+    assert offline_kv_problems(wide, None) == []
+

@@ -19,17 +19,26 @@ def linear_dims(spec: ModelSpec) -> list[int] | None:
     """Input dims of the model's Linear layers, without loading weights.
 
     The dims are hidden_size, intermediate_size (and moe_intermediate_size) and
-    num_attention_heads x head_dim (the attention output projection's input). Read from
-    the preset file, the packaged model's known config, ``<hf_dir>/config.json``, the
-    checkpoint a ``.gguf`` file was already converted into (by its checksum, when that is
-    remembered), or a hub model's ``config.json`` in the local Hugging Face cache; None
-    where no config is at hand without work (a GGUF not converted yet, a hub model never
-    downloaded).
+    num_attention_heads x head_dim (the attention output projection's input), from the
+    packaged model's known dims or :func:`model_config`; None where no config is at hand
+    without work (a GGUF not converted yet, a hub model never downloaded).
     """
     if spec.source == "packaged" and spec.name in PACKAGED_MODELS:
         return list(PACKAGED_MODELS[str(spec.name)].linear_dims)
+    config = model_config(spec)
+    return dims_from_config(config) if config is not None else None
+
+
+def model_config(spec: ModelSpec) -> dict[str, Any] | None:
+    """The model's config.json as a dict, without loading weights or converting anything.
+
+    Read from the preset file, ``<hf_dir>/config.json``, the checkpoint a ``.gguf`` file was
+    already converted into (by its checksum, when that is remembered), or a hub model's
+    ``config.json`` in the local Hugging Face cache; None otherwise (a packaged model, a
+    GGUF not converted yet, a hub model never downloaded, an unreadable file).
+    """
     if spec.source == "preset" and spec.name in list_presets():
-        return dims_from_config(preset_config(str(spec.name)))
+        return preset_config(str(spec.name))
     cfg: Path | None = None
     if spec.source == "hf_dir" and spec.path is not None:
         cfg = Path(spec.path) / "config.json"
@@ -39,9 +48,10 @@ def linear_dims(spec: ModelSpec) -> list[int] | None:
         cfg = _hub_cached_config(spec.repo_id, spec.revision)
     if cfg is not None and cfg.is_file():
         try:
-            return dims_from_config(read_json(cfg))
+            data = read_json(cfg)
         except (OSError, ValueError):
             return None
+        return data if isinstance(data, dict) else None
     return None
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evalkit.assets.dims import dims_from_config, gguf_checkpoint_dir, linear_dims
+from evalkit.assets.dims import dims_from_config, gguf_checkpoint_dir, linear_dims, model_config
 from evalkit.assets.gguf import checkpoint_from_gguf, convert_gguf, gguf_metadata, gguf_quant_type
 from evalkit.assets.packaged import PACKAGED_MODELS, PackagedModel, gguf_baseline_caveat
 from evalkit.assets.presets import (
@@ -51,6 +51,7 @@ __all__ = [
     "gguf_metadata",
     "linear_dims",
     "list_presets",
+    "model_config",
     "prepare",
     "preset_config",
     "preset_tokenizer_dir",
