@@ -144,9 +144,34 @@ def _mark(df: pd.DataFrame, mask: pd.Series, reason: str) -> None:
     df.loc[mask, "note"] = [f"INVALID: {reason}" + (f"; {o}" if o else "") for o in old]
 
 
+def batch_waves(config: Mapping[str, Any] | None, batch: int, context_tokens: int,
+                kv_cache_tokens: int | None) -> str | None:
+    """Why an offline batch did not run as one wave, or None when it fit (or cannot be told).
+
+    vLLM admits a whole batch at once only while its KV cache holds every sequence's
+    ``input_len + output_len`` tokens; past that, part of the batch waits or is preempted
+    during decode, and the batch's TTFT and TPOT include the wait. ``kv_cache_tokens`` is
+    the size the engine logged ("KV cache size: N tokens"). Where a sliding-window layer's
+    window is shorter than the context, a sequence holds fewer tokens there than the logged
+    size counts in, so the check is left out (None).
+    """
+    if not kv_cache_tokens or config is None:
+        return None
+    windows = [w for w in rl.attention_windows(config) if w]
+    if windows and context_tokens > min(windows):
+        return None
+    need = batch * context_tokens
+    if need <= kv_cache_tokens:
+        return None
+    return (f"a batch of {batch} x {context_tokens} tokens ({need:,}) is more than the "
+            f"engine's KV cache of {kv_cache_tokens:,} tokens (its log): the batch ran in "
+            "waves, its latency includes the wait")
+
+
 def guard_point(df: pd.DataFrame, *, floors: FloorModel | None, hit_rate: float,
                 prompt_tokens: int | None, hit_source: str, prefix_caching: bool,
-                jit: Sequence[str] = (), floor_input_len: int | None = None) -> pd.DataFrame:
+                jit: Sequence[str] = (), floor_input_len: int | None = None,
+                kv_cache_tokens: int | None = None) -> pd.DataFrame:
     """A point's records with its validity rows added and invalid rows marked.
 
     Args:
@@ -161,6 +186,8 @@ def guard_point(df: pd.DataFrame, *, floors: FloorModel | None, hit_rate: float,
         floor_input_len: prompt length the floors are computed at (default the point's
             ``input_len``); a mix of lengths passes its shortest prompt, so the floor stays a
             lower bound for every request.
+        kv_cache_tokens: the KV cache the engine logged, in tokens: an offline batch that
+            did not fit it in one wave is invalid (:func:`batch_waves`).
 
     Returns:
         The records plus ``prefix_cache_hit_rate``, ``ttft_floor_ms``, ``ttft_pct_of_floor``,
@@ -217,6 +244,11 @@ def guard_point(df: pd.DataFrame, *, floors: FloorModel | None, hit_rate: float,
     if jit:
         _mark(df, timed, f"kernel JIT compilation during the timed window ({len(jit)} in the "
                          f"server log, first: {jit[0][:160]})")
+    waves = batch_waves(floors.config if floors else None, batch,
+                        int(first["input_len"]) + int(first["output_len"]),
+                        kv_cache_tokens) if offline else None
+    if waves:
+        _mark(df, timed, waves)
     if ttft < ttft_floor:
         _mark(df, in_point & df["metric"].isin(("ttft_ms", "e2el_ms")),
               f"{stat} TTFT {ttft:.4g} ms is below the prefill floor {ttft_floor:.4g} ms "

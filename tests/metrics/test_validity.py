@@ -141,6 +141,37 @@ def test_offline_batch_floor_scales_with_the_batch():
     assert floor > 3000
 
 
+def test_an_offline_batch_larger_than_the_logged_kv_cache_ran_in_waves():
+    # 32 x (1024 + 128) = 36,864 tokens; the "GPU KV cache size" an engine logged
+    point = _point(9000.0, 40.0, mode="offline", concurrency=32)
+    fits = V.guard_point(point, floors=FLOORS, hit_rate=0.0, prompt_tokens=32768,
+                         hit_source="test", prefix_caching=False, kv_cache_tokens=36_864)
+    assert set(fits.status) == {"ok"}
+    short = V.guard_point(point, floors=FLOORS, hit_rate=0.0, prompt_tokens=32768,
+                          hit_source="test", prefix_caching=False, kv_cache_tokens=30_000)
+    for m in ("ttft_ms", "tpot_ms", "e2el_ms"):
+        assert _status(short, m, "mean", "offline") == "invalid"
+    assert V.invalid_summary(short).reason.iloc[0] == (
+        "a batch of 32 x 1152 tokens (36,864) is more than the engine's KV cache of 30,000 "
+        "tokens (its log): the batch ran in waves, its latency includes the wait")
+    # a server point queues by design: its concurrency is not judged against the cache
+    served = V.guard_point(_point(45.0, 4.2, concurrency=32), floors=FLOORS, hit_rate=0.0,
+                           prompt_tokens=32768, hit_source="test", prefix_caching=False,
+                           kv_cache_tokens=30_000)
+    assert set(served.status) == {"ok"}
+
+
+def test_batch_waves_leaves_contexts_past_a_sliding_window_unjudged():
+    command_a = json.loads((Path(__file__).parents[2] /
+                            "evalkit/assets/presets/command-a/config.json").read_text())
+    assert V.batch_waves(LLAMA_8B, 64, 1152, 40_960) is not None
+    assert V.batch_waves(LLAMA_8B, 32, 1152, 40_960) is None
+    assert V.batch_waves(command_a, 64, 1152, 40_960) is not None  # inside the 4096 window
+    assert V.batch_waves(command_a, 64, 8192, 40_960) is None  # the log's count overstates it
+    assert V.batch_waves(LLAMA_8B, 64, 1152, None) is None
+    assert V.batch_waves(None, 64, 1152, 40_960) is None
+
+
 def test_server_cache_hit_rate_from_metrics_delta():
     delta = {"vllm:prompt_tokens_total": {"value": 8192.0},
              "vllm:prompt_tokens_cached_total": {"value": 8064.0},

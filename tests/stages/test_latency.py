@@ -393,3 +393,39 @@ def test_real_offline_batches_fresh_prompts(tmp_path):
     assert set(pts.status) == {"ok"}
     samples = request_samples(run.path)
     assert len(samples[samples.metric == "ttft_ms"]) == 2
+    prov = json.loads((run.path / "raw/latency/base/offline-provenance.json").read_text())
+    assert int(prov["engine_log"]["kv_cache_tokens"].replace(",", "")) >= 2 * 260
+
+
+@pytest.mark.slow
+def test_real_offline_batch_past_its_kv_cache_is_marked_as_waves(tmp_path):
+    """A KV cache of ~800 tokens (what kv_cache_memory_gib asks vLLM for) against a batch of
+    4 x 260 tokens: the engine logs its cache size, runs the batch in waves, and the point's
+    timed rows are marked invalid with that reason (the study file check that refuses such a
+    batch beforehand is left out: StudyConfig alone does not run it)."""
+    pytest.importorskip("vllm")
+    from tiny_model import build_tiny_llama
+
+    from evalkit.core.config import StudyConfig
+
+    ckpt = build_tiny_llama()
+    cfg = StudyConfig.model_validate({
+        "study": "t", "model": {"source": "hf_dir", "path": str(ckpt)},
+        "variants": [{"name": "base", "scheme": "base"}],
+        "latency": {"modes": ["offline"], "offline_iters": 1, "warmups": 0,
+                    "workloads": [{"name": "long", "input_len": 256, "output_len": 4}],
+                    "concurrency": [4]},
+        # 2 layers x K,V x 2 heads x 64 x 2 bytes = 1 KiB a token: 800 tokens, less a block
+        "engine": {"enforce_eager": True, "kv_cache_memory_gib": 800 / 2**20,
+                   "max_model_len": 512, "startup_timeout_s": 300},
+        "output_root": str(tmp_path),
+    })
+    run, M = _tiny_run(tmp_path, ckpt)
+    df = _records(cfg, run_stage(cfg, run, checkpoints={"base": ckpt}, resolved=M))
+    prov = json.loads((run.path / "raw/latency/base/offline-provenance.json").read_text())
+    logged = int(prov["engine_log"]["kv_cache_tokens"].replace(",", ""))
+    assert 512 <= logged < 4 * 260
+    ttft = df[(df["mode"] == "offline") & (df.metric == "ttft_ms") & (df.stat == "mean")]
+    assert ttft.status.iloc[0] == "invalid"
+    assert ttft.note.iloc[0].startswith(f"INVALID: a batch of 4 x 260 tokens (1,040) is more "
+                                        f"than the engine's KV cache of {logged:,} tokens")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,22 +52,22 @@ def measure_offline(st: LatencyStage, v: Variant, ckpt: Path, bar: Any) -> None:
         bar.update(len(todo))
         return
     st.run.log(f"latency: offline {v.name} done in {time.monotonic() - t0:.0f} s")
-    _note_kernels(st, v, log_path)
+    kv_tokens = _note_kernels(st, v, log_path)
     for p in todo:
         its = offline_iters(rows, p.concurrency, p.workload.input_len, p.workload.output_len)
         df = rec.make_records(offline_rows(its, **p.fields()), **st.common(v))
-        df = st.guard(v, df, offline_iters=its)
+        df = st.guard(v, df, offline_iters=its, kv_cache_tokens=kv_tokens)
         st.save_unit(v, p.key(v.name), df, "ok")
         bar.update(1)
 
 
-def _note_kernels(st: LatencyStage, v: Variant, log_path: Path) -> None:
+def _note_kernels(st: LatencyStage, v: Variant, log_path: Path) -> int | None:
     """The kernels the offline engine's log reports (linear layers, experts), named in the run
     log and kept beside the variant's raw rows (``offline-provenance.json``, which the report
     reads for its engine provenance and kernel-substitution caveat): an offline engine has no
-    startup record to carry them."""
+    startup record to carry them. Returns the KV cache size the log reports, in tokens."""
     if not log_path.is_file():
-        return
+        return None
     prov = eng.provenance(log_path.read_text(encoding="utf-8", errors="replace"))
     atomic_write_json(st.raw / v.name / "offline-provenance.json", {
         "variant": v.name, "scheme": v.scheme, "method": v.method,
@@ -74,3 +75,11 @@ def _note_kernels(st: LatencyStage, v: Variant, log_path: Path) -> None:
         "log": str(log_path.relative_to(st.run.path)), "engine_log": prov})
     st.run.log(f"latency: offline {v.name} kernels: {kernel_words(prov)}")
     warn_kernel_substitution(st.run, "latency", v, prov.get("linear_kernels"))
+    return logged_kv_tokens(prov)
+
+
+def logged_kv_tokens(engine_log: Mapping[str, Any]) -> int | None:
+    """The KV cache size an engine log reported (``provenance``'s ``kv_cache_tokens``, e.g.
+    ``898,784``) as a number of tokens; None where the log did not say."""
+    tokens = str(engine_log.get("kv_cache_tokens") or "").replace(",", "")
+    return int(tokens) if tokens.isdigit() else None

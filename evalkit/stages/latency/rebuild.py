@@ -20,6 +20,7 @@ from evalkit.metrics.roofline import (
     gpu_bandwidth_gbps,
 )
 from evalkit.stages.latency.derive import server_point_records
+from evalkit.stages.latency.offline import logged_kv_tokens
 from evalkit.stages.latency.points import rate_points
 from evalkit.stages.latency.rates import RateSweep, capacity_key, load_point_data
 from evalkit.stages.latency.raw import STAGE, offline_iters, point_stem, trial_files
@@ -118,7 +119,11 @@ def rebuild_records(run: Run) -> pd.DataFrame:
                 fields["load"] = "batch"
             new = rec.make_records(offline_rows(its, **fields),
                                    **{"backend": first["backend"], **common})
-            new = st.guard(variant, new, offline_iters=its, prefix_caching=caching)
+            prov = vdir / "offline-provenance.json"
+            kv_tokens = (logged_kv_tokens(read_json(prov).get("engine_log") or {})
+                         if json_exists(prov) else None)
+            new = st.guard(variant, new, offline_iters=its, prefix_caching=caching,
+                           kv_cache_tokens=kv_tokens)
         rec.write_records(new, unit)
         frames.append(new)
     frames += _capacities(st, cfg)

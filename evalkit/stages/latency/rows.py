@@ -158,9 +158,11 @@ def floor_model(cfg: StudyConfig, v: Variant, ckpt: Path | None, *, hardware: st
 def guard_records(df: pd.DataFrame, floors: val.FloorModel, *, prefix_caching: bool,
                   server_delta: Mapping[str, Any] | None = None,
                   offline_iters: Sequence[Mapping[str, Any]] | None = None,
-                  jit: Sequence[str] = (), floor_input_len: int | None = None) -> pd.DataFrame:
+                  jit: Sequence[str] = (), floor_input_len: int | None = None,
+                  kv_cache_tokens: int | None = None) -> pd.DataFrame:
     """A point's records with the validity rows and marks of :func:`validity.guard_point`
-    (cache hit rate from the ``/metrics`` delta, or offline from vLLM's per-request counts)."""
+    (cache hit rate from the ``/metrics`` delta, or offline from vLLM's per-request counts;
+    an offline batch against the KV cache its engine logged)."""
     if offline_iters is not None:
         hit, tokens, source = val.offline_cache_hit_rate(offline_iters)
     elif server_delta is not None:
@@ -169,7 +171,7 @@ def guard_records(df: pd.DataFrame, floors: val.FloorModel, *, prefix_caching: b
         hit, tokens, source = math.nan, None, "latency.scrape_metrics is off"
     return val.guard_point(df, floors=floors, hit_rate=hit, prompt_tokens=tokens,
                            hit_source=source, prefix_caching=prefix_caching, jit=jit,
-                           floor_input_len=floor_input_len)
+                           floor_input_len=floor_input_len, kv_cache_tokens=kv_cache_tokens)
 
 
 def stat_of(rows: Iterable[Mapping[str, Any]], metric: str, stat: str) -> float:

@@ -259,7 +259,8 @@ class LatencyStage:
     def guard(self, v: Variant, df: pd.DataFrame, *, server_delta: Mapping[str, Any] | None = None,
               offline_iters: Sequence[Mapping[str, Any]] | None = None,
               prefix_caching: bool | None = None, jit: Sequence[str] = (),
-              floor_input_len: int | None = None) -> pd.DataFrame:
+              floor_input_len: int | None = None,
+              kv_cache_tokens: int | None = None) -> pd.DataFrame:
         """A point's records with the validity rows and marks (:func:`rows.guard_records`)."""
         if v.name not in self._floors:
             self._floors[v.name] = floor_model(
@@ -268,7 +269,7 @@ class LatencyStage:
         caching = self.cfg.engine.prefix_caching if prefix_caching is None else prefix_caching
         return guard_records(df, self._floors[v.name], prefix_caching=caching,
                              server_delta=server_delta, offline_iters=offline_iters, jit=jit,
-                             floor_input_len=floor_input_len)
+                             floor_input_len=floor_input_len, kv_cache_tokens=kv_cache_tokens)
 
     def checkpoint_for_floors(self, v: Variant) -> Path | None:
         try:
