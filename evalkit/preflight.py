@@ -253,7 +253,8 @@ def gpu_memory_problems(cfg: StudyConfig, config: Mapping[str, Any] | None,
     ``tensor_parallel_size x pipeline_parallel_size`` plus ``engine.kv_cache_memory_gib``
     (vLLM then ignores ``gpu_memory_utilization``); without a KV cache size, its weights must
     fit ``gpu_memory_utilization`` of the GPU. Servers started side by side
-    (``engine.parallel_starts``) hold the largest ``parallel_starts`` variants at once.
+    (``engine.parallel_starts``, for accuracy and server-mode latency) hold the largest
+    ``parallel_starts`` variants at once.
     Activations, CUDA graphs and the CUDA context come on top, so only what cannot fit in
     any case is reported. Not judged without a GPU or the model's config.
     """
@@ -291,7 +292,9 @@ def gpu_memory_problems(cfg: StudyConfig, config: Mapping[str, Any] | None,
                 f"({_gib(limit)} of {_gib(total)})")
         out.append(f"{path}: variants[{i}] ({v.name}): {what} is more than {room}, before "
                    f"activations, CUDA graphs and the CUDA context; allowed: {allowed}")
-    k = eng.parallel_starts
+    # servers start side by side for accuracy and for latency in server mode
+    k = eng.parallel_starts if cfg.accuracy is not None or (
+        cfg.latency is not None and "server" in cfg.latency.modes) else 1
     if not out and k > 1 and len(held) > 1:
         side = sum(sorted(held, reverse=True)[:k])
         if side > total:

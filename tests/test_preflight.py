@@ -217,6 +217,10 @@ def test_two_70b_servers_side_by_side_fit_an_h200_not_an_h100():
     one = cfg.model_copy(update={"engine": cfg.engine.model_copy(
         update={"parallel_starts": 1})})
     assert gpu_memory_problems(one, config, [H100]) == []
+    # offline batches run one engine at a time: parallel_starts does not apply
+    offline = cfg.model_copy(update={"latency": cfg.latency.model_copy(
+        update={"modes": ("offline",)})})
+    assert gpu_memory_problems(offline, config, [H100]) == []
 
 
 def test_without_a_kv_cache_size_the_weights_must_fit_the_memory_utilization():
