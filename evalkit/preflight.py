@@ -30,7 +30,11 @@ from evalkit.core.environment import gpu_info
 from evalkit.core.errors import ConfigError
 from evalkit.core.schemes import SCHEMES, cpu_kernel_expected
 from evalkit.core.specs import EngineSpec
-from evalkit.metrics.roofline import estimate_weight_bytes, kv_bytes_per_sequence
+from evalkit.metrics.roofline import (
+    decoder_config,
+    estimate_weight_bytes,
+    kv_bytes_per_sequence,
+)
 
 GIB = 2**30
 
@@ -189,7 +193,8 @@ def gpu_problems(cfg: StudyConfig, path: str = "<config>", *,
         return [short]
     if cfg.engine.executor == "ray":
         return []
-    return gpu_memory_problems(cfg, assets.model_config(cfg.model), gpu_info(), path)
+    return gpu_memory_problems(cfg, decoder_config(assets.model_config(cfg.model)),
+                               gpu_info(), path)
 
 
 def _gib(n: float) -> str:
@@ -207,7 +212,8 @@ def offline_kv_problems(cfg: StudyConfig, config: Mapping[str, Any] | None,
     ``kv_bytes_per_sequence(config, input_len + output_len)`` (sliding-window layers at most
     their window) over ``tensor_parallel_size x pipeline_parallel_size``. Judged only where
     the KV cache size is set (else vLLM sizes it from ``gpu_memory_utilization`` at start)
-    and the model's config is at hand without loading it; mixes never run offline.
+    and the model's config is at hand without loading it, in the terms the floors read
+    (:func:`~evalkit.metrics.roofline.decoder_config`); mixes never run offline.
     """
     lat, eng = cfg.latency, cfg.engine
     if lat is None or "offline" not in lat.modes or eng.kv_cache_memory_gib is None \
@@ -256,7 +262,8 @@ def gpu_memory_problems(cfg: StudyConfig, config: Mapping[str, Any] | None,
     (``engine.parallel_starts``, for accuracy and server-mode latency) hold the largest
     ``parallel_starts`` variants at once.
     Activations, CUDA graphs and the CUDA context come on top, so only what cannot fit in
-    any case is reported. Not judged without a GPU or the model's config.
+    any case is reported. Not judged without a GPU or the model's config (in the terms
+    :func:`~evalkit.metrics.roofline.decoder_config` reads).
     """
     eng = cfg.engine
     sizes = []
@@ -342,7 +349,7 @@ def semantic_problems(cfg: StudyConfig, path: str = "<config>") -> list[str]:
                     f"{did}; allowed: {shown}"
                 )
 
-    out += offline_kv_problems(cfg, assets.model_config(cfg.model), path)
+    out += offline_kv_problems(cfg, decoder_config(assets.model_config(cfg.model)), path)
     dims = assets.linear_dims(cfg.model)
     for i, variant in enumerate(cfg.variants):
         scheme = SCHEMES[variant.scheme]

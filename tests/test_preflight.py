@@ -6,6 +6,8 @@ given."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -271,3 +273,35 @@ def test_an_offline_batch_larger_than_its_kv_cache_is_refused_before_anything_st
     assert offline_kv_problems(auto, config) == []
     assert offline_kv_problems(wide, None) == []
 
+
+
+def test_a_config_in_other_terms_is_not_judged_rather_than_a_crash(tmp_path):
+    """GPT-2 names its sizes n_embd, n_layer, n_head: evalkit validate then skips the memory
+    and KV checks (and the latency stage the floors) instead of failing on a missing key."""
+    from evalkit.metrics.roofline import decoder_config
+    from evalkit.stages.latency.rows import roofline_inputs
+
+    gpt2 = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12,
+            "vocab_size": 50257}
+    assert decoder_config(gpt2) is None and decoder_config(None) is None
+    assert decoder_config({**gpt2, "hidden_size": 768, "num_attention_heads": 12,
+                           "num_hidden_layers": "twelve", "intermediate_size": 3072}) is None
+    ca = preset_config("command-a")
+    assert decoder_config(ca) is ca
+    nested = {"model_type": "gemma3", "text_config": ca}  # multimodal configs nest the decoder
+    assert decoder_config(nested) is nested
+    assert decoder_config(preset_config("qwen3-30b-a3b")) is not None  # experts' MLP width
+    d = tmp_path / "gpt2"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(gpt2), encoding="utf-8")
+    src = yaml.safe_load((CONFIGS / "hopper-command-a-h100.yaml").read_text(encoding="utf-8"))
+    src["model"] = {"source": "hf_dir", "path": str(d)}
+    src["latency"]["concurrency"] = [64]  # too big for the KV cache, were it judged
+    src["report"]["concurrency"] = 64
+    src["output_root"] = str(tmp_path / "out")
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(src), encoding="utf-8")
+    cfg = load_study(p, hardware=False)
+    assert list(cfg.latency.levels(cfg.latency.workloads[0], "offline")) == [64]
+    wb, kvb, config = roofline_inputs(cfg.variants[0], d, {})
+    assert config is None and math.isnan(wb) and math.isnan(kvb)  # no floors, no crash

@@ -127,6 +127,27 @@ def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return config.get("text_config") or config
 
 
+#: Keys the floors and memory estimates read from a decoder's config (Llama-style names),
+#: besides an MLP width (``intermediate_size``, or ``moe_intermediate_size`` for experts).
+DECODER_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
+
+
+def decoder_config(config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """``config`` where it names a decoder the way the floors read one (:data:`DECODER_KEYS`
+    and an MLP width as positive integers, in ``text_config`` where it nests one), else
+    None: a config in other terms (GPT-2's ``n_embd``, ``n_layer``) gets no floors or
+    memory estimate rather than an exception."""
+    if not isinstance(config, Mapping):
+        return None
+    c = text_config(config)
+    width = c.get("moe_intermediate_size") or c.get("intermediate_size")
+    try:
+        ok = all(int(c[k]) > 0 for k in DECODER_KEYS) and int(width) > 0
+    except (KeyError, TypeError, ValueError):
+        return None
+    return config if ok else None
+
+
 #: Norm weight vectors (hidden_size each) per decoder layer, by ``model_type``; 2 elsewhere
 #: (before attention, before the MLP). Cohere runs attention and MLP in parallel off one norm;
 #: Gemma 2 and 3 also norm each block's output.

@@ -19,6 +19,7 @@ from evalkit.core.specs import Variant
 from evalkit.metrics import validity as val
 from evalkit.metrics.roofline import (
     decode_bytes_per_step,
+    decoder_config,
     estimate_weight_bytes,
     kv_bytes_per_token,
     roofline_tpot_ms,
@@ -68,7 +69,7 @@ def roofline_inputs(v: Variant, ckpt: Path | None, quant_weight_bytes: Mapping[s
     cfg_file = (ckpt / "config.json") if ckpt else None
     config = None
     if cfg_file and cfg_file.is_file():
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        config = decoder_config(json.loads(cfg_file.read_text(encoding="utf-8")))
     wb = quant_weight_bytes.get(v.name)
     if wb is None and config is not None:
         wb = float(estimate_weight_bytes(config, v.scheme))
