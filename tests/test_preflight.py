@@ -305,3 +305,8 @@ def test_a_config_in_other_terms_is_not_judged_rather_than_a_crash(tmp_path):
     assert list(cfg.latency.levels(cfg.latency.workloads[0], "offline")) == [64]
     wb, kvb, config = roofline_inputs(cfg.variants[0], d, {})
     assert config is None and math.isnan(wb) and math.isnan(kvb)  # no floors, no crash
+    from evalkit.metrics.validity import FloorModel
+    floors = FloorModel(config=config, scheme="w4a16", hardware="NVIDIA H100 80GB HBM3",
+                        weight_bytes=wb, bandwidth_gbps=3350.0, bandwidth_is_peak=True)
+    assert floors.ttft_floor_ms(1024, 1)[1] == floors.tpot_floor_ms(1024, 1)[1] == \
+        "no model config"

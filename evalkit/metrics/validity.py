@@ -119,7 +119,9 @@ class FloorModel:
         A server point is checked at batch 1: its running batch changes from step to step,
         and one step with any number of sequences reads at least this much.
         """
-        if self.config is None or not self.bandwidth_is_peak or not self.bandwidth_gbps:
+        if self.config is None:
+            return math.nan, "no model config"
+        if not self.bandwidth_is_peak or not self.bandwidth_gbps:
             return math.nan, "no vendor peak bandwidth for this device"
         if not math.isfinite(self.weight_bytes):
             return math.nan, "weight bytes unknown"
