@@ -61,8 +61,8 @@ def build_tiny_llama(path: Path | None = None) -> Path:
 
 
 
-#: compressed-tensors W4A16 as llm-compressor writes it (int4 weights in groups of 128,
-#: symmetric, packed; the output head left in bf16)
+#: compressed-tensors W4A16, the fields of llm-compressor's config that vLLM reads (int4
+#: weights in groups of 128, symmetric, packed; the output head left in bf16)
 W4A16_CONFIG = {
     "quant_method": "compressed-tensors", "format": "pack-quantized",
     "quantization_status": "compressed", "ignore": ["lm_head"], "kv_cache_scheme": None,
